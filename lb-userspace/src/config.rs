@@ -1,0 +1,796 @@
+//! Configuration: TOML file + command-line overrides, one `validate()` that reports every
+//! problem at once (file, key, why) before anything is bound.
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Exit code for a configuration that does not validate (sysexits EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where it came from: the file path, or "command line".
+    pub source: String,
+    /// Dotted key, e.g. `route[1].static.root`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.source, self.key, self.message)
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A listen address: TCP `host:port` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?} is not host:port (IP literal, e.g. 127.0.0.1:8080 or [::1]:8080) or unix:/path"))
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(a: ListenAddr) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `workers = "auto"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(untagged)]
+pub enum Workers {
+    #[default]
+    #[serde(with = "auto_str")]
+    Auto,
+    Count(i64),
+}
+
+mod auto_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("auto")
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "auto" { Ok(()) } else { Err(serde::de::Error::custom(format!("expected \"auto\" or a number, got {s:?}"))) }
+    }
+}
+
+/// A duration written as seconds (`30`, `0.5`) or with a unit (`500ms`, `30s`, `5m`, `2h`, `30d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DurationRepr", into = "DurationRepr")]
+pub struct Dur(pub Duration);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl TryFrom<DurationRepr> for Dur {
+    type Error = String;
+    fn try_from(r: DurationRepr) -> Result<Self, String> {
+        match r {
+            DurationRepr::Int(n) if n >= 0 => Ok(Dur(Duration::from_secs(n as u64))),
+            DurationRepr::Float(f) if f >= 0.0 && f.is_finite() => Ok(Dur(Duration::from_secs_f64(f))),
+            DurationRepr::Int(_) | DurationRepr::Float(_) => Err("a duration cannot be negative".into()),
+            DurationRepr::Str(s) => parse_duration(&s).map(Dur),
+        }
+    }
+}
+
+impl From<Dur> for DurationRepr {
+    fn from(d: Dur) -> Self {
+        DurationRepr::Str(format!("{}ms", d.0.as_millis()))
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `30d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 5m, 2h, 30d)"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+/// A size written as bytes (`1048576`) or with a unit (`64k`, `10M`, `1GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "SizeRepr")]
+pub struct Size(pub u64);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Int(i64),
+    Str(String),
+}
+
+impl TryFrom<SizeRepr> for Size {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        match r {
+            SizeRepr::Int(n) if n >= 0 => Ok(Size(n as u64)),
+            SizeRepr::Int(_) => Err("a size cannot be negative".into()),
+            SizeRepr::Str(s) => parse_size(&s).map(Size),
+        }
+    }
+}
+
+impl From<Size> for SizeRepr {
+    fn from(s: Size) -> Self {
+        SizeRepr::Int(s.0 as i64)
+    }
+}
+
+/// Parses `1024`, `64k`, `10M`, `1G` (also `KiB`, `MB`...: all binary multiples, as nginx).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 10M, 64k, 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (k, M, G)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Vec<ListenAddr>,
+    pub workers: Workers,
+    /// `host:port` or `"off"`.
+    pub admin: String,
+    pub chdir: Option<PathBuf>,
+    pub backlog: i64,
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".parse().expect("static")],
+            workers: Workers::Auto,
+            admin: "127.0.0.1:9090".into(),
+            chdir: None,
+            backlog: 4096,
+            shutdown_timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest request target; longer gets 414.
+    pub max_uri_length: Size,
+    /// Request line + headers; larger gets 431.
+    pub max_header_size: Size,
+    /// Most header fields; more gets 431.
+    pub max_headers: i64,
+    /// Largest request body; larger gets 413.
+    pub max_body_size: Size,
+    /// Time to receive a complete request head; then 408 and close.
+    pub header_timeout: Dur,
+    /// Idle time allowed between requests on a keep-alive connection.
+    pub keepalive_timeout: Dur,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_uri_length: Size(8192),
+            max_header_size: Size(32 * 1024),
+            max_headers: 100,
+            max_body_size: Size(10 << 20),
+            header_timeout: Dur(Duration::from_secs(30)),
+            keepalive_timeout: Dur(Duration::from_secs(75)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Combined,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "combined" => Ok(LogFormat::Combined),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not a log format (combined, json)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"-"` (stdout), `"off"`, or a file path.
+    pub access_log: String,
+    pub format: LogFormat,
+    /// Error log filter for `tracing` (RUST_LOG syntax), e.g. `info` or `portico=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { access_log: "-".into(), format: LogFormat::Combined, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfMode {
+    /// Use eBPF when the kernel and privileges allow; otherwise plain SO_REUSEPORT with a warning.
+    #[default]
+    Auto,
+    /// eBPF or refuse to start.
+    On,
+    /// Never try.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    pub mode: EbpfMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaticConfig {
+    pub root: PathBuf,
+    pub cache_control: Option<String>,
+    /// nginx `expires`: adds `Expires` and, unless `cache_control` is set, `Cache-Control: max-age`.
+    pub expires: Option<Dur>,
+    pub index: Vec<String>,
+    /// Serve `file.br` / `file.gz` when the client accepts them.
+    pub precompressed: bool,
+}
+
+impl Default for StaticConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::new(),
+            cache_control: None,
+            expires: None,
+            index: vec!["index.html".into()],
+            precompressed: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    #[serde(rename = "static", default, skip_serializing_if = "Option::is_none")]
+    pub static_files: Option<StaticConfig>,
+    /// WSGI application: arrives with the WSGI issue; until then rejected by `validate()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wsgi: Option<toml::Value>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub ebpf: EbpfConfig,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Where the configuration came from (for messages and relative paths); not a key.
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub app: Option<String>,
+    pub listen: Vec<String>,
+    pub statics: Vec<String>,
+    pub workers: Option<String>,
+    pub admin: Option<String>,
+    pub chdir: Option<PathBuf>,
+    pub access_log: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Parses TOML, collecting an error for each section that does not deserialize (and for each
+    /// unknown top-level key) instead of stopping at the first.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    source: source.into(),
+                    key: "(syntax)".into(),
+                    message: e.message().to_string() + &span_hint(text, e.span()),
+                }]));
+            }
+        };
+        let mut cfg = Config::default();
+        for (key, value) in table {
+            let mut push = |k: String, e: toml::de::Error| {
+                errors.push(ConfigError { source: source.into(), key: k, message: e.message().trim().to_string() })
+            };
+            match key.as_str() {
+                "server" => match value.try_into() {
+                    Ok(v) => cfg.server = v,
+                    Err(e) => push(key, e),
+                },
+                "limits" => match value.try_into() {
+                    Ok(v) => cfg.limits = v,
+                    Err(e) => push(key, e),
+                },
+                "log" => match value.try_into() {
+                    Ok(v) => cfg.log = v,
+                    Err(e) => push(key, e),
+                },
+                "ebpf" => match value.try_into() {
+                    Ok(v) => cfg.ebpf = v,
+                    Err(e) => push(key, e),
+                },
+                "route" => match value {
+                    toml::Value::Array(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            match item.try_into::<RouteConfig>() {
+                                Ok(r) => cfg.routes.push(r),
+                                Err(e) => push(format!("route[{i}]"), e),
+                            }
+                        }
+                    }
+                    _ => errors.push(ConfigError {
+                        source: source.into(),
+                        key,
+                        message: "must be an array of tables ([[route]])".into(),
+                    }),
+                },
+                _ => errors.push(ConfigError {
+                    source: source.into(),
+                    key,
+                    message: "unknown section (expected server, limits, log, ebpf, route)".into(),
+                }),
+            }
+        }
+        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError { source: source.clone(), key: "(file)".into(), message: e.to_string() }])
+        })?;
+        let mut cfg = Config::parse(&text, &source)?;
+        cfg.origin = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Applies command-line overrides; values that do not parse become errors.
+    pub fn apply(&mut self, o: &Overrides) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError { source: "command line".into(), key: key.into(), message })
+        };
+        if let Some(app) = &o.app {
+            bad(
+                "APP",
+                format!("{app:?}: serving a WSGI application needs the WSGI worker, which this build does not include yet; serve static routes with --static PREFIX=DIR"),
+            );
+        }
+        if !o.listen.is_empty() {
+            let mut listen = Vec::new();
+            for l in &o.listen {
+                match l.parse() {
+                    Ok(a) => listen.push(a),
+                    Err(e) => bad("--listen", e),
+                }
+            }
+            self.server.listen = listen;
+        }
+        for s in &o.statics {
+            match s.split_once('=') {
+                Some((prefix, dir)) if !prefix.is_empty() && !dir.is_empty() => {
+                    let root = std::env::current_dir().map(|d| d.join(dir)).unwrap_or_else(|_| PathBuf::from(dir));
+                    self.routes.retain(|r| r.prefix != prefix);
+                    self.routes.push(RouteConfig {
+                        prefix: prefix.to_string(),
+                        static_files: Some(StaticConfig { root, ..StaticConfig::default() }),
+                        wsgi: None,
+                    });
+                }
+                _ => bad("--static", format!("{s:?} is not PREFIX=DIR (e.g. /static/=./static)")),
+            }
+        }
+        if let Some(w) = &o.workers {
+            match w.as_str() {
+                "auto" => self.server.workers = Workers::Auto,
+                n => match n.parse::<i64>() {
+                    Ok(n) => self.server.workers = Workers::Count(n),
+                    Err(_) => bad("--workers", format!("{w:?} is not a number or \"auto\"")),
+                },
+            }
+        }
+        if let Some(a) = &o.admin {
+            self.server.admin = a.clone();
+        }
+        if let Some(c) = &o.chdir {
+            self.server.chdir = Some(c.clone());
+        }
+        if let Some(l) = &o.access_log {
+            self.log.access_log = l.clone();
+        }
+        if let Some(f) = &o.log_format {
+            match f.parse() {
+                Ok(f) => self.log.format = f,
+                Err(e) => bad("--log-format", e),
+            }
+        }
+        errors
+    }
+
+    /// Directory that relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        if let Some(c) = &self.server.chdir {
+            return c.clone();
+        }
+        match self.origin.as_ref().and_then(|p| p.parent()) {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Checks every value and makes paths absolute. Returns every problem found.
+    pub fn validate(&mut self) -> Result<(), ConfigErrors> {
+        let source = self.origin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+        let mut errors = Vec::new();
+        let mut bad = |key: String, message: String| errors.push(ConfigError { source: source.clone(), key, message });
+
+        if let Some(c) = &self.server.chdir
+            && !c.is_dir()
+        {
+            bad("server.chdir".into(), format!("{} is not a directory", c.display()));
+        }
+        if self.server.listen.is_empty() {
+            bad("server.listen".into(), "at least one listen address is needed".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.server.listen.iter().enumerate() {
+            if !seen.insert(l.clone()) {
+                bad(format!("server.listen[{i}]"), format!("{l} is listed twice"));
+            }
+        }
+        if let Workers::Count(n) = self.server.workers
+            && !(1..=lb_common::MAX_CELLS as i64).contains(&n)
+        {
+            bad("server.workers".into(), format!("{n} is out of range (1..={} or \"auto\")", lb_common::MAX_CELLS));
+        }
+        if self.server.admin != "off" && self.server.admin.parse::<SocketAddr>().is_err() {
+            bad("server.admin".into(), format!("{:?} is not host:port or \"off\"", self.server.admin));
+        }
+        if !(1..=65535).contains(&self.server.backlog) {
+            bad("server.backlog".into(), format!("{} is out of range (1..=65535)", self.server.backlog));
+        }
+
+        let l = &self.limits;
+        if l.max_uri_length.0 < 64 {
+            bad("limits.max_uri_length".into(), "must be at least 64 bytes".into());
+        }
+        if l.max_header_size.0 < 1024 {
+            bad("limits.max_header_size".into(), "must be at least 1k".into());
+        }
+        if l.max_uri_length.0 + l.max_header_size.0 > 16 << 20 {
+            bad("limits.max_header_size".into(), "max_uri_length + max_header_size must stay under 16M".into());
+        }
+        if !(1..=1000).contains(&l.max_headers) {
+            bad("limits.max_headers".into(), format!("{} is out of range (1..=1000)", l.max_headers));
+        }
+        if l.header_timeout.0.is_zero() {
+            bad("limits.header_timeout".into(), "must be more than 0".into());
+        }
+        if l.keepalive_timeout.0.is_zero() {
+            bad("limits.keepalive_timeout".into(), "must be more than 0".into());
+        }
+        if self.log.access_log.is_empty() {
+            bad("log.access_log".into(), "use \"-\" for stdout, \"off\", or a file path".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bad("log.level".into(), format!("{:?}: {e}", self.log.level));
+        }
+
+        let base = self.base_dir();
+        if !matches!(self.log.access_log.as_str(), "-" | "off") {
+            let p = base.join(&self.log.access_log);
+            match p.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                    bad("log.access_log".into(), format!("directory {} does not exist", dir.display()))
+                }
+                _ => self.log.access_log = p.to_string_lossy().into_owned(),
+            }
+        }
+
+        let mut prefixes = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter_mut().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            if !r.prefix.starts_with('/') {
+                bad(key("prefix"), format!("{:?} must start with '/'", r.prefix));
+            }
+            if !prefixes.insert(r.prefix.clone()) {
+                bad(key("prefix"), format!("{:?} is used by another route", r.prefix));
+            }
+            if r.wsgi.is_some() {
+                bad(
+                    key("wsgi"),
+                    "WSGI routes need the WSGI worker, which this build does not include yet".into(),
+                );
+            }
+            match &mut r.static_files {
+                None if r.wsgi.is_none() => bad(format!("route[{i}]"), "needs `static = {{ root = ... }}`".into()),
+                None => {}
+                Some(s) => {
+                    if s.root.as_os_str().is_empty() {
+                        bad(key("static.root"), "is required".into());
+                    } else {
+                        let root = base.join(&s.root);
+                        match root.canonicalize() {
+                            Ok(p) if p.is_dir() => s.root = p,
+                            Ok(p) => bad(key("static.root"), format!("{} is not a directory", p.display())),
+                            Err(e) => bad(key("static.root"), format!("{}: {e}", root.display())),
+                        }
+                    }
+                    if let Some(cc) = &s.cache_control
+                        && http::HeaderValue::from_str(cc).is_err()
+                    {
+                        bad(key("static.cache_control"), format!("{cc:?} is not a valid header value"));
+                    }
+                    for (j, idx) in s.index.iter().enumerate() {
+                        if idx.is_empty() || idx.contains('/') || idx.starts_with('.') {
+                            bad(format!("route[{i}].static.index[{j}]"), format!("{idx:?} must be a plain file name"));
+                        }
+                    }
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// Number of cells for `workers` and the usable CPUs.
+    pub fn cell_count(&self, usable_cpus: usize) -> usize {
+        match self.server.workers {
+            Workers::Auto => usable_cpus.max(1),
+            Workers::Count(n) => n.max(1) as usize,
+        }
+    }
+}
+
+/// " (line L, column C)" for a byte span of `text`.
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return String::new() };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+    format!(" (line {line}, column {col})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_readme_sketch() {
+        let cfg = Config::parse(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080", "unix:/tmp/p.sock"]
+            workers = "auto"
+            admin = "127.0.0.1:9090"
+            shutdown_timeout = "10s"
+            [limits]
+            max_body_size = "1M"
+            [[route]]
+            prefix = "/static/"
+            static = { root = "static", cache_control = "public, max-age=2592000", expires = "30d" }
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen.len(), 2);
+        assert_eq!(cfg.server.listen[1], ListenAddr::Unix("/tmp/p.sock".into()));
+        assert_eq!(cfg.server.workers, Workers::Auto);
+        assert_eq!(cfg.server.shutdown_timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.limits.max_body_size.0, 1 << 20);
+        let s = cfg.routes[0].static_files.as_ref().unwrap();
+        assert_eq!(s.expires.unwrap().0, Duration::from_secs(30 * 86400));
+    }
+
+    #[test]
+    fn collects_errors_from_every_section() {
+        let err = Config::parse(
+            r#"
+            bogus = 1
+            [server]
+            workers = "many"
+            [limits]
+            max_body_size = "10 parsecs"
+            [[route]]
+            prefix = "/"
+            nonsense = true
+            "#,
+            "t.toml",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"bogus"), "{keys:?}");
+        assert!(keys.contains(&"server"), "{keys:?}");
+        assert!(keys.contains(&"limits"), "{keys:?}");
+        assert!(keys.contains(&"route[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut cfg = Config::parse(
+            r#"
+            [server]
+            listen = []
+            workers = 0
+            admin = "nowhere"
+            [limits]
+            max_headers = 0
+            header_timeout = 0
+            [[route]]
+            prefix = "static"
+            static = { root = "/definitely/not/here" }
+            [[route]]
+            prefix = "static"
+            static = { root = "/" , cache_control = "bad\nvalue" }
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "server.listen",
+            "server.workers",
+            "server.admin",
+            "limits.max_headers",
+            "limits.header_timeout",
+            "route[0].prefix",
+            "route[0].static.root",
+            "route[1].prefix",
+            "route[1].static.cache_control",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides {
+            listen: vec!["127.0.0.1:0".into(), "unix:/tmp/x.sock".into()],
+            statics: vec!["/s/=.".into(), "broken".into()],
+            workers: Some("3".into()),
+            admin: Some("off".into()),
+            log_format: Some("xml".into()),
+            ..Default::default()
+        });
+        assert_eq!(cfg.server.listen.len(), 2);
+        assert_eq!(cfg.server.workers, Workers::Count(3));
+        assert_eq!(cfg.server.admin, "off");
+        assert_eq!(cfg.routes.len(), 1);
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["--static", "--log-format"]);
+    }
+
+    #[test]
+    fn app_is_rejected_clearly_until_wsgi_lands() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides { app: Some("site.wsgi:application".into()), ..Default::default() });
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("WSGI"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert_eq!(parse_size("64k").unwrap(), 65536);
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn round_trips_through_json_for_cells() {
+        let mut cfg = Config::default();
+        cfg.routes.push(RouteConfig {
+            prefix: "/".into(),
+            static_files: Some(StaticConfig { root: "/tmp".into(), expires: Some(Dur(Duration::from_secs(60))), ..Default::default() }),
+            wsgi: None,
+        });
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: Config = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg);
+    }
+}

@@ -1,0 +1,376 @@
+//! One HTTP/1.1 connection in a cell: hyper for the protocol, plus what hyper leaves to us:
+//! header-read (408) and keep-alive idle timeouts, request limits, CL+TE rejection, routing,
+//! metrics and the access log.
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::body::{Body, OnDone, status_page};
+use crate::config::LimitsConfig;
+use crate::metrics::CellStats;
+use crate::router::{Handler, Match, Router};
+use crate::static_files::{FileCache, FileRequest};
+
+/// Everything a cell's connections share (single-threaded: no locks).
+pub struct CellCtx {
+    pub router: Router,
+    pub cache: FileCache,
+    pub limits: LimitsConfig,
+    pub stats: CellStats<'static>,
+    pub log: AccessLog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: nothing of the next head received yet.
+    Idle,
+    /// Part of a request head received.
+    Head,
+    /// A request is being answered.
+    Busy,
+}
+
+/// Connection state shared by the IO wrapper, the service and the response body.
+struct ConnState {
+    phase: Cell<Phase>,
+    since: Cell<Instant>,
+    /// Bytes arrived while Busy (a pipelined next request).
+    pending: Cell<bool>,
+    /// Header names seen in the current head (hyper merges CL+TE silently; we refuse it).
+    saw_cl: Cell<bool>,
+    saw_te: Cell<bool>,
+    /// Bytes of an unfinished header line carried to the next read.
+    carry: RefCell<Vec<u8>>,
+    requests: Cell<u64>,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            phase: Cell::new(Phase::Idle),
+            since: Cell::new(Instant::now()),
+            pending: Cell::new(false),
+            saw_cl: Cell::new(false),
+            saw_te: Cell::new(false),
+            carry: RefCell::new(Vec::new()),
+            requests: Cell::new(0),
+        }
+    }
+
+    fn on_read(&self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        match self.phase.get() {
+            Phase::Idle => {
+                self.phase.set(Phase::Head);
+                self.since.set(Instant::now());
+            }
+            Phase::Head => {}
+            Phase::Busy => self.pending.set(true),
+        }
+        self.scan_headers(data);
+    }
+
+    /// Notes Content-Length and Transfer-Encoding header lines, across read boundaries.
+    fn scan_headers(&self, data: &[u8]) {
+        let mut carry = self.carry.borrow_mut();
+        let check = |line: &[u8]| {
+            if starts_with_ci(line, b"content-length:") {
+                self.saw_cl.set(true);
+            } else if starts_with_ci(line, b"transfer-encoding:") {
+                self.saw_te.set(true);
+            }
+        };
+        let mut start = 0;
+        for (i, &b) in data.iter().enumerate() {
+            if b == b'\n' {
+                if !carry.is_empty() {
+                    carry.extend_from_slice(&data[start..i.min(start + 32)]);
+                    check(&carry);
+                    carry.clear();
+                } else {
+                    check(&data[start..i]);
+                }
+                start = i + 1;
+            }
+        }
+        if carry.len() < 32 {
+            let rest = &data[start..];
+            carry.extend_from_slice(&rest[..rest.len().min(32)]);
+        }
+    }
+
+    /// The service got a request head; returns whether it carried both CL and TE.
+    fn begin_request(&self) -> bool {
+        self.phase.set(Phase::Busy);
+        self.pending.set(false);
+        self.requests.set(self.requests.get() + 1);
+        let both = self.saw_cl.get() && self.saw_te.get();
+        self.saw_cl.set(false);
+        self.saw_te.set(false);
+        both
+    }
+}
+
+impl OnDone for ConnState {
+    fn done(&self) {
+        self.since.set(Instant::now());
+        self.phase.set(if self.pending.get() { Phase::Head } else { Phase::Idle });
+    }
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// The socket as hyper sees it, reporting each read to the connection state.
+struct TrackedIo<S> {
+    inner: S,
+    state: Rc<ConnState>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.state.on_read(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n408 Request Timeout\n";
+
+/// Serves one accepted connection until it closes, times out, or the cell drains.
+pub async fn serve_connection<S>(stream: S, remote: String, ctx: Rc<CellCtx>, mut drain: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let state = Rc::new(ConnState::new());
+    let io = TrackedIo { inner: stream, state: state.clone() };
+    let svc_state = state.clone();
+    let svc_ctx = ctx.clone();
+    let remote = Rc::<str>::from(remote);
+    let peer = remote.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let resp = handle(&svc_ctx, &svc_state, &remote, req);
+        std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+    });
+    let limits = &ctx.limits;
+    let max_head = (limits.max_uri_length.0 + limits.max_header_size.0 + 1024).max(8192) as usize;
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .half_close(false)
+        .max_headers(limits.max_headers as usize)
+        .max_buf_size(max_head)
+        .pipeline_flush(true)
+        .serve_connection(TokioIo::new(io), service);
+
+    let header_timeout = limits.header_timeout.0;
+    let keepalive_timeout = limits.keepalive_timeout.0;
+    let mut draining = *drain.borrow();
+    if draining {
+        Pin::new(&mut conn).graceful_shutdown();
+    }
+    let sleep = tokio::time::sleep(header_timeout);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res
+                    && !e.is_incomplete_message() {
+                    tracing::debug!("connection from {peer}: {e}");
+                }
+                return;
+            }
+            changed = drain.changed(), if !draining => {
+                if changed.is_err() || *drain.borrow() {
+                    draining = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+            () = &mut sleep => {
+                let since = state.since.get();
+                let (limit, phase) = match state.phase.get() {
+                    // A fresh connection gets the header timeout to send its first request.
+                    Phase::Idle if state.requests.get() == 0 => (header_timeout, Phase::Idle),
+                    Phase::Idle => (keepalive_timeout, Phase::Idle),
+                    Phase::Head => (header_timeout, Phase::Head),
+                    Phase::Busy => {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + header_timeout);
+                        continue;
+                    }
+                };
+                let deadline = since + limit;
+                if Instant::now() < deadline {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                    continue;
+                }
+                if phase == Phase::Head {
+                    // Slow client: tell it why, then close.
+                    let mut io = conn.into_parts().io.into_inner().inner;
+                    ctx.stats.request(408, 20);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        io.write_all(REQUEST_TIMEOUT_RESPONSE).await?;
+                        io.shutdown().await
+                    })
+                    .await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn handle(ctx: &CellCtx, state: &Rc<ConnState>, remote: &str, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let cl_and_te = state.begin_request();
+    let (mut resp, close) = route(ctx, &req, cl_and_te);
+    if close {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("portico"));
+    let status = resp.status().as_u16();
+    let sent = resp.body().len();
+    ctx.stats.request(status, sent);
+    if ctx.log.enabled() {
+        let h = req.headers();
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        ctx.log.log(&Entry {
+            remote,
+            method: req.method().as_str(),
+            target,
+            version: version_str(req.version()),
+            status,
+            body_bytes: sent,
+            referer: h.get(header::REFERER).and_then(|v| v.to_str().ok()),
+            user_agent: h.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+            duration_s: start.elapsed().as_secs_f64(),
+        });
+    }
+    resp.body_mut().set_on_done(state.clone());
+    resp
+}
+
+/// Applies the request limits, then routes. Returns the response and whether to close after it.
+fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<Body>, bool) {
+    if cl_and_te {
+        // Request smuggling shape (RFC 9112 section 6.3): refuse and close.
+        return (status_page(StatusCode::BAD_REQUEST), true);
+    }
+    let limits = &ctx.limits;
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return (status_page(StatusCode::BAD_REQUEST), false);
+    }
+    let target_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    if target_len as u64 > limits.max_uri_length.0 {
+        return (status_page(StatusCode::URI_TOO_LONG), true);
+    }
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes as u64 > limits.max_header_size.0 {
+        return (status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), true);
+    }
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limits.max_body_size.0
+    {
+        return (status_page(StatusCode::PAYLOAD_TOO_LARGE), true);
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        // Absolute-form and asterisk-form targets are not served here.
+        return (status_page(StatusCode::BAD_REQUEST), false);
+    }
+    // A request body we will not read must not be parsed as the next request.
+    let unread_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let resp = match ctx.router.find(path) {
+        Match::Route(id, r, rest) => match &r.handler {
+            Handler::Static(route) => crate::static_files::serve(
+                &ctx.cache,
+                id,
+                route,
+                FileRequest { method: req.method(), headers: req.headers(), path, query: req.uri().query(), rel_raw: rest },
+            ),
+        },
+        Match::AddSlash(r) => {
+            let mut resp = status_page(StatusCode::MOVED_PERMANENTLY);
+            let mut loc = r.prefix.clone();
+            if let Some(q) = req.uri().query() {
+                loc.push('?');
+                loc.push_str(q);
+            }
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        Match::None => status_page(StatusCode::NOT_FOUND),
+    };
+    (resp, unread_body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_scan_sees_cl_and_te_across_reads() {
+        let s = ConnState::new();
+        s.on_read(b"POST / HTTP/1.1\r\nHost: x\r\nConTent-Len");
+        s.on_read(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(s.phase.get(), Phase::Head);
+        assert!(s.begin_request());
+        assert_eq!(s.phase.get(), Phase::Busy);
+        s.on_read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(s.pending.get());
+        s.done();
+        assert_eq!(s.phase.get(), Phase::Head);
+        assert!(!s.begin_request());
+        s.done();
+        assert_eq!(s.phase.get(), Phase::Idle);
+    }
+}

@@ -1,0 +1,155 @@
+//! `portico`: an eBPF-steered, per-core HTTP front end. One master owns the listeners and
+//! supervises one pinned cell per CPU; cells serve static files (and, later, WSGI apps).
+#![deny(unsafe_code)]
+
+mod access_log;
+mod admin;
+mod body;
+mod cell;
+mod config;
+mod ebpf;
+mod http;
+mod master;
+mod metrics;
+mod router;
+mod static_files;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigErrors, EXIT_CONFIG, Overrides};
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "eBPF-steered, per-core HTTP front end: static files and WSGI apps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: bind the listeners, start one cell per CPU, supervise them.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print every problem; binds nothing.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Internal: a cell process, started by the master.
+    #[command(hide = true)]
+    Cell,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// WSGI application (`module:callable`), mounted at `/`.
+    app: Option<String>,
+    /// Configuration file (TOML); flags override it.
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Listen address, `host:port` or `unix:/path` (repeatable; replaces the file's list).
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Static route, `PREFIX=DIR` (repeatable).
+    #[arg(long = "static", value_name = "PREFIX=DIR")]
+    statics: Vec<String>,
+    /// Number of cells, or `auto` (one per usable CPU).
+    #[arg(long)]
+    workers: Option<String>,
+    /// Admin listener `host:port`, or `off`.
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<String>,
+    /// Change to this directory before anything else.
+    #[arg(long)]
+    chdir: Option<PathBuf>,
+    /// Access log: a file path, `-` (stdout) or `off`.
+    #[arg(long = "access-log", value_name = "PATH|-|off")]
+    access_log: Option<String>,
+    /// Access log format.
+    #[arg(long = "log-format", value_name = "combined|json")]
+    log_format: Option<String>,
+}
+
+/// Error log through `tracing`, to stderr; `RUST_LOG` wins over the configured level.
+pub fn init_logging(level: &str) {
+    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| level.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn load(config: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    let mut cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let mut errors = cfg.apply(overrides);
+    if let Err(e) = cfg.validate() {
+        errors.extend(e.0);
+    }
+    if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Cell => match cell::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portico cell: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Check { config } => match load(Some(&config), &Overrides::default()) {
+            Ok(cfg) => {
+                println!(
+                    "{}: configuration OK ({} listen address(es), {} route(s))",
+                    config.display(),
+                    cfg.server.listen.len(),
+                    cfg.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        },
+        Command::Serve(a) => {
+            let overrides = Overrides {
+                app: a.app,
+                listen: a.listen,
+                statics: a.statics,
+                workers: a.workers,
+                admin: a.admin,
+                chdir: a.chdir,
+                access_log: a.access_log,
+                log_format: a.log_format,
+            };
+            let cfg = match load(a.config.as_ref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            init_logging(&cfg.log.level);
+            match master::run(cfg, a.config, overrides) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("portico: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

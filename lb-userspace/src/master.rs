@@ -1,0 +1,503 @@
+//! The master: owns the listeners (so queued connections survive any cell), the eBPF programs
+//! and the metrics region; spawns one cell per core, respawns the ones that die, replaces them
+//! one at a time on SIGHUP, and serves the admin endpoint.
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use command_fds::{CommandFdExt, FdMapping};
+use rustix::process::{Pid, Signal, kill_process};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::admin;
+use crate::cell;
+use crate::config::{Config, EbpfMode, ListenAddr, Overrides};
+use crate::ebpf::Steering;
+use crate::metrics::{MetricsRegion, slot};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A cell that lived this long before dying starts its back-off over.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Listening sockets for one listen address.
+enum ListenerSet {
+    /// One SO_REUSEPORT socket per cell.
+    Tcp { addr: SocketAddr, per_cell: Vec<OwnedFd> },
+    /// One socket shared by every cell.
+    Unix { path: PathBuf, fd: OwnedFd },
+}
+
+#[derive(Debug)]
+enum Event {
+    Ready { pid: u32 },
+    Exited { pid: u32, status: std::io::Result<ExitStatus> },
+    Respawn { slot: usize, generation: u64 },
+}
+
+struct Slot {
+    cpu: usize,
+    generation: u64,
+    pid: Option<u32>,
+    ready: bool,
+    started: Instant,
+    backoff: Duration,
+}
+
+/// A reload in progress: cells still to replace, and the one being replaced now.
+struct Reload {
+    queue: VecDeque<usize>,
+    /// (slot, old pid, old generation) waiting for the new cell's readiness.
+    current: Option<(usize, u32, u64)>,
+}
+
+/// What the admin endpoint reads.
+pub struct Shared {
+    pub metrics: MetricsRegion,
+    pub cells: usize,
+    pub steering: Option<Steering>,
+}
+
+struct Master {
+    cfg: Config,
+    cfg_json: String,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    exe: PathBuf,
+    listeners: Vec<ListenerSet>,
+    shared: Rc<Shared>,
+    slots: Vec<Slot>,
+    /// pid -> (slot, generation) for every live child, current or draining.
+    children: HashMap<u32, (usize, u64)>,
+    events: mpsc::UnboundedSender<Event>,
+    reload: Option<Reload>,
+}
+
+/// `portico serve`: returns the process exit code.
+pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<i32> {
+    raise_nofile_limit();
+    if let Some(dir) = &cfg.server.chdir {
+        std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
+    }
+    let cpus = usable_cpus();
+    let cells = cfg.cell_count(cpus.len());
+    let cell_cpus: Vec<usize> = (0..cells).map(|i| cpus[i % cpus.len()]).collect();
+
+    let listeners = bind_all(&cfg, cells)?;
+    let metrics = MetricsRegion::create()?;
+
+    let steering = match cfg.ebpf.mode {
+        EbpfMode::Off => {
+            tracing::info!("eBPF steering off ([ebpf] mode = \"off\"): plain SO_REUSEPORT");
+            None
+        }
+        mode => {
+            let groups: Vec<Vec<BorrowedFd<'_>>> = listeners
+                .iter()
+                .filter_map(|l| match l {
+                    ListenerSet::Tcp { per_cell, .. } => Some(per_cell.iter().map(|f| f.as_fd()).collect()),
+                    ListenerSet::Unix { .. } => None,
+                })
+                .collect();
+            match Steering::attach(&groups, &cell_cpus) {
+                Ok(s) => {
+                    tracing::info!("eBPF steering attached: each connection goes to the cell on the CPU that took its SYN");
+                    Some(s)
+                }
+                Err(e) if mode == EbpfMode::On => bail!("eBPF steering required by [ebpf] mode = \"on\" but unavailable: {e}"),
+                Err(e) => {
+                    tracing::warn!("eBPF steering unavailable, serving with plain SO_REUSEPORT: {e}");
+                    None
+                }
+            }
+        }
+    };
+
+    let shared = Rc::new(Shared { metrics, cells, steering });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let admin_addr = match cfg.server.admin.as_str() {
+            "off" => None,
+            a => Some(a.parse::<SocketAddr>().context("admin address")?),
+        };
+        if let Some(addr) = admin_addr {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind admin {addr}"))?;
+            tracing::info!("admin on http://{}", l.local_addr()?);
+            tokio::task::spawn_local(admin::serve(l, shared.clone()));
+        }
+        for l in &listeners {
+            match l {
+                ListenerSet::Tcp { addr, .. } => tracing::info!("listening on http://{addr} ({cells} cells)"),
+                ListenerSet::Unix { path, .. } => tracing::info!("listening on unix:{} ({cells} cells)", path.display()),
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cfg_json = serde_json::to_string(&cfg)?;
+        let mut master = Master {
+            cfg,
+            cfg_json,
+            config_path,
+            overrides,
+            exe: std::env::current_exe().context("locating the portico executable")?,
+            listeners,
+            shared,
+            slots: cell_cpus
+                .iter()
+                .map(|&cpu| Slot { cpu, generation: 0, pid: None, ready: false, started: Instant::now(), backoff: BACKOFF_MIN })
+                .collect(),
+            children: HashMap::new(),
+            events: tx,
+            reload: None,
+        };
+        for i in 0..cells {
+            master.spawn(i)?;
+        }
+        master.supervise(rx).await
+    })
+}
+
+impl Master {
+    fn spawn(&mut self, slot: usize) -> anyhow::Result<()> {
+        let n = self.listeners.len() as i32;
+        let mut mappings = Vec::with_capacity(self.listeners.len() + 2);
+        for (j, l) in self.listeners.iter().enumerate() {
+            let fd = match l {
+                ListenerSet::Tcp { per_cell, .. } => per_cell[slot].try_clone(),
+                ListenerSet::Unix { fd, .. } => fd.try_clone(),
+            }
+            .context("dup listener")?;
+            mappings.push(FdMapping { parent_fd: fd, child_fd: cell::FIRST_FD + j as i32 });
+        }
+        let metrics_fd = OwnedFd::from(self.shared.metrics.file().try_clone().context("dup metrics fd")?);
+        mappings.push(FdMapping { parent_fd: metrics_fd, child_fd: cell::FIRST_FD + n });
+        let (ready_r, ready_w) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe for cell readiness")?;
+        mappings.push(FdMapping { parent_fd: ready_w, child_fd: cell::FIRST_FD + n + 1 });
+
+        let s = &mut self.slots[slot];
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.arg("cell")
+            .env(cell::env::INDEX, slot.to_string())
+            .env(cell::env::CPU, s.cpu.to_string())
+            .env(cell::env::CONFIG, &self.cfg_json)
+            .stdin(std::process::Stdio::null());
+        cmd.fd_mappings(mappings).map_err(|e| anyhow::anyhow!("fd mapping: {e}"))?;
+        let mut child = tokio::process::Command::from(cmd).spawn().context("spawning a cell")?;
+        let pid = child.id().context("cell pid")?;
+        s.generation += 1;
+        s.pid = Some(pid);
+        s.ready = false;
+        s.started = Instant::now();
+        self.shared.metrics.cell(slot).set(slot::PID, pid as u64);
+        self.children.insert(pid, (slot, s.generation));
+
+        let tx = self.events.clone();
+        tokio::task::spawn_local(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Event::Exited { pid, status });
+        });
+        let tx = self.events.clone();
+        tokio::task::spawn_local(async move {
+            use tokio::io::AsyncReadExt as _;
+            let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r) else { return };
+            let mut b = [0u8; 1];
+            if let Ok(1) = r.read(&mut b).await {
+                let _ = tx.send(Event::Ready { pid });
+            }
+        });
+        Ok(())
+    }
+
+    async fn supervise(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<i32> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut quit = signal(SignalKind::quit())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => self.on_event(ev)?,
+                _ = hup.recv() => self.start_reload(),
+                _ = term.recv() => return self.shutdown(&mut rx, false).await,
+                _ = int.recv() => return self.shutdown(&mut rx, false).await,
+                _ = quit.recv() => return self.shutdown(&mut rx, true).await,
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+        match ev {
+            Event::Ready { pid } => {
+                let Some(&(slot, generation)) = self.children.get(&pid) else { return Ok(()) };
+                if self.slots[slot].generation != generation {
+                    return Ok(());
+                }
+                self.slots[slot].ready = true;
+                self.shared.metrics.cell(slot).set(slot::UP, 1);
+                tracing::debug!(cell = slot, pid, "cell up");
+                if let Some(r) = &mut self.reload
+                    && let Some((rslot, old_pid, _)) = r.current
+                    && rslot == slot
+                {
+                    // The replacement accepts on the same listener; now the old one may drain.
+                    signal_pid(old_pid, Signal::TERM);
+                    self.shared.metrics.cell(slot).add(slot::RESTARTS_RELOAD, 1);
+                    r.current = None;
+                    self.reload_step()?;
+                }
+            }
+            Event::Exited { pid, status } => {
+                let Some((slot, generation)) = self.children.remove(&pid) else { return Ok(()) };
+                let s = &mut self.slots[slot];
+                if s.generation != generation {
+                    tracing::debug!(cell = slot, pid, "replaced cell finished draining");
+                    return Ok(());
+                }
+                let how = match &status {
+                    Ok(st) => describe(st),
+                    Err(e) => e.to_string(),
+                };
+                s.pid = None;
+                s.ready = false;
+                self.shared.metrics.cell(slot).set(slot::UP, 0);
+                self.shared.metrics.cell(slot).add(slot::RESTARTS_CRASH, 1);
+                // A reload whose new cell died: keep the old one serving and stop the reload.
+                if let Some(r) = &mut self.reload
+                    && let Some((rslot, old_pid, old_gen)) = r.current
+                    && rslot == slot
+                {
+                    tracing::error!(cell = slot, "reload aborted: the new cell exited ({how}); the old cell keeps serving");
+                    s.pid = Some(old_pid);
+                    s.generation = old_gen;
+                    s.ready = true;
+                    self.shared.metrics.cell(slot).set(slot::UP, 1);
+                    self.shared.metrics.cell(slot).set(slot::PID, old_pid as u64);
+                    self.reload = None;
+                    return Ok(());
+                }
+                let lived = s.started.elapsed();
+                s.backoff = if lived >= STABLE_AFTER { BACKOFF_MIN } else { (s.backoff * 2).min(BACKOFF_MAX) };
+                let delay = if lived >= STABLE_AFTER { Duration::ZERO } else { s.backoff };
+                tracing::error!(cell = slot, pid, "cell exited ({how}) after {:.1}s; respawning in {:?}", lived.as_secs_f64(), delay);
+                let tx = self.events.clone();
+                let generation = s.generation;
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Event::Respawn { slot, generation });
+                });
+            }
+            Event::Respawn { slot, generation } => {
+                if self.slots[slot].generation == generation && self.slots[slot].pid.is_none() {
+                    if let Err(e) = self.spawn(slot) {
+                        tracing::error!(cell = slot, "respawn failed: {e:#}");
+                        let tx = self.events.clone();
+                        tokio::task::spawn_local(async move {
+                            tokio::time::sleep(BACKOFF_MAX).await;
+                            let _ = tx.send(Event::Respawn { slot, generation });
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: read the configuration again and replace the cells one at a time.
+    fn start_reload(&mut self) {
+        if self.reload.is_some() {
+            tracing::warn!("SIGHUP ignored: a reload is already in progress");
+            return;
+        }
+        let mut cfg = match &self.config_path {
+            Some(p) => match Config::load(p) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("reload refused, keeping the running configuration:\n{e}");
+                    return;
+                }
+            },
+            None => Config::default(),
+        };
+        let mut errors = cfg.apply(&self.overrides);
+        if let Err(e) = cfg.validate() {
+            errors.extend(e.0);
+        }
+        if !errors.is_empty() {
+            tracing::error!("reload refused, keeping the running configuration:\n{}", crate::config::ConfigErrors(errors));
+            return;
+        }
+        if cfg.server.listen != self.cfg.server.listen || cfg.server.workers != self.cfg.server.workers {
+            tracing::warn!("reload: changes to server.listen and server.workers need a restart; keeping the current ones");
+            cfg.server.listen = self.cfg.server.listen.clone();
+            cfg.server.workers = self.cfg.server.workers;
+        }
+        if cfg.server.admin != self.cfg.server.admin || cfg.ebpf != self.cfg.ebpf {
+            tracing::warn!("reload: changes to server.admin and [ebpf] need a restart; keeping the current ones");
+            cfg.server.admin = self.cfg.server.admin.clone();
+            cfg.ebpf = self.cfg.ebpf.clone();
+        }
+        match serde_json::to_string(&cfg) {
+            Ok(j) => self.cfg_json = j,
+            Err(e) => {
+                tracing::error!("reload refused: {e}");
+                return;
+            }
+        }
+        self.cfg = cfg;
+        tracing::info!("reloading: replacing {} cells one at a time", self.slots.len());
+        self.reload = Some(Reload { queue: (0..self.slots.len()).collect(), current: None });
+        if let Err(e) = self.reload_step() {
+            tracing::error!("reload: {e:#}");
+            self.reload = None;
+        }
+    }
+
+    fn reload_step(&mut self) -> anyhow::Result<()> {
+        loop {
+            let Some(r) = &mut self.reload else { return Ok(()) };
+            let Some(slot) = r.queue.pop_front() else {
+                tracing::info!("reload complete");
+                self.reload = None;
+                return Ok(());
+            };
+            let s = &self.slots[slot];
+            match (s.pid, s.ready) {
+                (Some(old_pid), true) => {
+                    let old_gen = s.generation;
+                    r.current = Some((slot, old_pid, old_gen));
+                    return self.spawn(slot);
+                }
+                // A cell that is down or starting will pick up the new configuration when it (re)spawns.
+                _ => continue,
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, immediate: bool) -> anyhow::Result<i32> {
+        let sig = if immediate { Signal::KILL } else { Signal::TERM };
+        tracing::info!("{} shutdown of {} cell(s)", if immediate { "immediate" } else { "graceful" }, self.children.len());
+        for &pid in self.children.keys() {
+            signal_pid(pid, sig);
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.server.shutdown_timeout.0 + Duration::from_secs(5);
+        while !self.children.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Event::Exited { pid, .. })) => {
+                    if let Some((slot, _)) = self.children.remove(&pid) {
+                        self.shared.metrics.cell(slot).set(slot::UP, 0);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    for &pid in self.children.keys() {
+                        signal_pid(pid, Signal::KILL);
+                    }
+                    break;
+                }
+            }
+        }
+        for l in &self.listeners {
+            if let ListenerSet::Unix { path, .. } = l {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        tracing::info!("stopped");
+        Ok(0)
+    }
+}
+
+fn describe(st: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+fn signal_pid(pid: u32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ = kill_process(p, sig);
+    }
+}
+
+/// CPUs this process may run on (the affinity mask, as taskset or cgroups set it).
+pub fn usable_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => {
+            let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect();
+            if cpus.is_empty() { vec![0] } else { cpus }
+        }
+        Err(_) => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+    }
+}
+
+/// Raises RLIMIT_NOFILE to the hard limit: every keep-alive connection is a descriptor.
+fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let new = rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, new) {
+            tracing::warn!("could not raise RLIMIT_NOFILE: {e}");
+        }
+    }
+}
+
+fn bind_all(cfg: &Config, cells: usize) -> anyhow::Result<Vec<ListenerSet>> {
+    let backlog = cfg.server.backlog as i32;
+    let mut out = Vec::new();
+    for addr in &cfg.server.listen {
+        match addr {
+            ListenAddr::Tcp(a) => {
+                // Refuse a port someone else holds, even one who also set SO_REUSEPORT.
+                if a.port() != 0 {
+                    std::net::TcpListener::bind(a).with_context(|| format!("bind {a}"))?;
+                }
+                let mut per_cell = Vec::with_capacity(cells);
+                let mut bound = *a;
+                for _ in 0..cells {
+                    let s = tcp_listener(bound, backlog).with_context(|| format!("bind {bound}"))?;
+                    if bound.port() == 0 {
+                        bound = s.local_addr()?.as_socket().context("local address")?;
+                    }
+                    per_cell.push(OwnedFd::from(s));
+                }
+                out.push(ListenerSet::Tcp { addr: bound, per_cell });
+            }
+            ListenAddr::Unix(path) => {
+                if path.exists() {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        bail!("bind unix:{}: another server is listening there", path.display());
+                    }
+                    std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                let s = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+                s.bind(&socket2::SockAddr::unix(path)?).with_context(|| format!("bind unix:{}", path.display()))?;
+                s.listen(backlog)?;
+                out.push(ListenerSet::Unix { path: path.clone(), fd: OwnedFd::from(s) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn tcp_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s)
+}

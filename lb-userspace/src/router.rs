@@ -1,0 +1,91 @@
+//! Longest-prefix routing. Prefixes without a trailing slash match on segment boundaries, so
+//! `/app` serves `/app` and `/app/x` but not `/application`.
+use crate::config::RouteConfig;
+use crate::static_files::StaticRoute;
+
+pub enum Handler {
+    Static(StaticRoute),
+}
+
+pub struct Route {
+    pub prefix: String,
+    pub handler: Handler,
+}
+
+pub enum Match<'a> {
+    /// Route index, route, and the raw path below the prefix.
+    Route(usize, &'a Route, &'a str),
+    /// The path is the prefix without its trailing slash: redirect to the prefix.
+    AddSlash(&'a Route),
+    None,
+}
+
+pub struct Router {
+    /// Longest prefix first.
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn new(cfg: &[RouteConfig]) -> Self {
+        let mut routes: Vec<Route> = cfg
+            .iter()
+            .filter_map(|r| {
+                r.static_files.as_ref().map(|s| Route { prefix: r.prefix.clone(), handler: Handler::Static(StaticRoute::new(s)) })
+            })
+            .collect();
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Router { routes }
+    }
+
+    pub fn find<'a>(&'a self, path: &'a str) -> Match<'a> {
+        for (i, r) in self.routes.iter().enumerate() {
+            let p = r.prefix.as_str();
+            if let Some(rest) = path.strip_prefix(p) {
+                if p.ends_with('/') || rest.is_empty() || rest.starts_with('/') {
+                    return Match::Route(i, r, rest);
+                }
+            } else if p.len() > 1 && p.ends_with('/') && path == &p[..p.len() - 1] {
+                return Match::AddSlash(r);
+            }
+        }
+        Match::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StaticConfig;
+
+    fn router(prefixes: &[&str]) -> Router {
+        let cfg: Vec<RouteConfig> = prefixes
+            .iter()
+            .map(|p| RouteConfig { prefix: p.to_string(), static_files: Some(StaticConfig::default()), wsgi: None })
+            .collect();
+        Router::new(&cfg)
+    }
+
+    fn hit(r: &Router, path: &str) -> Option<(String, String)> {
+        match r.find(path) {
+            Match::Route(_, route, rest) => Some((route.prefix.clone(), rest.to_string())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = router(&["/", "/static/", "/static/img/", "/app"]);
+        assert_eq!(hit(&r, "/static/img/a.png"), Some(("/static/img/".into(), "a.png".into())));
+        assert_eq!(hit(&r, "/static/a.css"), Some(("/static/".into(), "a.css".into())));
+        assert_eq!(hit(&r, "/index.html"), Some(("/".into(), "index.html".into())));
+        assert_eq!(hit(&r, "/app/x"), Some(("/app".into(), "/x".into())));
+        assert_eq!(hit(&r, "/application"), Some(("/".into(), "application".into())));
+        assert!(matches!(r.find("/static"), Match::AddSlash(_)));
+    }
+
+    #[test]
+    fn no_match_without_root_route() {
+        let r = router(&["/static/"]);
+        assert!(matches!(r.find("/other"), Match::None));
+    }
+}

@@ -1,0 +1,70 @@
+//! The one place with `unsafe`: each OS call that needs it is wrapped once here, with a typed
+//! error that names the operation.
+use std::fs::File;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
+
+/// An OS call that failed, with the operation's name.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct SysError {
+    pub op: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn err(op: &'static str) -> impl FnOnce(std::io::Error) -> SysError {
+    move |source| SysError { op, source }
+}
+
+/// Takes ownership of a descriptor the master handed down at exec time.
+pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, SysError> {
+    // SAFETY: only borrowed for the F_GETFD probe below, which fails cleanly on a closed fd.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(borrowed).map_err(|e| SysError { op: "fcntl(F_GETFD) on inherited fd", source: e.into() })?;
+    // SAFETY: the fd is open (checked above) and nothing else in this process owns it: the
+    // master's fd mapping placed it at this number just before exec.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A shared, fixed-size array of atomic counters in a memfd mapped by master and cells.
+pub struct SharedCounters {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl SharedCounters {
+    /// Maps `slots` u64 counters from `file` (which must be at least `slots * 8` bytes).
+    pub fn map(file: &File, slots: usize) -> Result<Self, SysError> {
+        let bytes = slots * std::mem::size_of::<u64>();
+        let meta = file.metadata().map_err(err("fstat(metrics memfd)"))?;
+        if (meta.len() as usize) < bytes {
+            return Err(SysError {
+                op: "mmap(metrics memfd)",
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "region smaller than the layout"),
+            });
+        }
+        // SAFETY: MAP_SHARED mapping of a memfd that only Portico processes hold; it is never
+        // truncated after creation, so the mapping stays valid for the object's lifetime.
+        let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(file) }.map_err(err("mmap(metrics memfd)"))?;
+        Ok(Self { map, len: slots })
+    }
+
+    /// The counters as atomics.
+    pub fn slots(&self) -> &[AtomicU64] {
+        let ptr = self.map.as_ptr() as *const AtomicU64;
+        debug_assert_eq!(ptr.align_offset(std::mem::align_of::<AtomicU64>()), 0);
+        // SAFETY: the mapping is page aligned, `len * 8` bytes long and lives as long as `self`;
+        // AtomicU64 has the size and alignment of u64 and every bit pattern is valid. All
+        // processes touch it only through atomics.
+        unsafe { std::slice::from_raw_parts(ptr, self.len) }
+    }
+}
+
+/// Maps a read-only file into memory so a static file's bytes reach the socket without a
+/// userspace copy (the kernel copies straight from the page cache on write).
+pub fn map_file(file: &File, len: usize) -> Result<memmap2::Mmap, SysError> {
+    // SAFETY: read-only private mapping. Truncating a file that is being served is the one
+    // hazard (SIGBUS); deploy by rename, as with nginx's open_file_cache.
+    unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(err("mmap(static file)"))
+}
