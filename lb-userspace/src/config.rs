@@ -373,16 +373,25 @@ pub struct Overrides {
 impl Config {
     /// Parses TOML, collecting an error for each section that does not deserialize (and for each
     /// unknown top-level key) instead of stopping at the first.
+    #[cfg(test)]
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        let (cfg, errors) = Config::parse_lenient(text, source);
+        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// Like `parse`, but keeps defaults for the sections that failed, so `validate()` can still
+    /// report the problems in the others.
+    pub fn parse_lenient(text: &str, source: &str) -> (Config, Vec<ConfigError>) {
         let mut errors = Vec::new();
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
             Err(e) => {
-                return Err(ConfigErrors(vec![ConfigError {
+                let err = ConfigError {
                     source: source.into(),
                     key: "(syntax)".into(),
                     message: e.message().to_string() + &span_hint(text, e.span()),
-                }]));
+                };
+                return (Config::default(), vec![err]);
             }
         };
         let mut cfg = Config::default();
@@ -429,18 +438,31 @@ impl Config {
                 }),
             }
         }
-        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+        (cfg, errors)
     }
 
-    /// Reads and parses a file.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    /// Reads and parses a file (leniently: see `parse_lenient`).
+    pub fn load(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError { source: source.clone(), key: "(file)".into(), message: e.to_string() }])
         })?;
-        let mut cfg = Config::parse(&text, &source)?;
+        let (mut cfg, errors) = Config::parse_lenient(&text, &source);
         cfg.origin = Some(path.to_path_buf());
-        Ok(cfg)
+        Ok((cfg, errors))
+    }
+
+    /// File (if any) + overrides + validation: the configuration, or every problem at once.
+    pub fn resolve(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let (mut cfg, mut errors) = match path {
+            Some(p) => Config::load(p)?,
+            None => (Config::default(), Vec::new()),
+        };
+        errors.extend(cfg.apply(overrides));
+        if let Err(e) = cfg.validate() {
+            errors.extend(e.0);
+        }
+        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
     }
 
     /// Applies command-line overrides; values that do not parse become errors.
@@ -450,10 +472,13 @@ impl Config {
             errors.push(ConfigError { source: "command line".into(), key: key.into(), message })
         };
         if let Some(app) = &o.app {
-            bad(
-                "APP",
-                format!("{app:?}: serving a WSGI application needs the WSGI worker, which this build does not include yet; serve static routes with --static PREFIX=DIR"),
-            );
+            match app.parse::<wsgi_worker::AppSpec>() {
+                Err(e) => bad("APP", e.to_string()),
+                Ok(_) => bad(
+                    "APP",
+                    format!("{app:?}: serving a WSGI application needs the WSGI worker, which this build does not include yet; serve static routes with --static PREFIX=DIR"),
+                ),
+            }
         }
         if !o.listen.is_empty() {
             let mut listen = Vec::new();

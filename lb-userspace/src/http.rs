@@ -194,13 +194,14 @@ where
     });
     let limits = &ctx.limits;
     let max_head = (limits.max_uri_length.0 + limits.max_header_size.0 + 1024).max(8192) as usize;
-    let mut conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .half_close(false)
-        .max_headers(limits.max_headers as usize)
-        .max_buf_size(max_head)
-        .pipeline_flush(true)
-        .serve_connection(TokioIo::new(io), service);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true).half_close(false).max_buf_size(max_head);
+    // hyper keeps up to 100 header slots on the stack; we count against `max_headers` ourselves
+    // (so the client gets its 431) and only widen hyper's table when the limit is higher.
+    if limits.max_headers > 100 {
+        builder.max_headers(limits.max_headers as usize + 1);
+    }
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
 
     let header_timeout = limits.header_timeout.0;
     let keepalive_timeout = limits.keepalive_timeout.0;
@@ -309,6 +310,9 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
     let target_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
     if target_len as u64 > limits.max_uri_length.0 {
         return (status_page(StatusCode::URI_TOO_LONG), true);
+    }
+    if req.headers().len() as i64 > limits.max_headers {
+        return (status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), true);
     }
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if header_bytes as u64 > limits.max_header_size.0 {

@@ -87,15 +87,7 @@ pub fn init_logging(level: &str) {
 }
 
 fn load(config: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
-    let mut cfg = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    let mut errors = cfg.apply(overrides);
-    if let Err(e) = cfg.validate() {
-        errors.extend(e.0);
-    }
-    if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+    Config::resolve(config.map(PathBuf::as_path), overrides)
 }
 
 fn main() -> ExitCode {

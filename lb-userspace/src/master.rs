@@ -315,24 +315,13 @@ impl Master {
             tracing::warn!("SIGHUP ignored: a reload is already in progress");
             return;
         }
-        let mut cfg = match &self.config_path {
-            Some(p) => match Config::load(p) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("reload refused, keeping the running configuration:\n{e}");
-                    return;
-                }
-            },
-            None => Config::default(),
+        let mut cfg = match Config::resolve(self.config_path.as_deref(), &self.overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration:\n{e}");
+                return;
+            }
         };
-        let mut errors = cfg.apply(&self.overrides);
-        if let Err(e) = cfg.validate() {
-            errors.extend(e.0);
-        }
-        if !errors.is_empty() {
-            tracing::error!("reload refused, keeping the running configuration:\n{}", crate::config::ConfigErrors(errors));
-            return;
-        }
         if cfg.server.listen != self.cfg.server.listen || cfg.server.workers != self.cfg.server.workers {
             tracing::warn!("reload: changes to server.listen and server.workers need a restart; keeping the current ones");
             cfg.server.listen = self.cfg.server.listen.clone();

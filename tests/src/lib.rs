@@ -1,1 +1,354 @@
+//! Harness for end-to-end tests: starts the real `portico` binary on ephemeral ports, reads the
+//! addresses it logs, and speaks raw HTTP/1.1 to it (so malformed requests can be sent too).
+#![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the portico binary built for this test run.
+pub fn portico_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PORTICO_BIN") {
+        return PathBuf::from(p);
+    }
+    // tests/ is a workspace member: target/<profile>/portico next to the test executable's dir.
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("portico");
+    assert!(bin.exists(), "{} missing: build it first (cargo xtask test does)", bin.display());
+    bin
+}
+
+/// A running portico with its captured output.
+pub struct Portico {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+}
+
+fn pump<R: Read + Send + 'static>(r: R, sink: Arc<Mutex<Vec<String>>>, echo: bool) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("[portico] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Portico {
+    /// Starts `portico serve ARGS` (with `--listen 127.0.0.1:0 --admin 127.0.0.1:0` unless the
+    /// args name their own) and waits until it logs its addresses.
+    pub fn start(args: &[&str]) -> Portico {
+        Self::start_with(Command::new(portico_bin()), args)
+    }
+
+    pub fn start_with(cmd: Command, args: &[&str]) -> Portico {
+        Self::launch(cmd, args, true)
+    }
+
+    /// Like `start_with`; `wait_health = false` when the admin endpoint is out of this
+    /// process's reach (another network namespace).
+    pub fn launch(mut cmd: Command, args: &[&str], wait_health: bool) -> Portico {
+        let mut full: Vec<String> = vec!["serve".into()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        if !args.contains(&"--listen") {
+            full.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
+        if !args.contains(&"--admin") {
+            full.extend(["--admin".into(), "127.0.0.1:0".into()]);
+        }
+        if !args.contains(&"--access-log") {
+            full.extend(["--access-log".into(), "off".into()]);
+        }
+        cmd.args(&full).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn portico");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        pump(child.stderr.take().unwrap(), stderr.clone(), std::env::var_os("PORTICO_TEST_ECHO").is_some());
+        pump(child.stdout.take().unwrap(), stdout.clone(), false);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut addr, mut admin) = (None, None);
+        let wants_admin = !full.windows(2).any(|w| w[0] == "--admin" && w[1] == "off");
+        while Instant::now() < deadline {
+            for l in stderr.lock().unwrap().iter() {
+                if let Some(a) = after(l, "listening on http://") {
+                    addr = a.parse().ok();
+                }
+                if let Some(a) = after(l, "admin on http://") {
+                    admin = a.parse().ok();
+                }
+            }
+            if addr.is_some() && (admin.is_some() || !wants_admin) {
+                break;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("portico exited early ({st}):\n{}", stderr.lock().unwrap().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addr = addr.unwrap_or_else(|| panic!("portico never logged its address:\n{}", stderr.lock().unwrap().join("\n")));
+        let p = Portico { child, addr, admin, stderr, stdout };
+        if p.admin.is_some() && wait_health {
+            p.wait_healthy(Duration::from_secs(20));
+        }
+        p
+    }
+
+    pub fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(r) = get(self.admin.unwrap(), "/healthz")
+                && r.status == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("portico never became healthy:\n{}", self.stderr.lock().unwrap().join("\n"));
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.admin.expect("admin"), "/metrics").expect("scrape").text()
+    }
+
+    /// Value of one exposition sample, e.g. `portico_cell_up{cell="0"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics(), series)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), sig).unwrap();
+    }
+
+    /// Waits for exit, up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// PIDs of the cell processes (children of the master).
+    pub fn cell_pids(&self) -> Vec<i32> {
+        let path = format!("/proc/{}/task/{}/children", self.pid(), self.pid());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(self.pid()).unwrap(),
+                rustix::process::Signal::QUIT,
+            );
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    let i = line.find(marker)?;
+    line[i + marker.len()..].split_whitespace().next()
+}
+
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One client connection that can send several requests (keep-alive, pipelining).
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream, buf: Vec::new() })
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(raw)
+    }
+
+    /// Reads one response to a request with `method` (HEAD has no body).
+    pub fn read_response(&mut self, method: &str) -> std::io::Result<Response> {
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+            .collect();
+        let resp = Response { status, headers, body: Vec::new() };
+        let no_body = method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status);
+        let body = if no_body {
+            Vec::new()
+        } else if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buf.len() < len {
+                self.fill()?;
+            }
+            self.buf.drain(..len).collect()
+        } else {
+            // Read to EOF.
+            loop {
+                match self.fill() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            std::mem::take(&mut self.buf)
+        };
+        Ok(Response { body, ..resp })
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut tmp = [0u8; 65536];
+        let n = self.stream.read(&mut tmp)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+
+    /// True when the server has closed the connection (EOF) within `within`.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut tmp = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        self.send(raw_request(method, path, headers).as_bytes())?;
+        self.read_response(method)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut s = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in headers {
+        s.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.push_str("\r\n");
+    s
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    Conn::open(addr)?.request(method, path, headers)
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    request(addr, "GET", path, &[])
+}
+
+/// Sends raw bytes on a fresh connection and reads one response.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
+    let mut c = Conn::open(addr)?;
+    c.send(bytes)?;
+    c.read_response("GET")
+}
+
+/// A temporary site: files relative to a fresh directory.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        Site { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn file(&self, rel: &str, content: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+    pub fn root(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_string_lossy().into_owned()
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Is this test process privileged enough for eBPF and network namespaces?
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -1,1 +1,361 @@
-fn main(){}
+//! Project tasks: `setup` (toolchain parts and packages, idempotent), `run` (the demo), `test`
+//! (the whole suite), `bench` (Portico against its peers, side by side).
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Debian packages the test suite needs (network namespaces for the eBPF tests).
+const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip")];
+/// Debian packages the benchmarks need.
+const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (nightly rust-src, bpf-linker, apt packages).
+    Setup,
+    /// Build everything and serve the demo site on http://127.0.0.1:8080 (admin 127.0.0.1:9090).
+    Run {
+        /// Extra arguments for `portico serve`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite (unit and end-to-end).
+    Test,
+    /// Benchmarks against peers, started side by side in the same run.
+    Bench {
+        /// Which bench: `static`.
+        #[arg(default_value = "static")]
+        which: String,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Interleaved repeats per row (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// wrk connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Workers for both servers (default: usable CPUs).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(TEST_PACKAGES),
+        Cmd::Run { args } => {
+            setup(TEST_PACKAGES)?;
+            build()?;
+            let mut cmd = Command::new(root.join("target/release/portico"));
+            cmd.args(["serve", "-c", "examples/demo/portico.toml"]).args(args);
+            let st = cmd.status().context("running portico")?;
+            if !st.success() {
+                bail!("portico exited with {st}");
+            }
+            Ok(())
+        }
+        Cmd::Test => {
+            setup(TEST_PACKAGES)?;
+            build()?;
+            run(Command::new("cargo").args(["test", "--release", "--workspace", "--exclude", "portico-tests"]))?;
+            // End-to-end tests start many servers under load: one at a time on small machines,
+            // with output shown so SKIP lines are visible.
+            run(Command::new("cargo").args(["test", "--release", "-p", "portico-tests", "--", "--test-threads=1", "--nocapture"]))
+        }
+        Cmd::Bench { which, duration, repeats, connections, workers } => {
+            setup(TEST_PACKAGES)?;
+            setup_packages(BENCH_PACKAGES)?;
+            build()?;
+            match which.as_str() {
+                "static" => bench_static(&root, duration, repeats, connections, workers),
+                other => bail!("unknown bench {other:?} (available: static)"),
+            }
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(dir.parent().context("xtask has no parent dir")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn build() -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "-p", "lb-userspace"]))
+}
+
+/// Idempotent: each step checks first and does nothing when already done.
+fn setup(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask setup: adding rust-src to the nightly toolchain");
+        let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+        if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+            run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        }
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION}");
+        run(Command::new("cargo").args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"]))?;
+    }
+    setup_packages(packages)
+}
+
+fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().filter(|(_, bin)| which(bin).is_none()).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing Debian packages {missing:?}");
+    let sudo = !rustix_is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        if sudo {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["update", "-qq"]))?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run(&mut install)
+}
+
+fn rustix_is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------- bench static
+
+struct Server {
+    name: &'static str,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on 127.0.0.1:{port}")
+}
+
+fn start_portico(root: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let child = Command::new(root.join("target/release/portico"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin", "off", "--access-log", "off"])
+        .args(["--workers", &workers.to_string(), "--static", &format!("/={}", docroot.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting portico")?;
+    wait_port(port)?;
+    Ok(Server { name: "portico", child, port })
+}
+
+fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes {workers};\nworker_cpu_affinity auto;\ndaemon off;\nmaster_process on;\n\
+             pid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\nworker_rlimit_nofile 65536;\n\
+             events {{ worker_connections 16384; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  tcp_nodelay on;\n\
+               keepalive_requests 1000000;\n  keepalive_timeout 75s;\n\
+               open_file_cache max=10000 inactive=60s;\n  open_file_cache_valid 60s;\n\
+               types {{ application/octet-stream bin; text/plain txt; }}\n\
+               server {{\n    listen 127.0.0.1:{port} reuseport;\n    root {root};\n  }}\n}}\n",
+            dir = dir.display(),
+            root = docroot.display()
+        ),
+    )?;
+    let child = Command::new(which("nginx").context("nginx not installed")?)
+        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    wait_port(port)?;
+    Ok(Server { name: "nginx", child, port })
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(port: u16, path: &str, conns: usize, secs: u64, close: bool) -> anyhow::Result<Sample> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t", "1", "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let pct = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .and_then(|v| parse_ms(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Sample { rps, p50_ms: pct("50%"), p99_ms: pct("99%") })
+}
+
+fn parse_ms(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn bench_static(root: &Path, secs: u64, repeats: usize, conns: usize, workers: Option<usize>) -> anyhow::Result<()> {
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let dir = tempfile_dir()?;
+    let docroot = dir.join("www");
+    std::fs::create_dir_all(&docroot)?;
+    for (name, size) in [("1k.bin", 1024usize), ("64k.bin", 64 * 1024), ("1m.bin", 1 << 20)] {
+        std::fs::write(docroot.join(name), vec![b'x'; size])?;
+    }
+    let nginx_dir = dir.join("nginx");
+    std::fs::create_dir_all(&nginx_dir)?;
+    let servers = [start_portico(root, &docroot, workers)?, start_nginx(&nginx_dir, &docroot, workers)?];
+    let rows: [(&str, &str, bool); 4] = [
+        ("1 KiB keep-alive", "/1k.bin", false),
+        ("64 KiB keep-alive", "/64k.bin", false),
+        ("1 MiB keep-alive", "/1m.bin", false),
+        ("1 KiB new connection per request", "/1k.bin", true),
+    ];
+    println!(
+        "bench static: {workers} workers each, wrk -t1 -c{conns} -d{secs}s, {repeats} interleaved repeats (median), same machine\n"
+    );
+    let mut table = String::from(
+        "| row | portico req/s | nginx req/s | ratio | portico p50 / p99 (ms) | nginx p50 / p99 (ms) |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (label, path, close) in rows {
+        // Warm both (file caches, page cache).
+        for s in &servers {
+            wrk(s.port, path, conns, 1, close)?;
+        }
+        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..repeats {
+            for (i, s) in servers.iter().enumerate() {
+                samples[i].push(wrk(s.port, path, conns, secs, close)?);
+            }
+        }
+        let med = |i: usize| Sample {
+            rps: median(samples[i].iter().map(|s| s.rps).collect()),
+            p50_ms: median(samples[i].iter().map(|s| s.p50_ms).collect()),
+            p99_ms: median(samples[i].iter().map(|s| s.p99_ms).collect()),
+        };
+        let (p, n) = (med(0), med(1));
+        let line = format!(
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |\n",
+            p.rps,
+            n.rps,
+            p.rps / n.rps,
+            p.p50_ms,
+            p.p99_ms,
+            n.p50_ms,
+            n.p99_ms
+        );
+        print!("{line}");
+        table.push_str(&line);
+    }
+    eprintln!("stopping {}", servers.iter().map(|s| s.name).collect::<Vec<_>>().join(", "));
+    drop(servers);
+    std::fs::create_dir_all(root.join("bench-results"))?;
+    std::fs::write(root.join("bench-results/static.md"), &table)?;
+    println!("\n{table}\n(written to bench-results/static.md)");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("portico-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
