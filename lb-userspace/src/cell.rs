@@ -167,10 +167,7 @@ impl Acceptor {
                 _ = self.drain.changed() => return,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.spawn(stream, peer.ip().to_string());
-                }
+                Ok((stream, peer)) => self.spawn(stream, peer.ip().to_string()),
                 Err(e) => self.accept_error(e).await,
             }
         }

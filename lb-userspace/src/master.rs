@@ -483,6 +483,8 @@ fn tcp_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
+    s.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }

@@ -51,6 +51,9 @@ enum Cmd {
         /// Workers for both servers (default: usable CPUs).
         #[arg(long)]
         workers: Option<usize>,
+        /// wrk threads (default: the worker count, so new connections start on every CPU).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -80,12 +83,12 @@ fn main() -> anyhow::Result<()> {
             // with output shown so SKIP lines are visible.
             run(Command::new("cargo").args(["test", "--release", "-p", "portico-tests", "--", "--test-threads=1", "--nocapture"]))
         }
-        Cmd::Bench { which, duration, repeats, connections, workers } => {
+        Cmd::Bench { which, duration, repeats, connections, workers, threads } => {
             setup(TEST_PACKAGES)?;
             setup_packages(BENCH_PACKAGES)?;
             build()?;
             match which.as_str() {
-                "static" => bench_static(&root, duration, repeats, connections, workers),
+                "static" => bench_static(&root, BenchOpts { secs: duration, repeats, conns: connections, workers, threads }),
                 other => bail!("unknown bench {other:?} (available: static)"),
             }
         }
@@ -253,9 +256,17 @@ struct Sample {
     p99_ms: f64,
 }
 
-fn wrk(port: u16, path: &str, conns: usize, secs: u64, close: bool) -> anyhow::Result<Sample> {
+struct BenchOpts {
+    secs: u64,
+    repeats: usize,
+    conns: usize,
+    workers: Option<usize>,
+    threads: Option<usize>,
+}
+
+fn wrk(port: u16, path: &str, threads: usize, conns: usize, secs: u64, close: bool) -> anyhow::Result<Sample> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t", "1", "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"]);
+    cmd.args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"]);
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
@@ -293,8 +304,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_static(root: &Path, secs: u64, repeats: usize, conns: usize, workers: Option<usize>) -> anyhow::Result<()> {
-    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
+    let BenchOpts { secs, repeats, conns, .. } = o;
+    let workers = o.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = o.threads.unwrap_or(workers);
     let dir = tempfile_dir()?;
     let docroot = dir.join("www");
     std::fs::create_dir_all(&docroot)?;
@@ -311,7 +324,7 @@ fn bench_static(root: &Path, secs: u64, repeats: usize, conns: usize, workers: O
         ("1 KiB new connection per request", "/1k.bin", true),
     ];
     println!(
-        "bench static: {workers} workers each, wrk -t1 -c{conns} -d{secs}s, {repeats} interleaved repeats (median), same machine\n"
+        "bench static: {workers} workers each, wrk -t{threads} -c{conns} -d{secs}s, {repeats} interleaved repeats (median), same machine\n"
     );
     let mut table = String::from(
         "| row | portico req/s | nginx req/s | ratio | portico p50 / p99 (ms) | nginx p50 / p99 (ms) |\n|---|---:|---:|---:|---:|---:|\n",
@@ -319,12 +332,12 @@ fn bench_static(root: &Path, secs: u64, repeats: usize, conns: usize, workers: O
     for (label, path, close) in rows {
         // Warm both (file caches, page cache).
         for s in &servers {
-            wrk(s.port, path, conns, 1, close)?;
+            wrk(s.port, path, threads, conns, 1, close)?;
         }
         let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..repeats {
             for (i, s) in servers.iter().enumerate() {
-                samples[i].push(wrk(s.port, path, conns, secs, close)?);
+                samples[i].push(wrk(s.port, path, threads, conns, secs, close)?);
             }
         }
         let med = |i: usize| Sample {
