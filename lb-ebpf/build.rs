@@ -4,6 +4,8 @@ use which::which;
 fn main() {
     println!("cargo:rerun-if-env-changed=PATH");
     if which("bpf-linker").is_err() {
-        panic!("bpf-linker not found on PATH: run `cargo xtask setup` (installs bpf-linker 0.10.4 and rust-src for nightly)");
+        panic!(
+            "bpf-linker not found on PATH: run `cargo xtask setup` (installs bpf-linker 0.10.4 and rust-src for nightly)"
+        );
     }
 }

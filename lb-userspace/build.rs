@@ -7,7 +7,9 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
     let manifest = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest).join("../lb-ebpf");
-    let root = root.canonicalize().context("lb-ebpf crate not found next to lb-userspace")?;
+    let root = root
+        .canonicalize()
+        .context("lb-ebpf crate not found next to lb-userspace")?;
     if which("bpf-linker").is_none() {
         return Err(anyhow!(
             "bpf-linker not found on PATH: run `cargo xtask setup` once (installs bpf-linker 0.10.4 and nightly rust-src)"
@@ -15,7 +17,11 @@ fn main() -> anyhow::Result<()> {
     }
     let root = root.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
+        [Package {
+            name: "lb-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         Toolchain::Nightly,
     )
     .context("building the eBPF programs failed; `cargo xtask setup` installs what they need")
@@ -23,5 +29,7 @@ fn main() -> anyhow::Result<()> {
 
 fn which(bin: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
 }

@@ -36,7 +36,8 @@ pub mod steering {
     /// Number of counters.
     pub const COUNT: u32 = 3;
     /// Label values, in index order, for metrics.
-    pub const LABELS: [&str; COUNT as usize] = ["selected", "fallback_no_cell", "fallback_empty_slot"];
+    pub const LABELS: [&str; COUNT as usize] =
+        ["selected", "fallback_no_cell", "fallback_empty_slot"];
 }
 
 /// Value of the `CPU_CELLS` array: which cell serves connections whose SYN ran on this CPU.

@@ -38,13 +38,22 @@ impl AccessLog {
     /// `"-"` = stdout, `"off"` = nothing, else a file opened for append.
     pub fn open(target: &str, format: LogFormat) -> std::io::Result<Self> {
         let out: Box<dyn Write> = match target {
-            "off" => return Ok(Self { format, inner: None }),
+            "off" => {
+                return Ok(Self {
+                    format,
+                    inner: None,
+                });
+            }
             "-" => Box::new(std::io::stdout()),
             path => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
         Ok(Self {
             format,
-            inner: Some(RefCell::new(Sink { buf: Vec::with_capacity(FLUSH_AT), out, clock: (0, String::new(), String::new()) })),
+            inner: Some(RefCell::new(Sink {
+                buf: Vec::with_capacity(FLUSH_AT),
+                out,
+                clock: (0, String::new(), String::new()),
+            })),
         })
     }
 
@@ -55,7 +64,10 @@ impl AccessLog {
     pub fn log(&self, e: &Entry<'_>) {
         let Some(sink) = &self.inner else { return };
         let mut s = sink.borrow_mut();
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if s.clock.0 != now {
             s.clock = (now, combined_time(now), iso_time(now));
         }
@@ -119,7 +131,10 @@ impl Sink {
 
 /// Escapes quotes, backslashes and control bytes the way nginx does (`\xHH`).
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f) {
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -134,14 +149,19 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn combined_time(secs: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
+    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+    );
     t.format(&fmt).unwrap_or_default()
 }
 
 fn iso_time(secs: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -167,7 +187,10 @@ mod tests {
         log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("127.0.0.1 - - ["), "{text}");
-        assert!(text.contains(" +0000] \"GET /a\\x22b HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n"), "{text}");
+        assert!(
+            text.contains(" +0000] \"GET /a\\x22b HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n"),
+            "{text}"
+        );
         assert_eq!(combined_time(0), "01/Jan/1970:00:00:00 +0000");
     }
 
@@ -188,7 +211,8 @@ mod tests {
             duration_s: 0.5,
         });
         log.flush();
-        let v: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
         assert_eq!(v["status"], 304);
         assert_eq!(v["method"], "HEAD");
         assert_eq!(v["referer"], "http://x/");

@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, status_page};
 use crate::master::Shared;
-use crate::metrics::{SteeringSnapshot, render, slot};
+use crate::metrics::{render, slot};
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
     loop {
@@ -21,7 +21,9 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
             let svc = hyper::service::service_fn(move |req| {
                 std::future::ready(Ok::<_, std::convert::Infallible>(handle(&shared, &req)))
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -29,21 +31,29 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(Body::one(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = status_page(StatusCode::METHOD_NOT_ALLOWED);
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     match req.uri().path() {
         "/healthz" => {
-            let down: Vec<usize> = (0..shared.cells).filter(|&i| shared.metrics.cell(i).get(slot::UP) == 0).collect();
+            let down: Vec<usize> = (0..shared.cells)
+                .filter(|&i| shared.metrics.cell(i).get(slot::UP) == 0)
+                .collect();
             if down.is_empty() {
-                text(StatusCode::OK, "text/plain; charset=utf-8", format!("ok: {} cells up\n", shared.cells))
+                text(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    format!("ok: {} cells up\n", shared.cells),
+                )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -53,9 +63,17 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
             }
         }
         "/metrics" => {
-            let snap = shared.steering.as_ref().map(|s| s.snapshot()).unwrap_or_else(SteeringSnapshot::default);
+            let snap = shared
+                .steering
+                .as_ref()
+                .map(|s| s.snapshot())
+                .unwrap_or_default();
             match render(&shared.metrics, shared.cells, &snap) {
-                Ok(t) => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", t),
+                Ok(t) => text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    t,
+                ),
                 Err(e) => {
                     tracing::error!("rendering metrics: {e:#}");
                     status_page(StatusCode::INTERNAL_SERVER_ERROR)

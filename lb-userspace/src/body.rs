@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::StatusCode;
+use http::header::{self, HeaderValue};
 use http_body::{Frame, SizeHint};
 
 /// Called when the response body is finished or dropped (end of a request on the connection).
@@ -22,7 +22,11 @@ pub struct Body {
 
 impl Body {
     pub fn empty() -> Self {
-        Body { chunks: VecDeque::new(), remaining: 0, on_done: None }
+        Body {
+            chunks: VecDeque::new(),
+            remaining: 0,
+            on_done: None,
+        }
     }
     pub fn one(b: Bytes) -> Self {
         let remaining = b.len() as u64;
@@ -30,11 +34,19 @@ impl Body {
         if !b.is_empty() {
             chunks.push_back(b);
         }
-        Body { chunks, remaining, on_done: None }
+        Body {
+            chunks,
+            remaining,
+            on_done: None,
+        }
     }
     pub fn many(chunks: Vec<Bytes>) -> Self {
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        Body { chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(), remaining, on_done: None }
+        Body {
+            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+            remaining,
+            on_done: None,
+        }
     }
     /// Bytes this body will send.
     pub fn len(&self) -> u64 {
@@ -60,7 +72,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.chunks.pop_front() {
             Some(c) => {
                 self.remaining -= c.len() as u64;
@@ -81,13 +96,25 @@ impl http_body::Body for Body {
 
 /// A small text/plain page for a status code: the reason phrase, never internals.
 pub fn status_page(status: StatusCode) -> http::Response<Body> {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut r = http::Response::new(if status == StatusCode::NOT_MODIFIED { Body::empty() } else { Body::one(Bytes::from(text)) });
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = http::Response::new(if status == StatusCode::NOT_MODIFIED {
+        Body::empty()
+    } else {
+        Body::one(Bytes::from(text))
+    });
     *r.status_mut() = status;
     if !r.body().is_empty() {
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         let len = r.body().len();
-        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     r
 }
@@ -99,7 +126,11 @@ mod tests {
 
     #[test]
     fn sizes_are_exact() {
-        let b = Body::many(vec![Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"cde")]);
+        let b = Body::many(vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+        ]);
         assert_eq!(b.size_hint().exact(), Some(5));
         assert!(!b.is_end_stream());
         assert!(Body::empty().is_end_stream());

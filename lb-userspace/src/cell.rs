@@ -35,10 +35,15 @@ pub fn run() -> anyhow::Result<()> {
     if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
         bail!("master is gone");
     }
-    let index: usize = std::env::var(env::INDEX).context("PORTICO_CELL_INDEX")?.parse()?;
-    let cpu: usize = std::env::var(env::CPU).context("PORTICO_CELL_CPU")?.parse()?;
-    let cfg: Config = serde_json::from_str(&std::env::var(env::CONFIG).context("PORTICO_CELL_CONFIG")?)
-        .context("cell configuration from the master")?;
+    let index: usize = std::env::var(env::INDEX)
+        .context("PORTICO_CELL_INDEX")?
+        .parse()?;
+    let cpu: usize = std::env::var(env::CPU)
+        .context("PORTICO_CELL_CPU")?
+        .parse()?;
+    let cfg: Config =
+        serde_json::from_str(&std::env::var(env::CONFIG).context("PORTICO_CELL_CONFIG")?)
+            .context("cell configuration from the master")?;
     crate::init_logging(&cfg.log.level);
 
     let mut set = rustix::thread::CpuSet::new();
@@ -57,7 +62,10 @@ pub fn run() -> anyhow::Result<()> {
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, serve(index, cfg, fds, metrics, ready))
 }
@@ -69,7 +77,8 @@ async fn serve(
     metrics: &'static MetricsRegion,
     ready: OwnedFd,
 ) -> anyhow::Result<()> {
-    let log = AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
+    let log =
+        AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
     let ctx = Rc::new(CellCtx {
         router: Router::new(&cfg.routes),
         cache: FileCache::default(),
@@ -88,7 +97,12 @@ async fn serve(
     let _hup = signal(SignalKind::hangup())?;
 
     for (addr, fd) in cfg.server.listen.iter().zip(fds) {
-        let accept = Acceptor { ctx: ctx.clone(), drain: drain_rx.clone(), active: active.clone(), idle: idle.clone() };
+        let accept = Acceptor {
+            ctx: ctx.clone(),
+            drain: drain_rx.clone(),
+            active: active.clone(),
+            idle: idle.clone(),
+        };
         match addr {
             ListenAddr::Tcp(_) => {
                 let std = std::net::TcpListener::from(fd);

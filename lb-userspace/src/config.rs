@@ -32,7 +32,12 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {e}")?;
         }
@@ -102,7 +107,13 @@ mod auto_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         let s = String::deserialize(d)?;
-        if s == "auto" { Ok(()) } else { Err(serde::de::Error::custom(format!("expected \"auto\" or a number, got {s:?}"))) }
+        if s == "auto" {
+            Ok(())
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "expected \"auto\" or a number, got {s:?}"
+            )))
+        }
     }
 }
 
@@ -124,8 +135,12 @@ impl TryFrom<DurationRepr> for Dur {
     fn try_from(r: DurationRepr) -> Result<Self, String> {
         match r {
             DurationRepr::Int(n) if n >= 0 => Ok(Dur(Duration::from_secs(n as u64))),
-            DurationRepr::Float(f) if f >= 0.0 && f.is_finite() => Ok(Dur(Duration::from_secs_f64(f))),
-            DurationRepr::Int(_) | DurationRepr::Float(_) => Err("a duration cannot be negative".into()),
+            DurationRepr::Float(f) if f >= 0.0 && f.is_finite() => {
+                Ok(Dur(Duration::from_secs_f64(f)))
+            }
+            DurationRepr::Int(_) | DurationRepr::Float(_) => {
+                Err("a duration cannot be negative".into())
+            }
             DurationRepr::Str(s) => parse_duration(&s).map(Dur),
         }
     }
@@ -140,9 +155,13 @@ impl From<Dur> for DurationRepr {
 /// Parses `500ms`, `30s`, `5m`, `2h`, `30d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 5m, 2h, 30d)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 5m, 2h, 30d)"))?;
     let mult = match unit.trim() {
         "" | "s" => 1.0,
         "ms" => 0.001,
@@ -188,7 +207,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 10M, 64k, 1048576)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 10M, 64k, 1048576)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -196,7 +217,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (k, M, G)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,7 +307,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { access_log: "-".into(), format: LogFormat::Combined, level: "info".into() }
+        Self {
+            access_log: "-".into(),
+            format: LogFormat::Combined,
+            level: "info".into(),
+        }
     }
 }
 
@@ -376,7 +402,11 @@ impl Config {
     #[cfg(test)]
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
         let (cfg, errors) = Config::parse_lenient(text, source);
-        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Like `parse`, but keeps defaults for the sections that failed, so `validate()` can still
@@ -397,7 +427,11 @@ impl Config {
         let mut cfg = Config::default();
         for (key, value) in table {
             let mut push = |k: String, e: toml::de::Error| {
-                errors.push(ConfigError { source: source.into(), key: k, message: e.message().trim().to_string() })
+                errors.push(ConfigError {
+                    source: source.into(),
+                    key: k,
+                    message: e.message().trim().to_string(),
+                })
             };
             match key.as_str() {
                 "server" => match value.try_into() {
@@ -445,7 +479,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError { source: source.clone(), key: "(file)".into(), message: e.to_string() }])
+            ConfigErrors(vec![ConfigError {
+                source: source.clone(),
+                key: "(file)".into(),
+                message: e.to_string(),
+            }])
         })?;
         let (mut cfg, errors) = Config::parse_lenient(&text, &source);
         cfg.origin = Some(path.to_path_buf());
@@ -462,21 +500,31 @@ impl Config {
         if let Err(e) = cfg.validate() {
             errors.extend(e.0);
         }
-        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Applies command-line overrides; values that do not parse become errors.
     pub fn apply(&mut self, o: &Overrides) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut bad = |key: &str, message: String| {
-            errors.push(ConfigError { source: "command line".into(), key: key.into(), message })
+            errors.push(ConfigError {
+                source: "command line".into(),
+                key: key.into(),
+                message,
+            })
         };
         if let Some(app) = &o.app {
             match app.parse::<wsgi_worker::AppSpec>() {
                 Err(e) => bad("APP", e.to_string()),
                 Ok(_) => bad(
                     "APP",
-                    format!("{app:?}: serving a WSGI application needs the WSGI worker, which this build does not include yet; serve static routes with --static PREFIX=DIR"),
+                    format!(
+                        "{app:?}: serving a WSGI application needs the WSGI worker, which this build does not include yet; serve static routes with --static PREFIX=DIR"
+                    ),
                 ),
             }
         }
@@ -493,15 +541,23 @@ impl Config {
         for s in &o.statics {
             match s.split_once('=') {
                 Some((prefix, dir)) if !prefix.is_empty() && !dir.is_empty() => {
-                    let root = std::env::current_dir().map(|d| d.join(dir)).unwrap_or_else(|_| PathBuf::from(dir));
+                    let root = std::env::current_dir()
+                        .map(|d| d.join(dir))
+                        .unwrap_or_else(|_| PathBuf::from(dir));
                     self.routes.retain(|r| r.prefix != prefix);
                     self.routes.push(RouteConfig {
                         prefix: prefix.to_string(),
-                        static_files: Some(StaticConfig { root, ..StaticConfig::default() }),
+                        static_files: Some(StaticConfig {
+                            root,
+                            ..StaticConfig::default()
+                        }),
                         wsgi: None,
                     });
                 }
-                _ => bad("--static", format!("{s:?} is not PREFIX=DIR (e.g. /static/=./static)")),
+                _ => bad(
+                    "--static",
+                    format!("{s:?} is not PREFIX=DIR (e.g. /static/=./static)"),
+                ),
             }
         }
         if let Some(w) = &o.workers {
@@ -544,57 +600,106 @@ impl Config {
 
     /// Checks every value and makes paths absolute. Returns every problem found.
     pub fn validate(&mut self) -> Result<(), ConfigErrors> {
-        let source = self.origin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+        let source = self
+            .origin
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "command line".into());
         let mut errors = Vec::new();
-        let mut bad = |key: String, message: String| errors.push(ConfigError { source: source.clone(), key, message });
+        let mut bad = |key: String, message: String| {
+            errors.push(ConfigError {
+                source: source.clone(),
+                key,
+                message,
+            })
+        };
 
         if let Some(c) = &self.server.chdir
             && !c.is_dir()
         {
-            bad("server.chdir".into(), format!("{} is not a directory", c.display()));
+            bad(
+                "server.chdir".into(),
+                format!("{} is not a directory", c.display()),
+            );
         }
         if self.server.listen.is_empty() {
-            bad("server.listen".into(), "at least one listen address is needed".into());
+            bad(
+                "server.listen".into(),
+                "at least one listen address is needed".into(),
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.server.listen.iter().enumerate() {
             if !seen.insert(l.clone()) {
-                bad(format!("server.listen[{i}]"), format!("{l} is listed twice"));
+                bad(
+                    format!("server.listen[{i}]"),
+                    format!("{l} is listed twice"),
+                );
             }
         }
         if let Workers::Count(n) = self.server.workers
             && !(1..=lb_common::MAX_CELLS as i64).contains(&n)
         {
-            bad("server.workers".into(), format!("{n} is out of range (1..={} or \"auto\")", lb_common::MAX_CELLS));
+            bad(
+                "server.workers".into(),
+                format!(
+                    "{n} is out of range (1..={} or \"auto\")",
+                    lb_common::MAX_CELLS
+                ),
+            );
         }
         if self.server.admin != "off" && self.server.admin.parse::<SocketAddr>().is_err() {
-            bad("server.admin".into(), format!("{:?} is not host:port or \"off\"", self.server.admin));
+            bad(
+                "server.admin".into(),
+                format!("{:?} is not host:port or \"off\"", self.server.admin),
+            );
         }
         if !(1..=65535).contains(&self.server.backlog) {
-            bad("server.backlog".into(), format!("{} is out of range (1..=65535)", self.server.backlog));
+            bad(
+                "server.backlog".into(),
+                format!("{} is out of range (1..=65535)", self.server.backlog),
+            );
         }
 
         let l = &self.limits;
         if l.max_uri_length.0 < 64 {
-            bad("limits.max_uri_length".into(), "must be at least 64 bytes".into());
+            bad(
+                "limits.max_uri_length".into(),
+                "must be at least 64 bytes".into(),
+            );
         }
         if l.max_header_size.0 < 1024 {
-            bad("limits.max_header_size".into(), "must be at least 1k".into());
+            bad(
+                "limits.max_header_size".into(),
+                "must be at least 1k".into(),
+            );
         }
         if l.max_uri_length.0 + l.max_header_size.0 > 16 << 20 {
-            bad("limits.max_header_size".into(), "max_uri_length + max_header_size must stay under 16M".into());
+            bad(
+                "limits.max_header_size".into(),
+                "max_uri_length + max_header_size must stay under 16M".into(),
+            );
         }
         if !(1..=1000).contains(&l.max_headers) {
-            bad("limits.max_headers".into(), format!("{} is out of range (1..=1000)", l.max_headers));
+            bad(
+                "limits.max_headers".into(),
+                format!("{} is out of range (1..=1000)", l.max_headers),
+            );
         }
         if l.header_timeout.0.is_zero() {
             bad("limits.header_timeout".into(), "must be more than 0".into());
         }
         if l.keepalive_timeout.0.is_zero() {
-            bad("limits.keepalive_timeout".into(), "must be more than 0".into());
+            bad(
+                "limits.keepalive_timeout".into(),
+                "must be more than 0".into(),
+            );
         }
         if self.log.access_log.is_empty() {
-            bad("log.access_log".into(), "use \"-\" for stdout, \"off\", or a file path".into());
+            bad(
+                "log.access_log".into(),
+                "use \"-\" for stdout, \"off\", or a file path".into(),
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bad("log.level".into(), format!("{:?}: {e}", self.log.level));
@@ -604,9 +709,10 @@ impl Config {
         if !matches!(self.log.access_log.as_str(), "-" | "off") {
             let p = base.join(&self.log.access_log);
             match p.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
-                    bad("log.access_log".into(), format!("directory {} does not exist", dir.display()))
-                }
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => bad(
+                    "log.access_log".into(),
+                    format!("directory {} does not exist", dir.display()),
+                ),
                 _ => self.log.access_log = p.to_string_lossy().into_owned(),
             }
         }
@@ -618,16 +724,23 @@ impl Config {
                 bad(key("prefix"), format!("{:?} must start with '/'", r.prefix));
             }
             if !prefixes.insert(r.prefix.clone()) {
-                bad(key("prefix"), format!("{:?} is used by another route", r.prefix));
+                bad(
+                    key("prefix"),
+                    format!("{:?} is used by another route", r.prefix),
+                );
             }
             if r.wsgi.is_some() {
                 bad(
                     key("wsgi"),
-                    "WSGI routes need the WSGI worker, which this build does not include yet".into(),
+                    "WSGI routes need the WSGI worker, which this build does not include yet"
+                        .into(),
                 );
             }
             match &mut r.static_files {
-                None if r.wsgi.is_none() => bad(format!("route[{i}]"), "needs `static = {{ root = ... }}`".into()),
+                None if r.wsgi.is_none() => bad(
+                    format!("route[{i}]"),
+                    "needs `static = {{ root = ... }}`".into(),
+                ),
                 None => {}
                 Some(s) => {
                     if s.root.as_os_str().is_empty() {
@@ -636,24 +749,37 @@ impl Config {
                         let root = base.join(&s.root);
                         match root.canonicalize() {
                             Ok(p) if p.is_dir() => s.root = p,
-                            Ok(p) => bad(key("static.root"), format!("{} is not a directory", p.display())),
+                            Ok(p) => bad(
+                                key("static.root"),
+                                format!("{} is not a directory", p.display()),
+                            ),
                             Err(e) => bad(key("static.root"), format!("{}: {e}", root.display())),
                         }
                     }
                     if let Some(cc) = &s.cache_control
                         && http::HeaderValue::from_str(cc).is_err()
                     {
-                        bad(key("static.cache_control"), format!("{cc:?} is not a valid header value"));
+                        bad(
+                            key("static.cache_control"),
+                            format!("{cc:?} is not a valid header value"),
+                        );
                     }
                     for (j, idx) in s.index.iter().enumerate() {
                         if idx.is_empty() || idx.contains('/') || idx.starts_with('.') {
-                            bad(format!("route[{i}].static.index[{j}]"), format!("{idx:?} must be a plain file name"));
+                            bad(
+                                format!("route[{i}].static.index[{j}]"),
+                                format!("{idx:?} must be a plain file name"),
+                            );
                         }
                     }
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Number of cells for `workers` and the usable CPUs.
@@ -667,10 +793,16 @@ impl Config {
 
 /// " (line L, column C)" for a byte span of `text`.
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return String::new() };
+    let Some(span) = span else {
+        return String::new();
+    };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count() + 1)
+        .unwrap_or(1);
     format!(" (line {line}, column {col})")
 }
 
@@ -788,7 +920,10 @@ mod tests {
     #[test]
     fn app_is_rejected_clearly_until_wsgi_lands() {
         let mut cfg = Config::default();
-        let errs = cfg.apply(&Overrides { app: Some("site.wsgi:application".into()), ..Default::default() });
+        let errs = cfg.apply(&Overrides {
+            app: Some("site.wsgi:application".into()),
+            ..Default::default()
+        });
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("WSGI"));
     }
@@ -811,7 +946,11 @@ mod tests {
         let mut cfg = Config::default();
         cfg.routes.push(RouteConfig {
             prefix: "/".into(),
-            static_files: Some(StaticConfig { root: "/tmp".into(), expires: Some(Dur(Duration::from_secs(60))), ..Default::default() }),
+            static_files: Some(StaticConfig {
+                root: "/tmp".into(),
+                expires: Some(Dur(Duration::from_secs(60))),
+                ..Default::default()
+            }),
             wsgi: None,
         });
         let json = serde_json::to_string(&cfg).unwrap();

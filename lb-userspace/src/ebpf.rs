@@ -52,11 +52,17 @@ impl Steering {
                     .map_mut(names::CELL_SOCKETS)
                     .ok_or(EbpfError::MissingMap(names::CELL_SOCKETS))?
                     .try_into()
-                    .map_err(|source| EbpfError::Map { op: "open CELL_SOCKETS", source })?;
+                    .map_err(|source| EbpfError::Map {
+                        op: "open CELL_SOCKETS",
+                        source,
+                    })?;
                 for (cell, fd) in listeners.iter().enumerate() {
                     socks
                         .set(cell as u32, &fd.as_raw_fd(), 0)
-                        .map_err(|source| EbpfError::Map { op: "insert listener into CELL_SOCKETS", source })?;
+                        .map_err(|source| EbpfError::Map {
+                            op: "insert listener into CELL_SOCKETS",
+                            source,
+                        })?;
                 }
             }
             {
@@ -64,12 +70,25 @@ impl Steering {
                     .map_mut(names::CPU_CELLS)
                     .ok_or(EbpfError::MissingMap(names::CPU_CELLS))?
                     .try_into()
-                    .map_err(|source| EbpfError::Map { op: "open CPU_CELLS", source })?;
+                    .map_err(|source| EbpfError::Map {
+                        op: "open CPU_CELLS",
+                        source,
+                    })?;
                 for (cell, &cpu) in cpus.iter().enumerate() {
                     if (cpu as u32) < lb_common::MAX_CPUS {
                         cpu_cells
-                            .set(cpu as u32, CpuCell { cell: cell as u32, valid: 1 }, 0)
-                            .map_err(|source| EbpfError::Map { op: "fill CPU_CELLS", source })?;
+                            .set(
+                                cpu as u32,
+                                CpuCell {
+                                    cell: cell as u32,
+                                    valid: 1,
+                                },
+                                0,
+                            )
+                            .map_err(|source| EbpfError::Map {
+                                op: "fill CPU_CELLS",
+                                source,
+                            })?;
                     }
                 }
             }
@@ -77,31 +96,59 @@ impl Steering {
                 .program_mut(names::STEERING_PROGRAM)
                 .ok_or(EbpfError::MissingProgram(names::STEERING_PROGRAM))?
                 .try_into()
-                .map_err(|source| EbpfError::Program { op: "type check", source, log: String::new() })?;
+                .map_err(|source| EbpfError::Program {
+                    op: "type check",
+                    source,
+                    log: String::new(),
+                })?;
             prog.load().map_err(|source| {
                 let log = verifier_tail(&source);
-                EbpfError::Program { op: "load (verifier)", source, log }
+                EbpfError::Program {
+                    op: "load (verifier)",
+                    source,
+                    log,
+                }
             })?;
-            let first = listeners.first().copied().ok_or(EbpfError::MissingMap("listeners"))?;
+            let first = listeners
+                .first()
+                .copied()
+                .ok_or(EbpfError::MissingMap("listeners"))?;
             prog.attach(first.as_fd())
-                .map_err(|source| EbpfError::Program { op: "attach (SO_ATTACH_REUSEPORT_EBPF)", source, log: String::new() })?;
+                .map_err(|source| EbpfError::Program {
+                    op: "attach (SO_ATTACH_REUSEPORT_EBPF)",
+                    source,
+                    log: String::new(),
+                })?;
             loaded.push(bpf);
         }
-        Ok(Steering { groups: loaded, cells: cpus.len() })
+        Ok(Steering {
+            groups: loaded,
+            cells: cpus.len(),
+        })
     }
 
     /// Sums the per-CPU counters of every group.
     pub fn snapshot(&self) -> SteeringSnapshot {
-        let mut snap = SteeringSnapshot { enabled: true, per_cell: vec![0; self.cells], ..Default::default() };
+        let mut snap = SteeringSnapshot {
+            enabled: true,
+            per_cell: vec![0; self.cells],
+            ..Default::default()
+        };
         for bpf in &self.groups {
-            if let Some(Ok(counters)) = bpf.map(names::STEERING_COUNTERS).map(PerCpuArray::<_, u64>::try_from) {
+            if let Some(Ok(counters)) = bpf
+                .map(names::STEERING_COUNTERS)
+                .map(PerCpuArray::<_, u64>::try_from)
+            {
                 for i in 0..steering::COUNT {
                     if let Ok(v) = counters.get(&i, 0) {
                         snap.results[i as usize] += v.iter().sum::<u64>();
                     }
                 }
             }
-            if let Some(Ok(per_cell)) = bpf.map(names::CELL_SELECTED).map(PerCpuArray::<_, u64>::try_from) {
+            if let Some(Ok(per_cell)) = bpf
+                .map(names::CELL_SELECTED)
+                .map(PerCpuArray::<_, u64>::try_from)
+            {
                 for (cell, slot) in snap.per_cell.iter_mut().enumerate() {
                     if let Ok(v) = per_cell.get(&(cell as u32), 0) {
                         *slot += v.iter().sum::<u64>();

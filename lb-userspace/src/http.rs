@@ -127,7 +127,11 @@ impl ConnState {
 impl OnDone for ConnState {
     fn done(&self) {
         self.since.set(Instant::now());
-        self.phase.set(if self.pending.get() { Phase::Head } else { Phase::Idle });
+        self.phase.set(if self.pending.get() {
+            Phase::Head
+        } else {
+            Phase::Idle
+        });
     }
 }
 
@@ -142,7 +146,11 @@ struct TrackedIo<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
@@ -153,7 +161,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -178,12 +190,19 @@ const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n408 Request Timeout\n";
 
 /// Serves one accepted connection until it closes, times out, or the cell drains.
-pub async fn serve_connection<S>(stream: S, remote: String, ctx: Rc<CellCtx>, mut drain: watch::Receiver<bool>)
-where
+pub async fn serve_connection<S>(
+    stream: S,
+    remote: String,
+    ctx: Rc<CellCtx>,
+    mut drain: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let state = Rc::new(ConnState::new());
-    let io = TrackedIo { inner: stream, state: state.clone() };
+    let io = TrackedIo {
+        inner: stream,
+        state: state.clone(),
+    };
     let svc_state = state.clone();
     let svc_ctx = ctx.clone();
     let remote = Rc::<str>::from(remote);
@@ -195,7 +214,10 @@ where
     let limits = &ctx.limits;
     let max_head = (limits.max_uri_length.0 + limits.max_header_size.0 + 1024).max(8192) as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true).half_close(false).max_buf_size(max_head);
+    builder
+        .keep_alive(true)
+        .half_close(false)
+        .max_buf_size(max_head);
     // hyper keeps up to 100 header slots on the stack; we count against `max_headers` ourselves
     // (so the client gets its 431) and only widen hyper's table when the limit is higher.
     if limits.max_headers > 100 {
@@ -267,20 +289,31 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-fn handle(ctx: &CellCtx, state: &Rc<ConnState>, remote: &str, req: Request<Incoming>) -> Response<Body> {
+fn handle(
+    ctx: &CellCtx,
+    state: &Rc<ConnState>,
+    remote: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let cl_and_te = state.begin_request();
     let (mut resp, close) = route(ctx, &req, cl_and_te);
     if close {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("portico"));
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("portico"));
     let status = resp.status().as_u16();
     let sent = resp.body().len();
     ctx.stats.request(status, sent);
     if ctx.log.enabled() {
         let h = req.headers();
-        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         ctx.log.log(&Entry {
             remote,
             method: req.method().as_str(),
@@ -307,18 +340,35 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
     if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
         return (status_page(StatusCode::BAD_REQUEST), false);
     }
-    let target_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    let target_len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
     if target_len as u64 > limits.max_uri_length.0 {
         return (status_page(StatusCode::URI_TOO_LONG), true);
     }
     if req.headers().len() as i64 > limits.max_headers {
-        return (status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), true);
+        return (
+            status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            true,
+        );
     }
-    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
     if header_bytes as u64 > limits.max_header_size.0 {
-        return (status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), true);
+        return (
+            status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            true,
+        );
     }
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limits.max_body_size.0
     {
         return (status_page(StatusCode::PAYLOAD_TOO_LARGE), true);
@@ -330,14 +380,23 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
     }
     // A request body we will not read must not be parsed as the next request.
     let unread_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let resp = match ctx.router.find(path) {
         Match::Route(id, r, rest) => match &r.handler {
             Handler::Static(route) => crate::static_files::serve(
                 &ctx.cache,
                 id,
                 route,
-                FileRequest { method: req.method(), headers: req.headers(), path, query: req.uri().query(), rel_raw: rest },
+                FileRequest {
+                    method: req.method(),
+                    headers: req.headers(),
+                    path,
+                    query: req.uri().query(),
+                    rel_raw: rest,
+                },
             ),
         },
         Match::AddSlash(r) => {

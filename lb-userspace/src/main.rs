@@ -24,7 +24,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigErrors, EXIT_CONFIG, Overrides};
 
 #[derive(Parser)]
-#[command(name = "portico", version, about = "eBPF-steered, per-core HTTP front end: static files and WSGI apps")]
+#[command(
+    name = "portico",
+    version,
+    about = "eBPF-steered, per-core HTTP front end: static files and WSGI apps"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,9 +81,13 @@ struct ServeArgs {
 
 /// Error log through `tracing`, to stderr; `RUST_LOG` wins over the configured level.
 pub fn init_logging(level: &str) {
-    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| level.to_string());
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .unwrap_or_else(|| level.to_string());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

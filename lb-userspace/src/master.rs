@@ -30,16 +30,27 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Listening sockets for one listen address.
 enum ListenerSet {
     /// One SO_REUSEPORT socket per cell.
-    Tcp { addr: SocketAddr, per_cell: Vec<OwnedFd> },
+    Tcp {
+        addr: SocketAddr,
+        per_cell: Vec<OwnedFd>,
+    },
     /// One socket shared by every cell.
     Unix { path: PathBuf, fd: OwnedFd },
 }
 
 #[derive(Debug)]
 enum Event {
-    Ready { pid: u32 },
-    Exited { pid: u32, status: std::io::Result<ExitStatus> },
-    Respawn { slot: usize, generation: u64 },
+    Ready {
+        pid: u32,
+    },
+    Exited {
+        pid: u32,
+        status: std::io::Result<ExitStatus>,
+    },
+    Respawn {
+        slot: usize,
+        generation: u64,
+    },
 }
 
 struct Slot {
@@ -102,26 +113,41 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             let groups: Vec<Vec<BorrowedFd<'_>>> = listeners
                 .iter()
                 .filter_map(|l| match l {
-                    ListenerSet::Tcp { per_cell, .. } => Some(per_cell.iter().map(|f| f.as_fd()).collect()),
+                    ListenerSet::Tcp { per_cell, .. } => {
+                        Some(per_cell.iter().map(|f| f.as_fd()).collect())
+                    }
                     ListenerSet::Unix { .. } => None,
                 })
                 .collect();
             match Steering::attach(&groups, &cell_cpus) {
                 Ok(s) => {
-                    tracing::info!("eBPF steering attached: each connection goes to the cell on the CPU that took its SYN");
+                    tracing::info!(
+                        "eBPF steering attached: each connection goes to the cell on the CPU that took its SYN"
+                    );
                     Some(s)
                 }
-                Err(e) if mode == EbpfMode::On => bail!("eBPF steering required by [ebpf] mode = \"on\" but unavailable: {e}"),
+                Err(e) if mode == EbpfMode::On => {
+                    bail!("eBPF steering required by [ebpf] mode = \"on\" but unavailable: {e}")
+                }
                 Err(e) => {
-                    tracing::warn!("eBPF steering unavailable, serving with plain SO_REUSEPORT: {e}");
+                    tracing::warn!(
+                        "eBPF steering unavailable, serving with plain SO_REUSEPORT: {e}"
+                    );
                     None
                 }
             }
         }
     };
 
-    let shared = Rc::new(Shared { metrics, cells, steering });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let shared = Rc::new(Shared {
+        metrics,
+        cells,
+        steering,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let admin_addr = match cfg.server.admin.as_str() {
@@ -129,14 +155,20 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             a => Some(a.parse::<SocketAddr>().context("admin address")?),
         };
         if let Some(addr) = admin_addr {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind admin {addr}"))?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind admin {addr}"))?;
             tracing::info!("admin on http://{}", l.local_addr()?);
             tokio::task::spawn_local(admin::serve(l, shared.clone()));
         }
         for l in &listeners {
             match l {
-                ListenerSet::Tcp { addr, .. } => tracing::info!("listening on http://{addr} ({cells} cells)"),
-                ListenerSet::Unix { path, .. } => tracing::info!("listening on unix:{} ({cells} cells)", path.display()),
+                ListenerSet::Tcp { addr, .. } => {
+                    tracing::info!("listening on http://{addr} ({cells} cells)")
+                }
+                ListenerSet::Unix { path, .. } => {
+                    tracing::info!("listening on unix:{} ({cells} cells)", path.display())
+                }
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -151,7 +183,14 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             shared,
             slots: cell_cpus
                 .iter()
-                .map(|&cpu| Slot { cpu, generation: 0, pid: None, ready: false, started: Instant::now(), backoff: BACKOFF_MIN })
+                .map(|&cpu| Slot {
+                    cpu,
+                    generation: 0,
+                    pid: None,
+                    ready: false,
+                    started: Instant::now(),
+                    backoff: BACKOFF_MIN,
+                })
                 .collect(),
             children: HashMap::new(),
             events: tx,
@@ -174,13 +213,28 @@ impl Master {
                 ListenerSet::Unix { fd, .. } => fd.try_clone(),
             }
             .context("dup listener")?;
-            mappings.push(FdMapping { parent_fd: fd, child_fd: cell::FIRST_FD + j as i32 });
+            mappings.push(FdMapping {
+                parent_fd: fd,
+                child_fd: cell::FIRST_FD + j as i32,
+            });
         }
-        let metrics_fd = OwnedFd::from(self.shared.metrics.file().try_clone().context("dup metrics fd")?);
-        mappings.push(FdMapping { parent_fd: metrics_fd, child_fd: cell::FIRST_FD + n });
-        let (ready_r, ready_w) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe for cell readiness")?;
-        mappings.push(FdMapping { parent_fd: ready_w, child_fd: cell::FIRST_FD + n + 1 });
+        let metrics_fd = OwnedFd::from(
+            self.shared
+                .metrics
+                .file()
+                .try_clone()
+                .context("dup metrics fd")?,
+        );
+        mappings.push(FdMapping {
+            parent_fd: metrics_fd,
+            child_fd: cell::FIRST_FD + n,
+        });
+        let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .context("pipe for cell readiness")?;
+        mappings.push(FdMapping {
+            parent_fd: ready_w,
+            child_fd: cell::FIRST_FD + n + 1,
+        });
 
         let s = &mut self.slots[slot];
         let mut cmd = std::process::Command::new(&self.exe);
@@ -189,8 +243,11 @@ impl Master {
             .env(cell::env::CPU, s.cpu.to_string())
             .env(cell::env::CONFIG, &self.cfg_json)
             .stdin(std::process::Stdio::null());
-        cmd.fd_mappings(mappings).map_err(|e| anyhow::anyhow!("fd mapping: {e}"))?;
-        let mut child = tokio::process::Command::from(cmd).spawn().context("spawning a cell")?;
+        cmd.fd_mappings(mappings)
+            .map_err(|e| anyhow::anyhow!("fd mapping: {e}"))?;
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .context("spawning a cell")?;
         let pid = child.id().context("cell pid")?;
         s.generation += 1;
         s.pid = Some(pid);
@@ -207,7 +264,9 @@ impl Master {
         let tx = self.events.clone();
         tokio::task::spawn_local(async move {
             use tokio::io::AsyncReadExt as _;
-            let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r) else { return };
+            let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r) else {
+                return;
+            };
             let mut b = [0u8; 1];
             if let Ok(1) = r.read(&mut b).await {
                 let _ = tx.send(Event::Ready { pid });
@@ -235,7 +294,9 @@ impl Master {
     fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
         match ev {
             Event::Ready { pid } => {
-                let Some(&(slot, generation)) = self.children.get(&pid) else { return Ok(()) };
+                let Some(&(slot, generation)) = self.children.get(&pid) else {
+                    return Ok(());
+                };
                 if self.slots[slot].generation != generation {
                     return Ok(());
                 }
@@ -254,7 +315,9 @@ impl Master {
                 }
             }
             Event::Exited { pid, status } => {
-                let Some((slot, generation)) = self.children.remove(&pid) else { return Ok(()) };
+                let Some((slot, generation)) = self.children.remove(&pid) else {
+                    return Ok(());
+                };
                 let s = &mut self.slots[slot];
                 if s.generation != generation {
                     tracing::debug!(cell = slot, pid, "replaced cell finished draining");
@@ -273,19 +336,39 @@ impl Master {
                     && let Some((rslot, old_pid, old_gen)) = r.current
                     && rslot == slot
                 {
-                    tracing::error!(cell = slot, "reload aborted: the new cell exited ({how}); the old cell keeps serving");
+                    tracing::error!(
+                        cell = slot,
+                        "reload aborted: the new cell exited ({how}); the old cell keeps serving"
+                    );
                     s.pid = Some(old_pid);
                     s.generation = old_gen;
                     s.ready = true;
                     self.shared.metrics.cell(slot).set(slot::UP, 1);
-                    self.shared.metrics.cell(slot).set(slot::PID, old_pid as u64);
+                    self.shared
+                        .metrics
+                        .cell(slot)
+                        .set(slot::PID, old_pid as u64);
                     self.reload = None;
                     return Ok(());
                 }
                 let lived = s.started.elapsed();
-                s.backoff = if lived >= STABLE_AFTER { BACKOFF_MIN } else { (s.backoff * 2).min(BACKOFF_MAX) };
-                let delay = if lived >= STABLE_AFTER { Duration::ZERO } else { s.backoff };
-                tracing::error!(cell = slot, pid, "cell exited ({how}) after {:.1}s; respawning in {:?}", lived.as_secs_f64(), delay);
+                s.backoff = if lived >= STABLE_AFTER {
+                    BACKOFF_MIN
+                } else {
+                    (s.backoff * 2).min(BACKOFF_MAX)
+                };
+                let delay = if lived >= STABLE_AFTER {
+                    Duration::ZERO
+                } else {
+                    s.backoff
+                };
+                tracing::error!(
+                    cell = slot,
+                    pid,
+                    "cell exited ({how}) after {:.1}s; respawning in {:?}",
+                    lived.as_secs_f64(),
+                    delay
+                );
                 let tx = self.events.clone();
                 let generation = s.generation;
                 tokio::task::spawn_local(async move {
@@ -294,15 +377,16 @@ impl Master {
                 });
             }
             Event::Respawn { slot, generation } => {
-                if self.slots[slot].generation == generation && self.slots[slot].pid.is_none() {
-                    if let Err(e) = self.spawn(slot) {
-                        tracing::error!(cell = slot, "respawn failed: {e:#}");
-                        let tx = self.events.clone();
-                        tokio::task::spawn_local(async move {
-                            tokio::time::sleep(BACKOFF_MAX).await;
-                            let _ = tx.send(Event::Respawn { slot, generation });
-                        });
-                    }
+                if self.slots[slot].generation == generation
+                    && self.slots[slot].pid.is_none()
+                    && let Err(e) = self.spawn(slot)
+                {
+                    tracing::error!(cell = slot, "respawn failed: {e:#}");
+                    let tx = self.events.clone();
+                    tokio::task::spawn_local(async move {
+                        tokio::time::sleep(BACKOFF_MAX).await;
+                        let _ = tx.send(Event::Respawn { slot, generation });
+                    });
                 }
             }
         }
@@ -322,13 +406,19 @@ impl Master {
                 return;
             }
         };
-        if cfg.server.listen != self.cfg.server.listen || cfg.server.workers != self.cfg.server.workers {
-            tracing::warn!("reload: changes to server.listen and server.workers need a restart; keeping the current ones");
+        if cfg.server.listen != self.cfg.server.listen
+            || cfg.server.workers != self.cfg.server.workers
+        {
+            tracing::warn!(
+                "reload: changes to server.listen and server.workers need a restart; keeping the current ones"
+            );
             cfg.server.listen = self.cfg.server.listen.clone();
             cfg.server.workers = self.cfg.server.workers;
         }
         if cfg.server.admin != self.cfg.server.admin || cfg.ebpf != self.cfg.ebpf {
-            tracing::warn!("reload: changes to server.admin and [ebpf] need a restart; keeping the current ones");
+            tracing::warn!(
+                "reload: changes to server.admin and [ebpf] need a restart; keeping the current ones"
+            );
             cfg.server.admin = self.cfg.server.admin.clone();
             cfg.ebpf = self.cfg.ebpf.clone();
         }
@@ -340,8 +430,14 @@ impl Master {
             }
         }
         self.cfg = cfg;
-        tracing::info!("reloading: replacing {} cells one at a time", self.slots.len());
-        self.reload = Some(Reload { queue: (0..self.slots.len()).collect(), current: None });
+        tracing::info!(
+            "reloading: replacing {} cells one at a time",
+            self.slots.len()
+        );
+        self.reload = Some(Reload {
+            queue: (0..self.slots.len()).collect(),
+            current: None,
+        });
         if let Err(e) = self.reload_step() {
             tracing::error!("reload: {e:#}");
             self.reload = None;
@@ -350,7 +446,9 @@ impl Master {
 
     fn reload_step(&mut self) -> anyhow::Result<()> {
         loop {
-            let Some(r) = &mut self.reload else { return Ok(()) };
+            let Some(r) = &mut self.reload else {
+                return Ok(());
+            };
             let Some(slot) = r.queue.pop_front() else {
                 tracing::info!("reload complete");
                 self.reload = None;
@@ -369,13 +467,27 @@ impl Master {
         }
     }
 
-    async fn shutdown(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, immediate: bool) -> anyhow::Result<i32> {
-        let sig = if immediate { Signal::KILL } else { Signal::TERM };
-        tracing::info!("{} shutdown of {} cell(s)", if immediate { "immediate" } else { "graceful" }, self.children.len());
+    async fn shutdown(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        immediate: bool,
+    ) -> anyhow::Result<i32> {
+        let sig = if immediate {
+            Signal::KILL
+        } else {
+            Signal::TERM
+        };
+        tracing::info!(
+            "{} shutdown of {} cell(s)",
+            if immediate { "immediate" } else { "graceful" },
+            self.children.len()
+        );
         for &pid in self.children.keys() {
             signal_pid(pid, sig);
         }
-        let deadline = tokio::time::Instant::now() + self.cfg.server.shutdown_timeout.0 + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now()
+            + self.cfg.server.shutdown_timeout.0
+            + Duration::from_secs(5);
         while !self.children.is_empty() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Event::Exited { pid, .. })) => {
@@ -422,10 +534,15 @@ fn signal_pid(pid: u32, sig: Signal) {
 pub fn usable_cpus() -> Vec<usize> {
     match rustix::thread::sched_getaffinity(None) {
         Ok(set) => {
-            let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect();
+            let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&c| set.is_set(c))
+                .collect();
             if cpus.is_empty() { vec![0] } else { cpus }
         }
-        Err(_) => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+        Err(_) => (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect(),
     }
 }
 
@@ -434,7 +551,10 @@ fn raise_nofile_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
-        let new = rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum };
+        let new = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
         if let Err(e) = setrlimit(Resource::Nofile, new) {
             tracing::warn!("could not raise RLIMIT_NOFILE: {e}");
         }
@@ -454,25 +574,37 @@ fn bind_all(cfg: &Config, cells: usize) -> anyhow::Result<Vec<ListenerSet>> {
                 let mut per_cell = Vec::with_capacity(cells);
                 let mut bound = *a;
                 for _ in 0..cells {
-                    let s = tcp_listener(bound, backlog).with_context(|| format!("bind {bound}"))?;
+                    let s =
+                        tcp_listener(bound, backlog).with_context(|| format!("bind {bound}"))?;
                     if bound.port() == 0 {
                         bound = s.local_addr()?.as_socket().context("local address")?;
                     }
                     per_cell.push(OwnedFd::from(s));
                 }
-                out.push(ListenerSet::Tcp { addr: bound, per_cell });
+                out.push(ListenerSet::Tcp {
+                    addr: bound,
+                    per_cell,
+                });
             }
             ListenAddr::Unix(path) => {
                 if path.exists() {
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        bail!("bind unix:{}: another server is listening there", path.display());
+                        bail!(
+                            "bind unix:{}: another server is listening there",
+                            path.display()
+                        );
                     }
-                    std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
                 }
                 let s = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
-                s.bind(&socket2::SockAddr::unix(path)?).with_context(|| format!("bind unix:{}", path.display()))?;
+                s.bind(&socket2::SockAddr::unix(path)?)
+                    .with_context(|| format!("bind unix:{}", path.display()))?;
                 s.listen(backlog)?;
-                out.push(ListenerSet::Unix { path: path.clone(), fd: OwnedFd::from(s) });
+                out.push(ListenerSet::Unix {
+                    path: path.clone(),
+                    fd: OwnedFd::from(s),
+                });
             }
         }
     }
@@ -480,7 +612,11 @@ fn bind_all(cfg: &Config, cells: usize) -> anyhow::Result<Vec<ListenerSet>> {
 }
 
 fn tcp_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.

@@ -34,10 +34,16 @@ impl MetricsRegion {
     /// Master side: a new zeroed region for `lb_common::MAX_CELLS` cells.
     pub fn create() -> anyhow::Result<Self> {
         let fd = rustix::fs::memfd_create("portico-metrics", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| SysError { op: "memfd_create(portico-metrics)", source: e.into() })?;
+            .map_err(|e| SysError {
+                op: "memfd_create(portico-metrics)",
+                source: e.into(),
+            })?;
         let file = File::from(fd);
         file.set_len((lb_common::MAX_CELLS as usize * SLOTS_PER_CELL * 8) as u64)
-            .map_err(|e| SysError { op: "ftruncate(portico-metrics)", source: e })?;
+            .map_err(|e| SysError {
+                op: "ftruncate(portico-metrics)",
+                source: e,
+            })?;
         Self::from_file(file)
     }
 
@@ -58,7 +64,9 @@ impl MetricsRegion {
     /// One cell's block.
     pub fn cell(&self, index: usize) -> CellStats<'_> {
         let start = index * SLOTS_PER_CELL;
-        CellStats { s: &self.counters.slots()[start..start + SLOTS_PER_CELL] }
+        CellStats {
+            s: &self.counters.slots()[start..start + SLOTS_PER_CELL],
+        }
     }
 }
 
@@ -105,7 +113,11 @@ pub struct SteeringSnapshot {
 }
 
 /// Renders the Prometheus text exposition for `cells` cells.
-pub fn render(region: &MetricsRegion, cells: usize, steering: &SteeringSnapshot) -> anyhow::Result<String> {
+pub fn render(
+    region: &MetricsRegion,
+    cells: usize,
+    steering: &SteeringSnapshot,
+) -> anyhow::Result<String> {
     use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
     let reg = Registry::new();
     let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
@@ -118,24 +130,53 @@ pub fn render(region: &MetricsRegion, cells: usize, steering: &SteeringSnapshot)
         reg.register(Box::new(g.clone()))?;
         Ok(g)
     };
-    let up = gauge("portico_cell_up", "1 when the cell is running and accepting connections.", &["cell"])?;
+    let up = gauge(
+        "portico_cell_up",
+        "1 when the cell is running and accepting connections.",
+        &["cell"],
+    )?;
     let requests = counter(
         "portico_cell_requests_total",
         "HTTP requests answered by the cell, by status class.",
         &["cell", "status_class"],
     )?;
-    let body_bytes = counter("portico_cell_response_body_bytes_total", "Response body bytes sent by the cell.", &["cell"])?;
-    let accepted = counter("portico_connections_accepted_total", "Connections accepted by the cell.", &["cell"])?;
-    let active = gauge("portico_connections_active", "Connections the cell has open now.", &["cell"])?;
-    let restarts = counter("portico_cell_restarts_total", "Times the cell was replaced, by reason.", &["cell", "reason"])?;
+    let body_bytes = counter(
+        "portico_cell_response_body_bytes_total",
+        "Response body bytes sent by the cell.",
+        &["cell"],
+    )?;
+    let accepted = counter(
+        "portico_connections_accepted_total",
+        "Connections accepted by the cell.",
+        &["cell"],
+    )?;
+    let active = gauge(
+        "portico_connections_active",
+        "Connections the cell has open now.",
+        &["cell"],
+    )?;
+    let restarts = counter(
+        "portico_cell_restarts_total",
+        "Times the cell was replaced, by reason.",
+        &["cell", "reason"],
+    )?;
     let steered = counter(
         "portico_steering_decisions_total",
         "New connections seen by the sk_reuseport steering program, by result.",
         &["cell", "result"],
     )?;
-    let ebpf = IntGauge::new("portico_ebpf_enabled", "1 when eBPF steering is attached, 0 when plain SO_REUSEPORT serves.")?;
+    let ebpf = IntGauge::new(
+        "portico_ebpf_enabled",
+        "1 when eBPF steering is attached, 0 when plain SO_REUSEPORT serves.",
+    )?;
     reg.register(Box::new(ebpf.clone()))?;
-    let info = IntGaugeVec::new(Opts::new("portico_build_info", "Build information; the value is always 1."), &["version"])?;
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "portico_build_info",
+            "Build information; the value is always 1.",
+        ),
+        &["version"],
+    )?;
     reg.register(Box::new(info.clone()))?;
     info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     ebpf.set(steering.enabled as i64);
@@ -146,21 +187,37 @@ pub fn render(region: &MetricsRegion, cells: usize, steering: &SteeringSnapshot)
         let cell = i.to_string();
         up.with_label_values(&[&cell]).set(c.get(slot::UP) as i64);
         for (k, class) in CLASSES.iter().enumerate() {
-            requests.with_label_values(&[cell.as_str(), class]).inc_by(c.get(slot::STATUS_1XX + k));
+            requests
+                .with_label_values(&[cell.as_str(), class])
+                .inc_by(c.get(slot::STATUS_1XX + k));
         }
-        body_bytes.with_label_values(&[&cell]).inc_by(c.get(slot::RESPONSE_BODY_BYTES));
-        accepted.with_label_values(&[&cell]).inc_by(c.get(slot::CONNECTIONS_ACCEPTED));
-        active.with_label_values(&[&cell]).set(c.get(slot::CONNECTIONS_ACTIVE) as i64);
-        restarts.with_label_values(&[&cell, "crash"]).inc_by(c.get(slot::RESTARTS_CRASH));
-        restarts.with_label_values(&[&cell, "reload"]).inc_by(c.get(slot::RESTARTS_RELOAD));
+        body_bytes
+            .with_label_values(&[&cell])
+            .inc_by(c.get(slot::RESPONSE_BODY_BYTES));
+        accepted
+            .with_label_values(&[&cell])
+            .inc_by(c.get(slot::CONNECTIONS_ACCEPTED));
+        active
+            .with_label_values(&[&cell])
+            .set(c.get(slot::CONNECTIONS_ACTIVE) as i64);
+        restarts
+            .with_label_values(&[&cell, "crash"])
+            .inc_by(c.get(slot::RESTARTS_CRASH));
+        restarts
+            .with_label_values(&[&cell, "reload"])
+            .inc_by(c.get(slot::RESTARTS_RELOAD));
         if steering.enabled {
-            steered.with_label_values(&[&cell, "selected"]).inc_by(steering.per_cell.get(i).copied().unwrap_or(0));
+            steered
+                .with_label_values(&[&cell, "selected"])
+                .inc_by(steering.per_cell.get(i).copied().unwrap_or(0));
         }
     }
     if steering.enabled {
         for (idx, label) in lb_common::steering::LABELS.iter().enumerate() {
             if idx as u32 != lb_common::steering::SELECTED {
-                steered.with_label_values(&["kernel", label]).inc_by(steering.results[idx]);
+                steered
+                    .with_label_values(&["kernel", label])
+                    .inc_by(steering.results[idx]);
             }
         }
     }
@@ -183,7 +240,10 @@ mod tests {
         c.request(503, 0);
         c.connection_closed();
         let text = render(&region, 4, &SteeringSnapshot::default()).unwrap();
-        assert!(text.contains("portico_cell_requests_total{cell=\"3\",status_class=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("portico_cell_requests_total{cell=\"3\",status_class=\"2xx\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("portico_cell_requests_total{cell=\"3\",status_class=\"4xx\"} 1"));
         assert!(text.contains("portico_cell_response_body_bytes_total{cell=\"3\"} 15"));
         assert!(text.contains("portico_connections_accepted_total{cell=\"3\"} 1"));

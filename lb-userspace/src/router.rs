@@ -30,10 +30,13 @@ impl Router {
         let mut routes: Vec<Route> = cfg
             .iter()
             .filter_map(|r| {
-                r.static_files.as_ref().map(|s| Route { prefix: r.prefix.clone(), handler: Handler::Static(StaticRoute::new(s)) })
+                r.static_files.as_ref().map(|s| Route {
+                    prefix: r.prefix.clone(),
+                    handler: Handler::Static(StaticRoute::new(s)),
+                })
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router { routes }
     }
 
@@ -60,7 +63,11 @@ mod tests {
     fn router(prefixes: &[&str]) -> Router {
         let cfg: Vec<RouteConfig> = prefixes
             .iter()
-            .map(|p| RouteConfig { prefix: p.to_string(), static_files: Some(StaticConfig::default()), wsgi: None })
+            .map(|p| RouteConfig {
+                prefix: p.to_string(),
+                static_files: Some(StaticConfig::default()),
+                wsgi: None,
+            })
             .collect();
         Router::new(&cfg)
     }
@@ -75,11 +82,23 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let r = router(&["/", "/static/", "/static/img/", "/app"]);
-        assert_eq!(hit(&r, "/static/img/a.png"), Some(("/static/img/".into(), "a.png".into())));
-        assert_eq!(hit(&r, "/static/a.css"), Some(("/static/".into(), "a.css".into())));
-        assert_eq!(hit(&r, "/index.html"), Some(("/".into(), "index.html".into())));
+        assert_eq!(
+            hit(&r, "/static/img/a.png"),
+            Some(("/static/img/".into(), "a.png".into()))
+        );
+        assert_eq!(
+            hit(&r, "/static/a.css"),
+            Some(("/static/".into(), "a.css".into()))
+        );
+        assert_eq!(
+            hit(&r, "/index.html"),
+            Some(("/".into(), "index.html".into()))
+        );
         assert_eq!(hit(&r, "/app/x"), Some(("/app".into(), "/x".into())));
-        assert_eq!(hit(&r, "/application"), Some(("/".into(), "application".into())));
+        assert_eq!(
+            hit(&r, "/application"),
+            Some(("/".into(), "application".into()))
+        );
         assert!(matches!(r.find("/static"), Match::AddSlash(_)));
     }
 

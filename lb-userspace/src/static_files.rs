@@ -82,8 +82,10 @@ pub fn resolve_rel(raw: &str) -> Result<RelPath, PathRefusal> {
         let b = bytes[i];
         if b == b'%' {
             let hex = |c: u8| (c as char).to_digit(16);
-            let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|&c| hex(c)), bytes.get(i + 2).and_then(|&c| hex(c)))
-            else {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&c| hex(c)),
+                bytes.get(i + 2).and_then(|&c| hex(c)),
+            ) else {
                 return Err(PathRefusal::BadRequest);
             };
             let v = (h * 16 + l) as u8;
@@ -116,7 +118,10 @@ pub fn resolve_rel(raw: &str) -> Result<RelPath, PathRefusal> {
             }
         }
     }
-    Ok(RelPath { path: out, trailing_slash })
+    Ok(RelPath {
+        path: out,
+        trailing_slash,
+    })
 }
 
 /// Content coding of a precompressed sibling.
@@ -173,7 +178,12 @@ struct Ident {
 
 impl Ident {
     fn of(m: &std::fs::Metadata) -> Self {
-        Ident { dev: m.dev(), ino: m.ino(), len: m.len(), mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 }
+        Ident {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        }
     }
 }
 
@@ -214,9 +224,13 @@ impl FileCache {
                     return slot.found.clone();
                 }
                 if let (Found::File(f), Some(p)) = (&slot.found, &slot.checked_path)
-                    && std::fs::metadata(p).map(|m| Ident::of(&m) == f.ident).unwrap_or(false)
+                    && std::fs::metadata(p)
+                        .map(|m| Ident::of(&m) == f.ident)
+                        .unwrap_or(false)
                     && f.variants.iter().all(|(c, v)| {
-                        std::fs::metadata(sibling(p, *c)).map(|m| Ident::of(&m) == v.ident).unwrap_or(false)
+                        std::fs::metadata(sibling(p, *c))
+                            .map(|m| Ident::of(&m) == v.ident)
+                            .unwrap_or(false)
                     })
                 {
                     slot.checked_at = now;
@@ -235,18 +249,29 @@ impl FileCache {
         {
             self.inline_bytes.set(self.inline_bytes.get() + f.len);
         }
-        slots.insert(key, CacheSlot { found: found.clone(), checked_path, checked_at: now });
+        slots.insert(
+            key,
+            CacheSlot {
+                found: found.clone(),
+                checked_path,
+                checked_at: now,
+            },
+        );
         found
     }
 
     fn load(&self, route: &StaticRoute, rel: &RelPath) -> (Found, Option<PathBuf>) {
         let joined = route.root.join(std::ffi::OsStr::from_bytes(&rel.path));
         // canonicalize resolves symlinks; anything that lands outside the root is not there.
-        let Ok(real) = joined.canonicalize() else { return (Found::NotFound, None) };
+        let Ok(real) = joined.canonicalize() else {
+            return (Found::NotFound, None);
+        };
         if !real.starts_with(&route.root) {
             return (Found::NotFound, None);
         }
-        let Ok(meta) = std::fs::metadata(&real) else { return (Found::NotFound, None) };
+        let Ok(meta) = std::fs::metadata(&real) else {
+            return (Found::NotFound, None);
+        };
         if meta.is_dir() {
             if !rel.trailing_slash {
                 return (Found::Redirect, None);
@@ -322,7 +347,10 @@ fn open_one(path: &Path, content_type: HeaderValue) -> Option<FileEntry> {
         Bytes::from_owner(crate::sys::map_file(&file, len as usize).ok()?)
     };
     let mtime = meta.modified().ok()?;
-    let mtime_secs = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mtime_secs = mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let ident = Ident::of(&meta);
     // Strong validator from version identity, like nginx: mtime (ns) and size.
     let etag = format!("\"{:x}-{:x}\"", ident.mtime_ns as u64, len);
@@ -331,7 +359,10 @@ fn open_one(path: &Path, content_type: HeaderValue) -> Option<FileEntry> {
         len,
         mtime_secs,
         etag: HeaderValue::from_str(&etag).ok()?,
-        last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime_secs))).ok()?,
+        last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(
+            UNIX_EPOCH + Duration::from_secs(mtime_secs),
+        ))
+        .ok()?,
         content_type,
         content_length: HeaderValue::from(len),
         variants: Vec::new(),
@@ -346,9 +377,17 @@ pub fn content_type_for(path: &Path) -> HeaderValue {
     let texty = mime.type_() == mime_guess::mime::TEXT
         || matches!(
             essence,
-            "application/javascript" | "application/json" | "application/xml" | "image/svg+xml" | "application/manifest+json"
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "image/svg+xml"
+                | "application/manifest+json"
         );
-    let value = if texty { format!("{essence}; charset=utf-8") } else { essence.to_string() };
+    let value = if texty {
+        format!("{essence}; charset=utf-8")
+    } else {
+        essence.to_string()
+    };
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("application/octet-stream"))
 }
 
@@ -364,15 +403,24 @@ pub struct FileRequest<'a> {
 }
 
 /// Serves one request from a static route.
-pub fn serve(cache: &FileCache, route_id: usize, route: &StaticRoute, req: FileRequest<'_>) -> http::Response<Body> {
+pub fn serve(
+    cache: &FileCache,
+    route_id: usize,
+    route: &StaticRoute,
+    req: FileRequest<'_>,
+) -> http::Response<Body> {
     if req.method != Method::GET && req.method != Method::HEAD {
         let mut r = simple(StatusCode::METHOD_NOT_ALLOWED);
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let rel = match resolve_rel(req.rel_raw) {
         // Directory-ness comes from the whole URL path: `/` under prefix `/` is the root dir.
-        Ok(r) => RelPath { trailing_slash: req.path.ends_with('/'), ..r },
+        Ok(r) => RelPath {
+            trailing_slash: req.path.ends_with('/'),
+            ..r
+        },
         Err(PathRefusal::BadRequest) => return simple(StatusCode::BAD_REQUEST),
         Err(PathRefusal::NotFound) => return simple(StatusCode::NOT_FOUND),
     };
@@ -396,14 +444,29 @@ pub fn serve(cache: &FileCache, route_id: usize, route: &StaticRoute, req: FileR
         }
     };
     let (chosen, coding) = choose_variant(&file, req.headers);
-    respond_file(route, chosen, coding, !file.variants.is_empty(), req.method, req.headers)
+    respond_file(
+        route,
+        chosen,
+        coding,
+        !file.variants.is_empty(),
+        req.method,
+        req.headers,
+    )
 }
 
-fn choose_variant<'f>(file: &'f Rc<FileEntry>, headers: &HeaderMap) -> (&'f FileEntry, Option<Coding>) {
+fn choose_variant<'f>(
+    file: &'f Rc<FileEntry>,
+    headers: &HeaderMap,
+) -> (&'f FileEntry, Option<Coding>) {
     if file.variants.is_empty() {
         return (file, None);
     }
-    let Some(ae) = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else { return (file, None) };
+    let Some(ae) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return (file, None);
+    };
     for (coding, v) in &file.variants {
         if accepts(ae, coding.token()) {
             return (v, Some(*coding));
@@ -419,7 +482,11 @@ pub fn accepts(accept_encoding: &str, token: &str) -> bool {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
         let q = parts
-            .find_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
             .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
             .unwrap_or(1.0);
         if name.eq_ignore_ascii_case(token) {
@@ -460,7 +527,9 @@ fn respond_file(
         if !etag_list_matches(im, &f.etag, true) {
             return with_headers(StatusCode::PRECONDITION_FAILED, h, Body::empty());
         }
-    } else if let Some(ius) = req.get(header::IF_UNMODIFIED_SINCE).and_then(http_date_secs)
+    } else if let Some(ius) = req
+        .get(header::IF_UNMODIFIED_SINCE)
+        .and_then(http_date_secs)
         && f.mtime_secs > ius
     {
         return with_headers(StatusCode::PRECONDITION_FAILED, h, Body::empty());
@@ -502,12 +571,22 @@ fn respond_file(
                     h.insert(header::CONTENT_RANGE, v);
                 }
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(e - s + 1));
-                return with_headers(StatusCode::PARTIAL_CONTENT, h, Body::one(f.body.slice(s as usize..=e as usize)));
+                return with_headers(
+                    StatusCode::PARTIAL_CONTENT,
+                    h,
+                    Body::one(f.body.slice(s as usize..=e as usize)),
+                );
             }
             RangeOutcome::Ranges(ranges) => {
-                let boundary = format!("portico-{:016x}", f.ident.ino ^ (f.ident.mtime_ns as u64).rotate_left(17));
+                let boundary = format!(
+                    "portico-{:016x}",
+                    f.ident.ino ^ (f.ident.mtime_ns as u64).rotate_left(17)
+                );
                 let mut chunks = Vec::with_capacity(ranges.len() * 2 + 1);
-                let ct = f.content_type.to_str().unwrap_or("application/octet-stream");
+                let ct = f
+                    .content_type
+                    .to_str()
+                    .unwrap_or("application/octet-stream");
                 for (i, &(s, e)) in ranges.iter().enumerate() {
                     let mut part = BytesMut::new();
                     if i > 0 {
@@ -522,7 +601,9 @@ fn respond_file(
                 }
                 chunks.push(Bytes::from(format!("\r\n--{boundary}--\r\n")));
                 let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+                {
                     h.insert(header::CONTENT_TYPE, v);
                 }
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
@@ -532,7 +613,11 @@ fn respond_file(
     }
 
     h.insert(header::CONTENT_LENGTH, f.content_length.clone());
-    let body = if head { Body::empty() } else { Body::one(f.body.clone()) };
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::one(f.body.clone())
+    };
     with_headers(StatusCode::OK, h, body)
 }
 
@@ -574,7 +659,9 @@ fn etag_list_matches(list: &str, etag: &HeaderValue, strong: bool) -> bool {
 
 /// If-Range: the range applies only when the validator still matches (strong ETag or exact date).
 fn if_range_allows(req: &HeaderMap, f: &FileEntry) -> bool {
-    let Some(v) = req.get(header::IF_RANGE) else { return true };
+    let Some(v) = req.get(header::IF_RANGE) else {
+        return true;
+    };
     let Ok(s) = v.to_str() else { return false };
     let s = s.trim();
     if s.starts_with('"') {
@@ -596,7 +683,9 @@ enum RangeOutcome {
 }
 
 fn parse_ranges(header: &str, len: u64) -> RangeOutcome {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return RangeOutcome::Ignore };
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeOutcome::Ignore;
+    };
     let mut out = Vec::new();
     let mut count = 0;
     for part in spec.split(',') {
@@ -608,27 +697,39 @@ fn parse_ranges(header: &str, len: u64) -> RangeOutcome {
         if count > MAX_RANGES {
             return RangeOutcome::Ignore;
         }
-        let Some((a, b)) = part.split_once('-') else { return RangeOutcome::Ignore };
+        let Some((a, b)) = part.split_once('-') else {
+            return RangeOutcome::Ignore;
+        };
         let (a, b) = (a.trim(), b.trim());
         let range = if a.is_empty() {
-            let Ok(n) = b.parse::<u64>() else { return RangeOutcome::Ignore };
+            let Ok(n) = b.parse::<u64>() else {
+                return RangeOutcome::Ignore;
+            };
             if n == 0 || len == 0 {
                 None
             } else {
                 Some((len.saturating_sub(n), len - 1))
             }
         } else {
-            let Ok(first) = a.parse::<u64>() else { return RangeOutcome::Ignore };
+            let Ok(first) = a.parse::<u64>() else {
+                return RangeOutcome::Ignore;
+            };
             let last = if b.is_empty() {
                 len.saturating_sub(1)
             } else {
-                let Ok(l) = b.parse::<u64>() else { return RangeOutcome::Ignore };
+                let Ok(l) = b.parse::<u64>() else {
+                    return RangeOutcome::Ignore;
+                };
                 if l < first {
                     return RangeOutcome::Ignore;
                 }
                 l.min(len.saturating_sub(1))
             };
-            if first >= len { None } else { Some((first, last)) }
+            if first >= len {
+                None
+            } else {
+                Some((first, last))
+            }
         };
         if let Some(r) = range {
             out.push(r);
@@ -637,7 +738,11 @@ fn parse_ranges(header: &str, len: u64) -> RangeOutcome {
     if count == 0 {
         return RangeOutcome::Ignore;
     }
-    if out.is_empty() { RangeOutcome::Unsatisfiable } else { RangeOutcome::Ranges(out) }
+    if out.is_empty() {
+        RangeOutcome::Unsatisfiable
+    } else {
+        RangeOutcome::Ranges(out)
+    }
 }
 
 #[cfg(test)]
@@ -647,9 +752,18 @@ mod tests {
     #[test]
     fn rel_paths_are_normalised() {
         assert_eq!(resolve_rel("a/b.txt").unwrap().path, b"a/b.txt");
-        assert_eq!(resolve_rel("/a//./b/").unwrap(), RelPath { path: b"a/b".to_vec(), trailing_slash: true });
+        assert_eq!(
+            resolve_rel("/a//./b/").unwrap(),
+            RelPath {
+                path: b"a/b".to_vec(),
+                trailing_slash: true
+            }
+        );
         assert_eq!(resolve_rel("").unwrap().path, b"");
-        assert_eq!(resolve_rel("caf%C3%A9.txt").unwrap().path, "café.txt".as_bytes());
+        assert_eq!(
+            resolve_rel("caf%C3%A9.txt").unwrap().path,
+            "café.txt".as_bytes()
+        );
         assert_eq!(resolve_rel("a%20b").unwrap().path, b"a b");
     }
 
@@ -675,23 +789,48 @@ mod tests {
         ] {
             assert_eq!(resolve_rel(raw), Err(PathRefusal::BadRequest), "{raw}");
         }
-        for raw in ["..%2fetc", "%2f%2e%2e%2fetc", "%2F", ".env", "a/.git/config", "%2ehidden"] {
+        for raw in [
+            "..%2fetc",
+            "%2f%2e%2e%2fetc",
+            "%2F",
+            ".env",
+            "a/.git/config",
+            "%2ehidden",
+        ] {
             assert!(resolve_rel(raw).is_err(), "{raw}");
         }
     }
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_ranges("bytes=0-9", 100), RangeOutcome::Ranges(vec![(0, 9)]));
-        assert_eq!(parse_ranges("bytes=-10", 100), RangeOutcome::Ranges(vec![(90, 99)]));
-        assert_eq!(parse_ranges("bytes=95-", 100), RangeOutcome::Ranges(vec![(95, 99)]));
-        assert_eq!(parse_ranges("bytes=90-200", 100), RangeOutcome::Ranges(vec![(90, 99)]));
-        assert_eq!(parse_ranges("bytes=0-1, 5-6", 100), RangeOutcome::Ranges(vec![(0, 1), (5, 6)]));
+        assert_eq!(
+            parse_ranges("bytes=0-9", 100),
+            RangeOutcome::Ranges(vec![(0, 9)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=-10", 100),
+            RangeOutcome::Ranges(vec![(90, 99)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=95-", 100),
+            RangeOutcome::Ranges(vec![(95, 99)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=90-200", 100),
+            RangeOutcome::Ranges(vec![(90, 99)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=0-1, 5-6", 100),
+            RangeOutcome::Ranges(vec![(0, 1), (5, 6)])
+        );
         assert_eq!(parse_ranges("bytes=100-", 100), RangeOutcome::Unsatisfiable);
         assert_eq!(parse_ranges("bytes=-0", 100), RangeOutcome::Unsatisfiable);
         assert_eq!(parse_ranges("bytes=5-1", 100), RangeOutcome::Ignore);
         assert_eq!(parse_ranges("items=0-1", 100), RangeOutcome::Ignore);
-        assert_eq!(parse_ranges("bytes=-500", 100), RangeOutcome::Ranges(vec![(0, 99)]));
+        assert_eq!(
+            parse_ranges("bytes=-500", 100),
+            RangeOutcome::Ranges(vec![(0, 99)])
+        );
         let many = format!("bytes={}", vec!["0-0"; 40].join(","));
         assert_eq!(parse_ranges(&many, 100), RangeOutcome::Ignore);
     }
@@ -718,9 +857,21 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type_for(Path::new("a.html")), "text/html; charset=utf-8");
-        assert_eq!(content_type_for(Path::new("a.js")).to_str().unwrap().ends_with("charset=utf-8"), true);
+        assert_eq!(
+            content_type_for(Path::new("a.html")),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            content_type_for(Path::new("a.js"))
+                .to_str()
+                .unwrap()
+                .ends_with("charset=utf-8"),
+            true
+        );
         assert_eq!(content_type_for(Path::new("a.png")), "image/png");
-        assert_eq!(content_type_for(Path::new("a.unknownext")), "application/octet-stream");
+        assert_eq!(
+            content_type_for(Path::new("a.unknownext")),
+            "application/octet-stream"
+        );
     }
 }

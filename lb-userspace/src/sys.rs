@@ -21,7 +21,10 @@ fn err(op: &'static str) -> impl FnOnce(std::io::Error) -> SysError {
 pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, SysError> {
     // SAFETY: only borrowed for the F_GETFD probe below, which fails cleanly on a closed fd.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed).map_err(|e| SysError { op: "fcntl(F_GETFD) on inherited fd", source: e.into() })?;
+    rustix::io::fcntl_getfd(borrowed).map_err(|e| SysError {
+        op: "fcntl(F_GETFD) on inherited fd",
+        source: e.into(),
+    })?;
     // SAFETY: the fd is open (checked above) and nothing else in this process owns it: the
     // master's fd mapping placed it at this number just before exec.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -41,12 +44,16 @@ impl SharedCounters {
         if (meta.len() as usize) < bytes {
             return Err(SysError {
                 op: "mmap(metrics memfd)",
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "region smaller than the layout"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "region smaller than the layout",
+                ),
             });
         }
         // SAFETY: MAP_SHARED mapping of a memfd that only Portico processes hold; it is never
         // truncated after creation, so the mapping stays valid for the object's lifetime.
-        let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(file) }.map_err(err("mmap(metrics memfd)"))?;
+        let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(file) }
+            .map_err(err("mmap(metrics memfd)"))?;
         Ok(Self { map, len: slots })
     }
 

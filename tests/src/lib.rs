@@ -16,9 +16,16 @@ pub fn portico_bin() -> PathBuf {
     }
     // tests/ is a workspace member: target/<profile>/portico next to the test executable's dir.
     let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("portico");
-    assert!(bin.exists(), "{} missing: build it first (cargo xtask test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo xtask test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -67,11 +74,18 @@ impl Portico {
         if !args.contains(&"--access-log") {
             full.extend(["--access-log".into(), "off".into()]);
         }
-        cmd.args(&full).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.args(&full)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn portico");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
-        pump(child.stderr.take().unwrap(), stderr.clone(), std::env::var_os("PORTICO_TEST_ECHO").is_some());
+        pump(
+            child.stderr.take().unwrap(),
+            stderr.clone(),
+            std::env::var_os("PORTICO_TEST_ECHO").is_some(),
+        );
         pump(child.stdout.take().unwrap(), stdout.clone(), false);
         let deadline = Instant::now() + Duration::from_secs(20);
         let (mut addr, mut admin) = (None, None);
@@ -89,12 +103,26 @@ impl Portico {
                 break;
             }
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("portico exited early ({st}):\n{}", stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "portico exited early ({st}):\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let addr = addr.unwrap_or_else(|| panic!("portico never logged its address:\n{}", stderr.lock().unwrap().join("\n")));
-        let p = Portico { child, addr, admin, stderr, stdout };
+        let addr = addr.unwrap_or_else(|| {
+            panic!(
+                "portico never logged its address:\n{}",
+                stderr.lock().unwrap().join("\n")
+            )
+        });
+        let p = Portico {
+            child,
+            addr,
+            admin,
+            stderr,
+            stdout,
+        };
         if p.admin.is_some() && wait_health {
             p.wait_healthy(Duration::from_secs(20));
         }
@@ -111,11 +139,16 @@ impl Portico {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("portico never became healthy:\n{}", self.stderr.lock().unwrap().join("\n"));
+        panic!(
+            "portico never became healthy:\n{}",
+            self.stderr.lock().unwrap().join("\n")
+        );
     }
 
     pub fn metrics(&self) -> String {
-        get(self.admin.expect("admin"), "/metrics").expect("scrape").text()
+        get(self.admin.expect("admin"), "/metrics")
+            .expect("scrape")
+            .text()
     }
 
     /// Value of one exposition sample, e.g. `portico_cell_up{cell="0"}`.
@@ -128,7 +161,8 @@ impl Portico {
     }
 
     pub fn signal(&self, sig: rustix::process::Signal) {
-        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), sig).unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), sig)
+            .unwrap();
     }
 
     /// Waits for exit, up to `within`.
@@ -179,7 +213,11 @@ fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// A parsed HTTP response.
@@ -192,7 +230,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -210,7 +251,10 @@ impl Conn {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::new() })
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
@@ -235,13 +279,24 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
         let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            })
             .collect();
-        let resp = Response { status, headers, body: Vec::new() };
-        let no_body = method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status);
+        let resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let no_body =
+            method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status);
         let body = if no_body {
             Vec::new()
-        } else if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        } else if let Some(len) = resp
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             while self.buf.len() < len {
                 self.fill()?;
             }
@@ -264,7 +319,10 @@ impl Conn {
         let mut tmp = [0u8; 65536];
         let n = self.stream.read(&mut tmp)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(())
@@ -284,7 +342,12 @@ impl Conn {
         }
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
         self.send(raw_request(method, path, headers).as_bytes())?;
         self.read_response(method)
     }
@@ -304,7 +367,12 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)]) -> String
 }
 
 /// One request on a fresh connection.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     Conn::open(addr)?.request(method, path, headers)
 }
 
@@ -326,7 +394,9 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Site {
-        Site { dir: tempfile::tempdir().expect("tempdir") }
+        Site {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -20,17 +20,31 @@ fn check_lists_every_problem() {
         static = { root = "missing-dir" }
         "#,
     );
-    let out = Command::new(portico_bin()).args(["check", "-c", &s.root("bad.toml")]).output().unwrap();
+    let out = Command::new(portico_bin())
+        .args(["check", "-c", &s.root("bad.toml")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     // The listen value fails to deserialize the whole [server] table; the other sections still report.
-    for needle in ["server", "limits.header_timeout", "route[0].prefix", "route[0].static.root"] {
+    for needle in [
+        "server",
+        "limits.header_timeout",
+        "route[0].prefix",
+        "route[0].static.root",
+    ] {
         assert!(err.contains(needle), "missing {needle} in:\n{err}");
     }
     assert!(err.contains("bad.toml"), "errors name the file:\n{err}");
 
-    s.file("bad2.toml", b"[server]\nworkers = 0\nadmin = \"x\"\n[[route]]\nprefix = \"/\"\n");
-    let out = Command::new(portico_bin()).args(["check", "-c", &s.root("bad2.toml")]).output().unwrap();
+    s.file(
+        "bad2.toml",
+        b"[server]\nworkers = 0\nadmin = \"x\"\n[[route]]\nprefix = \"/\"\n",
+    );
+    let out = Command::new(portico_bin())
+        .args(["check", "-c", &s.root("bad2.toml")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in ["server.workers", "server.admin", "route[0]"] {
@@ -38,9 +52,24 @@ fn check_lists_every_problem() {
     }
 
     s.file("www/i.html", b"x");
-    s.file("good.toml", format!("[[route]]\nprefix = \"/\"\nstatic = {{ root = \"{}\" }}\n", s.root("www")).as_bytes());
-    let out = Command::new(portico_bin()).args(["check", "-c", &s.root("good.toml")]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    s.file(
+        "good.toml",
+        format!(
+            "[[route]]\nprefix = \"/\"\nstatic = {{ root = \"{}\" }}\n",
+            s.root("www")
+        )
+        .as_bytes(),
+    );
+    let out = Command::new(portico_bin())
+        .args(["check", "-c", &s.root("good.toml")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -49,26 +78,43 @@ fn serve_with_bad_config_binds_nothing() {
     let port = probe.local_addr().unwrap().port();
     drop(probe);
     let out = Command::new(portico_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--static", "/=/definitely/missing", "--workers", "zero"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--static",
+            "/=/definitely/missing",
+            "--workers",
+            "zero",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--workers") && err.contains("route[0].static.root"), "{err}");
+    assert!(
+        err.contains("--workers") && err.contains("route[0].static.root"),
+        "{err}"
+    );
     // Nothing was bound: the port is still free.
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port should be free");
 }
 
 #[test]
 fn app_argument_is_refused_clearly() {
-    let out = Command::new(portico_bin()).args(["serve", "mysite.wsgi:application"]).output().unwrap();
+    let out = Command::new(portico_bin())
+        .args(["serve", "mysite.wsgi:application"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WSGI"));
 }
 
 #[test]
 fn version_flag() {
-    let out = Command::new(portico_bin()).arg("--version").output().unwrap();
+    let out = Command::new(portico_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("portico "));
 }
@@ -78,7 +124,15 @@ fn port_in_use_is_an_error() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap();
     let out = Command::new(portico_bin())
-        .args(["serve", "--listen", &addr.to_string(), "--admin", "off", "--workers", "1"])
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            "off",
+            "--workers",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

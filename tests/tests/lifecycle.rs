@@ -76,7 +76,12 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, failed, threads }
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
     }
 
     fn finish(self) -> (u64, u64) {
@@ -84,7 +89,10 @@ impl Load {
         for t in self.threads {
             t.join().unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -95,7 +103,8 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let mut p = Portico::start(&["-c", &s.root("p.toml")]);
     // A slow download in flight when SIGTERM arrives must complete.
     let mut slow = Conn::open(p.addr).unwrap();
-    slow.send(raw_request("GET", "/big.bin", &[]).as_bytes()).unwrap();
+    slow.send(raw_request("GET", "/big.bin", &[]).as_bytes())
+        .unwrap();
     let mut first = [0u8; 1024];
     slow.stream.read_exact(&mut first).unwrap();
     // And requests under load keep succeeding until the server stops taking them.
@@ -106,13 +115,21 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let (ok, _after_stop_failures) = load.finish();
     assert!(ok > 50, "load made too few requests: {ok}");
     let mut rest = Vec::new();
-    slow.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     slow.stream.read_to_end(&mut rest).unwrap();
     let text_head = String::from_utf8_lossy(&first);
     assert!(text_head.starts_with("HTTP/1.1 200"), "{text_head}");
     let head_len = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(first.len() - head_len + rest.len(), 16 << 20, "slow download was cut short");
-    let st = p.wait_exit(Duration::from_secs(25)).expect("master did not exit");
+    assert_eq!(
+        first.len() - head_len + rest.len(),
+        16 << 20,
+        "slow download was cut short"
+    );
+    let st = p
+        .wait_exit(Duration::from_secs(25))
+        .expect("master did not exit");
     assert_eq!(st.code(), Some(0));
 }
 
@@ -134,7 +151,9 @@ fn graceful_shutdown_loses_no_keepalive_request() {
                 let Ok(mut c) = Conn::open(addr) else { return };
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if c.send(raw_request("GET", "/a.txt", &[]).as_bytes()).is_err() {
+                    if c.send(raw_request("GET", "/a.txt", &[]).as_bytes())
+                        .is_err()
+                    {
                         return;
                     }
                     match c.read_response("GET") {
@@ -161,14 +180,20 @@ fn graceful_shutdown_loses_no_keepalive_request() {
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     p.signal(Signal::TERM);
-    let st = p.wait_exit(Duration::from_secs(25)).expect("master did not exit");
+    let st = p
+        .wait_exit(Duration::from_secs(25))
+        .expect("master did not exit");
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
     assert_eq!(st.code(), Some(0));
     assert!(ok.load(Ordering::Relaxed) > 50);
-    assert_eq!(truncated.load(Ordering::Relaxed), 0, "a response was cut short");
+    assert_eq!(
+        truncated.load(Ordering::Relaxed),
+        0,
+        "a response was cut short"
+    );
 }
 
 #[test]
@@ -176,7 +201,10 @@ fn sighup_reload_under_load_refuses_nothing() {
     let s = site();
     config(&s, "max-age=1");
     let p = Portico::start(&["-c", &s.root("p.toml")]);
-    assert_eq!(get(p.addr, "/a.txt").unwrap().header("cache-control"), Some("max-age=1"));
+    assert_eq!(
+        get(p.addr, "/a.txt").unwrap().header("cache-control"),
+        Some("max-age=1")
+    );
     let old_cells = p.cell_pids();
     assert_eq!(old_cells.len(), 2);
     let load = Load::start(p.addr, 4, false);
@@ -187,19 +215,34 @@ fn sighup_reload_under_load_refuses_nothing() {
     while get(p.addr, "/a.txt").unwrap().header("cache-control") != Some("max-age=2")
         || p.cell_pids().iter().any(|pid| old_cells.contains(pid))
     {
-        assert!(Instant::now() < deadline, "reload never completed:\n{}", p.stderr_text());
+        assert!(
+            Instant::now() < deadline,
+            "reload never completed:\n{}",
+            p.stderr_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
     let (ok, failed) = load.finish();
     assert!(ok > 100, "too few requests: {ok}");
-    assert_eq!(failed, 0, "reload refused or reset {failed} of {} requests", ok + failed);
-    assert_eq!(p.metric("portico_cell_restarts_total{cell=\"0\",reason=\"reload\"}"), Some(1.0));
+    assert_eq!(
+        failed,
+        0,
+        "reload refused or reset {failed} of {} requests",
+        ok + failed
+    );
+    assert_eq!(
+        p.metric("portico_cell_restarts_total{cell=\"0\",reason=\"reload\"}"),
+        Some(1.0)
+    );
     // A broken config on SIGHUP keeps the running one.
     s.file("p.toml", b"[server]\nworkers = \"lots\"\n");
     p.signal(Signal::HUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(get(p.addr, "/a.txt").unwrap().header("cache-control"), Some("max-age=2"));
+    assert_eq!(
+        get(p.addr, "/a.txt").unwrap().header("cache-control"),
+        Some("max-age=2")
+    );
     assert!(p.stderr_text().contains("reload refused"));
 }
 
@@ -212,18 +255,29 @@ fn killed_cell_is_respawned_and_clients_keep_going() {
     let load = Load::start(p.addr, clients, false);
     std::thread::sleep(Duration::from_millis(300));
     let victim = p.cell_pids()[0];
-    rustix::process::kill_process(rustix::process::Pid::from_raw(victim).unwrap(), Signal::KILL).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let (ok, failed) = load.finish();
     // Only requests in flight on the killed cell may fail: at most one per client.
-    assert!(failed <= clients as u64, "{failed} requests failed (ok {ok})");
+    assert!(
+        failed <= clients as u64,
+        "{failed} requests failed (ok {ok})"
+    );
     assert!(ok > 100);
     p.wait_healthy(Duration::from_secs(10));
     let cells = p.cell_pids();
     assert_eq!(cells.len(), 2);
     assert!(!cells.contains(&victim));
     let crashes: f64 = (0..2)
-        .filter_map(|i| p.metric(&format!("portico_cell_restarts_total{{cell=\"{i}\",reason=\"crash\"}}")))
+        .filter_map(|i| {
+            p.metric(&format!(
+                "portico_cell_restarts_total{{cell=\"{i}\",reason=\"crash\"}}"
+            ))
+        })
         .sum();
     assert_eq!(crashes, 1.0);
     assert!(p.stderr_text().contains("killed by signal 9"));
@@ -240,11 +294,15 @@ fn sigquit_stops_at_once() {
     c.request("GET", "/a.txt", &[]).unwrap();
     let t = Instant::now();
     p.signal(Signal::QUIT);
-    p.wait_exit(Duration::from_secs(5)).expect("no exit after SIGQUIT");
+    p.wait_exit(Duration::from_secs(5))
+        .expect("no exit after SIGQUIT");
     assert!(t.elapsed() < Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(200));
     for pid in cells {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "cell {pid} survived");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "cell {pid} survived"
+        );
     }
 }
 
@@ -259,13 +317,27 @@ fn admin_reports_per_cell_counts() {
     get(p.addr, "/missing").unwrap();
     let m = p.metrics();
     let sum = |prefix: &str| -> f64 {
-        m.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        m.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     assert_eq!(sum("portico_cell_requests_total{") - 0.0, 11.0, "{m}");
-    assert_eq!(m.lines().filter(|l| l.starts_with("portico_cell_requests_total{") && l.contains("4xx")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>(), 1.0);
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.starts_with("portico_cell_requests_total{") && l.contains("4xx"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>(),
+        1.0
+    );
     assert_eq!(sum("portico_connections_accepted_total{"), 11.0);
     assert_eq!(sum("portico_cell_up{"), 2.0);
-    for name in ["portico_cell_up", "portico_connections_active", "portico_ebpf_enabled", "portico_build_info"] {
+    for name in [
+        "portico_cell_up",
+        "portico_connections_active",
+        "portico_ebpf_enabled",
+        "portico_build_info",
+    ] {
         assert!(m.contains(&format!("# HELP {name} ")), "no HELP for {name}");
     }
     let h = get(p.admin.unwrap(), "/healthz").unwrap();

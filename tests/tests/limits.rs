@@ -36,8 +36,15 @@ fn limits_answer_with_the_right_status() {
     let long = format!("/{}", "x".repeat(2000));
     assert_eq!(get(a, &long).unwrap().status, 414);
     let big_header = "v".repeat(5000);
-    assert_eq!(request(a, "GET", "/a.txt", &[("X-Big", &big_header)]).unwrap().status, 431);
-    let many: Vec<(String, String)> = (0..30).map(|i| (format!("X-H{i}"), "1".to_string())).collect();
+    assert_eq!(
+        request(a, "GET", "/a.txt", &[("X-Big", &big_header)])
+            .unwrap()
+            .status,
+        431
+    );
+    let many: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("X-H{i}"), "1".to_string()))
+        .collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(request(a, "GET", "/a.txt", &many).unwrap().status, 431);
     let r = request(a, "POST", "/a.txt", &[("Content-Length", "5000")]).unwrap();
@@ -56,10 +63,21 @@ fn limits_answer_with_the_right_status() {
         c.send(req.as_bytes()).unwrap();
         let r = c.read_response("POST").unwrap();
         assert_eq!(r.status, 400, "{req:?}");
-        assert!(c.closed_within(Duration::from_secs(3)), "connection left open after CL+TE");
+        assert!(
+            c.closed_within(Duration::from_secs(3)),
+            "connection left open after CL+TE"
+        );
     }
     // Two different Content-Lengths.
-    assert_eq!(raw(a, b"POST /a.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab").unwrap().status, 400);
+    assert_eq!(
+        raw(
+            a,
+            b"POST /a.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+        )
+        .unwrap()
+        .status,
+        400
+    );
     // Garbage request line.
     assert_eq!(raw(a, b"BLAH\r\n\r\n").unwrap().status, 400);
     // Still serving normally.
@@ -74,7 +92,10 @@ fn slow_header_gets_408_then_close() {
     let started = Instant::now();
     let r = c.read_response("GET").unwrap();
     assert_eq!(r.status, 408);
-    assert!(started.elapsed() >= Duration::from_millis(900), "408 came too early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "408 came too early"
+    );
     assert!(c.closed_within(Duration::from_secs(3)));
 }
 
@@ -87,8 +108,14 @@ fn idle_keepalive_is_closed() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.request("GET", "/a.txt", &[]).unwrap().status, 200);
     let t = Instant::now();
-    assert!(c.closed_within(Duration::from_secs(5)), "idle keep-alive never closed");
-    assert!(t.elapsed() >= Duration::from_millis(1500), "closed before keepalive_timeout");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "idle keep-alive never closed"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "closed before keepalive_timeout"
+    );
 }
 
 #[test]

@@ -16,8 +16,16 @@ fn site() -> (Site, Portico) {
     let big: Vec<u8> = (0..(1 << 20) + 123).map(|i| (i * 7 % 251) as u8).collect();
     s.file("www/big.bin", &big);
     s.file("assets/a.css", b"a{}");
-    std::os::unix::fs::symlink(s.path().join("assets/a.css"), s.path().join("www/outside-link.css")).unwrap();
-    std::os::unix::fs::symlink(s.path().join("www/hello.txt"), s.path().join("www/inside-link.txt")).unwrap();
+    std::os::unix::fs::symlink(
+        s.path().join("assets/a.css"),
+        s.path().join("www/outside-link.css"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        s.path().join("www/hello.txt"),
+        s.path().join("www/inside-link.txt"),
+    )
+    .unwrap();
     let cfg = format!(
         r#"
         [server]
@@ -52,10 +60,19 @@ fn static_rules() {
     assert_eq!(r.header("cache-control"), Some("max-age=3600"));
     assert!(r.header("expires").is_some());
     let etag = r.header("etag").unwrap().to_string();
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong etag: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong etag: {etag}"
+    );
     let lm = r.header("last-modified").unwrap().to_string();
-    assert_eq!(get(a, "/app.js").unwrap().header("content-type"), Some("text/javascript; charset=utf-8"));
-    assert_eq!(get(a, "/assets/a.css").unwrap().header("cache-control"), Some("public, max-age=2592000, immutable"));
+    assert_eq!(
+        get(a, "/app.js").unwrap().header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(
+        get(a, "/assets/a.css").unwrap().header("cache-control"),
+        Some("public, max-age=2592000, immutable")
+    );
 
     // HEAD: headers, no body.
     let h = request(a, "HEAD", "/hello.txt", &[]).unwrap();
@@ -64,18 +81,50 @@ fn static_rules() {
     assert!(h.body.is_empty());
 
     // Conditionals.
-    assert_eq!(request(a, "GET", "/hello.txt", &[("If-None-Match", &etag)]).unwrap().status, 304);
-    assert_eq!(request(a, "GET", "/hello.txt", &[("If-None-Match", &format!("\"x\", W/{etag}"))]).unwrap().status, 304);
-    assert_eq!(request(a, "GET", "/hello.txt", &[("If-None-Match", "\"other\"")]).unwrap().status, 200);
+    assert_eq!(
+        request(a, "GET", "/hello.txt", &[("If-None-Match", &etag)])
+            .unwrap()
+            .status,
+        304
+    );
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/hello.txt",
+            &[("If-None-Match", &format!("\"x\", W/{etag}"))]
+        )
+        .unwrap()
+        .status,
+        304
+    );
+    assert_eq!(
+        request(a, "GET", "/hello.txt", &[("If-None-Match", "\"other\"")])
+            .unwrap()
+            .status,
+        200
+    );
     let r304 = request(a, "GET", "/hello.txt", &[("If-Modified-Since", &lm)]).unwrap();
     assert_eq!(r304.status, 304);
     assert_eq!(r304.header("etag"), Some(etag.as_str()));
     assert!(r304.body.is_empty());
     assert_eq!(
-        request(a, "GET", "/hello.txt", &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")]).unwrap().status,
+        request(
+            a,
+            "GET",
+            "/hello.txt",
+            &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")]
+        )
+        .unwrap()
+        .status,
         200
     );
-    assert_eq!(request(a, "GET", "/hello.txt", &[("If-Match", "\"nope\"")]).unwrap().status, 412);
+    assert_eq!(
+        request(a, "GET", "/hello.txt", &[("If-Match", "\"nope\"")])
+            .unwrap()
+            .status,
+        412
+    );
 
     // Ranges: single, suffix, open-ended, multi, unsatisfiable, If-Range.
     let r = request(a, "GET", "/hello.txt", &[("Range", "bytes=0-4")]).unwrap();
@@ -92,27 +141,64 @@ fn static_rules() {
     let boundary = ct.split("boundary=").nth(1).unwrap();
     let text = r.text();
     assert_eq!(text.matches(&format!("--{boundary}")).count(), 3, "{text}");
-    assert!(text.contains("Content-Range: bytes 0-0/12\r\n\r\nh"), "{text}");
-    assert!(text.contains("Content-Range: bytes 6-10/12\r\n\r\nworld"), "{text}");
+    assert!(
+        text.contains("Content-Range: bytes 0-0/12\r\n\r\nh"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Range: bytes 6-10/12\r\n\r\nworld"),
+        "{text}"
+    );
     assert!(text.ends_with(&format!("--{boundary}--\r\n")));
-    assert_eq!(r.header("content-length").unwrap().parse::<usize>().unwrap(), r.body.len());
+    assert_eq!(
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        r.body.len()
+    );
     let r = request(a, "GET", "/hello.txt", &[("Range", "bytes=50-60")]).unwrap();
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range"), Some("bytes */12"));
-    let r = request(a, "GET", "/hello.txt", &[("Range", "bytes=0-4"), ("If-Range", &etag)]).unwrap();
+    let r = request(
+        a,
+        "GET",
+        "/hello.txt",
+        &[("Range", "bytes=0-4"), ("If-Range", &etag)],
+    )
+    .unwrap();
     assert_eq!(r.status, 206);
-    let r = request(a, "GET", "/hello.txt", &[("Range", "bytes=0-4"), ("If-Range", "\"stale\"")]).unwrap();
+    let r = request(
+        a,
+        "GET",
+        "/hello.txt",
+        &[("Range", "bytes=0-4"), ("If-Range", "\"stale\"")],
+    )
+    .unwrap();
     assert_eq!((r.status, r.body.len()), (200, 12));
-    let r = request(a, "GET", "/hello.txt", &[("Range", "bytes=0-4"), ("If-Range", &lm)]).unwrap();
+    let r = request(
+        a,
+        "GET",
+        "/hello.txt",
+        &[("Range", "bytes=0-4"), ("If-Range", &lm)],
+    )
+    .unwrap();
     assert_eq!(r.status, 206);
 
     // Large file (memory-mapped path): every byte right, and ranges deep inside it.
     let big = get(a, "/big.bin").unwrap();
     assert_eq!(big.status, 200);
     assert_eq!(big.body.len(), (1 << 20) + 123);
-    assert!(big.body.iter().enumerate().all(|(i, &b)| b == (i * 7 % 251) as u8));
+    assert!(
+        big.body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i * 7 % 251) as u8)
+    );
     let r = request(a, "GET", "/big.bin", &[("Range", "bytes=1048576-1048580")]).unwrap();
-    let want: Vec<u8> = (1048576..=1048580).map(|i: usize| (i * 7 % 251) as u8).collect();
+    let want: Vec<u8> = (1048576..=1048580)
+        .map(|i: usize| (i * 7 % 251) as u8)
+        .collect();
     assert_eq!(r.body, want);
 
     // Directories: index, redirect keeps the query, no listings.
@@ -134,13 +220,22 @@ fn static_rules() {
 
     // Precompressed siblings.
     let r = request(a, "GET", "/style.css", &[("Accept-Encoding", "gzip, br")]).unwrap();
-    assert_eq!((r.header("content-encoding"), r.body.as_slice()), (Some("br"), &b"BROTLI"[..]));
+    assert_eq!(
+        (r.header("content-encoding"), r.body.as_slice()),
+        (Some("br"), &b"BROTLI"[..])
+    );
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert_eq!(r.header("content-type"), Some("text/css; charset=utf-8"));
     let r = request(a, "GET", "/style.css", &[("Accept-Encoding", "gzip")]).unwrap();
-    assert_eq!((r.header("content-encoding"), r.body.as_slice()), (Some("gzip"), &b"GZIPPED"[..]));
+    assert_eq!(
+        (r.header("content-encoding"), r.body.as_slice()),
+        (Some("gzip"), &b"GZIPPED"[..])
+    );
     let plain = get(a, "/style.css").unwrap();
-    assert_eq!((plain.header("content-encoding"), plain.body.as_slice()), (None, &b"body{color:red}"[..]));
+    assert_eq!(
+        (plain.header("content-encoding"), plain.body.as_slice()),
+        (None, &b"body{color:red}"[..])
+    );
     assert_eq!(plain.header("vary"), Some("Accept-Encoding"));
     assert_ne!(plain.header("etag"), r.header("etag"));
 
@@ -186,8 +281,17 @@ fn access_log_combined_and_json() {
     let s = Site::new();
     s.file("www/a.txt", b"abc");
     for (fmt, check) in [
-        ("combined", Box::new(|l: &str| l.contains("\"GET /a.txt?q=1 HTTP/1.1\" 200 3 \"-\" \"t/1\"")) as Box<dyn Fn(&str) -> bool>),
-        ("json", Box::new(|l: &str| l.contains("\"status\":200") && l.contains("\"uri\":\"/a.txt?q=1\""))),
+        (
+            "combined",
+            Box::new(|l: &str| l.contains("\"GET /a.txt?q=1 HTTP/1.1\" 200 3 \"-\" \"t/1\""))
+                as Box<dyn Fn(&str) -> bool>,
+        ),
+        (
+            "json",
+            Box::new(|l: &str| {
+                l.contains("\"status\":200") && l.contains("\"uri\":\"/a.txt?q=1\"")
+            }),
+        ),
     ] {
         let log = s.path().join(format!("{fmt}.log"));
         let p = Portico::start(&[
@@ -207,7 +311,10 @@ fn access_log_combined_and_json() {
             if text.lines().any(|l| check(l)) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "{fmt} log line missing: {text:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{fmt} log line missing: {text:?}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }

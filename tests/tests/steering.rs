@@ -10,12 +10,19 @@ struct Netns(String);
 impl Netns {
     fn create() -> Option<Netns> {
         let name = format!("portico-steer-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().ok()?.success();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .ok()?
+            .success();
         if !ok {
             return None;
         }
         let ns = Netns(name);
-        Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]).status().ok()?;
+        Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .ok()?;
         Some(ns)
     }
 }
@@ -27,7 +34,11 @@ impl Drop for Netns {
 }
 
 /// Runs `f` on a thread that has joined the namespace and is pinned to `cpu`.
-fn in_ns_on_cpu<T: Send + 'static>(ns: &str, cpu: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+fn in_ns_on_cpu<T: Send + 'static>(
+    ns: &str,
+    cpu: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).expect("open netns");
@@ -48,10 +59,14 @@ fn in_ns_on_cpu<T: Send + 'static>(ns: &str, cpu: usize, f: impl FnOnce() -> T +
 #[test]
 fn client_on_cpu_k_lands_on_cell_k() {
     if !is_root() {
-        println!("SKIP steering: needs root (CAP_BPF, CAP_NET_ADMIN) for eBPF and network namespaces");
+        println!(
+            "SKIP steering: needs root (CAP_BPF, CAP_NET_ADMIN) for eBPF and network namespaces"
+        );
         return;
     }
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if cpus < 2 {
         println!("SKIP steering: needs at least 2 CPUs to tell cells apart");
         return;
@@ -87,8 +102,15 @@ fn client_on_cpu_k_lands_on_cell_k() {
     let mut up = false;
     for _ in 0..200 {
         let m = scrape();
-        if (0..cpus).all(|i| metric_value(&m, &format!("portico_cell_up{{cell=\"{i}\"}}")) == Some(1.0)) {
-            assert_eq!(metric_value(&m, "portico_ebpf_enabled"), Some(1.0), "eBPF did not attach as root:\n{}", p.stderr_text());
+        if (0..cpus)
+            .all(|i| metric_value(&m, &format!("portico_cell_up{{cell=\"{i}\"}}")) == Some(1.0))
+        {
+            assert_eq!(
+                metric_value(&m, "portico_ebpf_enabled"),
+                Some(1.0),
+                "eBPF did not attach as root:\n{}",
+                p.stderr_text()
+            );
             up = true;
             break;
         }
@@ -100,18 +122,35 @@ fn client_on_cpu_k_lands_on_cell_k() {
     for k in 0..cpus {
         let before = scrape();
         let served = in_ns_on_cpu(&ns.0, k, move || {
-            (0..N).filter(|_| get(addr, "/a.txt").map(|r| r.status == 200).unwrap_or(false)).count()
+            (0..N)
+                .filter(|_| {
+                    get(addr, "/a.txt")
+                        .map(|r| r.status == 200)
+                        .unwrap_or(false)
+                })
+                .count()
         });
         assert_eq!(served, N);
         let after = scrape();
         let delta = |m_after: &str, m_before: &str, series: &str| {
-            metric_value(m_after, series).unwrap_or(0.0) - metric_value(m_before, series).unwrap_or(0.0)
+            metric_value(m_after, series).unwrap_or(0.0)
+                - metric_value(m_before, series).unwrap_or(0.0)
         };
         let series = format!("portico_cell_requests_total{{cell=\"{k}\",status_class=\"2xx\"}}");
         let on_k = delta(&after, &before, &series);
-        assert_eq!(on_k as usize, N, "client on CPU {k}: only {on_k} of {N} requests reached cell {k}");
-        let steered = delta(&after, &before, &format!("portico_steering_decisions_total{{cell=\"{k}\",result=\"selected\"}}"));
-        assert!(steered as usize >= N, "steering map counted {steered} for cell {k}");
+        assert_eq!(
+            on_k as usize, N,
+            "client on CPU {k}: only {on_k} of {N} requests reached cell {k}"
+        );
+        let steered = delta(
+            &after,
+            &before,
+            &format!("portico_steering_decisions_total{{cell=\"{k}\",result=\"selected\"}}"),
+        );
+        assert!(
+            steered as usize >= N,
+            "steering map counted {steered} for cell {k}"
+        );
     }
     drop(p);
     drop(ns);

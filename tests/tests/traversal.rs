@@ -9,7 +9,12 @@ fn traversal_attempts_never_succeed() {
     s.file("www/.hidden", b"hidden");
     std::os::unix::fs::symlink(s.path().join("secret.txt"), s.path().join("www/pub/link")).unwrap();
     std::os::unix::fs::symlink(s.path(), s.path().join("www/pub/dirlink")).unwrap();
-    let p = Portico::start(&["--static", &format!("/files/={}", s.root("www/pub")), "--workers", "1"]);
+    let p = Portico::start(&[
+        "--static",
+        &format!("/files/={}", s.root("www/pub")),
+        "--workers",
+        "1",
+    ]);
     let attempts = [
         "/files/../secret.txt",
         "/files/../../secret.txt",
@@ -42,11 +47,22 @@ fn traversal_attempts_never_succeed() {
     ];
     assert!(attempts.len() >= 20);
     for path in attempts {
-        let r = raw(p.addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes());
+        let r = raw(
+            p.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
         match r {
             Ok(r) => {
-                assert!(matches!(r.status, 400 | 404), "{path}: got {} ({})", r.status, r.text());
-                assert!(!r.text().contains("TOP SECRET") && !r.text().contains("hidden"), "{path} leaked");
+                assert!(
+                    matches!(r.status, 400 | 404),
+                    "{path}: got {} ({})",
+                    r.status,
+                    r.text()
+                );
+                assert!(
+                    !r.text().contains("TOP SECRET") && !r.text().contains("hidden"),
+                    "{path} leaked"
+                );
             }
             // hyper may refuse the request line outright (closing with no response): also fine.
             Err(_) => {}

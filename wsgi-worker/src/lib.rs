@@ -30,7 +30,8 @@ fn is_dotted_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|p| {
             let mut c = p.chars();
-            matches!(c.next(), Some(f) if f == '_' || f.is_alphabetic()) && c.all(|x| x == '_' || x.is_alphanumeric())
+            matches!(c.next(), Some(f) if f == '_' || f.is_alphabetic())
+                && c.all(|x| x == '_' || x.is_alphanumeric())
         })
 }
 
@@ -42,18 +43,27 @@ impl std::str::FromStr for AppSpec {
         if s.ends_with(".wsgi") || s.ends_with(".py") || s.contains('/') {
             return Ok(AppSpec::Script(PathBuf::from(s)));
         }
-        let (module, attr) = s.split_once(':').ok_or_else(|| AppSpecError::Shape(spec.into()))?;
+        let (module, attr) = s
+            .split_once(':')
+            .ok_or_else(|| AppSpecError::Shape(spec.into()))?;
         let (attr, factory) = match attr.strip_suffix("()") {
             Some(a) => (a, true),
             None => (attr, false),
         };
         for part in [module, attr] {
             if !is_dotted_identifier(part) {
-                return Err(AppSpecError::Identifier { spec: spec.into(), part: part.into() });
+                return Err(AppSpecError::Identifier {
+                    spec: spec.into(),
+                    part: part.into(),
+                });
             }
         }
         let (module, attr) = (module.to_string(), attr.to_string());
-        Ok(if factory { AppSpec::Factory { module, attr } } else { AppSpec::Callable { module, attr } })
+        Ok(if factory {
+            AppSpec::Factory { module, attr }
+        } else {
+            AppSpec::Callable { module, attr }
+        })
     }
 }
 
@@ -65,17 +75,41 @@ mod tests {
     fn parses_the_three_shapes() {
         assert_eq!(
             "mysite.wsgi:application".parse(),
-            Ok(AppSpec::Callable { module: "mysite.wsgi".into(), attr: "application".into() })
+            Ok(AppSpec::Callable {
+                module: "mysite.wsgi".into(),
+                attr: "application".into()
+            })
         );
-        assert_eq!("app:create_app()".parse(), Ok(AppSpec::Factory { module: "app".into(), attr: "create_app".into() }));
-        assert_eq!("site/app.wsgi".parse(), Ok(AppSpec::Script("site/app.wsgi".into())));
+        assert_eq!(
+            "app:create_app()".parse(),
+            Ok(AppSpec::Factory {
+                module: "app".into(),
+                attr: "create_app".into()
+            })
+        );
+        assert_eq!(
+            "site/app.wsgi".parse(),
+            Ok(AppSpec::Script("site/app.wsgi".into()))
+        );
     }
 
     #[test]
     fn rejects_malformed_specs() {
-        assert!(matches!("justamodule".parse::<AppSpec>(), Err(AppSpecError::Shape(_))));
-        assert!(matches!("my-site:app".parse::<AppSpec>(), Err(AppSpecError::Identifier { .. })));
-        assert!(matches!("m:1app".parse::<AppSpec>(), Err(AppSpecError::Identifier { .. })));
-        assert!(matches!("m:".parse::<AppSpec>(), Err(AppSpecError::Identifier { .. })));
+        assert!(matches!(
+            "justamodule".parse::<AppSpec>(),
+            Err(AppSpecError::Shape(_))
+        ));
+        assert!(matches!(
+            "my-site:app".parse::<AppSpec>(),
+            Err(AppSpecError::Identifier { .. })
+        ));
+        assert!(matches!(
+            "m:1app".parse::<AppSpec>(),
+            Err(AppSpecError::Identifier { .. })
+        ));
+        assert!(matches!(
+            "m:".parse::<AppSpec>(),
+            Err(AppSpecError::Identifier { .. })
+        ));
     }
 }

@@ -67,7 +67,8 @@ fn main() -> anyhow::Result<()> {
             setup(TEST_PACKAGES)?;
             build()?;
             let mut cmd = Command::new(root.join("target/release/portico"));
-            cmd.args(["serve", "-c", "examples/demo/portico.toml"]).args(args);
+            cmd.args(["serve", "-c", "examples/demo/portico.toml"])
+                .args(args);
             let st = cmd.status().context("running portico")?;
             if !st.success() {
                 bail!("portico exited with {st}");
@@ -78,17 +79,52 @@ fn main() -> anyhow::Result<()> {
             setup(TEST_PACKAGES)?;
             build()?;
             // Unit tests of every host crate (lb-ebpf only builds for the BPF target).
-            run(Command::new("cargo").args(["test", "--release", "-p", "lb-common", "-p", "lb-userspace", "-p", "wsgi-worker", "-p", "xtask"]))?;
+            run(Command::new("cargo").args([
+                "test",
+                "--release",
+                "-p",
+                "lb-common",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "wsgi-worker",
+                "-p",
+                "xtask",
+            ]))?;
             // End-to-end tests start many servers under load: one at a time on small machines,
             // with output shown so SKIP lines are visible.
-            run(Command::new("cargo").args(["test", "--release", "-p", "portico-tests", "--", "--test-threads=1", "--nocapture"]))
+            run(Command::new("cargo").args([
+                "test",
+                "--release",
+                "-p",
+                "portico-tests",
+                "--",
+                "--test-threads=1",
+                "--nocapture",
+            ]))
         }
-        Cmd::Bench { which, duration, repeats, connections, workers, threads } => {
+        Cmd::Bench {
+            which,
+            duration,
+            repeats,
+            connections,
+            workers,
+            threads,
+        } => {
             setup(TEST_PACKAGES)?;
             setup_packages(BENCH_PACKAGES)?;
             build()?;
             match which.as_str() {
-                "static" => bench_static(&root, BenchOpts { secs: duration, repeats, conns: connections, workers, threads }),
+                "static" => bench_static(
+                    &root,
+                    BenchOpts {
+                        secs: duration,
+                        repeats,
+                        conns: connections,
+                        workers,
+                        threads,
+                    },
+                ),
                 other => bail!("unknown bench {other:?} (available: static)"),
             }
         }
@@ -97,7 +133,10 @@ fn main() -> anyhow::Result<()> {
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(dir.parent().context("xtask has no parent dir")?.to_path_buf())
+    Ok(dir
+        .parent()
+        .context("xtask has no parent dir")?
+        .to_path_buf())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -110,7 +149,9 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn build() -> anyhow::Result<()> {
@@ -119,33 +160,65 @@ fn build() -> anyhow::Result<()> {
 
 /// Idempotent: each step checks first and does nothing when already done.
 fn setup(packages: &[(&str, &str)]) -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask setup: adding rust-src to the nightly toolchain");
-        let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+        let toolchains =
+            output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
         if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-            run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))?;
         }
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION}");
-        run(Command::new("cargo").args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"]))?;
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
     }
     setup_packages(packages)
 }
 
 fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages.iter().filter(|(_, bin)| which(bin).is_none()).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, bin)| which(bin).is_none())
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("xtask setup: installing Debian packages {missing:?}");
     let sudo = !rustix_is_root();
     let apt = |args: &[&str]| {
-        let mut c = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
         if sudo {
             c.arg("apt-get");
         }
@@ -159,7 +232,9 @@ fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 fn rustix_is_root() -> bool {
-    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -180,7 +255,9 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -194,7 +271,9 @@ impl Drop for Server {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_port(port: u16) -> anyhow::Result<()> {
@@ -211,14 +290,31 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
 fn start_portico(root: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
     let port = free_port()?;
     let child = Command::new(root.join("target/release/portico"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin", "off", "--access-log", "off"])
-        .args(["--workers", &workers.to_string(), "--static", &format!("/={}", docroot.display())])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            "off",
+            "--access-log",
+            "off",
+        ])
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--static",
+            &format!("/={}", docroot.display()),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting portico")?;
     wait_port(port)?;
-    Ok(Server { name: "portico", child, port })
+    Ok(Server {
+        name: "portico",
+        child,
+        port,
+    })
 }
 
 fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
@@ -246,7 +342,11 @@ fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Ser
         .spawn()
         .context("starting nginx")?;
     wait_port(port)?;
-    Ok(Server { name: "nginx", child, port })
+    Ok(Server {
+        name: "nginx",
+        child,
+        port,
+    })
 }
 
 #[derive(Clone, Copy, Default)]
@@ -264,9 +364,24 @@ struct BenchOpts {
     threads: Option<usize>,
 }
 
-fn wrk(port: u16, path: &str, threads: usize, conns: usize, secs: u64, close: bool) -> anyhow::Result<Sample> {
+fn wrk(
+    port: u16,
+    path: &str,
+    threads: usize,
+    conns: usize,
+    secs: u64,
+    close: bool,
+) -> anyhow::Result<Sample> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency"]);
+    cmd.args([
+        "-t",
+        &threads.to_string(),
+        "-c",
+        &conns.to_string(),
+        "-d",
+        &format!("{secs}s"),
+        "--latency",
+    ]);
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
@@ -285,7 +400,11 @@ fn wrk(port: u16, path: &str, threads: usize, conns: usize, secs: u64, close: bo
             .and_then(|v| parse_ms(v.trim()))
             .unwrap_or(f64::NAN)
     };
-    Ok(Sample { rps, p50_ms: pct("50%"), p99_ms: pct("99%") })
+    Ok(Sample {
+        rps,
+        p50_ms: pct("50%"),
+        p99_ms: pct("99%"),
+    })
 }
 
 fn parse_ms(v: &str) -> Option<f64> {
@@ -305,18 +424,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let BenchOpts { secs, repeats, conns, .. } = o;
-    let workers = o.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let BenchOpts {
+        secs,
+        repeats,
+        conns,
+        ..
+    } = o;
+    let workers = o.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let threads = o.threads.unwrap_or(workers);
     let dir = tempfile_dir()?;
     let docroot = dir.join("www");
     std::fs::create_dir_all(&docroot)?;
-    for (name, size) in [("1k.bin", 1024usize), ("64k.bin", 64 * 1024), ("1m.bin", 1 << 20)] {
+    for (name, size) in [
+        ("1k.bin", 1024usize),
+        ("64k.bin", 64 * 1024),
+        ("1m.bin", 1 << 20),
+    ] {
         std::fs::write(docroot.join(name), vec![b'x'; size])?;
     }
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
-    let servers = [start_portico(root, &docroot, workers)?, start_nginx(&nginx_dir, &docroot, workers)?];
+    let servers = [
+        start_portico(root, &docroot, workers)?,
+        start_nginx(&nginx_dir, &docroot, workers)?,
+    ];
     let rows: [(&str, &str, bool); 4] = [
         ("1 KiB keep-alive", "/1k.bin", false),
         ("64 KiB keep-alive", "/64k.bin", false),
@@ -359,7 +494,14 @@ fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
         print!("{line}");
         table.push_str(&line);
     }
-    eprintln!("stopping {}", servers.iter().map(|s| s.name).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "stopping {}",
+        servers
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     drop(servers);
     std::fs::create_dir_all(root.join("bench-results"))?;
     std::fs::write(root.join("bench-results/static.md"), &table)?;
