@@ -85,6 +85,7 @@ async fn serve(
         limits: cfg.limits.clone(),
         stats: metrics.cell(index),
         log,
+        draining: Cell::new(false),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let active = Rc::new(Cell::new(0usize));
@@ -144,6 +145,7 @@ async fn serve(
         std::process::exit(0);
     }
     // Graceful: stop accepting, let in-flight requests finish, close idle keep-alives.
+    ctx.draining.set(true);
     let _ = drain_tx.send(true);
     let deadline = tokio::time::sleep(cfg.server.shutdown_timeout.0);
     tokio::pin!(deadline);

@@ -29,6 +29,8 @@ pub struct CellCtx {
     pub limits: LimitsConfig,
     pub stats: CellStats<'static>,
     pub log: AccessLog,
+    /// Set when the cell drains: every response then says `Connection: close`.
+    pub draining: Cell<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +229,15 @@ pub async fn serve_connection<S>(
 
     let header_timeout = limits.header_timeout.0;
     let keepalive_timeout = limits.keepalive_timeout.0;
+    // While draining, a connection that was already served and is idle closes now; one that is
+    // mid-request, or accepted but not yet read, gets its answer (with `Connection: close`).
+    const DRAIN_GRACE: Duration = Duration::from_secs(1);
     let mut draining = *drain.borrow();
-    if draining {
-        Pin::new(&mut conn).graceful_shutdown();
-    }
-    let sleep = tokio::time::sleep(header_timeout);
+    let sleep = tokio::time::sleep(if draining {
+        DRAIN_GRACE
+    } else {
+        header_timeout
+    });
     tokio::pin!(sleep);
     loop {
         tokio::select! {
@@ -245,12 +251,17 @@ pub async fn serve_connection<S>(
             changed = drain.changed(), if !draining => {
                 if changed.is_err() || *drain.borrow() {
                     draining = true;
-                    Pin::new(&mut conn).graceful_shutdown();
+                    if state.requests.get() > 0 && state.phase.get() == Phase::Idle {
+                        Pin::new(&mut conn).graceful_shutdown();
+                    } else {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                    }
                 }
             }
             () = &mut sleep => {
                 let since = state.since.get();
                 let (limit, phase) = match state.phase.get() {
+                    Phase::Idle if draining => (DRAIN_GRACE, Phase::Idle),
                     // A fresh connection gets the header timeout to send its first request.
                     Phase::Idle if state.requests.get() == 0 => (header_timeout, Phase::Idle),
                     Phase::Idle => (keepalive_timeout, Phase::Idle),
@@ -298,7 +309,7 @@ fn handle(
     let start = Instant::now();
     let cl_and_te = state.begin_request();
     let (mut resp, close) = route(ctx, &req, cl_and_te);
-    if close {
+    if close || ctx.draining.get() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
