@@ -209,17 +209,22 @@ struct CacheSlot {
 /// Per-cell open-file and metadata cache (cells are single-threaded, so no locks).
 #[derive(Default)]
 pub struct FileCache {
-    slots: RefCell<HashMap<(usize, Vec<u8>, bool), CacheSlot>>,
+    /// (route, trailing slash) -> path -> slot: a hit looks the path up by reference, no allocation.
+    slots: RefCell<HashMap<(usize, bool), HashMap<Vec<u8>, CacheSlot>>>,
+    entries: std::cell::Cell<usize>,
     inline_bytes: std::cell::Cell<u64>,
 }
 
 impl FileCache {
     fn lookup(&self, route_id: usize, route: &StaticRoute, rel: &RelPath) -> Found {
         let now = Instant::now();
-        let key = (route_id, rel.path.clone(), rel.trailing_slash);
+        let group = (route_id, rel.trailing_slash);
         {
             let mut slots = self.slots.borrow_mut();
-            if let Some(slot) = slots.get_mut(&key) {
+            if let Some(slot) = slots
+                .get_mut(&group)
+                .and_then(|m| m.get_mut(rel.path.as_slice()))
+            {
                 if now.duration_since(slot.checked_at) < REVALIDATE_AFTER {
                     return slot.found.clone();
                 }
@@ -240,8 +245,9 @@ impl FileCache {
         }
         let (found, checked_path) = self.load(route, rel);
         let mut slots = self.slots.borrow_mut();
-        if slots.len() >= MAX_ENTRIES || self.inline_bytes.get() > MAX_INLINE_BYTES {
+        if self.entries.get() >= MAX_ENTRIES || self.inline_bytes.get() > MAX_INLINE_BYTES {
             slots.clear();
+            self.entries.set(0);
             self.inline_bytes.set(0);
         }
         if let Found::File(f) = &found
@@ -249,14 +255,19 @@ impl FileCache {
         {
             self.inline_bytes.set(self.inline_bytes.get() + f.len);
         }
-        slots.insert(
-            key,
-            CacheSlot {
-                found: found.clone(),
-                checked_path,
-                checked_at: now,
-            },
-        );
+        let slot = CacheSlot {
+            found: found.clone(),
+            checked_path,
+            checked_at: now,
+        };
+        if slots
+            .entry(group)
+            .or_default()
+            .insert(rel.path.clone(), slot)
+            .is_none()
+        {
+            self.entries.set(self.entries.get() + 1);
+        }
         found
     }
 
