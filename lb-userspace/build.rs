@@ -5,6 +5,11 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
+    // The embedded interpreter: run against the libpython pyo3 linked (pyenv keeps it outside
+    // the loader's default paths, and a system libpython of another patch level may be there).
+    if let Some(dir) = &pyo3_build_config::get().lib_dir {
+        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{dir}");
+    }
     let manifest = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest).join("../lb-ebpf");
     let root = root

@@ -1,13 +1,19 @@
 //! The response body every handler returns: whole chunks of `Bytes` (in-memory or mapped file
-//! pages), with an exact size so hyper writes Content-Length and never copies the payload.
+//! pages), with an exact size so hyper writes Content-Length and never copies the payload; or a
+//! stream from a WSGI thread, held to the app's Content-Length and the request deadline.
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
+use wsgi_worker::Piece;
+
+use crate::metrics::CellStats;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
 use http_body::{Frame, SizeHint};
+use std::future::Future as _;
 
 /// Called when the response body is finished or dropped (end of a request on the connection).
 pub trait OnDone {
@@ -18,6 +24,38 @@ pub struct Body {
     chunks: VecDeque<Bytes>,
     remaining: u64,
     on_done: Option<std::rc::Rc<dyn OnDone>>,
+    stream: Option<Box<Stream>>,
+}
+
+/// A body that arrives from a WSGI thread while it is sent.
+pub struct Stream {
+    pub rx: mpsc::Receiver<Piece>,
+    /// The app's Content-Length: the body is cut there, and a shorter one aborts the connection.
+    pub declared: Option<u64>,
+    pub sent: u64,
+    pub deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Run when the deadline passes (interrupt the request's thread).
+    pub on_timeout: Option<Box<dyn FnOnce()>>,
+    pub stats: CellStats<'static>,
+}
+
+impl Stream {
+    fn take(&mut self, mut b: Bytes) -> Option<Bytes> {
+        if let Some(d) = self.declared {
+            let left = d - self.sent;
+            if left == 0 {
+                return None;
+            }
+            if b.len() as u64 > left {
+                tracing::warn!(
+                    "WSGI app sent more than its Content-Length ({d}); the excess is dropped"
+                );
+                b.truncate(left as usize);
+            }
+        }
+        self.sent += b.len() as u64;
+        Some(b)
+    }
 }
 
 impl Body {
@@ -26,7 +64,24 @@ impl Body {
             chunks: VecDeque::new(),
             remaining: 0,
             on_done: None,
+            stream: None,
         }
+    }
+    /// A streamed body: `first`, then whatever arrives on the stream's channel.
+    pub fn stream(first: Bytes, mut s: Stream) -> Self {
+        let mut chunks = VecDeque::with_capacity(1);
+        if let Some(b) = s.take(first) {
+            chunks.push_back(b);
+        }
+        Body {
+            chunks,
+            remaining: 0,
+            on_done: None,
+            stream: Some(Box::new(s)),
+        }
+    }
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
     }
     pub fn one(b: Bytes) -> Self {
         let remaining = b.len() as u64;
@@ -38,6 +93,7 @@ impl Body {
             chunks,
             remaining,
             on_done: None,
+            stream: None,
         }
     }
     pub fn many(chunks: Vec<Bytes>) -> Self {
@@ -46,6 +102,7 @@ impl Body {
             chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
             remaining,
             on_done: None,
+            stream: None,
         }
     }
     /// Bytes this body will send.
@@ -62,6 +119,10 @@ impl Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
+        if let Some(s) = &self.stream {
+            s.stats
+                .add(crate::metrics::slot::RESPONSE_BODY_BYTES, s.sent);
+        }
         if let Some(f) = self.on_done.take() {
             f.done();
         }
@@ -70,27 +131,70 @@ impl Drop for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.chunks.pop_front() {
-            Some(c) => {
+        if let Some(c) = self.chunks.pop_front() {
+            if self.stream.is_none() {
                 self.remaining -= c.len() as u64;
-                Poll::Ready(Some(Ok(Frame::data(c))))
             }
-            None => Poll::Ready(None),
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        let Some(s) = self.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            if s.declared.is_some_and(|d| s.sent >= d) {
+                return Poll::Ready(None);
+            }
+            if s.deadline.as_mut().poll(cx).is_ready() {
+                if let Some(f) = s.on_timeout.take() {
+                    f();
+                }
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "WSGI response ran past request_timeout",
+                ))));
+            }
+            return match s.rx.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Piece::Data(b))) => match s.take(b) {
+                    Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                    None => continue,
+                },
+                Poll::Ready(Some(Piece::Abort)) => Poll::Ready(Some(Err(std::io::Error::other(
+                    "WSGI application failed mid-response",
+                )))),
+                Poll::Ready(None) => match s.declared {
+                    Some(d) if s.sent < d => {
+                        tracing::error!(
+                            "WSGI app sent {} bytes of its Content-Length {d}; closing the connection",
+                            s.sent
+                        );
+                        Poll::Ready(Some(Err(std::io::Error::other("short WSGI response body"))))
+                    }
+                    _ => Poll::Ready(None),
+                },
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.stream.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        match &self.stream {
+            None => SizeHint::with_exact(self.remaining),
+            Some(s) => match s.declared {
+                Some(d) => SizeHint::with_exact(
+                    d - (s.sent - self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()),
+                ),
+                None => SizeHint::default(),
+            },
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! listeners the master handed down. Stops accepting on SIGTERM and drains; exits at once on SIGQUIT.
 use std::cell::Cell;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use tokio::net::{TcpListener, UnixListener};
@@ -15,7 +17,11 @@ use crate::config::{Config, ListenAddr};
 use crate::http::{CellCtx, serve_connection};
 use crate::metrics::MetricsRegion;
 use crate::router::Router;
-use crate::static_files::FileCache;
+use crate::wsgi::Recycle;
+use wsgi_worker::ConnInfo;
+
+/// Exit status of a cell (or the import check) whose WSGI app failed to import.
+pub const EXIT_APP: i32 = 3;
 
 /// Environment variables the master sets for a cell.
 pub mod env {
@@ -62,12 +68,129 @@ pub fn run() -> anyhow::Result<()> {
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
 
+    // The apps are imported before the cell reports ready: a cell that cannot import never
+    // takes a connection, and the master backs off before trying again.
+    let cells = cfg.cell_count(crate::master::usable_cpus().len());
+    let pools = match crate::wsgi::start_pools(&cfg, cells) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(cell = index, "{e}");
+            std::process::exit(EXIT_APP);
+        }
+    };
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(index, cfg, fds, metrics, ready))
+    local.block_on(&rt, serve(index, cfg, fds, metrics, ready, pools))
+}
+
+/// `portico app-check`: imports every WSGI app once, in this throw-away process, so a broken
+/// app stops `portico serve` with its traceback before anything is bound.
+pub fn app_check() -> i32 {
+    let cfg: Config = match std::env::var(env::CONFIG)
+        .map_err(anyhow::Error::from)
+        .and_then(|j| serde_json::from_str(&j).map_err(anyhow::Error::from))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portico app-check: {e:#}");
+            return 1;
+        }
+    };
+    match crate::wsgi::start_pools(&cfg, 1) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            EXIT_APP
+        }
+    }
+}
+
+/// This cell's `max_requests`: the configured value plus up to `max_requests_jitter`, chosen
+/// per process so cells do not all recycle at once.
+fn max_requests(cfg: &Config) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let Some(w) = cfg
+        .routes
+        .iter()
+        .filter_map(|r| r.wsgi.as_ref())
+        .filter(|w| w.max_requests > 0)
+        .min_by_key(|w| w.max_requests)
+    else {
+        return 0;
+    };
+    if w.max_requests_jitter == 0 {
+        return w.max_requests;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    w.max_requests + h.finish() % (w.max_requests_jitter + 1)
+}
+
+/// Resident memory of this process in bytes.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
+fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Once a second: the recycling limits that are not per request.
+async fn watch_recycling(ctx: Rc<CellCtx>, cfg: Config) {
+    let wsgi: Vec<_> = cfg.routes.iter().filter_map(|r| r.wsgi.as_ref()).collect();
+    if wsgi.is_empty() {
+        return;
+    }
+    let min_of = |f: &dyn Fn(&crate::config::WsgiConfig) -> Option<Duration>| {
+        wsgi.iter().filter_map(|w| f(w)).min()
+    };
+    let lifetime = min_of(&|w| w.lifetime.map(|d| d.0));
+    let inactivity = min_of(&|w| w.inactivity_timeout.map(|d| d.0));
+    let max_rss = wsgi
+        .iter()
+        .map(|w| w.max_rss)
+        .filter(|m| *m > 0)
+        .min()
+        .map(|m| m << 20);
+    let sources: Vec<PathBuf> = if wsgi.iter().any(|w| w.reload) {
+        ctx.router
+            .wsgi_routes()
+            .flat_map(|w| w.pool.sources().iter().cloned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let seen = mtimes(&sources);
+    let born = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if ctx.recycling.get() {
+            return;
+        }
+        if lifetime.is_some_and(|l| born.elapsed() >= l) {
+            ctx.recycle(Recycle::Lifetime);
+        } else if inactivity.is_some_and(|i| ctx.last_wsgi.get().elapsed() >= i) {
+            ctx.recycle(Recycle::Inactivity);
+        } else if let Some(limit) = max_rss
+            && rss_bytes().is_some_and(|r| r > limit)
+        {
+            tracing::warn!("resident memory above max_rss ({} MiB)", limit >> 20);
+            ctx.recycle(Recycle::MaxRss);
+        } else if !sources.is_empty() && mtimes(&sources) != seen {
+            tracing::info!("a Python source file of the app changed");
+            ctx.recycle(Recycle::SourceChange);
+        }
+    }
 }
 
 async fn serve(
@@ -76,17 +199,18 @@ async fn serve(
     fds: Vec<OwnedFd>,
     metrics: &'static MetricsRegion,
     ready: OwnedFd,
+    pools: Vec<Option<crate::wsgi::WsgiRoute>>,
 ) -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
-    let ctx = Rc::new(CellCtx {
-        router: Router::new(&cfg.routes),
-        cache: FileCache::default(),
-        limits: cfg.limits.clone(),
-        stats: metrics.cell(index),
+    let ctx = Rc::new(CellCtx::new(
+        Router::new(&cfg.routes, pools),
+        cfg.limits.clone(),
+        metrics.cell(index),
         log,
-        draining: Cell::new(false),
-    });
+        ready,
+        max_requests(&cfg),
+    ));
     let (drain_tx, drain_rx) = watch::channel(false);
     let active = Rc::new(Cell::new(0usize));
     let idle = Rc::new(Notify::new());
@@ -119,9 +243,11 @@ async fn serve(
             }
         }
     }
-    // Tell the master we are accepting.
-    let _ = rustix::io::write(&ready, b"R");
-    drop(ready);
+    // Tell the master we are accepting (the pipe stays open for recycle requests).
+    if let Some(fd) = ctx.control.borrow().as_ref() {
+        let _ = rustix::io::write(fd, b"R");
+    }
+    tokio::task::spawn_local(watch_recycling(ctx.clone(), cfg.clone()));
     tracing::debug!(cell = index, pid = std::process::id(), "cell ready");
 
     let flusher = {
@@ -183,7 +309,17 @@ impl Acceptor {
                 _ = self.drain.changed() => return,
             };
             match accepted {
-                Ok((stream, peer)) => self.spawn(stream, peer.ip().to_string()),
+                Ok((stream, peer)) => {
+                    let local = stream.local_addr().ok();
+                    let info = ConnInfo {
+                        remote_ip: Some(peer.ip().to_canonical()),
+                        remote_addr: peer.ip().to_canonical().to_string(),
+                        remote_port: peer.port(),
+                        local_addr: local.map(|l| l.ip().to_string()).unwrap_or_default(),
+                        local_port: local.map_or(0, |l| l.port()),
+                    };
+                    self.spawn(stream, info)
+                }
                 Err(e) => self.accept_error(e).await,
             }
         }
@@ -196,13 +332,22 @@ impl Acceptor {
                 _ = self.drain.changed() => return,
             };
             match accepted {
-                Ok((stream, _)) => self.spawn(stream, "unix:".to_string()),
+                Ok((stream, _)) => self.spawn(
+                    stream,
+                    ConnInfo {
+                        remote_ip: None,
+                        remote_addr: "unix:".into(),
+                        remote_port: 0,
+                        local_addr: "localhost".into(),
+                        local_port: 0,
+                    },
+                ),
                 Err(e) => self.accept_error(e).await,
             }
         }
     }
 
-    fn spawn<S>(&self, stream: S, remote: String)
+    fn spawn<S>(&self, stream: S, info: ConnInfo)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     {
@@ -213,7 +358,7 @@ impl Acceptor {
         active.set(active.get() + 1);
         ctx.stats.connection_opened();
         tokio::task::spawn_local(async move {
-            serve_connection(stream, remote, ctx.clone(), drain).await;
+            serve_connection(stream, Arc::new(info), ctx.clone(), drain).await;
             ctx.stats.connection_closed();
             active.set(active.get() - 1);
             if active.get() == 0 {

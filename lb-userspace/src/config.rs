@@ -357,15 +357,104 @@ impl Default for StaticConfig {
     }
 }
 
+/// A WSGI application mounted at a route (`wsgi = { app = "mysite.wsgi:application" }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsgiConfig {
+    /// `module:callable` or `module:factory()`.
+    pub app: Option<String>,
+    /// A WSGI script file whose `application` is the app (mod_wsgi's WSGIScriptAlias).
+    pub script: Option<PathBuf>,
+    /// Directory the app is imported from (sys.path[0]); default: the config's base directory.
+    pub chdir: Option<PathBuf>,
+    /// Prepended to sys.path.
+    pub python_path: Vec<PathBuf>,
+    /// A virtualenv whose site-packages are used (default: $VIRTUAL_ENV when set).
+    pub venv: Option<PathBuf>,
+    /// Like `python -O` (0, 1 or 2); one value per process, so every WSGI route must agree.
+    pub optimize: i64,
+    /// Extra environ entries (mod_wsgi's wsgi_var).
+    pub environ: std::collections::BTreeMap<String, String>,
+    /// Python threads per cell for this app.
+    pub threads: i64,
+    /// Requests waiting for a thread, per cell; beyond it: 503.
+    pub max_queue: i64,
+    /// Longest wait for a thread; then 503.
+    pub queue_timeout: Dur,
+    /// Longest run of one request; then RequestTimeout is raised in it and the client gets 504.
+    pub request_timeout: Dur,
+    /// Time a timed-out request gets to return before its cell is recycled.
+    pub request_timeout_grace: Dur,
+    /// Recycle a cell after this many requests to this app (0: never).
+    pub max_requests: u64,
+    /// Up to this many more, chosen per cell, so cells do not recycle together.
+    pub max_requests_jitter: u64,
+    /// Recycle a cell whose resident memory exceeds this many MiB (0: never).
+    pub max_rss: u64,
+    /// Recycle a cell after it has run this long.
+    pub lifetime: Option<Dur>,
+    /// Recycle a cell that has served no request to this app for this long.
+    pub inactivity_timeout: Option<Dur>,
+    /// Development: replace the cells when one of the app's Python files changes.
+    pub reload: bool,
+    /// Peers whose X-Forwarded-* headers are believed (CIDR blocks or addresses).
+    pub trusted_proxies: Vec<String>,
+    /// Pass the Authorization header to the app.
+    pub pass_authorization: bool,
+    /// Answer Range requests for wsgi.file_wrapper responses (mod_wsgi's wsgi_allow_ranges).
+    pub allow_ranges: bool,
+}
+
+impl Default for WsgiConfig {
+    fn default() -> Self {
+        Self {
+            app: None,
+            script: None,
+            chdir: None,
+            python_path: Vec::new(),
+            venv: None,
+            optimize: 0,
+            environ: Default::default(),
+            threads: DEFAULT_WSGI_THREADS,
+            max_queue: 1024,
+            queue_timeout: Dur(Duration::from_secs(30)),
+            request_timeout: Dur(Duration::from_secs(30)),
+            request_timeout_grace: Dur(Duration::from_secs(5)),
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss: 0,
+            lifetime: None,
+            inactivity_timeout: None,
+            reload: false,
+            trusted_proxies: Vec::new(),
+            pass_authorization: true,
+            allow_ranges: false,
+        }
+    }
+}
+
+/// Python threads per cell unless `threads` says otherwise (see README, "Choosing threads").
+pub const DEFAULT_WSGI_THREADS: i64 = 4;
+
+impl WsgiConfig {
+    /// The application, parsed (validate() has checked it).
+    pub fn spec(&self) -> Option<wsgi_worker::AppSpec> {
+        match (&self.app, &self.script) {
+            (Some(a), None) => a.parse().ok(),
+            (None, Some(s)) => Some(wsgi_worker::AppSpec::Script(s.clone())),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
     #[serde(rename = "static", default, skip_serializing_if = "Option::is_none")]
     pub static_files: Option<StaticConfig>,
-    /// WSGI application: arrives with the WSGI issue; until then rejected by `validate()`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wsgi: Option<toml::Value>,
+    pub wsgi: Option<WsgiConfig>,
 }
 
 /// The whole configuration.
@@ -387,6 +476,14 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub app: Option<String>,
+    /// `--threads`, `--request-timeout`, `--max-requests`, `--reload`, `--python-path`,
+    /// `--venv`: applied to the app given as APP.
+    pub threads: Option<i64>,
+    pub request_timeout: Option<String>,
+    pub max_requests: Option<u64>,
+    pub reload: bool,
+    pub python_path: Vec<PathBuf>,
+    pub venv: Option<PathBuf>,
     pub listen: Vec<String>,
     pub statics: Vec<String>,
     pub workers: Option<String>,
@@ -518,15 +615,48 @@ impl Config {
             })
         };
         if let Some(app) = &o.app {
+            let mut w = WsgiConfig::default();
             match app.parse::<wsgi_worker::AppSpec>() {
                 Err(e) => bad("APP", e.to_string()),
-                Ok(_) => bad(
-                    "APP",
-                    format!(
-                        "{app:?}: serving a WSGI application needs the WSGI worker, which this build does not include yet; serve static routes with --static PREFIX=DIR"
-                    ),
-                ),
+                Ok(wsgi_worker::AppSpec::Script(p)) => w.script = Some(absolute(&p)),
+                Ok(_) => w.app = Some(app.clone()),
             }
+            if let Some(t) = o.threads {
+                w.threads = t;
+            }
+            if let Some(t) = &o.request_timeout {
+                match parse_duration(t) {
+                    Ok(d) => w.request_timeout = Dur(d),
+                    Err(e) => bad("--request-timeout", e),
+                }
+            }
+            if let Some(m) = o.max_requests {
+                w.max_requests = m;
+            }
+            w.reload = o.reload;
+            w.python_path = o.python_path.iter().map(|p| absolute(p)).collect();
+            w.venv = o.venv.as_deref().map(absolute);
+            if w.chdir.is_none() && self.server.chdir.is_none() && o.chdir.is_none() {
+                // Like gunicorn: the app is imported from the directory portico was started in.
+                w.chdir = std::env::current_dir().ok();
+            }
+            self.routes.retain(|r| r.prefix != "/");
+            self.routes.push(RouteConfig {
+                prefix: "/".into(),
+                static_files: None,
+                wsgi: Some(w),
+            });
+        } else if o.threads.is_some()
+            || o.request_timeout.is_some()
+            || o.max_requests.is_some()
+            || o.reload
+            || !o.python_path.is_empty()
+            || o.venv.is_some()
+        {
+            bad(
+                "APP",
+                "--threads, --request-timeout, --max-requests, --reload, --python-path and --venv apply to an APP given on the command line".into(),
+            );
         }
         if !o.listen.is_empty() {
             let mut listen = Vec::new();
@@ -541,9 +671,7 @@ impl Config {
         for s in &o.statics {
             match s.split_once('=') {
                 Some((prefix, dir)) if !prefix.is_empty() && !dir.is_empty() => {
-                    let root = std::env::current_dir()
-                        .map(|d| d.join(dir))
-                        .unwrap_or_else(|_| PathBuf::from(dir));
+                    let root = absolute(Path::new(dir));
                     self.routes.retain(|r| r.prefix != prefix);
                     self.routes.push(RouteConfig {
                         prefix: prefix.to_string(),
@@ -718,6 +846,7 @@ impl Config {
         }
 
         let mut prefixes = std::collections::HashSet::new();
+        let mut optimize = std::collections::BTreeSet::new();
         for (i, r) in self.routes.iter_mut().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
             if !r.prefix.starts_with('/') {
@@ -729,17 +858,20 @@ impl Config {
                     format!("{:?} is used by another route", r.prefix),
                 );
             }
-            if r.wsgi.is_some() {
+            if r.wsgi.is_some() && r.static_files.is_some() {
                 bad(
-                    key("wsgi"),
-                    "WSGI routes need the WSGI worker, which this build does not include yet"
-                        .into(),
+                    format!("route[{i}]"),
+                    "has both `static` and `wsgi`; a route serves one of them".into(),
                 );
+            }
+            if let Some(w) = &mut r.wsgi {
+                validate_wsgi(w, &base, &key, &mut bad);
+                optimize.insert(w.optimize);
             }
             match &mut r.static_files {
                 None if r.wsgi.is_none() => bad(
                     format!("route[{i}]"),
-                    "needs `static = {{ root = ... }}`".into(),
+                    "needs `static = {{ root = ... }}` or `wsgi = {{ app = ... }}`".into(),
                 ),
                 None => {}
                 Some(s) => {
@@ -775,11 +907,31 @@ impl Config {
                 }
             }
         }
+        if optimize.len() > 1 {
+            bad(
+                "route.wsgi.optimize".into(),
+                "every WSGI route must use the same `optimize` (one interpreter per cell)".into(),
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// The WSGI routes' shared `optimize` level (0 without WSGI routes).
+    pub fn python_optimize(&self) -> i64 {
+        self.routes
+            .iter()
+            .filter_map(|r| r.wsgi.as_ref())
+            .map(|w| w.optimize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn has_wsgi(&self) -> bool {
+        self.routes.iter().any(|r| r.wsgi.is_some())
     }
 
     /// Number of cells for `workers` and the usable CPUs.
@@ -789,6 +941,133 @@ impl Config {
             Workers::Count(n) => n.max(1) as usize,
         }
     }
+}
+
+/// Checks one WSGI route and makes its paths absolute.
+fn validate_wsgi(
+    w: &mut WsgiConfig,
+    base: &Path,
+    key: &dyn Fn(&str) -> String,
+    bad: &mut dyn FnMut(String, String),
+) {
+    match (&w.app, &w.script) {
+        (Some(_), Some(_)) => bad(key("wsgi"), "give `app` or `script`, not both".into()),
+        (None, None) => bad(
+            key("wsgi.app"),
+            "is required (module:callable, module:factory(), or `script = \"path.wsgi\"`)".into(),
+        ),
+        (Some(a), None) => match a.parse::<wsgi_worker::AppSpec>() {
+            Ok(wsgi_worker::AppSpec::Script(p)) => {
+                w.script = Some(p);
+                w.app = None;
+            }
+            Ok(_) => {}
+            Err(e) => bad(key("wsgi.app"), e.to_string()),
+        },
+        (None, Some(_)) => {}
+    }
+    let dir = match &w.chdir {
+        Some(c) => {
+            let d = base.join(c);
+            if d.is_dir() {
+                w.chdir = Some(d.clone());
+                d
+            } else {
+                bad(
+                    key("wsgi.chdir"),
+                    format!("{} is not a directory", d.display()),
+                );
+                base.to_path_buf()
+            }
+        }
+        None => {
+            w.chdir = Some(base.to_path_buf());
+            base.to_path_buf()
+        }
+    };
+    if let Some(s) = &w.script {
+        let p = dir.join(s);
+        if p.is_file() {
+            w.script = Some(p);
+        } else {
+            bad(key("wsgi.script"), format!("{} is not a file", p.display()));
+        }
+    }
+    for (j, p) in w.python_path.iter_mut().enumerate() {
+        let abs = dir.join(&*p);
+        if !abs.is_dir() {
+            bad(
+                key(&format!("wsgi.python_path[{j}]")),
+                format!("{} is not a directory", abs.display()),
+            );
+        }
+        *p = abs;
+    }
+    if let Some(v) = &w.venv {
+        let abs = dir.join(v);
+        if !abs.join("pyvenv.cfg").is_file() {
+            bad(
+                key("wsgi.venv"),
+                format!("{} is not a virtualenv (no pyvenv.cfg)", abs.display()),
+            );
+        }
+        w.venv = Some(abs);
+    }
+    if !(0..=2).contains(&w.optimize) {
+        bad(
+            key("wsgi.optimize"),
+            format!("{} is not 0, 1 or 2", w.optimize),
+        );
+    }
+    for k in w.environ.keys() {
+        if k.is_empty() {
+            bad(key("wsgi.environ"), "keys cannot be empty".into());
+        }
+    }
+    if !(1..=256).contains(&w.threads) {
+        bad(
+            key("wsgi.threads"),
+            format!("{} is out of range (1..=256)", w.threads),
+        );
+    }
+    if !(1..=1_000_000).contains(&w.max_queue) {
+        bad(
+            key("wsgi.max_queue"),
+            format!("{} is out of range (1..=1000000)", w.max_queue),
+        );
+    }
+    for (name, d) in [
+        ("queue_timeout", w.queue_timeout),
+        ("request_timeout", w.request_timeout),
+        ("request_timeout_grace", w.request_timeout_grace),
+    ] {
+        if d.0.is_zero() {
+            bad(key(&format!("wsgi.{name}")), "must be more than 0".into());
+        }
+    }
+    for (name, d) in [
+        ("lifetime", w.lifetime),
+        ("inactivity_timeout", w.inactivity_timeout),
+    ] {
+        if d.is_some_and(|d| d.0.is_zero()) {
+            bad(
+                key(&format!("wsgi.{name}")),
+                "must be more than 0 (leave it out to disable)".into(),
+            );
+        }
+    }
+    for (j, p) in w.trusted_proxies.iter().enumerate() {
+        if let Err(e) = p.parse::<wsgi_worker::Cidr>() {
+            bad(key(&format!("wsgi.trusted_proxies[{j}]")), e);
+        }
+    }
+}
+
+/// A command-line path made absolute against the current directory.
+fn absolute(p: &Path) -> PathBuf {
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// " (line L, column C)" for a byte span of `text`.
@@ -918,14 +1197,65 @@ mod tests {
     }
 
     #[test]
-    fn app_is_rejected_clearly_until_wsgi_lands() {
+    fn app_mounts_a_wsgi_route_at_root() {
         let mut cfg = Config::default();
         let errs = cfg.apply(&Overrides {
             app: Some("site.wsgi:application".into()),
+            threads: Some(8),
+            request_timeout: Some("5s".into()),
+            ..Default::default()
+        });
+        assert!(errs.is_empty(), "{errs:?}");
+        let w = cfg.routes[0].wsgi.as_ref().unwrap();
+        assert_eq!(cfg.routes[0].prefix, "/");
+        assert_eq!(w.app.as_deref(), Some("site.wsgi:application"));
+        assert_eq!(w.threads, 8);
+        assert_eq!(w.request_timeout.0, Duration::from_secs(5));
+        let errs = Config::default().apply(&Overrides {
+            app: Some("not an app".into()),
             ..Default::default()
         });
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].message.contains("WSGI"));
+        let errs = Config::default().apply(&Overrides {
+            threads: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(errs.len(), 1, "WSGI flags without APP are refused");
+    }
+
+    #[test]
+    fn wsgi_routes_are_validated() {
+        let text = r#"
+[[route]]
+prefix = "/app/"
+wsgi = { app = "x:y", script = "a.wsgi", threads = 0, max_queue = 0, optimize = 3, trusted_proxies = ["10.0.0.0/99"], queue_timeout = 0 }
+
+[[route]]
+prefix = "/b/"
+wsgi = { app = "mysite.wsgi:application", venv = "/nonexistent-venv", python_path = ["/nonexistent-dir"] }
+static = { root = "." }
+
+[[route]]
+prefix = "/c/"
+wsgi = { }
+"#;
+        let mut cfg = Config::parse(text, "t.toml").unwrap();
+        let errs = cfg.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "route[0].wsgi",
+            "route[0].wsgi.threads",
+            "route[0].wsgi.max_queue",
+            "route[0].wsgi.optimize",
+            "route[0].wsgi.trusted_proxies[0]",
+            "route[0].wsgi.queue_timeout",
+            "route[1]",
+            "route[1].wsgi.venv",
+            "route[1].wsgi.python_path[0]",
+            "route[2].wsgi.app",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! header-read (408) and keep-alive idle timeouts, request limits, CL+TE rejection, routing,
 //! metrics and the access log.
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,8 @@ use crate::config::LimitsConfig;
 use crate::metrics::CellStats;
 use crate::router::{Handler, Match, Router};
 use crate::static_files::{FileCache, FileRequest};
+use crate::wsgi::Recycle;
+use wsgi_worker::ConnInfo;
 
 /// Everything a cell's connections share (single-threaded: no locks).
 pub struct CellCtx {
@@ -31,6 +36,63 @@ pub struct CellCtx {
     pub log: AccessLog,
     /// Set when the cell drains: every response then says `Connection: close`.
     pub draining: Cell<bool>,
+    /// The pipe to the master (readiness, then recycle requests).
+    pub control: RefCell<Option<OwnedFd>>,
+    /// A recycle was requested (asked once).
+    pub recycling: Cell<bool>,
+    /// Requests to WSGI routes, and when the last one came.
+    pub wsgi_served: Cell<u64>,
+    pub last_wsgi: Cell<Instant>,
+    /// `max_requests` plus this cell's jitter (0: never).
+    pub max_requests: u64,
+}
+
+impl CellCtx {
+    pub fn new(
+        router: Router,
+        limits: LimitsConfig,
+        stats: CellStats<'static>,
+        log: AccessLog,
+        control: OwnedFd,
+        max_requests: u64,
+    ) -> Self {
+        CellCtx {
+            router,
+            cache: FileCache::default(),
+            limits,
+            stats,
+            log,
+            draining: Cell::new(false),
+            control: RefCell::new(Some(control)),
+            recycling: Cell::new(false),
+            wsgi_served: Cell::new(0),
+            last_wsgi: Cell::new(Instant::now()),
+            max_requests,
+        }
+    }
+
+    /// Counts a WSGI request; asks for recycling at `max_requests`.
+    pub fn wsgi_request(&self) {
+        let n = self.wsgi_served.get() + 1;
+        self.wsgi_served.set(n);
+        self.last_wsgi.set(Instant::now());
+        if self.max_requests > 0 && n >= self.max_requests {
+            self.recycle(Recycle::MaxRequests);
+        }
+    }
+
+    /// Asks the master for a replacement cell (started first; then this one drains).
+    pub fn recycle(&self, why: Recycle) {
+        if self.recycling.replace(true) {
+            return;
+        }
+        tracing::info!("asking the master to recycle this cell ({})", why.label());
+        if let Some(fd) = self.control.borrow().as_ref()
+            && rustix::io::write(fd, &[why.byte()]).is_err()
+        {
+            tracing::warn!("could not reach the master to recycle");
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +256,7 @@ const REQUEST_TIMEOUT_RESPONSE: &[u8] =
 /// Serves one accepted connection until it closes, times out, or the cell drains.
 pub async fn serve_connection<S>(
     stream: S,
-    remote: String,
+    conn_info: Arc<ConnInfo>,
     ctx: Rc<CellCtx>,
     mut drain: watch::Receiver<bool>,
 ) where
@@ -207,12 +269,9 @@ pub async fn serve_connection<S>(
     };
     let svc_state = state.clone();
     let svc_ctx = ctx.clone();
-    let remote = Rc::<str>::from(remote);
-    let peer = remote.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let resp = handle(&svc_ctx, &svc_state, &remote, req);
-        std::future::ready(Ok::<_, std::convert::Infallible>(resp))
-    });
+    let peer = conn_info.remote_addr.clone();
+    let service =
+        hyper::service::service_fn(move |req| handle(&svc_ctx, &svc_state, &conn_info, req));
     let limits = &ctx.limits;
     let max_head = (limits.max_uri_length.0 + limits.max_header_size.0 + 1024).max(8192) as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -300,15 +359,93 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
+/// What the access log needs of a request, owned (a WSGI request outlives its borrowed head).
+struct LogMeta {
+    method: http::Method,
+    target: String,
+    version: Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl LogMeta {
+    fn of<B>(req: &Request<B>) -> Self {
+        let h = req.headers();
+        LogMeta {
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_owned(),
+            version: req.version(),
+            referer: h.get(header::REFERER).cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+type Reply = Result<Response<Body>, std::convert::Infallible>;
+
+/// Static answers are ready at once; WSGI answers come from a Python thread.
+enum Handled {
+    Ready(Option<Reply>),
+    Wsgi(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+impl Future for Handled {
+    type Output = Reply;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        match &mut *self {
+            Handled::Ready(r) => Poll::Ready(r.take().expect("polled after completion")),
+            Handled::Wsgi(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
 fn handle(
+    ctx: &Rc<CellCtx>,
+    state: &Rc<ConnState>,
+    conn: &Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Handled {
+    let start = Instant::now();
+    let cl_and_te = state.begin_request();
+    match route(ctx, &req, cl_and_te) {
+        Routed::Ready(resp, close) => {
+            let resp = finish(ctx, state, &conn.remote_addr, start, resp, close, || {
+                LogMeta::of(&req)
+            });
+            Handled::Ready(Some(Ok(resp)))
+        }
+        Routed::Wsgi(id, path_info) => {
+            let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
+            let (parts, body) = req.into_parts();
+            let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
+            Handled::Wsgi(Box::pin(async move {
+                let remote = conn.remote_addr.clone();
+                let (resp, close) =
+                    crate::wsgi::call(ctx.clone(), id, parts, body, path_info, conn).await;
+                let mut meta = meta;
+                Ok(finish(&ctx, &state, &remote, start, resp, close, || {
+                    meta.take().expect("logged once")
+                }))
+            }))
+        }
+    }
+}
+
+/// Common response headers, metrics and the access log line.
+fn finish(
     ctx: &CellCtx,
     state: &Rc<ConnState>,
     remote: &str,
-    req: Request<Incoming>,
+    start: Instant,
+    mut resp: Response<Body>,
+    close: bool,
+    meta: impl FnOnce() -> LogMeta,
 ) -> Response<Body> {
-    let start = Instant::now();
-    let cl_and_te = state.begin_request();
-    let (mut resp, close) = route(ctx, &req, cl_and_te);
     if close || ctx.draining.get() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -319,21 +456,16 @@ fn handle(
     let sent = resp.body().len();
     ctx.stats.request(status, sent);
     if ctx.log.enabled() {
-        let h = req.headers();
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let m = meta();
         ctx.log.log(&Entry {
             remote,
-            method: req.method().as_str(),
-            target,
-            version: version_str(req.version()),
+            method: m.method.as_str(),
+            target: &m.target,
+            version: version_str(m.version),
             status,
             body_bytes: sent,
-            referer: h.get(header::REFERER).and_then(|v| v.to_str().ok()),
-            user_agent: h.get(header::USER_AGENT).and_then(|v| v.to_str().ok()),
+            referer: m.referer.as_ref().and_then(|v| v.to_str().ok()),
+            user_agent: m.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             duration_s: start.elapsed().as_secs_f64(),
         });
     }
@@ -341,15 +473,32 @@ fn handle(
     resp
 }
 
+enum Routed {
+    Ready(Response<Body>, bool),
+    /// A WSGI route id and the raw PATH_INFO below its mount point.
+    Wsgi(usize, String),
+}
+
 /// Applies the request limits, then routes. Returns the response and whether to close after it.
-fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<Body>, bool) {
+fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> Routed {
+    match check_and_route(ctx, req, cl_and_te) {
+        Ok(r) => r,
+        Err((resp, close)) => Routed::Ready(resp, close),
+    }
+}
+
+fn check_and_route(
+    ctx: &CellCtx,
+    req: &Request<Incoming>,
+    cl_and_te: bool,
+) -> Result<Routed, (Response<Body>, bool)> {
     if cl_and_te {
         // Request smuggling shape (RFC 9112 section 6.3): refuse and close.
-        return (status_page(StatusCode::BAD_REQUEST), true);
+        return Err((status_page(StatusCode::BAD_REQUEST), true));
     }
     let limits = &ctx.limits;
     if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-        return (status_page(StatusCode::BAD_REQUEST), false);
+        return Err((status_page(StatusCode::BAD_REQUEST), false));
     }
     let target_len = req
         .uri()
@@ -357,13 +506,13 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
         .map(|p| p.as_str().len())
         .unwrap_or(0);
     if target_len as u64 > limits.max_uri_length.0 {
-        return (status_page(StatusCode::URI_TOO_LONG), true);
+        return Err((status_page(StatusCode::URI_TOO_LONG), true));
     }
     if req.headers().len() as i64 > limits.max_headers {
-        return (
+        return Err((
             status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             true,
-        );
+        ));
     }
     let header_bytes: usize = req
         .headers()
@@ -371,10 +520,10 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if header_bytes as u64 > limits.max_header_size.0 {
-        return (
+        return Err((
             status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             true,
-        );
+        ));
     }
     if let Some(len) = req
         .headers()
@@ -382,12 +531,12 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limits.max_body_size.0
     {
-        return (status_page(StatusCode::PAYLOAD_TOO_LARGE), true);
+        return Err((status_page(StatusCode::PAYLOAD_TOO_LARGE), true));
     }
     let path = req.uri().path();
     if !path.starts_with('/') {
         // Absolute-form and asterisk-form targets are not served here.
-        return (status_page(StatusCode::BAD_REQUEST), false);
+        return Err((status_page(StatusCode::BAD_REQUEST), false));
     }
     // A request body we will not read must not be parsed as the next request.
     let unread_body = req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -397,6 +546,14 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
             .is_some_and(|v| v.as_bytes() != b"0");
     let resp = match ctx.router.find(path) {
         Match::Route(id, r, rest) => match &r.handler {
+            Handler::Wsgi(_) => {
+                let path_info = if r.prefix.ends_with('/') {
+                    format!("/{rest}")
+                } else {
+                    rest.to_owned()
+                };
+                return Ok(Routed::Wsgi(id, path_info));
+            }
             Handler::Static(route) => crate::static_files::serve(
                 &ctx.cache,
                 id,
@@ -424,7 +581,7 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> (Response<B
         }
         Match::None => status_page(StatusCode::NOT_FOUND),
     };
-    (resp, unread_body)
+    Ok(Routed::Ready(resp, unread_body))
 }
 
 #[cfg(test)]

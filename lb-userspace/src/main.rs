@@ -1,5 +1,5 @@
 //! `portico`: an eBPF-steered, per-core HTTP front end. One master owns the listeners and
-//! supervises one pinned cell per CPU; cells serve static files (and, later, WSGI apps).
+//! supervises one pinned cell per CPU; cells serve static files and embedded-Python WSGI apps.
 #![deny(unsafe_code)]
 
 mod access_log;
@@ -15,6 +15,7 @@ mod router;
 mod static_files;
 #[allow(unsafe_code)]
 mod sys;
+mod wsgi;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Internal: a cell process, started by the master.
     #[command(hide = true)]
     Cell,
+    /// Internal: import the WSGI apps once in a throw-away process and exit.
+    #[command(hide = true)]
+    AppCheck,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +81,24 @@ struct ServeArgs {
     /// Access log format.
     #[arg(long = "log-format", value_name = "combined|json")]
     log_format: Option<String>,
+    /// Python threads per cell for APP.
+    #[arg(long)]
+    threads: Option<i64>,
+    /// Longest run of one request to APP (then 504), e.g. `30s`.
+    #[arg(long = "request-timeout", value_name = "DURATION")]
+    request_timeout: Option<String>,
+    /// Recycle a cell after this many requests to APP.
+    #[arg(long = "max-requests", value_name = "N")]
+    max_requests: Option<u64>,
+    /// Development: replace cells when one of APP's Python files changes.
+    #[arg(long)]
+    reload: bool,
+    /// Directory prepended to sys.path for APP (repeatable).
+    #[arg(long = "python-path", value_name = "DIR")]
+    python_path: Vec<PathBuf>,
+    /// Virtualenv whose site-packages APP uses.
+    #[arg(long)]
+    venv: Option<PathBuf>,
 }
 
 /// Error log through `tracing`, to stderr; `RUST_LOG` wins over the configured level.
@@ -108,8 +130,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::AppCheck => ExitCode::from(cell::app_check() as u8),
         Command::Check { config } => match load(Some(&config), &Overrides::default()) {
             Ok(cfg) => {
+                if cfg.has_wsgi() {
+                    match master::check_apps(&cfg) {
+                        Ok(true) => {}
+                        Ok(false) => return ExitCode::from(cell::EXIT_APP as u8),
+                        Err(e) => {
+                            eprintln!("portico: {e:#}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
                 println!(
                     "{}: configuration OK ({} listen address(es), {} route(s))",
                     config.display(),
@@ -133,6 +166,12 @@ fn main() -> ExitCode {
                 chdir: a.chdir,
                 access_log: a.access_log,
                 log_format: a.log_format,
+                threads: a.threads,
+                request_timeout: a.request_timeout,
+                max_requests: a.max_requests,
+                reload: a.reload,
+                python_path: a.python_path,
+                venv: a.venv,
             };
             let cfg = match load(a.config.as_ref(), &overrides) {
                 Ok(c) => c,

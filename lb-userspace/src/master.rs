@@ -21,6 +21,28 @@ use crate::cell;
 use crate::config::{Config, EbpfMode, ListenAddr, Overrides};
 use crate::ebpf::Steering;
 use crate::metrics::{MetricsRegion, slot};
+use crate::wsgi::Recycle;
+
+/// Imports the WSGI apps once in a throw-away child (`portico app-check`), its stderr (the
+/// traceback) passed through. Ok(false): the import failed.
+pub fn check_apps(cfg: &Config) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe().context("locating the portico executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("app-check")
+        .env(cell::env::CONFIG, serde_json::to_string(cfg)?)
+        .stdin(std::process::Stdio::null());
+    python_env(&mut cmd, cfg);
+    let status = cmd.status().context("running the app import check")?;
+    Ok(status.success())
+}
+
+/// Interpreter settings that must be in the environment before Python starts.
+fn python_env(cmd: &mut std::process::Command, cfg: &Config) {
+    let o = cfg.python_optimize();
+    if o > 0 {
+        cmd.env("PYTHONOPTIMIZE", o.to_string());
+    }
+}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -51,6 +73,19 @@ enum Event {
         slot: usize,
         generation: u64,
     },
+    /// A cell asks to be replaced (recycling limits, stuck thread, changed sources).
+    Recycle {
+        pid: u32,
+        why: Recycle,
+    },
+}
+
+/// A replacement in progress for one slot: the old cell serves until the new one is ready.
+struct Replacing {
+    old_pid: u32,
+    old_gen: u64,
+    /// None for a SIGHUP reload.
+    why: Option<Recycle>,
 }
 
 struct Slot {
@@ -60,13 +95,13 @@ struct Slot {
     ready: bool,
     started: Instant,
     backoff: Duration,
+    replacing: Option<Replacing>,
 }
 
-/// A reload in progress: cells still to replace, and the one being replaced now.
+/// A reload in progress: cells still to replace, and the slot being replaced now.
 struct Reload {
     queue: VecDeque<usize>,
-    /// (slot, old pid, old generation) waiting for the new cell's readiness.
-    current: Option<(usize, u32, u64)>,
+    current: Option<usize>,
 }
 
 /// What the admin endpoint reads.
@@ -96,6 +131,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     raise_nofile_limit();
     if let Some(dir) = &cfg.server.chdir {
         std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
+    }
+    if cfg.has_wsgi() {
+        tracing::info!("importing the WSGI application(s) once before starting cells");
+        if !check_apps(&cfg)? {
+            tracing::error!(
+                "the WSGI application failed to import (traceback above); not starting"
+            );
+            return Ok(cell::EXIT_APP);
+        }
     }
     let cpus = usable_cpus();
     let cells = cfg.cell_count(cpus.len());
@@ -190,6 +234,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
                     ready: false,
                     started: Instant::now(),
                     backoff: BACKOFF_MIN,
+                    replacing: None,
                 })
                 .collect(),
             children: HashMap::new(),
@@ -243,6 +288,7 @@ impl Master {
             .env(cell::env::CPU, s.cpu.to_string())
             .env(cell::env::CONFIG, &self.cfg_json)
             .stdin(std::process::Stdio::null());
+        python_env(&mut cmd, &self.cfg);
         cmd.fd_mappings(mappings)
             .map_err(|e| anyhow::anyhow!("fd mapping: {e}"))?;
         let mut child = tokio::process::Command::from(cmd)
@@ -271,6 +317,12 @@ impl Master {
             if let Ok(1) = r.read(&mut b).await {
                 let _ = tx.send(Event::Ready { pid });
             }
+            // Then, for as long as the cell lives: recycle requests.
+            while let Ok(1) = r.read(&mut b).await {
+                if let Some(why) = Recycle::from_byte(b[0]) {
+                    let _ = tx.send(Event::Recycle { pid, why });
+                }
+            }
         });
         Ok(())
     }
@@ -283,7 +335,7 @@ impl Master {
         loop {
             tokio::select! {
                 Some(ev) = rx.recv() => self.on_event(ev)?,
-                _ = hup.recv() => self.start_reload(),
+                _ = hup.recv() => self.start_reload(true),
                 _ = term.recv() => return self.shutdown(&mut rx, false).await,
                 _ = int.recv() => return self.shutdown(&mut rx, false).await,
                 _ = quit.recv() => return self.shutdown(&mut rx, true).await,
@@ -303,16 +355,41 @@ impl Master {
                 self.slots[slot].ready = true;
                 self.shared.metrics.cell(slot).set(slot::UP, 1);
                 tracing::debug!(cell = slot, pid, "cell up");
-                if let Some(r) = &mut self.reload
-                    && let Some((rslot, old_pid, _)) = r.current
-                    && rslot == slot
-                {
+                if let Some(rep) = self.slots[slot].replacing.take() {
                     // The replacement accepts on the same listener; now the old one may drain.
-                    signal_pid(old_pid, Signal::TERM);
-                    self.shared.metrics.cell(slot).add(slot::RESTARTS_RELOAD, 1);
-                    r.current = None;
-                    self.reload_step()?;
+                    signal_pid(rep.old_pid, Signal::TERM);
+                    let c = self.shared.metrics.cell(slot);
+                    match rep.why {
+                        None => c.add(slot::RESTARTS_RELOAD, 1),
+                        Some(why) => {
+                            let k = Recycle::ALL.iter().position(|r| *r == why).unwrap_or(0);
+                            c.add(slot::RESTARTS_RECYCLE + k, 1);
+                            tracing::info!(cell = slot, "cell recycled ({})", why.label());
+                        }
+                    }
+                    if let Some(r) = &mut self.reload
+                        && r.current == Some(slot)
+                    {
+                        r.current = None;
+                        self.reload_step()?;
+                    }
                 }
+            }
+            Event::Recycle { pid, why } => {
+                let Some(&(slot, generation)) = self.children.get(&pid) else {
+                    return Ok(());
+                };
+                let s = &self.slots[slot];
+                if s.generation != generation || !s.ready || s.replacing.is_some() {
+                    return Ok(());
+                }
+                if why == Recycle::SourceChange {
+                    tracing::info!("reload: a Python source file changed");
+                    self.start_reload(false);
+                    return Ok(());
+                }
+                tracing::info!(cell = slot, pid, "recycling: {}", why.label());
+                self.replace(slot, Some(why))?;
             }
             Event::Exited { pid, status } => {
                 let Some((slot, generation)) = self.children.remove(&pid) else {
@@ -331,24 +408,24 @@ impl Master {
                 s.ready = false;
                 self.shared.metrics.cell(slot).set(slot::UP, 0);
                 self.shared.metrics.cell(slot).add(slot::RESTARTS_CRASH, 1);
-                // A reload whose new cell died: keep the old one serving and stop the reload.
-                if let Some(r) = &mut self.reload
-                    && let Some((rslot, old_pid, old_gen)) = r.current
-                    && rslot == slot
-                {
+                // A replacement that died: keep the old cell serving (and stop a reload).
+                if let Some(rep) = s.replacing.take() {
                     tracing::error!(
                         cell = slot,
-                        "reload aborted: the new cell exited ({how}); the old cell keeps serving"
+                        "replacement cell exited ({how}); the old cell keeps serving"
                     );
-                    s.pid = Some(old_pid);
-                    s.generation = old_gen;
+                    s.pid = Some(rep.old_pid);
+                    s.generation = rep.old_gen;
                     s.ready = true;
                     self.shared.metrics.cell(slot).set(slot::UP, 1);
                     self.shared
                         .metrics
                         .cell(slot)
-                        .set(slot::PID, old_pid as u64);
-                    self.reload = None;
+                        .set(slot::PID, rep.old_pid as u64);
+                    if rep.why.is_none() {
+                        tracing::error!("reload aborted");
+                        self.reload = None;
+                    }
                     return Ok(());
                 }
                 let lived = s.started.elapsed();
@@ -393,13 +470,37 @@ impl Master {
         Ok(())
     }
 
-    /// SIGHUP: read the configuration again and replace the cells one at a time.
-    fn start_reload(&mut self) {
+    /// Starts a replacement cell for `slot`; the old one is told to drain once it is ready.
+    fn replace(&mut self, slot: usize, why: Option<Recycle>) -> anyhow::Result<()> {
+        let s = &mut self.slots[slot];
+        let Some(old_pid) = s.pid else {
+            return Ok(());
+        };
+        s.replacing = Some(Replacing {
+            old_pid,
+            old_gen: s.generation,
+            why,
+        });
+        if let Err(e) = self.spawn(slot) {
+            self.slots[slot].replacing = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// SIGHUP (or changed sources with `reload = true`): read the configuration again and
+    /// replace the cells one at a time.
+    fn start_reload(&mut self, reread: bool) {
         if self.reload.is_some() {
             tracing::warn!("SIGHUP ignored: a reload is already in progress");
             return;
         }
-        let mut cfg = match Config::resolve(self.config_path.as_deref(), &self.overrides) {
+        let resolved = if reread {
+            Config::resolve(self.config_path.as_deref(), &self.overrides)
+        } else {
+            Ok(self.cfg.clone())
+        };
+        let mut cfg = match resolved {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload refused, keeping the running configuration:\n{e}");
@@ -455,13 +556,13 @@ impl Master {
                 return Ok(());
             };
             let s = &self.slots[slot];
-            match (s.pid, s.ready) {
-                (Some(old_pid), true) => {
-                    let old_gen = s.generation;
-                    r.current = Some((slot, old_pid, old_gen));
-                    return self.spawn(slot);
+            match (s.pid, s.ready, &s.replacing) {
+                (Some(_), true, None) => {
+                    r.current = Some(slot);
+                    return self.replace(slot, None);
                 }
-                // A cell that is down or starting will pick up the new configuration when it (re)spawns.
+                // A cell that is down, starting or being replaced picks up the new
+                // configuration when its replacement spawns.
                 _ => continue,
             }
         }

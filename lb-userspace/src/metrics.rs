@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::sys::{SharedCounters, SysError};
 
 /// u64 slots reserved for each cell (fixed layout; unused slots stay zero).
-pub const SLOTS_PER_CELL: usize = 16;
+pub const SLOTS_PER_CELL: usize = 32;
 
 /// Slot indices inside a cell's block.
 pub mod slot {
@@ -22,6 +22,13 @@ pub mod slot {
     pub const RESPONSE_BODY_BYTES: usize = 10;
     pub const RESTARTS_CRASH: usize = 11;
     pub const RESTARTS_RELOAD: usize = 12;
+    /// Recycles by reason, in `wsgi::Recycle::ALL` order (6 slots).
+    pub const RESTARTS_RECYCLE: usize = 13;
+    /// WSGI requests refused with 503: queue full, waited past queue_timeout.
+    pub const WSGI_QUEUE_FULL: usize = 19;
+    pub const WSGI_QUEUE_TIMEOUTS: usize = 20;
+    /// WSGI requests answered 504 after request_timeout.
+    pub const WSGI_REQUEST_TIMEOUTS: usize = 21;
 }
 
 /// The whole shared region.
@@ -160,6 +167,16 @@ pub fn render(
         "Times the cell was replaced, by reason.",
         &["cell", "reason"],
     )?;
+    let wsgi_rejected = counter(
+        "portico_wsgi_rejected_total",
+        "WSGI requests answered 503 before reaching the app, by reason.",
+        &["cell", "reason"],
+    )?;
+    let wsgi_timeouts = counter(
+        "portico_wsgi_request_timeouts_total",
+        "WSGI requests answered 504 because they ran past request_timeout.",
+        &["cell"],
+    )?;
     let steered = counter(
         "portico_steering_decisions_total",
         "New connections seen by the sk_reuseport steering program, by result.",
@@ -206,6 +223,21 @@ pub fn render(
         restarts
             .with_label_values(&[&cell, "reload"])
             .inc_by(c.get(slot::RESTARTS_RELOAD));
+        for (k, why) in crate::wsgi::Recycle::ALL.iter().enumerate() {
+            let n = c.get(slot::RESTARTS_RECYCLE + k);
+            if n > 0 {
+                restarts.with_label_values(&[&cell, why.label()]).inc_by(n);
+            }
+        }
+        wsgi_rejected
+            .with_label_values(&[&cell, "queue_full"])
+            .inc_by(c.get(slot::WSGI_QUEUE_FULL));
+        wsgi_rejected
+            .with_label_values(&[&cell, "queue_timeout"])
+            .inc_by(c.get(slot::WSGI_QUEUE_TIMEOUTS));
+        wsgi_timeouts
+            .with_label_values(&[&cell])
+            .inc_by(c.get(slot::WSGI_REQUEST_TIMEOUTS));
         if steering.enabled {
             steered
                 .with_label_values(&[&cell, "selected"])

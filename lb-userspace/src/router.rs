@@ -2,9 +2,11 @@
 //! `/app` serves `/app` and `/app/x` but not `/application`.
 use crate::config::RouteConfig;
 use crate::static_files::StaticRoute;
+use crate::wsgi::WsgiRoute;
 
 pub enum Handler {
     Static(StaticRoute),
+    Wsgi(WsgiRoute),
 }
 
 pub struct Route {
@@ -26,18 +28,40 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(cfg: &[RouteConfig]) -> Self {
+    /// `wsgi` holds the started WSGI routes, index-aligned with `cfg`.
+    pub fn new(cfg: &[RouteConfig], wsgi: Vec<Option<WsgiRoute>>) -> Self {
         let mut routes: Vec<Route> = cfg
             .iter()
-            .filter_map(|r| {
-                r.static_files.as_ref().map(|s| Route {
+            .zip(wsgi.into_iter().chain(std::iter::repeat_with(|| None)))
+            .filter_map(|(r, w)| {
+                let handler = match (w, &r.static_files) {
+                    (Some(w), _) => Handler::Wsgi(w),
+                    (None, Some(s)) => Handler::Static(StaticRoute::new(s)),
+                    (None, None) => return None,
+                };
+                Some(Route {
                     prefix: r.prefix.clone(),
-                    handler: Handler::Static(StaticRoute::new(s)),
+                    handler,
                 })
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router { routes }
+    }
+
+    /// The WSGI route with this index (as returned by `find`).
+    pub fn wsgi(&self, id: usize) -> Option<&WsgiRoute> {
+        match &self.routes.get(id)?.handler {
+            Handler::Wsgi(w) => Some(w),
+            Handler::Static(_) => None,
+        }
+    }
+
+    pub fn wsgi_routes(&self) -> impl Iterator<Item = &WsgiRoute> {
+        self.routes.iter().filter_map(|r| match &r.handler {
+            Handler::Wsgi(w) => Some(w),
+            Handler::Static(_) => None,
+        })
     }
 
     pub fn find<'a>(&'a self, path: &'a str) -> Match<'a> {
@@ -69,7 +93,7 @@ mod tests {
                 wsgi: None,
             })
             .collect();
-        Router::new(&cfg)
+        Router::new(&cfg, Vec::new())
     }
 
     fn hit(r: &Router, path: &str) -> Option<(String, String)> {

@@ -685,7 +685,7 @@ fn if_range_allows(req: &HeaderMap, f: &FileEntry) -> bool {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum RangeOutcome {
+pub(crate) enum RangeOutcome {
     /// Not a bytes range we understand, or too many: serve the whole file.
     Ignore,
     Unsatisfiable,
@@ -693,7 +693,7 @@ enum RangeOutcome {
     Ranges(Vec<(u64, u64)>),
 }
 
-fn parse_ranges(header: &str, len: u64) -> RangeOutcome {
+pub(crate) fn parse_ranges(header: &str, len: u64) -> RangeOutcome {
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return RangeOutcome::Ignore;
     };

@@ -1,11 +1,23 @@
 //! The embedded-Python WSGI gateway (pyo3) for Portico cells.
 //!
-//! This crate grows with the WSGI issue; what it holds today is the part every layer above it
-//! needs first: how an application is named (`APP`), parsed and checked once, so the CLI, the
-//! config and the cells agree on it.
+//! A cell owns one [`Pool`] per WSGI route: Python threads pinned with the cell take requests
+//! from a bounded queue, build the PEP 3333 environ, call the application and hand the response
+//! back to the cell's event loop over channels, so the event loop never waits on Python.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+
+mod environ;
+mod objects;
+mod pool;
+mod python;
+mod response;
+
+pub use environ::{Cidr, ConnInfo};
+pub use objects::BodySource;
+pub use pool::{Job, Pool, PoolStats, Settings, SubmitError};
+pub use python::{AppError, interpreter_version};
+pub use response::{BodyOut, Head, Piece, Reply};
 
 /// How a WSGI application is named.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,679 @@
+//! A pool of Python threads for one WSGI route: a bounded queue in front (full -> 503), a
+//! watchdog that interrupts requests running past `request_timeout`, and per-thread state the
+//! cell reads without the GIL.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, Uri, Version};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use tokio::sync::oneshot;
+
+use crate::AppSpec;
+use crate::environ::{self, Cidr, ConnInfo};
+use crate::objects::{self, BodySource, ErrorStream, Input, StartResponse};
+use crate::python::{self, AppError, LoadPaths};
+use crate::response::Reply;
+
+/// Everything a pool needs to know about its application.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub spec: AppSpec,
+    /// Directory for relative paths and sys.path[0] (the route's `chdir`, or the config's).
+    pub base_dir: PathBuf,
+    pub python_path: Vec<PathBuf>,
+    pub venv: Option<PathBuf>,
+    /// Extra environ entries (mod_wsgi's wsgi_var).
+    pub environ: Vec<(String, String)>,
+    /// The mount point without its trailing slash ("" for "/").
+    pub script_name: String,
+    pub threads: usize,
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
+    pub trusted_proxies: Vec<Cidr>,
+    pub pass_authorization: bool,
+    /// More than one cell serves this app (wsgi.multiprocess).
+    pub multiprocess: bool,
+}
+
+/// One request for the app.
+pub struct Job {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub conn: Arc<ConnInfo>,
+    /// The raw (not yet decoded) path below the mount point, starting with '/' or empty.
+    pub path_info: String,
+    pub body: Option<BodySource>,
+    pub reply: oneshot::Sender<Reply>,
+    pub enqueued: Instant,
+    /// Set by `Pool::submit`.
+    pub id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the request queue is full")]
+    QueueFull,
+    #[error("the WSGI threads are gone")]
+    Closed,
+}
+
+/// Counters the cell exports (read without the GIL).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub busy_threads: AtomicUsize,
+    pub queue_timeouts: AtomicU64,
+    pub request_timeouts: AtomicU64,
+    pub app_errors: AtomicU64,
+}
+
+struct Worker {
+    /// Id of the job this thread runs, 0 when idle.
+    job: AtomicU64,
+    /// Python's thread ident (for the stack dump and the async exception).
+    tid: AtomicU64,
+    /// The watchdog raised RequestTimeout in this job.
+    interrupted: AtomicU64,
+}
+
+struct Shared {
+    workers: Vec<Worker>,
+    stats: Arc<PoolStats>,
+    queue_timeout: Duration,
+    stopping: AtomicBool,
+}
+
+pub struct Pool {
+    tx: crossbeam_channel::Sender<Job>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    watchdog: std::sync::mpsc::Sender<u64>,
+    sources: Vec<PathBuf>,
+}
+
+impl Pool {
+    /// Imports the app (in the calling thread, so an import error stops the cell before it
+    /// serves) and starts its threads.
+    pub fn start(s: Settings) -> Result<Pool, AppError> {
+        python::init();
+        let (app, sources) = Python::attach(|py| -> Result<_, AppError> {
+            let app = python::load_app(
+                py,
+                &s.spec,
+                &LoadPaths {
+                    base_dir: &s.base_dir,
+                    python_path: &s.python_path,
+                    venv: s.venv.as_deref(),
+                },
+            )?;
+            Ok((app, python::app_source_files(py)))
+        })?;
+        let app = Arc::new(app);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(s.max_queue.max(1));
+        let shared = Arc::new(Shared {
+            workers: (0..s.threads)
+                .map(|_| Worker {
+                    job: AtomicU64::new(0),
+                    tid: AtomicU64::new(0),
+                    interrupted: AtomicU64::new(0),
+                })
+                .collect(),
+            stats: Arc::new(PoolStats::default()),
+            queue_timeout: s.queue_timeout,
+            stopping: AtomicBool::new(false),
+        });
+        let settings = Arc::new(s);
+        for idx in 0..settings.threads {
+            let rx = rx.clone();
+            let app = app.clone();
+            let shared = shared.clone();
+            let settings = settings.clone();
+            std::thread::Builder::new()
+                .name(format!("wsgi-{idx}"))
+                .spawn(move || worker(idx, rx, app, shared, settings))?;
+        }
+        let (wtx, wrx) = std::sync::mpsc::channel::<u64>();
+        {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("wsgi-watchdog".into())
+                .spawn(move || watchdog(wrx, shared))?;
+        }
+        Ok(Pool {
+            tx,
+            shared,
+            next_id: AtomicU64::new(1),
+            watchdog: wtx,
+            sources,
+        })
+    }
+
+    /// Queues a job; returns its id. A full queue is the caller's 503.
+    pub fn submit(&self, mut job: Job) -> Result<u64, SubmitError> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        job.id = id;
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(id),
+            Err(crossbeam_channel::TrySendError::Full(_)) => Err(SubmitError::QueueFull),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Asks the watchdog to log the stack of job `id` and raise RequestTimeout in it.
+    pub fn interrupt(&self, id: u64) {
+        self.shared.stats.request_timeouts.fetch_add(1, Relaxed);
+        let _ = self.watchdog.send(id);
+    }
+
+    /// Whether a thread is still running job `id`.
+    pub fn running(&self, id: u64) -> bool {
+        self.shared
+            .workers
+            .iter()
+            .any(|w| w.job.load(Relaxed) == id)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    pub fn stats(&self) -> &PoolStats {
+        &self.shared.stats
+    }
+
+    /// Python source files of the app (for `reload = true`).
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Relaxed);
+    }
+}
+
+/// Interned keys and per-pool constants, built once per thread.
+struct Consts {
+    template: Py<PyDict>,
+    k: Keys,
+    scheme_http: Py<PyString>,
+    scheme_https: Py<PyString>,
+    http11: Py<PyString>,
+    http10: Py<PyString>,
+    methods: HashMap<Method, Py<PyString>>,
+    header_keys: HashMap<HeaderName, Option<Py<PyString>>>,
+    script_name: Py<PyString>,
+    helper: Py<PyModule>,
+    file_wrapper: Py<PyAny>,
+}
+
+macro_rules! keys {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        struct Keys { $($field: Py<PyString>,)* }
+        impl Keys {
+            fn new(py: Python<'_>) -> Keys {
+                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
+            }
+        }
+    };
+}
+
+keys! {
+    request_method = "REQUEST_METHOD",
+    script_name = "SCRIPT_NAME",
+    path_info = "PATH_INFO",
+    query_string = "QUERY_STRING",
+    content_type = "CONTENT_TYPE",
+    content_length = "CONTENT_LENGTH",
+    server_name = "SERVER_NAME",
+    server_port = "SERVER_PORT",
+    server_protocol = "SERVER_PROTOCOL",
+    remote_addr = "REMOTE_ADDR",
+    remote_port = "REMOTE_PORT",
+    request_uri = "REQUEST_URI",
+    raw_uri = "RAW_URI",
+    http_host = "HTTP_HOST",
+    url_scheme = "wsgi.url_scheme",
+    input = "wsgi.input",
+}
+
+impl Consts {
+    fn new(py: Python<'_>, s: &Settings) -> PyResult<Consts> {
+        let helper = python::helper(py)?;
+        let file_wrapper = helper.getattr("FileWrapper")?.unbind();
+        let t = PyDict::new(py);
+        t.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+        t.set_item("wsgi.errors", Py::new(py, ErrorStream::new())?)?;
+        t.set_item("wsgi.multithread", s.threads > 1)?;
+        t.set_item("wsgi.multiprocess", s.multiprocess)?;
+        t.set_item("wsgi.run_once", false)?;
+        t.set_item("wsgi.input_terminated", true)?;
+        t.set_item("wsgi.file_wrapper", &file_wrapper)?;
+        t.set_item("SCRIPT_NAME", &s.script_name)?;
+        t.set_item("QUERY_STRING", "")?;
+        for (k, v) in &s.environ {
+            t.set_item(k, v)?;
+        }
+        let methods = [
+            Method::GET,
+            Method::POST,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ]
+        .into_iter()
+        .map(|m| {
+            let s = PyString::intern(py, m.as_str()).unbind();
+            (m, s)
+        })
+        .collect();
+        Ok(Consts {
+            template: t.unbind(),
+            k: Keys::new(py),
+            scheme_http: PyString::intern(py, "http").unbind(),
+            scheme_https: PyString::intern(py, "https").unbind(),
+            http11: PyString::intern(py, "HTTP/1.1").unbind(),
+            http10: PyString::intern(py, "HTTP/1.0").unbind(),
+            methods,
+            header_keys: HashMap::new(),
+            script_name: PyString::new(py, &s.script_name).unbind(),
+            helper: helper.unbind(),
+            file_wrapper,
+        })
+    }
+}
+
+/// The interned `HTTP_*` key for a header name (None: the header is not passed).
+fn header_key<'py>(
+    cache: &mut HashMap<HeaderName, Option<Py<PyString>>>,
+    py: Python<'py>,
+    name: &HeaderName,
+) -> Option<Bound<'py, PyString>> {
+    {
+        if let Some(k) = cache.get(name) {
+            return k.as_ref().map(|k| k.bind(py).clone());
+        }
+        let key = environ::http_key(name.as_str()).map(|k| PyString::intern(py, &k).unbind());
+        let out = key.as_ref().map(|k| k.bind(py).clone());
+        // Bounded: a client sending endless distinct names must not grow it without limit.
+        if cache.len() < 512 {
+            cache.insert(name.clone(), key);
+        }
+        out
+    }
+}
+
+fn worker(
+    idx: usize,
+    rx: crossbeam_channel::Receiver<Job>,
+    app: Arc<Py<PyAny>>,
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+) {
+    Python::attach(|py| {
+        let mut consts = match Consts::new(py, &settings) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "WSGI thread {idx} failed to start:\n{}",
+                    python::format_err(py, &e)
+                );
+                return;
+            }
+        };
+        if let Ok(tid) = py
+            .import("threading")
+            .and_then(|t| t.call_method0("get_ident"))
+            .and_then(|t| t.extract::<u64>())
+        {
+            shared.workers[idx].tid.store(tid, Relaxed);
+        }
+        let me = &shared.workers[idx];
+        loop {
+            let job = match rx.try_recv() {
+                Ok(j) => j,
+                Err(crossbeam_channel::TryRecvError::Empty) => match py.detach(|| rx.recv()) {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+            };
+            if shared.stopping.load(Relaxed) {
+                return;
+            }
+            if job.enqueued.elapsed() > shared.queue_timeout {
+                shared.stats.queue_timeouts.fetch_add(1, Relaxed);
+                let _ = job.reply.send(Reply::Error {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    retry_after: true,
+                });
+                continue;
+            }
+            if job.reply.is_closed() {
+                // The client left while the request waited in the queue.
+                continue;
+            }
+            me.job.store(job.id, Relaxed);
+            shared.stats.busy_threads.fetch_add(1, Relaxed);
+            let id = job.id;
+            if !run(py, &app, job, &mut consts, &settings) {
+                shared.stats.app_errors.fetch_add(1, Relaxed);
+            }
+            me.job.store(0, Relaxed);
+            shared.stats.busy_threads.fetch_sub(1, Relaxed);
+            if me.interrupted.load(Relaxed) == id {
+                // A RequestTimeout raised too late to fire must not hit the next request.
+                let tid = me.tid.load(Relaxed);
+                let _ = consts
+                    .helper
+                    .bind(py)
+                    .call_method1("clear_interrupt", (tid,));
+                let _ = PyErr::take(py);
+            }
+        }
+    });
+}
+
+/// Runs one request; false when the app failed.
+fn run(py: Python<'_>, app: &Py<PyAny>, job: Job, c: &mut Consts, s: &Settings) -> bool {
+    let Job {
+        method,
+        uri,
+        version,
+        headers,
+        conn,
+        path_info,
+        body,
+        reply,
+        ..
+    } = job;
+    let input = match Py::new(py, Input::new(body)) {
+        Ok(i) => i,
+        Err(_) => return false,
+    };
+    let sr = match Py::new(py, StartResponse::new(reply)) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    let req = Req {
+        method: &method,
+        uri: &uri,
+        version,
+        headers: &headers,
+        conn: &conn,
+        path_info: &path_info,
+    };
+    let ok = match build_environ(py, &req, c, s, &input) {
+        Err(e) => {
+            tracing::error!(
+                "building the WSGI environ failed:\n{}",
+                python::format_err(py, &e)
+            );
+            sr.borrow_mut(py).responder.fail(py);
+            false
+        }
+        Ok(environ) => match app.call1(py, (environ, sr.clone_ref(py))) {
+            Err(e) => {
+                report(py, &e, &req);
+                sr.borrow_mut(py).responder.fail(py);
+                false
+            }
+            Ok(result) => respond(py, result.bind(py), &sr, c, &req),
+        },
+    };
+    input.borrow_mut(py).finish();
+    ok
+}
+
+struct Req<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    version: Version,
+    headers: &'a HeaderMap,
+    conn: &'a ConnInfo,
+    path_info: &'a str,
+}
+
+/// Logs an app exception with its traceback and the request it broke (never sent to the client).
+fn report(py: Python<'_>, e: &PyErr, req: &Req<'_>) {
+    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    tracing::error!(
+        "WSGI application error on {} {}:\n{}",
+        req.method,
+        target,
+        python::format_err(py, e).trim_end()
+    );
+}
+
+/// Iterates the app's result into the response; always calls its close().
+fn respond(
+    py: Python<'_>,
+    result: &Bound<'_, PyAny>,
+    sr: &Py<StartResponse>,
+    c: &Consts,
+    req: &Req<'_>,
+) -> bool {
+    let outcome = send_body(py, result, sr, c);
+    let mut ok = true;
+    if let Err(e) = &outcome {
+        let gone = sr.borrow(py).responder.is_gone();
+        if gone {
+            tracing::debug!("client went away during the response");
+        } else {
+            report(py, e, req);
+            ok = false;
+        }
+        sr.borrow_mut(py).responder.fail(py);
+    }
+    if let Ok(close) = result.getattr("close")
+        && let Err(e) = close.call0()
+    {
+        report(py, &e, req);
+        ok = false;
+    }
+    ok
+}
+
+fn send_body(
+    py: Python<'_>,
+    result: &Bound<'_, PyAny>,
+    sr: &Py<StartResponse>,
+    c: &Consts,
+) -> PyResult<()> {
+    // Lists and tuples: the whole body at once, with a known length.
+    if let Ok(list) = result.cast::<PyList>() {
+        let chunks = list
+            .iter()
+            .map(|i| objects::chunk(&i))
+            .collect::<PyResult<Vec<Bytes>>>()?;
+        return sr.borrow_mut(py).responder.finish_full(chunks);
+    }
+    if let Ok(t) = result.cast::<PyTuple>() {
+        let chunks = t
+            .iter()
+            .map(|i| objects::chunk(&i))
+            .collect::<PyResult<Vec<Bytes>>>()?;
+        return sr.borrow_mut(py).responder.finish_full(chunks);
+    }
+    if result.get_type().is(c.file_wrapper.bind(py))
+        && let Some((fd, offset, size)) = c
+            .helper
+            .bind(py)
+            .call_method1("regular_file", (result,))?
+            .extract::<Option<(i32, u64, u64)>>()?
+    {
+        // A new descriptor for the same file, opened safely through /proc.
+        if let Ok(file) = std::fs::File::open(format!("/proc/self/fd/{fd}")) {
+            let len = size.saturating_sub(offset);
+            return sr.borrow_mut(py).responder.finish_file(file, offset, len);
+        }
+    }
+    let mut started = false;
+    for item in result.try_iter()? {
+        let data = objects::chunk(&item?)?;
+        if data.is_empty() {
+            continue;
+        }
+        sr.borrow_mut(py).responder.send(py, data)?;
+        started = true;
+    }
+    let mut sr = sr.borrow_mut(py);
+    if started || sr.responder.is_streaming() {
+        sr.responder.end_stream();
+        Ok(())
+    } else {
+        sr.responder.finish_full(Vec::new())
+    }
+}
+
+fn build_environ<'py>(
+    py: Python<'py>,
+    r: &Req<'_>,
+    c: &mut Consts,
+    s: &Settings,
+    input: &Py<Input>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = c.template.bind(py).copy()?;
+    let k = &c.k;
+    let fwd = environ::forwarded(r.headers, r.conn, &s.trusted_proxies);
+    match c.methods.get(r.method) {
+        Some(m) => env.set_item(&k.request_method, m.bind(py))?,
+        None => env.set_item(&k.request_method, r.method.as_str())?,
+    }
+    if let Some(prefix) = &fwd.prefix {
+        env.set_item(&k.script_name, format!("{prefix}{}", s.script_name))?;
+    } else {
+        env.set_item(&k.script_name, c.script_name.bind(py))?;
+    }
+    env.set_item(
+        &k.path_info,
+        objects::native(py, &environ::decode_path(r.path_info)),
+    )?;
+    if let Some(q) = r.uri.query() {
+        env.set_item(&k.query_string, q)?;
+    }
+    let raw = r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let raw = PyString::new(py, raw);
+    env.set_item(&k.request_uri, &raw)?;
+    env.set_item(&k.raw_uri, &raw)?;
+    env.set_item(
+        &k.server_protocol,
+        if r.version == Version::HTTP_10 {
+            c.http10.bind(py)
+        } else {
+            c.http11.bind(py)
+        },
+    )?;
+    let https = fwd.scheme == Some("https");
+    env.set_item(
+        &k.url_scheme,
+        if https {
+            c.scheme_https.bind(py)
+        } else {
+            c.scheme_http.bind(py)
+        },
+    )?;
+    env.set_item(
+        &k.remote_addr,
+        fwd.remote_addr.as_deref().unwrap_or(&r.conn.remote_addr),
+    )?;
+    env.set_item(&k.remote_port, r.conn.remote_port.to_string())?;
+    env.set_item(&k.input, input.bind(py))?;
+
+    // Headers: repeated ones joined with ", " (Cookie with "; ").
+    let mut host: Option<String> = None;
+    for name in r.headers.keys() {
+        if *name == http::header::CONTENT_TYPE || *name == http::header::CONTENT_LENGTH {
+            let key = if *name == http::header::CONTENT_TYPE {
+                &k.content_type
+            } else {
+                &k.content_length
+            };
+            if let Some(v) = r.headers.get(name) {
+                env.set_item(key, objects::native(py, v.as_bytes()))?;
+            }
+            continue;
+        }
+        if !s.pass_authorization && *name == http::header::AUTHORIZATION {
+            continue;
+        }
+        let Some(key) = header_key(&mut c.header_keys, py, name) else {
+            continue;
+        };
+        let mut values = r.headers.get_all(name).iter();
+        let first = values.next().map(|v| v.as_bytes()).unwrap_or_default();
+        let value = match values.next() {
+            None => objects::native(py, first),
+            Some(second) => {
+                let sep: &[u8] = if *name == http::header::COOKIE {
+                    b"; "
+                } else {
+                    b", "
+                };
+                let mut joined = first.to_vec();
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(second.as_bytes());
+                for v in values {
+                    joined.extend_from_slice(sep);
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                objects::native(py, &joined)
+            }
+        };
+        if *name == http::header::HOST {
+            host = value.to_str().ok().map(str::to_owned);
+        }
+        env.set_item(key, value)?;
+    }
+    if let Some(h) = &fwd.host {
+        env.set_item(&k.http_host, h)?;
+        host = Some(h.clone());
+    }
+    let (name, port) = environ::split_host(host.as_deref(), r.conn, https);
+    env.set_item(&k.server_name, name)?;
+    env.set_item(&k.server_port, port)?;
+    Ok(env)
+}
+
+fn watchdog(rx: std::sync::mpsc::Receiver<u64>, shared: Arc<Shared>) {
+    while let Ok(id) = rx.recv() {
+        let Some(w) = shared.workers.iter().find(|w| w.job.load(Relaxed) == id) else {
+            continue;
+        };
+        let tid = w.tid.load(Relaxed);
+        Python::attach(|py| {
+            // Re-checked under the GIL: the thread cannot finish this job in between.
+            if w.job.load(Relaxed) != id {
+                return;
+            }
+            let Ok(helper) = python::helper(py) else {
+                return;
+            };
+            let stack = helper
+                .call_method1("stack", (tid,))
+                .and_then(|s| s.extract::<String>())
+                .unwrap_or_default();
+            tracing::error!(
+                "request {id} ran past request_timeout; raising RequestTimeout in its thread. Stack:\n{}",
+                stack.trim_end()
+            );
+            w.interrupted.store(id, Relaxed);
+            if let Err(e) = helper.call_method1("interrupt", (tid,)) {
+                tracing::error!("could not interrupt the thread: {e}");
+            }
+        });
+    }
+}
