@@ -291,8 +291,13 @@ impl Conn {
         };
         let no_body =
             method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status);
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         let body = if no_body {
             Vec::new()
+        } else if chunked {
+            self.read_chunked()?
         } else if let Some(len) = resp
             .header("content-length")
             .and_then(|v| v.parse::<usize>().ok())
@@ -313,6 +318,44 @@ impl Conn {
             std::mem::take(&mut self.buf)
         };
         Ok(Response { body, ..resp })
+    }
+
+    fn read_line(&mut self) -> std::io::Result<String> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// A chunked body (RFC 9112 section 7.1), trailers skipped.
+    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
+            if size == 0 {
+                while !self.read_line()?.is_empty() {}
+                return Ok(body);
+            }
+            while self.buf.len() < size + 2 {
+                self.fill()?;
+            }
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+        }
+    }
+
+    /// Reads the head of a response and then only the first `n` body bytes that arrive.
+    pub fn read_some(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            self.fill()?;
+        }
+        Ok(self.buf.drain(..).collect())
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
@@ -416,6 +459,16 @@ impl Default for Site {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The test virtualenv with Flask and Django (`cargo xtask test` creates it and sets
+/// PORTICO_TEST_VENV). None: the caller prints a SKIP line.
+pub fn test_venv() -> Option<PathBuf> {
+    let v = match std::env::var_os("PORTICO_TEST_VENV") {
+        Some(v) => PathBuf::from(v),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"),
+    };
+    v.join("pyvenv.cfg").is_file().then_some(v)
 }
 
 /// Is this test process privileged enough for eBPF and network namespaces?

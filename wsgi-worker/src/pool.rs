@@ -493,22 +493,25 @@ fn send_body(
     sr: &Py<StartResponse>,
     c: &Consts,
 ) -> PyResult<()> {
+    // After write() the response is already streaming: everything else follows it.
+    let streaming = sr.borrow(py).responder.is_streaming();
     // Lists and tuples: the whole body at once, with a known length.
-    if let Ok(list) = result.cast::<PyList>() {
+    if !streaming && let Ok(list) = result.cast::<PyList>() {
         let chunks = list
             .iter()
             .map(|i| objects::chunk(&i))
             .collect::<PyResult<Vec<Bytes>>>()?;
         return sr.borrow_mut(py).responder.finish_full(chunks);
     }
-    if let Ok(t) = result.cast::<PyTuple>() {
+    if !streaming && let Ok(t) = result.cast::<PyTuple>() {
         let chunks = t
             .iter()
             .map(|i| objects::chunk(&i))
             .collect::<PyResult<Vec<Bytes>>>()?;
         return sr.borrow_mut(py).responder.finish_full(chunks);
     }
-    if result.get_type().is(c.file_wrapper.bind(py))
+    if !streaming
+        && result.get_type().is(c.file_wrapper.bind(py))
         && let Some((fd, offset, size)) = c
             .helper
             .bind(py)

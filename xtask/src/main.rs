@@ -12,8 +12,21 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the test suite needs (network namespaces for the eBPF tests).
 const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip")];
-/// Debian packages the benchmarks need.
-const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
+/// Debian packages the benchmarks need (libev-dev: bjoern builds against it).
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("libev-dev", "/usr/include/ev.h"),
+];
+/// Python packages the end-to-end tests need, in the project's venv (`.venv`).
+const TEST_PY: &[&str] = &["flask>=3,<4", "django>=5,<6"];
+/// Python packages for the WSGI bench: the peers.
+const BENCH_PY: &[&str] = &[
+    "gunicorn>=23",
+    "granian>=2,<3",
+    "uwsgi>=2.0.28",
+    "bjoern>=3.2",
+];
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -77,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test => {
             setup(TEST_PACKAGES)?;
+            let venv = setup_venv(&root, TEST_PY)?;
             build()?;
             // Unit tests of every host crate (lb-ebpf only builds for the BPF target).
             run(Command::new("cargo").args([
@@ -93,7 +107,7 @@ fn main() -> anyhow::Result<()> {
             ]))?;
             // End-to-end tests start many servers under load: one at a time on small machines,
             // with output shown so SKIP lines are visible.
-            run(Command::new("cargo").args([
+            run(Command::new("cargo").env("PORTICO_TEST_VENV", &venv).args([
                 "test",
                 "--release",
                 "-p",
@@ -200,6 +214,40 @@ fn setup(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         ]))?;
     }
     setup_packages(packages)
+}
+
+/// The project's virtualenv (`.venv`, from the `python3` on PATH) with `packages` installed;
+/// pip runs only when the list changed since the last install.
+fn setup_venv(root: &Path, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("xtask: creating {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("creating the test virtualenv (python3 -m venv)")?;
+    }
+    let mut wanted: Vec<&str> = packages.to_vec();
+    wanted.sort_unstable();
+    let marker = venv.join(format!("portico-{}.txt", short_hash(&wanted.join("\n"))));
+    if !marker.exists() {
+        eprintln!("xtask: pip install {}", wanted.join(" "));
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(&wanted))
+        .context("installing Python packages into .venv")?;
+        std::fs::write(&marker, wanted.join("\n"))?;
+    }
+    Ok(venv)
+}
+
+fn short_hash(s: &str) -> String {
+    // FNV-1a: stable across runs (the marker names a package list).
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
 }
 
 fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
