@@ -68,6 +68,11 @@ pub fn run() -> anyhow::Result<()> {
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
 
+    if cfg.has_wsgi()
+        && let Err(e) = crate::sys::set_batch_scheduling()
+    {
+        tracing::debug!(cell = index, "{e}");
+    }
     // The apps are imported before the cell reports ready: a cell that cannot import never
     // takes a connection, and the master backs off before trying again.
     let cells = cfg.cell_count(crate::master::usable_cpus().len());

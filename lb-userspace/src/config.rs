@@ -434,7 +434,7 @@ impl Default for WsgiConfig {
 }
 
 /// Python threads per cell unless `threads` says otherwise (see README, "Choosing threads").
-pub const DEFAULT_WSGI_THREADS: i64 = 4;
+pub const DEFAULT_WSGI_THREADS: i64 = 1;
 
 impl WsgiConfig {
     /// The application, parsed (validate() has checked it).

@@ -75,3 +75,20 @@ pub fn map_file(file: &File, len: usize) -> Result<memmap2::Mmap, SysError> {
     // hazard (SIGBUS); deploy by rename, as with nginx's open_file_cache.
     unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(err("mmap(static file)"))
 }
+
+/// Puts the calling thread (and the threads it creates later) under SCHED_BATCH: a woken thread
+/// of the cell does not preempt the running one, so the event loop finishes a batch of requests
+/// before a Python thread runs them, and vice versa (one switch per batch, not per request).
+pub fn set_batch_scheduling() -> Result<(), SysError> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread with a valid, initialised parameter struct.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SysError {
+            op: "sched_setscheduler(SCHED_BATCH)",
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}

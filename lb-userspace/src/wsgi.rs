@@ -118,6 +118,10 @@ impl Recycle {
     }
 }
 
+/// Request bodies up to this size (with Content-Length, without 100-continue) are read before
+/// the app runs.
+const PREREAD_LIMIT: u64 = 64 * 1024;
+
 /// Upper bound on a request body the app did not read that the cell still reads and discards to
 /// keep the connection; beyond it the connection is closed instead.
 const DRAIN_LIMIT: u64 = 1 << 20;
@@ -187,11 +191,26 @@ pub async fn call(
             .headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let source = if has_body {
-        let expects_continue = parts
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let small = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|n| *n > 0 && *n <= PREREAD_LIMIT);
+    let source = if let (Some(_), false) = (small, expects_continue) {
+        // Small bodies are read here first (nginx's client_body_buffer_size): the app's thread
+        // then finds the whole body ready instead of waiting on this thread for each chunk.
+        match body.collect().await {
+            Ok(all) => Some(BodySource::ready(all.to_bytes())),
+            Err(e) => {
+                tracing::debug!("reading a request body: {e}");
+                return (status_page(StatusCode::BAD_REQUEST), true);
+            }
+        }
+    } else if has_body {
         let (want_tx, want_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_local(pump(
@@ -204,6 +223,7 @@ pub async fn call(
         Some(BodySource {
             want: Some(want_tx),
             rx,
+            ready: None,
         })
     } else {
         drop(body);

@@ -8,7 +8,9 @@ use portico_tests::*;
 fn venv_or_skip(test: &str) -> Option<PathBuf> {
     let v = test_venv();
     if v.is_none() {
-        println!("SKIP {test}: no test virtualenv (run `cargo xtask test`, which creates .venv with Flask and Django)");
+        println!(
+            "SKIP {test}: no test virtualenv (run `cargo xtask test`, which creates .venv with Flask and Django)"
+        );
     }
     v
 }
@@ -78,14 +80,22 @@ fn flask_json_redirects_cookies_upload_streaming() {
     assert_eq!(r.status, 200, "{}", p.stderr_text());
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(v, serde_json::json!({"id": 3, "items": [0, 1, 2], "root": ""}));
+    assert_eq!(
+        v,
+        serde_json::json!({"id": 3, "items": [0, 1, 2], "root": ""})
+    );
 
     let r = c.request("GET", "/old", &[]).unwrap();
-    assert_eq!((r.status, r.header("location")), (302, Some("/api/items/2")));
+    assert_eq!(
+        (r.status, r.header("location")),
+        (302, Some("/api/items/2"))
+    );
 
     let r = c.request("GET", "/set", &[]).unwrap();
     assert_eq!(set_cookies(&r), vec!["flavor=oat".to_string()]);
-    let r = c.request("GET", "/cookie", &[("Cookie", "flavor=oat")]).unwrap();
+    let r = c
+        .request("GET", "/cookie", &[("Cookie", "flavor=oat")])
+        .unwrap();
     assert_eq!(r.text(), "oat");
 
     let boundary = "XyZ123";
@@ -231,7 +241,10 @@ fn django_admin_login_under_a_script_name_mount() {
     // Not logged in: redirected to the login page, under the mount.
     let r = c.request("GET", "/app/admin/", &[]).unwrap();
     assert_eq!(r.status, 302, "{}", p.stderr_text());
-    assert_eq!(r.header("location"), Some("/app/admin/login/?next=/app/admin/"));
+    assert_eq!(
+        r.header("location"),
+        Some("/app/admin/login/?next=/app/admin/")
+    );
 
     let r = c
         .request("GET", "/app/admin/login/?next=/app/admin/", &[])
@@ -273,7 +286,10 @@ fn django_admin_login_under_a_script_name_mount() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.text().contains("Site administration"), "{}", r.text());
-    assert!(r.text().contains("/app/admin/auth/user/"), "links carry the mount");
+    assert!(
+        r.text().contains("/app/admin/auth/user/"),
+        "links carry the mount"
+    );
 
     // The admin's static files, from a Portico static route.
     let r = c.request("GET", "/static/admin/css/base.css", &[]).unwrap();

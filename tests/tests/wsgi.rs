@@ -191,7 +191,7 @@ fn wsgi_environ_follows_pep_3333() {
     assert!(e.get("HTTP_CONTENT_LENGTH").is_none());
     assert_eq!(e["wsgi.url_scheme"], "http");
     assert_eq!(e["wsgi.version"], serde_json::json!([1, 0]));
-    assert_eq!(e["wsgi.multithread"], true);
+    assert_eq!(e["wsgi.multithread"], false, "threads = 1 by default");
     assert_eq!(e["wsgi.multiprocess"], true);
     assert_eq!(e["wsgi.run_once"], false);
     assert_eq!(e["wsgi.input_terminated"], true);

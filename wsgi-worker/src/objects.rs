@@ -14,6 +14,20 @@ use crate::response::{self, BodyOut, Head, Piece, Reply};
 pub struct BodySource {
     pub want: Option<oneshot::Sender<()>>,
     pub rx: mpsc::Receiver<Result<Bytes, String>>,
+    /// Body bytes already read by the cell.
+    pub ready: Option<Bytes>,
+}
+
+impl BodySource {
+    /// A body the cell has already read whole.
+    pub fn ready(b: Bytes) -> Self {
+        let (_, rx) = mpsc::channel(1);
+        BodySource {
+            want: None,
+            rx,
+            ready: Some(b),
+        }
+    }
 }
 
 /// `wsgi.input`: streams the body; reads past the end return b"".
@@ -25,11 +39,16 @@ pub struct Input {
 }
 
 impl Input {
-    pub fn new(source: Option<BodySource>) -> Self {
+    pub fn new(mut source: Option<BodySource>) -> Self {
+        let mut buf = BytesMut::new();
+        if let Some(b) = source.as_mut().and_then(|s| s.ready.take()) {
+            buf.extend_from_slice(&b);
+            source = None;
+        }
         Input {
             eof: source.is_none(),
             source,
-            buf: BytesMut::new(),
+            buf,
         }
     }
 
