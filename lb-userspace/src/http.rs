@@ -483,22 +483,25 @@ enum Routed {
 fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> Routed {
     match check_and_route(ctx, req, cl_and_te) {
         Ok(r) => r,
-        Err((resp, close)) => Routed::Ready(resp, close),
+        Err(refused) => Routed::Ready(refused.0, refused.1),
     }
 }
+
+/// A request refused by the limits: the response and whether to close.
+type Refused = Box<(Response<Body>, bool)>;
 
 fn check_and_route(
     ctx: &CellCtx,
     req: &Request<Incoming>,
     cl_and_te: bool,
-) -> Result<Routed, (Response<Body>, bool)> {
+) -> Result<Routed, Refused> {
     if cl_and_te {
         // Request smuggling shape (RFC 9112 section 6.3): refuse and close.
-        return Err((status_page(StatusCode::BAD_REQUEST), true));
+        return Err(Box::new((status_page(StatusCode::BAD_REQUEST), true)));
     }
     let limits = &ctx.limits;
     if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-        return Err((status_page(StatusCode::BAD_REQUEST), false));
+        return Err(Box::new((status_page(StatusCode::BAD_REQUEST), false)));
     }
     let target_len = req
         .uri()
@@ -506,13 +509,13 @@ fn check_and_route(
         .map(|p| p.as_str().len())
         .unwrap_or(0);
     if target_len as u64 > limits.max_uri_length.0 {
-        return Err((status_page(StatusCode::URI_TOO_LONG), true));
+        return Err(Box::new((status_page(StatusCode::URI_TOO_LONG), true)));
     }
     if req.headers().len() as i64 > limits.max_headers {
-        return Err((
+        return Err(Box::new((
             status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             true,
-        ));
+        )));
     }
     let header_bytes: usize = req
         .headers()
@@ -520,10 +523,10 @@ fn check_and_route(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if header_bytes as u64 > limits.max_header_size.0 {
-        return Err((
+        return Err(Box::new((
             status_page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             true,
-        ));
+        )));
     }
     if let Some(len) = req
         .headers()
@@ -531,12 +534,12 @@ fn check_and_route(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limits.max_body_size.0
     {
-        return Err((status_page(StatusCode::PAYLOAD_TOO_LARGE), true));
+        return Err(Box::new((status_page(StatusCode::PAYLOAD_TOO_LARGE), true)));
     }
     let path = req.uri().path();
     if !path.starts_with('/') {
         // Absolute-form and asterisk-form targets are not served here.
-        return Err((status_page(StatusCode::BAD_REQUEST), false));
+        return Err(Box::new((status_page(StatusCode::BAD_REQUEST), false)));
     }
     // A request body we will not read must not be parsed as the next request.
     let unread_body = req.headers().contains_key(header::TRANSFER_ENCODING)

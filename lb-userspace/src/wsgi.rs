@@ -238,6 +238,15 @@ pub async fn call(
     } else {
         None
     };
+    let what = format!(
+        "{} {}",
+        parts.method,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
     let (reply_tx, reply_rx) = oneshot::channel();
     let job = Job {
         method: parts.method,
@@ -274,7 +283,7 @@ pub async fn call(
                     deadline = tokio::time::Instant::now() + w.request_timeout;
                     continue;
                 }
-                timed_out(&ctx, route, id);
+                timed_out(&ctx, route, id, what);
                 return (status_page(StatusCode::GATEWAY_TIMEOUT), false);
             }
         }
@@ -302,7 +311,7 @@ pub async fn call(
                 is_head,
                 range.as_deref(),
                 stream_deadline,
-                Box::new(move || timed_out(&c, route, id)),
+                Box::new(move || timed_out(&c, route, id, what)),
             )
         }
     }
@@ -318,13 +327,13 @@ fn unavailable() -> Response<Body> {
 
 /// A request ran past request_timeout: interrupt it, and recycle the cell if it does not return
 /// within the grace period.
-fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64) {
+fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64, what: String) {
     let Some(w) = ctx.router.wsgi(route) else {
         return;
     };
     ctx.stats
         .add(crate::metrics::slot::WSGI_REQUEST_TIMEOUTS, 1);
-    w.pool.interrupt(id);
+    w.pool.interrupt(id, what.clone());
     let ctx = ctx.clone();
     let grace = w.grace;
     tokio::task::spawn_local(async move {
@@ -333,7 +342,7 @@ fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64) {
             && w.pool.running(id)
         {
             tracing::error!(
-                "request {id} did not return within request_timeout_grace ({grace:?}) after RequestTimeout; recycling this cell"
+                "{what} did not return within request_timeout_grace ({grace:?}) after RequestTimeout; recycling this cell"
             );
             ctx.recycle(Recycle::RequestTimeout);
         }

@@ -551,6 +551,46 @@ fn wsgi_max_requests_recycles_without_errors() {
 }
 
 #[test]
+fn wsgi_lifetime_and_inactivity_recycle_cells() {
+    let site = Site::new();
+    let p = serve(
+        &site,
+        "/",
+        ", lifetime = \"2s\", inactivity_timeout = \"1s\"",
+        &["--workers", "1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
+        let m = p.metrics();
+        let lifetime = metric_value(
+            &m,
+            "portico_cell_restarts_total{cell=\"0\",reason=\"lifetime\"}",
+        );
+        if lifetime.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lifetime recycle:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Now idle: the inactivity limit replaces the cell too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p
+        .metric("portico_cell_restarts_total{cell=\"0\",reason=\"inactivity\"}")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no inactivity recycle:\n{}",
+            p.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
+}
+
+#[test]
 fn wsgi_200_concurrent_keepalive_clients() {
     let site = Site::new();
     let p = serve(&site, "/", "", &[]);

@@ -75,7 +75,7 @@ pub struct Forwarded {
 }
 
 fn last_value(h: &HeaderMap, name: &str) -> Option<String> {
-    let v = h.get_all(name).iter().last()?.to_str().ok()?;
+    let v = h.get_all(name).iter().next_back()?.to_str().ok()?;
     let last = v.rsplit(',').next()?.trim();
     (!last.is_empty()).then(|| last.to_string())
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Uri, Version};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
@@ -93,7 +94,7 @@ pub struct Pool {
     tx: crossbeam_channel::Sender<Job>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
-    watchdog: std::sync::mpsc::Sender<u64>,
+    watchdog: std::sync::mpsc::Sender<(u64, String)>,
     sources: Vec<PathBuf>,
 }
 
@@ -138,7 +139,7 @@ impl Pool {
                 .name(format!("wsgi-{idx}"))
                 .spawn(move || worker(idx, rx, app, shared, settings))?;
         }
-        let (wtx, wrx) = std::sync::mpsc::channel::<u64>();
+        let (wtx, wrx) = std::sync::mpsc::channel::<(u64, String)>();
         {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -165,10 +166,11 @@ impl Pool {
         }
     }
 
-    /// Asks the watchdog to log the stack of job `id` and raise RequestTimeout in it.
-    pub fn interrupt(&self, id: u64) {
+    /// Asks the watchdog to log the stack of job `id` (the request `what`) and raise
+    /// RequestTimeout in it.
+    pub fn interrupt(&self, id: u64, what: String) {
         self.shared.stats.request_timeouts.fetch_add(1, Relaxed);
-        let _ = self.watchdog.send(id);
+        let _ = self.watchdog.send((id, what));
     }
 
     /// Whether a thread is still running job `id`.
@@ -478,7 +480,10 @@ fn respond(
         }
         sr.borrow_mut(py).responder.fail(py);
     }
-    if let Ok(close) = result.getattr("close")
+    // Lists and tuples have no close(); asking would build an AttributeError per request.
+    let plain = result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>();
+    if !plain
+        && let Ok(close) = result.getattr(intern!(py, "close"))
         && let Err(e) = close.call0()
     {
         report(py, &e, req);
@@ -651,8 +656,8 @@ fn build_environ<'py>(
     Ok(env)
 }
 
-fn watchdog(rx: std::sync::mpsc::Receiver<u64>, shared: Arc<Shared>) {
-    while let Ok(id) = rx.recv() {
+fn watchdog(rx: std::sync::mpsc::Receiver<(u64, String)>, shared: Arc<Shared>) {
+    while let Ok((id, what)) = rx.recv() {
         let Some(w) = shared.workers.iter().find(|w| w.job.load(Relaxed) == id) else {
             continue;
         };
@@ -670,7 +675,7 @@ fn watchdog(rx: std::sync::mpsc::Receiver<u64>, shared: Arc<Shared>) {
                 .and_then(|s| s.extract::<String>())
                 .unwrap_or_default();
             tracing::error!(
-                "request {id} ran past request_timeout; raising RequestTimeout in its thread. Stack:\n{}",
+                "{what} ran past request_timeout; raising RequestTimeout in its thread. Stack:\n{}",
                 stack.trim_end()
             );
             w.interrupted.store(id, Relaxed);
@@ -678,5 +683,126 @@ fn watchdog(rx: std::sync::mpsc::Receiver<u64>, shared: Arc<Shared>) {
                 tracing::error!("could not interrupt the thread: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::response::BodyOut;
+
+    fn pool(dir: &std::path::Path, module: &str, src: &str, threads: usize) -> Pool {
+        std::fs::write(dir.join(format!("{module}.py")), src).unwrap();
+        Pool::start(Settings {
+            spec: format!("{module}:app").parse().unwrap(),
+            base_dir: dir.to_path_buf(),
+            python_path: Vec::new(),
+            venv: None,
+            environ: vec![("EXTRA".into(), "yes".into())],
+            script_name: "/mount".into(),
+            threads,
+            max_queue: 4,
+            queue_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+            pass_authorization: true,
+            multiprocess: false,
+        })
+        .unwrap()
+    }
+
+    fn job(path: &str) -> (Job, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            method: Method::GET,
+            uri: format!("/mount{path}").parse().unwrap(),
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            conn: Arc::new(ConnInfo {
+                remote_ip: None,
+                remote_addr: "10.0.0.1".into(),
+                remote_port: 1234,
+                local_addr: "127.0.0.1".into(),
+                local_port: 80,
+            }),
+            path_info: path.into(),
+            body: None,
+            reply: tx,
+            enqueued: Instant::now(),
+            id: 0,
+        };
+        (job, rx)
+    }
+
+    fn body(r: Reply) -> (u16, Vec<u8>) {
+        match r {
+            Reply::Response(h, BodyOut::Full(chunks)) => (h.status.as_u16(), chunks.concat()),
+            Reply::Response(h, _) => (h.status.as_u16(), b"(stream)".to_vec()),
+            Reply::Error { status, .. } => (status.as_u16(), Vec::new()),
+        }
+    }
+
+    #[test]
+    fn runs_the_app_with_a_pep_3333_environ() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(
+            dir.path(),
+            "unit_env_app",
+            "def app(e, s):\n    s('200 OK', [('Content-Type', 'text/plain')])\n    return [('%s|%s|%s|%s' % (e['SCRIPT_NAME'], e['PATH_INFO'], e['EXTRA'], e['REMOTE_ADDR'])).encode()]\n",
+            1,
+        );
+        let (j, rx) = job("/a%20b");
+        p.submit(j).unwrap();
+        let (status, b) = body(rx.blocking_recv().unwrap());
+        assert_eq!(status, 200);
+        assert_eq!(b, b"/mount|/a b|yes|10.0.0.1");
+    }
+
+    #[test]
+    fn request_timeout_interrupts_python_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(
+            dir.path(),
+            "unit_slow_app",
+            "import time\ndef app(e, s):\n    try:\n        for _ in range(200):\n            time.sleep(0.05)\n    except BaseException as ex:\n        s('200 OK', [])\n        return [type(ex).__name__.encode()]\n    s('200 OK', [])\n    return [b'finished']\n",
+            1,
+        );
+        let (j, rx) = job("/");
+        let id = p.submit(j).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.running(id) {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p.interrupt(id, "GET /".into());
+        let (_, b) = body(rx.blocking_recv().unwrap());
+        assert_eq!(b, b"RequestTimeout");
+        assert!(!p.running(id));
+    }
+
+    #[test]
+    fn import_errors_carry_the_traceback() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("unit_broken.py"), "x = (\n").unwrap();
+        let err = Pool::start(Settings {
+            spec: "unit_broken:app".parse().unwrap(),
+            base_dir: dir.path().to_path_buf(),
+            python_path: Vec::new(),
+            venv: None,
+            environ: Vec::new(),
+            script_name: String::new(),
+            threads: 1,
+            max_queue: 1,
+            queue_timeout: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
+            pass_authorization: true,
+            multiprocess: false,
+        })
+        .err()
+        .expect("import fails");
+        let text = err.to_string();
+        assert!(
+            text.contains("SyntaxError") && text.contains("unit_broken.py"),
+            "{text}"
+        );
     }
 }

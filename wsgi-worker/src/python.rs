@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 
 use crate::AppSpec;
@@ -110,16 +111,22 @@ pub fn interpreter_version() -> String {
     Python::attach(|py| py.version().to_string())
 }
 
+static HELPER_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// The helper module, built once per process (threads starting together must not see it half
+/// executed).
 pub(crate) fn helper(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let sys = py.import("sys")?;
-    let modules = sys.getattr("modules")?;
-    if let Ok(m) = modules.get_item("_portico") {
-        return Ok(m.cast_into::<PyModule>()?);
-    }
-    let code = CString::new(HELPER).expect("helper has no NUL");
-    let m = PyModule::from_code(py, &code, c"<portico>", c"_portico")?;
-    modules.set_item("_portico", &m)?;
-    Ok(m)
+    HELPER_MODULE
+        .get_or_try_init(py, || {
+            let code = CString::new(HELPER).expect("helper has no NUL");
+            let m = PyModule::from_code(py, &code, c"<portico>", c"_portico")?;
+            // Importable by apps: `from _portico import RequestTimeout`.
+            py.import("sys")?
+                .getattr("modules")?
+                .set_item("_portico", &m)?;
+            Ok::<_, PyErr>(m.unbind())
+        })
+        .map(|m| m.bind(py).clone())
 }
 
 /// The traceback of `err` as Python prints it.

@@ -768,6 +768,9 @@ fn start_peer(
     Ok(server)
 }
 
+/// (label, path, POST a 4 KiB body)
+type Row = (&'static str, &'static str, bool);
+
 fn bench_wsgi(root: &Path, venv: &Path, o: BenchOpts) -> anyhow::Result<()> {
     let BenchOpts {
         secs,
@@ -790,7 +793,7 @@ fn bench_wsgi(root: &Path, venv: &Path, o: BenchOpts) -> anyhow::Result<()> {
     println!(
         "bench wsgi: {workers} workers each, wrk -t{threads} -c{conns} -d{secs}s, {repeats} interleaved repeats (median), same machine\n"
     );
-    let groups: [(&str, &[(&str, &str, bool)]); 2] = [
+    let groups: [(&str, &[Row]); 2] = [
         (
             "benchapp:app",
             &[
