@@ -776,7 +776,12 @@ mod tests {
         p.interrupt(id, "GET /".into());
         let (_, b) = body(rx.blocking_recv().unwrap());
         assert_eq!(b, b"RequestTimeout");
-        assert!(!p.running(id));
+        // The thread is free again (it marks itself idle just after replying).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.running(id) {
+            assert!(Instant::now() < deadline, "the thread never came back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
