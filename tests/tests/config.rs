@@ -100,13 +100,15 @@ fn serve_with_bad_config_binds_nothing() {
 }
 
 #[test]
-fn app_argument_is_refused_clearly() {
+fn malformed_app_argument_is_a_config_error() {
     let out = Command::new(portico_bin())
-        .args(["serve", "mysite.wsgi:application"])
+        .args(["serve", "my-site:app", "--threads", "0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("WSGI"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("APP") && err.contains("my-site"), "{err}");
+    assert!(err.contains("wsgi.threads"), "every problem is listed:\n{err}");
 }
 
 #[test]
