@@ -238,15 +238,11 @@ pub async fn call(
     } else {
         None
     };
-    let what = format!(
-        "{} {}",
-        parts.method,
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
+    // For the timeout log line only; both clones are reference-counted, not copied.
+    let what = Request {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+    };
     let (reply_tx, reply_rx) = oneshot::channel();
     let job = Job {
         method: parts.method,
@@ -327,13 +323,26 @@ fn unavailable() -> Response<Body> {
 
 /// A request ran past request_timeout: interrupt it, and recycle the cell if it does not return
 /// within the grace period.
-fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64, what: String) {
+/// Names a request in log lines.
+struct Request {
+    method: http::Method,
+    uri: http::Uri,
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        write!(f, "{} {target}", self.method)
+    }
+}
+
+fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64, what: Request) {
     let Some(w) = ctx.router.wsgi(route) else {
         return;
     };
     ctx.stats
         .add(crate::metrics::slot::WSGI_REQUEST_TIMEOUTS, 1);
-    w.pool.interrupt(id, what.clone());
+    w.pool.interrupt(id, what.to_string());
     let ctx = ctx.clone();
     let grace = w.grace;
     tokio::task::spawn_local(async move {

@@ -108,7 +108,10 @@ fn malformed_app_argument_is_a_config_error() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("APP") && err.contains("my-site"), "{err}");
-    assert!(err.contains("wsgi.threads"), "every problem is listed:\n{err}");
+    assert!(
+        err.contains("wsgi.threads"),
+        "every problem is listed:\n{err}"
+    );
 }
 
 #[test]
