@@ -640,43 +640,32 @@ fn wsgi_reload_replaces_cells_when_sources_change() {
     }
 }
 
+/// `portico serve APP` in the site's directory must fail; returns its stderr.
+fn serve_fails(site: &Site, app: &str) -> String {
+    let out = Command::new(portico_bin())
+        .current_dir(site.path())
+        .args(["serve", app, "--listen", "127.0.0.1:0", "--admin", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit status 3 for an app that fails to import"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn wsgi_import_error_stops_startup_with_the_traceback() {
     let site = Site::new();
     site.file("broken.py", b"def application(e, s):\n    return [b'x'\n");
-    let out = Command::new(portico_bin())
-        .current_dir(site.path())
-        .args([
-            "serve",
-            "broken:application",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = serve_fails(&site, "broken:application");
     assert!(err.contains("SyntaxError"), "{err}");
     assert!(err.contains("broken.py"), "{err}");
     assert!(!err.contains("listening on"), "nothing is served:\n{err}");
 
     site.file("raises.py", b"import not_a_module_anywhere\n");
-    let out = Command::new(portico_bin())
-        .current_dir(site.path())
-        .args([
-            "serve",
-            "raises:app",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = serve_fails(&site, "raises:app");
     assert!(err.contains("ModuleNotFoundError"), "{err}");
 
     // `portico check` imports the app too.

@@ -430,6 +430,19 @@ struct BenchOpts {
     threads: Option<usize>,
 }
 
+impl BenchOpts {
+    /// Workers per server (default: usable CPUs) and wrk threads (default: the workers, so new
+    /// connections start on every CPU).
+    fn workers_and_threads(&self) -> (usize, usize) {
+        let workers = self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        (workers, self.threads.unwrap_or(workers))
+    }
+}
+
 fn wrk(
     port: u16,
     path: &str,
@@ -505,18 +518,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let BenchOpts {
-        secs,
-        repeats,
-        conns,
-        ..
-    } = o;
-    let workers = o.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let threads = o.threads.unwrap_or(workers);
+    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
+    let (workers, threads) = o.workers_and_threads();
     let dir = tempfile_dir()?;
     let docroot = dir.join("www");
     std::fs::create_dir_all(&docroot)?;
@@ -772,18 +775,8 @@ fn start_peer(
 type Row = (&'static str, &'static str, bool);
 
 fn bench_wsgi(root: &Path, venv: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let BenchOpts {
-        secs,
-        repeats,
-        conns,
-        ..
-    } = o;
-    let workers = o.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let threads = o.threads.unwrap_or(workers);
+    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
+    let (workers, threads) = o.workers_and_threads();
     let dir = tempfile_dir()?;
     std::fs::write(dir.join("benchapp.py"), BENCH_APP)?;
     std::fs::write(dir.join("benchflask.py"), BENCH_FLASK)?;
