@@ -691,21 +691,28 @@ mod tests {
     use super::*;
     use crate::response::BodyOut;
 
-    fn pool(dir: &std::path::Path, module: &str, src: &str, threads: usize) -> Pool {
-        std::fs::write(dir.join(format!("{module}.py")), src).unwrap();
-        Pool::start(Settings {
+    fn settings(dir: &std::path::Path, module: &str) -> Settings {
+        Settings {
             spec: format!("{module}:app").parse().unwrap(),
             base_dir: dir.to_path_buf(),
             python_path: Vec::new(),
             venv: None,
             environ: vec![("EXTRA".into(), "yes".into())],
             script_name: "/mount".into(),
-            threads,
+            threads: 1,
             max_queue: 4,
             queue_timeout: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
             pass_authorization: true,
             multiprocess: false,
+        }
+    }
+
+    fn pool(dir: &std::path::Path, module: &str, src: &str, threads: usize) -> Pool {
+        std::fs::write(dir.join(format!("{module}.py")), src).unwrap();
+        Pool::start(Settings {
+            threads,
+            ..settings(dir, module)
         })
         .unwrap()
     }
@@ -788,22 +795,9 @@ mod tests {
     fn import_errors_carry_the_traceback() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("unit_broken.py"), "x = (\n").unwrap();
-        let err = Pool::start(Settings {
-            spec: "unit_broken:app".parse().unwrap(),
-            base_dir: dir.path().to_path_buf(),
-            python_path: Vec::new(),
-            venv: None,
-            environ: Vec::new(),
-            script_name: String::new(),
-            threads: 1,
-            max_queue: 1,
-            queue_timeout: Duration::from_secs(1),
-            trusted_proxies: Vec::new(),
-            pass_authorization: true,
-            multiprocess: false,
-        })
-        .err()
-        .expect("import fails");
+        let err = Pool::start(settings(dir.path(), "unit_broken"))
+            .err()
+            .expect("import fails");
         let text = err.to_string();
         assert!(
             text.contains("SyntaxError") && text.contains("unit_broken.py"),

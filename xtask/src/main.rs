@@ -587,10 +587,16 @@ fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
             .join(", ")
     );
     drop(servers);
+    finish_bench(root, &dir, "static", &table)
+}
+
+/// Prints the table, writes it to bench-results/NAME.md and removes the scratch directory.
+fn finish_bench(root: &Path, scratch: &Path, name: &str, table: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("bench-results"))?;
-    std::fs::write(root.join("bench-results/static.md"), &table)?;
-    println!("\n{table}\n(written to bench-results/static.md)");
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = root.join(format!("bench-results/{name}.md"));
+    std::fs::write(&out, table)?;
+    println!("\n{table}\n(written to bench-results/{name}.md)");
+    let _ = std::fs::remove_dir_all(scratch);
     Ok(())
 }
 
@@ -843,9 +849,5 @@ fn bench_wsgi(root: &Path, venv: &Path, o: BenchOpts) -> anyhow::Result<()> {
         }
         drop(servers);
     }
-    std::fs::create_dir_all(root.join("bench-results"))?;
-    std::fs::write(root.join("bench-results/wsgi.md"), &table)?;
-    println!("\n{table}\n(written to bench-results/wsgi.md)");
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    finish_bench(root, &dir, "wsgi", &table)
 }
