@@ -25,6 +25,21 @@ pub struct Body {
     remaining: u64,
     on_done: Option<std::rc::Rc<dyn OnDone>>,
     stream: Option<Box<Stream>>,
+    sendfile: Option<FileRegion>,
+}
+
+/// A body chunk that is a mapping of a file region: the connection sends it with sendfile(2)
+/// from the file instead of writing the mapped bytes (which are then never touched).
+pub struct FileRegion {
+    /// Keeps the mapping alive while the region is registered, so its address range cannot be
+    /// reused by another mapping meanwhile.
+    pub _mapping: Bytes,
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Offset in the file of the chunk's first byte.
+    pub offset: u64,
+    /// Address and length of the chunk in memory (the mapping).
+    pub ptr: usize,
+    pub len: usize,
 }
 
 /// A body that arrives from a WSGI thread while it is sent.
@@ -65,6 +80,7 @@ impl Body {
             remaining: 0,
             on_done: None,
             stream: None,
+            sendfile: None,
         }
     }
     /// A streamed body: `first`, then whatever arrives on the stream's channel.
@@ -78,6 +94,7 @@ impl Body {
             remaining: 0,
             on_done: None,
             stream: Some(Box::new(s)),
+            sendfile: None,
         }
     }
     pub fn is_stream(&self) -> bool {
@@ -94,6 +111,7 @@ impl Body {
             remaining,
             on_done: None,
             stream: None,
+            sendfile: None,
         }
     }
     pub fn many(chunks: Vec<Bytes>) -> Self {
@@ -103,6 +121,7 @@ impl Body {
             remaining,
             on_done: None,
             stream: None,
+            sendfile: None,
         }
     }
     /// Bytes this body will send.
@@ -111,6 +130,24 @@ impl Body {
     }
     pub fn is_empty(&self) -> bool {
         self.remaining == 0
+    }
+    /// A whole body that is one mapped file region, sent with sendfile(2).
+    pub fn file(map: Bytes, file: std::sync::Arc<std::fs::File>, offset: u64) -> Self {
+        let region = FileRegion {
+            _mapping: map.clone(),
+            file,
+            offset,
+            ptr: map.as_ptr() as usize,
+            len: map.len(),
+        };
+        let mut b = Body::one(map);
+        if region.len > 0 {
+            b.sendfile = Some(region);
+        }
+        b
+    }
+    pub fn take_file_region(&mut self) -> Option<FileRegion> {
+        self.sendfile.take()
     }
     pub fn set_on_done(&mut self, f: std::rc::Rc<dyn OnDone>) {
         self.on_done = Some(f);

@@ -354,7 +354,7 @@ impl Acceptor {
 
     fn spawn<S>(&self, stream: S, info: ConnInfo)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::http::SendFile + Unpin + 'static,
     {
         let ctx = self.ctx.clone();
         let drain = self.drain.clone();

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::body::{Body, OnDone, status_page};
+use crate::body::{Body, FileRegion, OnDone, status_page};
 use crate::config::LimitsConfig;
 use crate::metrics::CellStats;
 use crate::router::{Handler, Match, Router};
@@ -117,6 +117,8 @@ struct ConnState {
     /// Bytes of an unfinished header line carried to the next read.
     carry: RefCell<Vec<u8>>,
     requests: Cell<u64>,
+    /// Response chunks that are mapped file regions still to be written (sent with sendfile).
+    regions: RefCell<Vec<FileRegion>>,
 }
 
 impl ConnState {
@@ -129,6 +131,7 @@ impl ConnState {
             saw_te: Cell::new(false),
             carry: RefCell::new(Vec::new()),
             requests: Cell::new(0),
+            regions: RefCell::new(Vec::new()),
         }
     }
 
@@ -178,6 +181,9 @@ impl ConnState {
 
     /// The service got a request head; returns whether it carried both CL and TE.
     fn begin_request(&self) -> bool {
+        // Regions of earlier responses that were not sent by sendfile (HEAD, or still queued in
+        // hyper): from now on their bytes are written as ordinary memory.
+        self.regions.borrow_mut().clear();
         self.phase.set(Phase::Busy);
         self.pending.set(false);
         self.requests.set(self.requests.get() + 1);
@@ -207,6 +213,7 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 struct TrackedIo<S> {
     inner: S,
     state: Rc<ConnState>,
+    stats: CellStats<'static>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
@@ -224,12 +231,88 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
+/// A socket that can send a file region with sendfile(2) when it is writable.
+pub trait SendFile {
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>>;
+}
+
+macro_rules! impl_sendfile {
+    ($t:ty) => {
+        impl SendFile for $t {
+            fn poll_sendfile(
+                &self,
+                cx: &mut Context<'_>,
+                file: &std::fs::File,
+                offset: u64,
+                len: usize,
+            ) -> Poll<io::Result<usize>> {
+                use std::os::fd::AsFd as _;
+                loop {
+                    std::task::ready!(self.poll_write_ready(cx))?;
+                    let r = self.try_io(tokio::io::Interest::WRITABLE, || {
+                        let mut off = offset;
+                        rustix::fs::sendfile(self.as_fd(), file, Some(&mut off), len)
+                            .map_err(io::Error::from)
+                    });
+                    match r {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return Poll::Ready(r),
+                    }
+                }
+            }
+        }
+    };
+}
+impl_sendfile!(tokio::net::TcpStream);
+impl_sendfile!(tokio::net::UnixStream);
+
+impl<S: SendFile> TrackedIo<S> {
+    /// If `buf` lies in a registered file region, sends (part of) it with sendfile.
+    fn try_sendfile(&self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        let p = buf.as_ptr() as usize;
+        let mut regions = self.state.regions.borrow_mut();
+        let i = regions
+            .iter()
+            .position(|r| p >= r.ptr && p < r.ptr + r.len)?;
+        let r = &regions[i];
+        let skip = p - r.ptr;
+        let len = buf.len().min(r.len - skip);
+        let res = self
+            .inner
+            .poll_sendfile(cx, &r.file, r.offset + skip as u64, len);
+        if let Poll::Ready(Ok(n)) = res {
+            self.stats
+                .add(crate::metrics::slot::SENDFILE_BYTES, n as u64);
+            if n == 0 {
+                // The file shrank under us: fail rather than loop (hyper closes the connection).
+                return Some(Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file truncated while being sent",
+                ))));
+            }
+            if skip + n == r.len {
+                regions.swap_remove(i);
+            }
+        }
+        Some(res)
+    }
+}
+
+impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(r) = self.try_sendfile(cx, buf) {
+            return r;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -237,6 +320,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.state.regions.borrow().is_empty() {
+            // Write the slices before the first mapped region normally, the region by sendfile.
+            let first = bufs.iter().position(|b| {
+                let p = b.as_ptr() as usize;
+                self.state
+                    .regions
+                    .borrow()
+                    .iter()
+                    .any(|r| p >= r.ptr && p < r.ptr + r.len)
+            });
+            match first {
+                Some(0) => return self.try_sendfile(cx, &bufs[0]).expect("region found"),
+                Some(k) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..k]),
+                None => {}
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -260,12 +359,13 @@ pub async fn serve_connection<S>(
     ctx: Rc<CellCtx>,
     mut drain: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + SendFile + Unpin + 'static,
 {
     let state = Rc::new(ConnState::new());
     let io = TrackedIo {
         inner: stream,
         state: state.clone(),
+        stats: ctx.stats,
     };
     let svc_state = state.clone();
     let svc_ctx = ctx.clone();
@@ -468,6 +568,9 @@ fn finish(
             user_agent: m.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             duration_s: start.elapsed().as_secs_f64(),
         });
+    }
+    if let Some(r) = resp.body_mut().take_file_region() {
+        state.regions.borrow_mut().push(r);
     }
     resp.body_mut().set_on_done(state.clone());
     resp

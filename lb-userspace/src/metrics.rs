@@ -29,6 +29,8 @@ pub mod slot {
     pub const WSGI_QUEUE_TIMEOUTS: usize = 20;
     /// WSGI requests answered 504 after request_timeout.
     pub const WSGI_REQUEST_TIMEOUTS: usize = 21;
+    /// Response body bytes the cell sent with sendfile(2) (part of RESPONSE_BODY_BYTES).
+    pub const SENDFILE_BYTES: usize = 22;
 }
 
 /// The whole shared region.
@@ -152,6 +154,11 @@ pub fn render(
         "Response body bytes sent by the cell.",
         &["cell"],
     )?;
+    let sendfile = counter(
+        "portico_cell_sendfile_bytes_total",
+        "Response body bytes the cell sent with sendfile(2) straight from the file.",
+        &["cell"],
+    )?;
     let accepted = counter(
         "portico_connections_accepted_total",
         "Connections accepted by the cell.",
@@ -214,6 +221,9 @@ pub fn render(
         accepted
             .with_label_values(&[&cell])
             .inc_by(c.get(slot::CONNECTIONS_ACCEPTED));
+        sendfile
+            .with_label_values(&[&cell])
+            .inc_by(c.get(slot::SENDFILE_BYTES));
         active
             .with_label_values(&[&cell])
             .set(c.get(slot::CONNECTIONS_ACTIVE) as i64);

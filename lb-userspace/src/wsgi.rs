@@ -438,7 +438,7 @@ fn build(
                 extra.push((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
             }
             match map_region(&file, start, len) {
-                Ok(b) => Body::one(b),
+                Ok(b) => Body::file(b, Arc::new(file), start),
                 Err(e) => {
                     tracing::error!("wsgi.file_wrapper: {e}");
                     return (status_page(StatusCode::INTERNAL_SERVER_ERROR), false);

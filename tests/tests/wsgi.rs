@@ -104,6 +104,10 @@ def application(environ, start_response):
         f = open(__file__, "rb")
         start_response("200 OK", [("Content-Type", "text/x-python")])
         return environ["wsgi.file_wrapper"](f)
+    if path == "/bigfile":
+        f = open(os.path.join(MARKERS, "big.bin"), "rb")
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f)
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]
@@ -355,6 +359,15 @@ fn wsgi_responses_write_exc_info_file_wrapper_and_lengths() {
     let r = c.request("GET", "/file", &[]).unwrap();
     assert_eq!(r.body, APP.as_bytes());
     assert_eq!(r.header("content-type"), Some("text/x-python"));
+    // The file went out with sendfile(2), not through a buffer.
+    let sent: f64 = (0..2)
+        .filter_map(|i| {
+            p.metric(&format!(
+                "portico_cell_sendfile_bytes_total{{cell=\"{i}\"}}"
+            ))
+        })
+        .sum();
+    assert!(sent >= APP.len() as f64, "sendfile bytes {sent}");
     let r = c
         .request("GET", "/file", &[("Range", "bytes=1-6")])
         .unwrap();
@@ -364,8 +377,21 @@ fn wsgi_responses_write_exc_info_file_wrapper_and_lengths() {
         r.header("content-range"),
         Some(format!("bytes 1-6/{}", APP.len()).as_str())
     );
+    // A large file: sendfile in several steps as the socket buffer drains.
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i % 253) as u8).collect();
+    site.file("app/big.bin", &big);
+    let r = c.request("GET", "/bigfile", &[]).unwrap();
+    assert!(r.body == big, "large file_wrapper body differs");
+    let r = c
+        .request("GET", "/bigfile", &[("Range", "bytes=1000000-1000009")])
+        .unwrap();
+    assert_eq!(r.body, &big[1_000_000..1_000_010]);
+    let r = c.request("HEAD", "/file", &[]).unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 0));
     let r = c.request("GET", "/hello", &[]).unwrap();
     assert_eq!(r.text(), "Hello, World!");
+    let r = c.request("GET", "/file", &[("Range", "bytes=-5")]).unwrap();
+    assert_eq!(r.body, &APP.as_bytes()[APP.len() - 5..]);
 
     // A streamed body shorter than its Content-Length: the connection is closed, never reused.
     let mut c = Conn::open(p.addr).unwrap();
