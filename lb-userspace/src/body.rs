@@ -26,6 +26,8 @@ pub struct Body {
     on_done: Option<std::rc::Rc<dyn OnDone>>,
     stream: Option<Box<Stream>>,
     sendfile: Option<FileRegion>,
+    /// Called with the bytes sent when a streamed body ends (the access log line).
+    on_end: Option<Box<dyn FnOnce(u64)>>,
 }
 
 /// A body chunk that is a mapping of a file region: the connection sends it with sendfile(2)
@@ -81,6 +83,7 @@ impl Body {
             on_done: None,
             stream: None,
             sendfile: None,
+            on_end: None,
         }
     }
     /// A streamed body: `first`, then whatever arrives on the stream's channel.
@@ -95,6 +98,7 @@ impl Body {
             on_done: None,
             stream: Some(Box::new(s)),
             sendfile: None,
+            on_end: None,
         }
     }
     pub fn is_stream(&self) -> bool {
@@ -112,6 +116,7 @@ impl Body {
             on_done: None,
             stream: None,
             sendfile: None,
+            on_end: None,
         }
     }
     pub fn many(chunks: Vec<Bytes>) -> Self {
@@ -122,6 +127,7 @@ impl Body {
             on_done: None,
             stream: None,
             sendfile: None,
+            on_end: None,
         }
     }
     /// Bytes this body will send.
@@ -149,6 +155,9 @@ impl Body {
     pub fn take_file_region(&mut self) -> Option<FileRegion> {
         self.sendfile.take()
     }
+    pub fn set_on_end(&mut self, f: Box<dyn FnOnce(u64)>) {
+        self.on_end = Some(f);
+    }
     pub fn set_on_done(&mut self, f: std::rc::Rc<dyn OnDone>) {
         self.on_done = Some(f);
     }
@@ -159,6 +168,9 @@ impl Drop for Body {
         if let Some(s) = &self.stream {
             s.stats
                 .add(crate::metrics::slot::RESPONSE_BODY_BYTES, s.sent);
+            if let Some(f) = self.on_end.take() {
+                f(s.sent);
+            }
         }
         if let Some(f) = self.on_done.take() {
             f.done();

@@ -538,7 +538,7 @@ fn handle(
 
 /// Common response headers, metrics and the access log line.
 fn finish(
-    ctx: &CellCtx,
+    ctx: &Rc<CellCtx>,
     state: &Rc<ConnState>,
     remote: &str,
     start: Instant,
@@ -557,17 +557,27 @@ fn finish(
     ctx.stats.request(status, sent);
     if ctx.log.enabled() {
         let m = meta();
-        ctx.log.log(&Entry {
-            remote,
-            method: m.method.as_str(),
-            target: &m.target,
-            version: version_str(m.version),
-            status,
-            body_bytes: sent,
-            referer: m.referer.as_ref().and_then(|v| v.to_str().ok()),
-            user_agent: m.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-            duration_s: start.elapsed().as_secs_f64(),
-        });
+        let log = move |ctx: &CellCtx, remote: &str, body_bytes: u64| {
+            ctx.log.log(&Entry {
+                remote,
+                method: m.method.as_str(),
+                target: &m.target,
+                version: version_str(m.version),
+                status,
+                body_bytes,
+                referer: m.referer.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: m.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                duration_s: start.elapsed().as_secs_f64(),
+            })
+        };
+        if resp.body().is_stream() {
+            // A streamed body's size is known at its end: log then, like nginx.
+            let (ctx, remote) = (ctx.clone(), remote.to_owned());
+            resp.body_mut()
+                .set_on_end(Box::new(move |bytes| log(&ctx, &remote, bytes)));
+        } else {
+            log(ctx, remote, sent);
+        }
     }
     if let Some(r) = resp.body_mut().take_file_region() {
         state.regions.borrow_mut().push(r);

@@ -821,3 +821,24 @@ fn wsgi_validator_sees_no_violation() {
 fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+#[test]
+fn wsgi_access_log_counts_streamed_bytes() {
+    let site = Site::new();
+    let log = site.root("access.log");
+    let p = serve(&site, "/", "", &["--access-log", &log]);
+    let mut c = Conn::open(p.addr).unwrap();
+    assert_eq!(c.request("GET", "/gen", &[]).unwrap().body.len(), 35);
+    assert_eq!(c.request("GET", "/hello", &[]).unwrap().status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"GET /gen HTTP/1.1\" 200 35 ")
+            && text.contains("\"GET /hello HTTP/1.1\" 200 13 ")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "access log:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
