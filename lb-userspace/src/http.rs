@@ -489,6 +489,8 @@ impl LogMeta {
 type Reply = Result<Response<Body>, std::convert::Infallible>;
 
 /// Static answers are ready at once; WSGI answers come from a Python thread.
+// Unboxed on purpose: the static path stays free of allocations.
+#[allow(clippy::large_enum_variant)]
 enum Handled {
     Ready(Option<Reply>),
     Wsgi(Pin<Box<dyn Future<Output = Reply>>>),
@@ -586,6 +588,7 @@ fn finish(
     resp
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Routed {
     Ready(Response<Body>, bool),
     /// A WSGI route id and the raw PATH_INFO below its mount point.
