@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve: bind the listeners, start one cell per CPU, supervise them.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a configuration file and print every problem; binds nothing.
     Check {
         /// Configuration file (TOML).
