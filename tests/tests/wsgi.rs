@@ -842,3 +842,32 @@ fn wsgi_access_log_counts_streamed_bytes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn static_routes_are_never_blocked_by_python_work() {
+    let site = Site::new();
+    site.file("www/a.txt", b"static bytes");
+    site.file("app/app.py", APP.as_bytes());
+    let cfg = format!(
+        "[server]\nworkers = 1\n[[route]]\nprefix = \"/static/\"\nstatic = {{ root = \"{}\" }}\n[[route]]\nprefix = \"/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\", threads = 1 }}\n",
+        site.root("www"),
+        site.root("app")
+    );
+    site.file("p.toml", cfg.as_bytes());
+    let p = Portico::start(&["-c", &site.root("p.toml")]);
+    let addr = p.addr;
+    // The only Python thread of the only cell is busy for ~3 s.
+    let slow = std::thread::spawn(move || get(addr, "/slow?3").unwrap().status);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = get(p.addr, "/static/a.txt").unwrap();
+        assert_eq!(r.text(), "static bytes");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "static waited on Python: {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(slow.join().unwrap(), 200);
+}
