@@ -68,7 +68,8 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
                 .as_ref()
                 .map(|s| s.snapshot())
                 .unwrap_or_default();
-            match render(&shared.metrics, shared.cells, &snap) {
+            let routes = shared.routes.borrow();
+            match render(&shared.metrics, shared.cells, &snap, &routes) {
                 Ok(t) => text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

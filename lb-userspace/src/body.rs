@@ -17,7 +17,8 @@ use std::future::Future as _;
 
 /// Called when the response body is finished or dropped (end of a request on the connection).
 pub trait OnDone {
-    fn done(&self);
+    /// `streamed`: body bytes of a streamed body (whose size was not known up front).
+    fn done(&self, streamed: u64);
 }
 
 pub struct Body {
@@ -165,7 +166,9 @@ impl Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
+        let mut streamed = 0;
         if let Some(s) = &self.stream {
+            streamed = s.sent;
             s.stats
                 .add(crate::metrics::slot::RESPONSE_BODY_BYTES, s.sent);
             if let Some(f) = self.on_end.take() {
@@ -173,7 +176,7 @@ impl Drop for Body {
             }
         }
         if let Some(f) = self.on_done.take() {
-            f.done();
+            f.done(streamed);
         }
     }
 }

@@ -76,7 +76,7 @@ pub fn run() -> anyhow::Result<()> {
     // The apps are imported before the cell reports ready: a cell that cannot import never
     // takes a connection, and the master backs off before trying again.
     let cells = cfg.cell_count(crate::master::usable_cpus().len());
-    let pools = match crate::wsgi::start_pools(&cfg, cells) {
+    let pools = match crate::wsgi::start_pools(&cfg, cells, Some(metrics.cell(index))) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(cell = index, "{e}");
@@ -105,7 +105,7 @@ pub fn app_check() -> i32 {
             return 1;
         }
     };
-    match crate::wsgi::start_pools(&cfg, 1) {
+    match crate::wsgi::start_pools(&cfg, 1, None) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("{e}");
@@ -147,6 +147,31 @@ fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .iter()
         .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
         .collect()
+}
+
+/// Five times a second: the WSGI queue depth and busy threads, for `/metrics` and `/status`.
+async fn publish_wsgi_gauges(ctx: Rc<CellCtx>) {
+    use crate::metrics::slot;
+    if ctx.router.wsgi_routes().next().is_none() {
+        return;
+    }
+    let threads: usize = ctx.router.wsgi_routes().map(|w| w.pool.threads()).sum();
+    ctx.stats.set(slot::WSGI_THREADS, threads as u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let (mut queued, mut busy) = (0, 0);
+        for w in ctx.router.wsgi_routes() {
+            queued += w.pool.queued();
+            busy += w
+                .pool
+                .stats()
+                .busy_threads
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+        ctx.stats.set(slot::WSGI_QUEUE_DEPTH, queued as u64);
+        ctx.stats.set(slot::WSGI_THREADS_BUSY, busy as u64);
+    }
 }
 
 /// Once a second: the recycling limits that are not per request.
@@ -253,6 +278,7 @@ async fn serve(
         let _ = rustix::io::write(fd, b"R");
     }
     tokio::task::spawn_local(watch_recycling(ctx.clone(), cfg.clone()));
+    tokio::task::spawn_local(publish_wsgi_gauges(ctx.clone()));
     tracing::debug!(cell = index, pid = std::process::id(), "cell ready");
 
     let flusher = {

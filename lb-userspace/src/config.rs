@@ -845,6 +845,16 @@ impl Config {
             }
         }
 
+        if self.routes.len() > crate::metrics::MAX_ROUTES {
+            bad(
+                "route".into(),
+                format!(
+                    "{} routes; at most {} are supported",
+                    self.routes.len(),
+                    crate::metrics::MAX_ROUTES
+                ),
+            );
+        }
         let mut prefixes = std::collections::HashSet::new();
         let mut optimize = std::collections::BTreeSet::new();
         for (i, r) in self.routes.iter_mut().enumerate() {

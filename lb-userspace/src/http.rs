@@ -119,10 +119,14 @@ struct ConnState {
     requests: Cell<u64>,
     /// Response chunks that are mapped file regions still to be written (sent with sendfile).
     regions: RefCell<Vec<FileRegion>>,
+    /// The request being answered (route, method, start), its status and known body bytes:
+    /// observed when its body is done.
+    mark: Cell<Option<(Mark, u16, u64)>>,
+    stats: CellStats<'static>,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(stats: CellStats<'static>) -> Self {
         ConnState {
             phase: Cell::new(Phase::Idle),
             since: Cell::new(Instant::now()),
@@ -132,6 +136,8 @@ impl ConnState {
             carry: RefCell::new(Vec::new()),
             requests: Cell::new(0),
             regions: RefCell::new(Vec::new()),
+            mark: Cell::new(None),
+            stats,
         }
     }
 
@@ -195,7 +201,16 @@ impl ConnState {
 }
 
 impl OnDone for ConnState {
-    fn done(&self) {
+    fn done(&self, streamed: u64) {
+        if let Some((m, status, body)) = self.mark.take() {
+            self.stats.observe_request(
+                m.route as usize,
+                m.method as usize,
+                status,
+                m.start.elapsed().as_nanos() as u64,
+                body + streamed,
+            );
+        }
         self.since.set(Instant::now());
         self.phase.set(if self.pending.get() {
             Phase::Head
@@ -361,7 +376,7 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + SendFile + Unpin + 'static,
 {
-    let state = Rc::new(ConnState::new());
+    let state = Rc::new(ConnState::new(ctx.stats));
     let io = TrackedIo {
         inner: stream,
         state: state.clone(),
@@ -514,23 +529,34 @@ fn handle(
 ) -> Handled {
     let start = Instant::now();
     let cl_and_te = state.begin_request();
+    let method = crate::metrics::method_index(req.method());
     match route(ctx, &req, cl_and_te) {
-        Routed::Ready(resp, close) => {
-            let resp = finish(ctx, state, &conn.remote_addr, start, resp, close, || {
+        Routed::Ready(resp, close, slot) => {
+            let mark = Mark {
+                route: slot as u16,
+                method: method as u8,
+                start,
+            };
+            let resp = finish(ctx, state, &conn.remote_addr, mark, resp, close, || {
                 LogMeta::of(&req)
             });
             Handled::Ready(Some(Ok(resp)))
         }
-        Routed::Wsgi(id, path_info) => {
+        Routed::Wsgi(id, path_info, slot) => {
             let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
             let (parts, body) = req.into_parts();
             let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
+            let mark = Mark {
+                route: slot as u16,
+                method: method as u8,
+                start,
+            };
             Handled::Wsgi(Box::pin(async move {
                 let remote = conn.remote_addr.clone();
                 let (resp, close) =
                     crate::wsgi::call(ctx.clone(), id, parts, body, path_info, conn).await;
                 let mut meta = meta;
-                Ok(finish(&ctx, &state, &remote, start, resp, close, || {
+                Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
                     meta.take().expect("logged once")
                 }))
             }))
@@ -538,12 +564,20 @@ fn handle(
     }
 }
 
+/// What the request-duration histogram needs of a request, kept until its body is done.
+#[derive(Clone, Copy)]
+struct Mark {
+    route: u16,
+    method: u8,
+    start: Instant,
+}
+
 /// Common response headers, metrics and the access log line.
 fn finish(
     ctx: &Rc<CellCtx>,
     state: &Rc<ConnState>,
     remote: &str,
-    start: Instant,
+    mark: Mark,
     mut resp: Response<Body>,
     close: bool,
     meta: impl FnOnce() -> LogMeta,
@@ -554,9 +588,11 @@ fn finish(
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("portico"));
+    let start = mark.start;
     let status = resp.status().as_u16();
     let sent = resp.body().len();
     ctx.stats.request(status, sent);
+    state.mark.set(Some((mark, status, sent)));
     if ctx.log.enabled() {
         let m = meta();
         let log = move |ctx: &CellCtx, remote: &str, body_bytes: u64| {
@@ -590,16 +626,17 @@ fn finish(
 
 #[allow(clippy::large_enum_variant)]
 enum Routed {
-    Ready(Response<Body>, bool),
-    /// A WSGI route id and the raw PATH_INFO below its mount point.
-    Wsgi(usize, String),
+    /// The response, whether to close, and the metrics route slot.
+    Ready(Response<Body>, bool, usize),
+    /// A WSGI route id, the raw PATH_INFO below its mount point, and the metrics route slot.
+    Wsgi(usize, String, usize),
 }
 
 /// Applies the request limits, then routes. Returns the response and whether to close after it.
 fn route(ctx: &CellCtx, req: &Request<Incoming>, cl_and_te: bool) -> Routed {
     match check_and_route(ctx, req, cl_and_te) {
         Ok(r) => r,
-        Err(refused) => Routed::Ready(refused.0, refused.1),
+        Err(refused) => Routed::Ready(refused.0, refused.1, 0),
     }
 }
 
@@ -663,6 +700,7 @@ fn check_and_route(
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
+    let mut slot = 0;
     let resp = match ctx.router.find(path) {
         Match::Route(id, r, rest) => match &r.handler {
             Handler::Wsgi(_) => {
@@ -671,22 +709,26 @@ fn check_and_route(
                 } else {
                     rest.to_owned()
                 };
-                return Ok(Routed::Wsgi(id, path_info));
+                return Ok(Routed::Wsgi(id, path_info, r.slot));
             }
-            Handler::Static(route) => crate::static_files::serve(
-                &ctx.cache,
-                id,
-                route,
-                FileRequest {
-                    method: req.method(),
-                    headers: req.headers(),
-                    path,
-                    query: req.uri().query(),
-                    rel_raw: rest,
-                },
-            ),
+            Handler::Static(route) => {
+                slot = r.slot;
+                crate::static_files::serve(
+                    &ctx.cache,
+                    id,
+                    route,
+                    FileRequest {
+                        method: req.method(),
+                        headers: req.headers(),
+                        path,
+                        query: req.uri().query(),
+                        rel_raw: rest,
+                    },
+                )
+            }
         },
         Match::AddSlash(r) => {
+            slot = r.slot;
             let mut resp = status_page(StatusCode::MOVED_PERMANENTLY);
             let mut loc = r.prefix.clone();
             if let Some(q) = req.uri().query() {
@@ -700,7 +742,7 @@ fn check_and_route(
         }
         Match::None => status_page(StatusCode::NOT_FOUND),
     };
-    Ok(Routed::Ready(resp, unread_body))
+    Ok(Routed::Ready(resp, unread_body, slot))
 }
 
 #[cfg(test)]
@@ -709,7 +751,9 @@ mod tests {
 
     #[test]
     fn header_scan_sees_cl_and_te_across_reads() {
-        let s = ConnState::new();
+        let region: &'static crate::metrics::MetricsRegion =
+            Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
+        let s = ConnState::new(region.cell(0));
         s.on_read(b"POST / HTTP/1.1\r\nHost: x\r\nConTent-Len");
         s.on_read(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(s.phase.get(), Phase::Head);
@@ -717,10 +761,10 @@ mod tests {
         assert_eq!(s.phase.get(), Phase::Busy);
         s.on_read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(s.pending.get());
-        s.done();
+        s.done(0);
         assert_eq!(s.phase.get(), Phase::Head);
         assert!(!s.begin_request());
-        s.done();
+        s.done(0);
         assert_eq!(s.phase.get(), Phase::Idle);
     }
 }

@@ -109,6 +109,8 @@ pub struct Shared {
     pub metrics: MetricsRegion,
     pub cells: usize,
     pub steering: Option<Steering>,
+    /// Route prefixes in configuration order: the `route` label (updated on reload).
+    pub routes: std::cell::RefCell<Vec<String>>,
 }
 
 struct Master {
@@ -187,6 +189,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         metrics,
         cells,
         steering,
+        routes: std::cell::RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -530,6 +533,7 @@ impl Master {
                 return;
             }
         }
+        *self.shared.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
         self.cfg = cfg;
         tracing::info!(
             "reloading: replacing {} cells one at a time",

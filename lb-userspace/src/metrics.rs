@@ -31,9 +31,80 @@ pub mod slot {
     pub const WSGI_REQUEST_TIMEOUTS: usize = 21;
     /// Response body bytes the cell sent with sendfile(2) (part of RESPONSE_BODY_BYTES).
     pub const SENDFILE_BYTES: usize = 22;
+    /// WSGI gauges the cell publishes five times a second.
+    pub const WSGI_QUEUE_DEPTH: usize = 23;
+    pub const WSGI_THREADS_BUSY: usize = 24;
+    pub const WSGI_THREADS: usize = 25;
 }
 
-/// The whole shared region.
+/// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in
+/// microseconds, so the sub-millisecond buckets carry information).
+pub const BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+/// One histogram: a count per bucket (the last one is +Inf), then the sum in nanoseconds.
+pub const HIST_LEN: usize = BOUNDS_NS.len() + 2;
+/// The `method` label: common methods by name, the rest as OTHER (bounded).
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Most routes a configuration may have (their histograms live at fixed offsets).
+pub const MAX_ROUTES: usize = 63;
+/// Route slot 0 counts requests no route matched; config route i uses slot i + 1.
+pub const ROUTE_SLOTS: usize = MAX_ROUTES + 1;
+
+/// Offsets inside one route's block.
+pub mod route_slot {
+    use super::{CLASSES, HIST_LEN, METHODS};
+    /// Request duration histograms, by method and status class.
+    pub const REQUEST_HIST: usize = 0;
+    pub const BODY_BYTES: usize = METHODS.len() * CLASSES.len() * HIST_LEN;
+    /// WSGI: time from the request being ready to the app being called, and the app's run.
+    pub const QUEUE_WAIT_HIST: usize = BODY_BYTES + 1;
+    pub const APP_HIST: usize = QUEUE_WAIT_HIST + HIST_LEN;
+    pub const APP_EXCEPTIONS: usize = APP_HIST + HIST_LEN;
+    pub const LEN: usize = APP_EXCEPTIONS + 1;
+}
+
+/// Method label index for `m`.
+pub fn method_index(m: &http::Method) -> usize {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|n| *n == m.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+fn hist_observe(h: &[AtomicU64], ns: u64) {
+    let i = BOUNDS_NS
+        .iter()
+        .position(|b| ns <= *b)
+        .unwrap_or(BOUNDS_NS.len());
+    h[i].fetch_add(1, Relaxed);
+    h[HIST_LEN - 1].fetch_add(ns, Relaxed);
+}
+
+const CELL_AREA: usize = lb_common::MAX_CELLS as usize * SLOTS_PER_CELL;
+const ROUTE_AREA_PER_CELL: usize = ROUTE_SLOTS * route_slot::LEN;
+const TOTAL_SLOTS: usize = CELL_AREA + lb_common::MAX_CELLS as usize * ROUTE_AREA_PER_CELL;
+
+/// The whole shared region: per-cell counters, then per-cell route histograms. The memfd is
+/// sparse: only the pages of cells and routes in use are ever touched.
 pub struct MetricsRegion {
     counters: SharedCounters,
     file: File,
@@ -48,7 +119,7 @@ impl MetricsRegion {
                 source: e.into(),
             })?;
         let file = File::from(fd);
-        file.set_len((lb_common::MAX_CELLS as usize * SLOTS_PER_CELL * 8) as u64)
+        file.set_len((TOTAL_SLOTS * 8) as u64)
             .map_err(|e| SysError {
                 op: "ftruncate(portico-metrics)",
                 source: e,
@@ -62,7 +133,7 @@ impl MetricsRegion {
     }
 
     fn from_file(file: File) -> anyhow::Result<Self> {
-        let counters = SharedCounters::map(&file, lb_common::MAX_CELLS as usize * SLOTS_PER_CELL)?;
+        let counters = SharedCounters::map(&file, TOTAL_SLOTS)?;
         Ok(Self { counters, file })
     }
 
@@ -72,9 +143,12 @@ impl MetricsRegion {
 
     /// One cell's block.
     pub fn cell(&self, index: usize) -> CellStats<'_> {
+        let all = self.counters.slots();
         let start = index * SLOTS_PER_CELL;
+        let rstart = CELL_AREA + index * ROUTE_AREA_PER_CELL;
         CellStats {
-            s: &self.counters.slots()[start..start + SLOTS_PER_CELL],
+            s: &all[start..start + SLOTS_PER_CELL],
+            routes: &all[rstart..rstart + ROUTE_AREA_PER_CELL],
         }
     }
 }
@@ -83,6 +157,7 @@ impl MetricsRegion {
 #[derive(Clone, Copy)]
 pub struct CellStats<'a> {
     s: &'a [AtomicU64],
+    routes: &'a [AtomicU64],
 }
 
 impl CellStats<'_> {
@@ -101,6 +176,33 @@ impl CellStats<'_> {
     }
     pub fn connection_closed(&self) {
         self.s[slot::CONNECTIONS_ACTIVE].fetch_sub(1, Relaxed);
+    }
+    /// One route's block (`route`: 0 = no route, else config index + 1).
+    pub fn route(&self, route: usize) -> &[AtomicU64] {
+        let r = route.min(ROUTE_SLOTS - 1) * route_slot::LEN;
+        &self.routes[r..r + route_slot::LEN]
+    }
+    /// A finished request (its body handed to the socket): duration and body bytes by route.
+    pub fn observe_request(&self, route: usize, method: usize, status: u16, ns: u64, body: u64) {
+        let r = self.route(route);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let h = route_slot::REQUEST_HIST + (method * CLASSES.len() + class) * HIST_LEN;
+        hist_observe(&r[h..h + HIST_LEN], ns);
+        r[route_slot::BODY_BYTES].fetch_add(body, Relaxed);
+    }
+    pub fn observe_queue_wait(&self, route: usize, ns: u64) {
+        let h = route_slot::QUEUE_WAIT_HIST;
+        hist_observe(&self.route(route)[h..h + HIST_LEN], ns);
+    }
+    pub fn observe_app(&self, route: usize, ns: u64, raised: bool) {
+        let r = self.route(route);
+        hist_observe(
+            &r[route_slot::APP_HIST..route_slot::APP_HIST + HIST_LEN],
+            ns,
+        );
+        if raised {
+            r[route_slot::APP_EXCEPTIONS].fetch_add(1, Relaxed);
+        }
     }
     /// One finished request: status class and body bytes.
     pub fn request(&self, status: u16, body_bytes: u64) {
@@ -126,6 +228,7 @@ pub fn render(
     region: &MetricsRegion,
     cells: usize,
     steering: &SteeringSnapshot,
+    routes: &[String],
 ) -> anyhow::Result<String> {
     use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
     let reg = Registry::new();
@@ -178,6 +281,16 @@ pub fn render(
         "portico_wsgi_rejected_total",
         "WSGI requests answered 503 before reaching the app, by reason.",
         &["cell", "reason"],
+    )?;
+    let queue_depth = gauge(
+        "portico_wsgi_queue_depth",
+        "WSGI requests waiting for a Python thread in the cell.",
+        &["cell"],
+    )?;
+    let threads_busy = gauge(
+        "portico_wsgi_threads_busy",
+        "Python threads of the cell running a request.",
+        &["cell"],
     )?;
     let wsgi_timeouts = counter(
         "portico_wsgi_request_timeouts_total",
@@ -248,6 +361,14 @@ pub fn render(
         wsgi_timeouts
             .with_label_values(&[&cell])
             .inc_by(c.get(slot::WSGI_REQUEST_TIMEOUTS));
+        if c.get(slot::WSGI_THREADS) > 0 {
+            queue_depth
+                .with_label_values(&[&cell])
+                .set(c.get(slot::WSGI_QUEUE_DEPTH) as i64);
+            threads_busy
+                .with_label_values(&[&cell])
+                .set(c.get(slot::WSGI_THREADS_BUSY) as i64);
+        }
         if steering.enabled {
             steered
                 .with_label_values(&[&cell, "selected"])
@@ -263,9 +384,186 @@ pub fn render(
             }
         }
     }
+    let mut families = reg.gather();
+    families.extend(route_families(region, cells, routes));
     let mut out = Vec::with_capacity(8192);
-    TextEncoder::new().encode(&reg.gather(), &mut out)?;
+    TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+/// Sums one histogram over every cell.
+fn sum_hist(region: &MetricsRegion, cells: usize, route: usize, at: usize) -> [u64; HIST_LEN] {
+    let mut h = [0u64; HIST_LEN];
+    for c in 0..cells {
+        let r = region.cell(c);
+        let r = r.route(route);
+        for (k, v) in h.iter_mut().enumerate() {
+            *v += r[at + k].load(Relaxed);
+        }
+    }
+    h
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<prometheus::proto::LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = prometheus::proto::LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+fn histogram_metric(pairs: &[(&str, &str)], h: &[u64; HIST_LEN]) -> prometheus::proto::Metric {
+    use prometheus::proto::{Bucket, Histogram, Metric};
+    let mut buckets = Vec::with_capacity(BOUNDS_NS.len());
+    let mut cumulative = 0;
+    for (i, b) in BOUNDS_NS.iter().enumerate() {
+        cumulative += h[i];
+        let mut bucket = Bucket::default();
+        bucket.set_upper_bound(*b as f64 / 1e9);
+        bucket.set_cumulative_count(cumulative);
+        buckets.push(bucket);
+    }
+    let mut hist = Histogram::default();
+    hist.set_bucket(buckets);
+    hist.set_sample_count(h[..HIST_LEN - 1].iter().sum());
+    hist.set_sample_sum(h[HIST_LEN - 1] as f64 / 1e9);
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    m.set_histogram(hist);
+    m
+}
+
+fn scalar_metric(pairs: &[(&str, &str)], v: f64) -> prometheus::proto::Metric {
+    let mut c = prometheus::proto::Counter::default();
+    c.set_value(v);
+    let mut m = prometheus::proto::Metric::default();
+    m.set_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
+fn family(
+    name: &str,
+    help: &str,
+    kind: prometheus::proto::MetricType,
+    metrics: Vec<prometheus::proto::Metric>,
+) -> prometheus::proto::MetricFamily {
+    let mut f = prometheus::proto::MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+/// Per-route series, summed over cells. Series that never saw a request are left out, so the
+/// exposition grows with what is served, not with routes x methods x classes.
+fn route_families(
+    region: &MetricsRegion,
+    cells: usize,
+    routes: &[String],
+) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::proto::MetricType;
+    let (mut durations, mut requests, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut waits, mut runs, mut raised) = (Vec::new(), Vec::new(), Vec::new());
+    for slot in 0..=routes.len().min(MAX_ROUTES) {
+        let route = if slot == 0 {
+            "none"
+        } else {
+            routes[slot - 1].as_str()
+        };
+        let mut by_class = [0u64; CLASSES.len()];
+        let mut seen = false;
+        for (m, method) in METHODS.iter().enumerate() {
+            for (c, class) in CLASSES.iter().enumerate() {
+                let at = route_slot::REQUEST_HIST + (m * CLASSES.len() + c) * HIST_LEN;
+                let h = sum_hist(region, cells, slot, at);
+                let n: u64 = h[..HIST_LEN - 1].iter().sum();
+                if n > 0 {
+                    by_class[c] += n;
+                    seen = true;
+                    durations.push(histogram_metric(
+                        &[
+                            ("route", route),
+                            ("method", method),
+                            ("status_class", class),
+                        ],
+                        &h,
+                    ));
+                }
+            }
+        }
+        if seen {
+            for (c, class) in CLASSES.iter().enumerate() {
+                if by_class[c] > 0 {
+                    requests.push(scalar_metric(
+                        &[("route", route), ("status_class", class)],
+                        by_class[c] as f64,
+                    ));
+                }
+            }
+            let b: u64 = (0..cells)
+                .map(|c| region.cell(c).route(slot)[route_slot::BODY_BYTES].load(Relaxed))
+                .sum();
+            bytes.push(scalar_metric(&[("route", route)], b as f64));
+        }
+        let wait = sum_hist(region, cells, slot, route_slot::QUEUE_WAIT_HIST);
+        if wait[..HIST_LEN - 1].iter().any(|n| *n > 0) {
+            waits.push(histogram_metric(&[("route", route)], &wait));
+            let run = sum_hist(region, cells, slot, route_slot::APP_HIST);
+            runs.push(histogram_metric(&[("route", route)], &run));
+            let e: u64 = (0..cells)
+                .map(|c| region.cell(c).route(slot)[route_slot::APP_EXCEPTIONS].load(Relaxed))
+                .sum();
+            raised.push(scalar_metric(&[("route", route)], e as f64));
+        }
+    }
+    let mut out = vec![
+        family(
+            "http_server_request_duration_seconds",
+            "Time from a request's head to its response body handed to the socket.",
+            MetricType::HISTOGRAM,
+            durations,
+        ),
+        family(
+            "portico_http_requests_total",
+            "HTTP requests answered, by route and status class.",
+            MetricType::COUNTER,
+            requests,
+        ),
+        family(
+            "portico_http_response_body_bytes_total",
+            "Response body bytes, by route.",
+            MetricType::COUNTER,
+            bytes,
+        ),
+    ];
+    if !waits.is_empty() {
+        out.push(family(
+            "portico_wsgi_queue_wait_seconds",
+            "Time from a WSGI request being ready to the app being called (mod_wsgi's queue_time).",
+            MetricType::HISTOGRAM,
+            waits,
+        ));
+        out.push(family(
+            "portico_wsgi_app_duration_seconds",
+            "Time the WSGI app ran for a request, until its response was handed over.",
+            MetricType::HISTOGRAM,
+            runs,
+        ));
+        out.push(family(
+            "portico_wsgi_app_exceptions_total",
+            "WSGI requests whose app raised (500 or aborted response).",
+            MetricType::COUNTER,
+            raised,
+        ));
+    }
+    out.retain(|f| !f.get_metric().is_empty());
+    out
 }
 
 #[cfg(test)]
@@ -281,7 +579,23 @@ mod tests {
         c.request(404, 5);
         c.request(503, 0);
         c.connection_closed();
-        let text = render(&region, 4, &SteeringSnapshot::default()).unwrap();
+        c.observe_request(1, method_index(&http::Method::GET), 200, 150_000, 10);
+        c.observe_request(1, method_index(&http::Method::GET), 200, 20_000_000_000, 5);
+        c.observe_queue_wait(1, 50_000);
+        c.observe_app(1, 2_000_000, true);
+        let text = render(&region, 4, &SteeringSnapshot::default(), &["/".into()]).unwrap();
+        assert!(
+            text.contains("http_server_request_duration_seconds_bucket{route=\"/\",method=\"GET\",status_class=\"2xx\",le=\"0.00025\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("http_server_request_duration_seconds_bucket{route=\"/\",method=\"GET\",status_class=\"2xx\",le=\"+Inf\"} 2"));
+        assert!(text.contains("http_server_request_duration_seconds_count{route=\"/\",method=\"GET\",status_class=\"2xx\"} 2"));
+        assert!(text.contains("portico_http_requests_total{route=\"/\",status_class=\"2xx\"} 2"));
+        assert!(text.contains("portico_http_response_body_bytes_total{route=\"/\"} 15"));
+        assert!(
+            text.contains("portico_wsgi_queue_wait_seconds_bucket{route=\"/\",le=\"0.0001\"} 1")
+        );
+        assert!(text.contains("portico_wsgi_app_exceptions_total{route=\"/\"} 1"));
         assert!(
             text.contains("portico_cell_requests_total{cell=\"3\",status_class=\"2xx\"} 1"),
             "{text}"

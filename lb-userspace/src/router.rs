@@ -12,6 +12,8 @@ pub enum Handler {
 pub struct Route {
     pub prefix: String,
     pub handler: Handler,
+    /// Metrics route slot: the route's index in the configuration + 1.
+    pub slot: usize,
 }
 
 pub enum Match<'a> {
@@ -33,7 +35,8 @@ impl Router {
         let mut routes: Vec<Route> = cfg
             .iter()
             .zip(wsgi.into_iter().chain(std::iter::repeat_with(|| None)))
-            .filter_map(|(r, w)| {
+            .enumerate()
+            .filter_map(|(i, (r, w))| {
                 let handler = match (w, &r.static_files) {
                     (Some(w), _) => Handler::Wsgi(w),
                     (None, Some(s)) => Handler::Static(StaticRoute::new(s)),
@@ -42,6 +45,7 @@ impl Router {
                 Some(Route {
                     prefix: r.prefix.clone(),
                     handler,
+                    slot: i + 1,
                 })
             })
             .collect();

@@ -17,6 +17,7 @@ use wsgi_worker::{AppError, BodyOut, BodySource, ConnInfo, Head, Job, Pool, Repl
 use crate::body::{Body, Stream, status_page};
 use crate::config::{Config, WsgiConfig};
 use crate::http::CellCtx;
+use crate::metrics::CellStats;
 use crate::static_files::{RangeOutcome, parse_ranges};
 
 /// One WSGI route as a cell runs it.
@@ -26,6 +27,30 @@ pub struct WsgiRoute {
     pub grace: Duration,
     pub queue_timeout: Duration,
     pub allow_ranges: bool,
+}
+
+/// Records a route's queue wait and app time into the cell's shared metrics.
+#[derive(Debug)]
+struct RouteObserver {
+    stats: CellStats<'static>,
+    slot: usize,
+}
+
+impl wsgi_worker::Observer for RouteObserver {
+    fn started(&self, wait: Duration) {
+        self.stats
+            .observe_queue_wait(self.slot, wait.as_nanos() as u64);
+    }
+    fn finished(&self, run: Duration, raised: bool) {
+        self.stats
+            .observe_app(self.slot, run.as_nanos() as u64, raised);
+    }
+}
+
+impl std::fmt::Debug for CellStats<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CellStats")
+    }
 }
 
 fn settings(w: &WsgiConfig, prefix: &str, multiprocess: bool) -> wsgi_worker::Settings {
@@ -50,17 +75,29 @@ fn settings(w: &WsgiConfig, prefix: &str, multiprocess: bool) -> wsgi_worker::Se
             .collect(),
         pass_authorization: w.pass_authorization,
         multiprocess,
+        observer: None,
     }
 }
 
 /// Imports every WSGI route's app and starts its threads; index-aligned with `cfg.routes`.
-pub fn start_pools(cfg: &Config, cells: usize) -> Result<Vec<Option<WsgiRoute>>, AppError> {
+/// `stats`: the cell's metrics (None in the import check).
+pub fn start_pools(
+    cfg: &Config,
+    cells: usize,
+    stats: Option<CellStats<'static>>,
+) -> Result<Vec<Option<WsgiRoute>>, AppError> {
     let mut out = Vec::with_capacity(cfg.routes.len());
-    for r in &cfg.routes {
+    for (i, r) in cfg.routes.iter().enumerate() {
         out.push(match &r.wsgi {
             None => None,
             Some(w) => Some(WsgiRoute {
-                pool: Pool::start(settings(w, &r.prefix, cells > 1))?,
+                pool: Pool::start(wsgi_worker::Settings {
+                    observer: stats.map(|stats| {
+                        Arc::new(RouteObserver { stats, slot: i + 1 })
+                            as Arc<dyn wsgi_worker::Observer>
+                    }),
+                    ..settings(w, &r.prefix, cells > 1)
+                })?,
                 request_timeout: w.request_timeout.0,
                 grace: w.request_timeout_grace.0,
                 queue_timeout: w.queue_timeout.0,

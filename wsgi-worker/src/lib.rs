@@ -15,7 +15,7 @@ mod response;
 
 pub use environ::{Cidr, ConnInfo};
 pub use objects::BodySource;
-pub use pool::{Job, Pool, PoolStats, Settings, SubmitError};
+pub use pool::{Job, Observer, Pool, PoolStats, Settings, SubmitError};
 pub use python::{AppError, interpreter_version};
 pub use response::{BodyOut, Head, Piece, Reply};
 

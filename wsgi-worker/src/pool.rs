@@ -39,6 +39,16 @@ pub struct Settings {
     pub pass_authorization: bool,
     /// More than one cell serves this app (wsgi.multiprocess).
     pub multiprocess: bool,
+    /// Told of every request's queue wait and run (the cell's metrics).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Receives per-request timings from the Python threads; must not block or allocate.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A request left the queue for a thread after waiting `wait`.
+    fn started(&self, wait: Duration);
+    /// The app is done with a request after `run`; `raised`: it failed.
+    fn finished(&self, run: Duration, raised: bool);
 }
 
 /// One request for the app.
@@ -371,8 +381,16 @@ fn worker(
             me.job.store(job.id, Relaxed);
             shared.stats.busy_threads.fetch_add(1, Relaxed);
             let id = job.id;
-            if !run(py, &app, job, &mut consts, &settings) {
+            let began = Instant::now();
+            if let Some(o) = &settings.observer {
+                o.started(began.saturating_duration_since(job.enqueued));
+            }
+            let ok = run(py, &app, job, &mut consts, &settings);
+            if !ok {
                 shared.stats.app_errors.fetch_add(1, Relaxed);
+            }
+            if let Some(o) = &settings.observer {
+                o.finished(began.elapsed(), !ok);
             }
             me.job.store(0, Relaxed);
             shared.stats.busy_threads.fetch_sub(1, Relaxed);
@@ -705,6 +723,7 @@ mod tests {
             trusted_proxies: Vec::new(),
             pass_authorization: true,
             multiprocess: false,
+            observer: None,
         }
     }
 
