@@ -7,9 +7,14 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
     // The embedded interpreter: run against the libpython pyo3 linked (pyenv keeps it outside
     // the loader's default paths, and a system libpython of another patch level may be there).
-    if let Some(dir) = &pyo3_build_config::get().lib_dir {
+    let py = pyo3_build_config::get();
+    if let Some(dir) = &py.lib_dir {
         println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{dir}");
     }
+    println!(
+        "cargo:rustc-env=PORTICO_PYTHON_VERSION={}.{}",
+        py.version.major, py.version.minor
+    );
     let manifest = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest).join("../lb-ebpf");
     let root = root

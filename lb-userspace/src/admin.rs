@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, status_page};
 use crate::master::Shared;
-use crate::metrics::{render, slot};
+use crate::metrics::{ProcSnapshot, listen_queues, process_usage, render, slot};
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
     loop {
@@ -25,6 +25,27 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+/// Accept queues and cell processes, read from /proc at scrape time.
+pub fn proc_snapshot(shared: &Shared) -> ProcSnapshot {
+    let queues = listen_queues();
+    ProcSnapshot {
+        listen_queues: shared
+            .listeners
+            .iter()
+            .filter_map(|(addr, cell, ino)| queues.get(ino).map(|n| (addr.clone(), *cell, *n)))
+            .collect(),
+        cells: (0..shared.cells)
+            .map(|i| {
+                let c = shared.metrics.cell(i);
+                let pid = c.get(slot::PID) as u32;
+                (c.get(slot::UP) == 1 && pid > 0)
+                    .then(|| process_usage(pid))
+                    .flatten()
+            })
+            .collect(),
     }
 }
 
@@ -69,7 +90,13 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
                 .map(|s| s.snapshot())
                 .unwrap_or_default();
             let routes = shared.routes.borrow();
-            match render(&shared.metrics, shared.cells, &snap, &routes) {
+            match render(
+                &shared.metrics,
+                shared.cells,
+                &snap,
+                &routes,
+                &proc_snapshot(shared),
+            ) {
                 Ok(t) => text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

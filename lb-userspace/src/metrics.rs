@@ -223,12 +223,61 @@ pub struct SteeringSnapshot {
     pub per_cell: Vec<u64>,
 }
 
+/// What the master reads from the kernel at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct ProcSnapshot {
+    /// (listen address, cell, connections waiting in its accept queue).
+    pub listen_queues: Vec<(String, usize, u64)>,
+    /// Per cell: resident bytes and CPU seconds of its process (None: not running).
+    pub cells: Vec<Option<(u64, f64)>>,
+}
+
+/// Resident bytes and CPU seconds (user + system) of a process, from /proc.
+pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    Some((
+        rss_pages * rustix::param::page_size() as u64,
+        (utime + stime) / ticks,
+    ))
+}
+
+/// Accept-queue lengths of listening TCP sockets by inode, from /proc/net/tcp{,6}.
+pub fn listen_queues() -> std::collections::HashMap<u64, u64> {
+    let mut out = std::collections::HashMap::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // st == 0A: LISTEN; for a listener, rx_queue is the accept queue's length.
+            if cols.len() > 9 && cols[3] == "0A" {
+                let rx = cols[4]
+                    .split_once(':')
+                    .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+                if let (Some(rx), Ok(inode)) = (rx, cols[9].parse::<u64>()) {
+                    out.insert(inode, rx);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Renders the Prometheus text exposition for `cells` cells.
 pub fn render(
     region: &MetricsRegion,
     cells: usize,
     steering: &SteeringSnapshot,
     routes: &[String],
+    procs: &ProcSnapshot,
 ) -> anyhow::Result<String> {
     use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
     let reg = Registry::new();
@@ -312,10 +361,52 @@ pub fn render(
             "portico_build_info",
             "Build information; the value is always 1.",
         ),
-        &["version"],
+        &["version", "python_version", "kernel"],
     )?;
     reg.register(Box::new(info.clone()))?;
-    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let uname = rustix::system::uname();
+    let kernel = uname.release().to_string_lossy();
+    info.with_label_values(&[
+        env!("CARGO_PKG_VERSION"),
+        env!("PORTICO_PYTHON_VERSION"),
+        kernel.as_ref(),
+    ])
+    .set(1);
+    // The master's own process_* series (CPU, memory, file descriptors, start time).
+    reg.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let listen_queue = gauge(
+        "portico_listen_queue_length",
+        "Connections waiting in a listener's accept queue (from the kernel).",
+        &["listener", "cell"],
+    )?;
+    for (addr, cell, n) in &procs.listen_queues {
+        listen_queue
+            .with_label_values(&[addr.as_str(), cell.to_string().as_str()])
+            .set(*n as i64);
+    }
+    let rss = gauge(
+        "portico_cell_rss_bytes",
+        "Resident memory of the cell's process.",
+        &["cell"],
+    )?;
+    let cpu = prometheus::CounterVec::new(
+        Opts::new(
+            "portico_cell_cpu_seconds_total",
+            "CPU time (user + system) of the cell's current process.",
+        ),
+        &["cell"],
+    )?;
+    reg.register(Box::new(cpu.clone()))?;
+    for (i, u) in procs.cells.iter().enumerate() {
+        if let Some((bytes, secs)) = u {
+            rss.with_label_values(&[i.to_string().as_str()])
+                .set(*bytes as i64);
+            cpu.with_label_values(&[i.to_string().as_str()])
+                .inc_by(*secs);
+        }
+    }
     ebpf.set(steering.enabled as i64);
 
     const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -583,7 +674,24 @@ mod tests {
         c.observe_request(1, method_index(&http::Method::GET), 200, 20_000_000_000, 5);
         c.observe_queue_wait(1, 50_000);
         c.observe_app(1, 2_000_000, true);
-        let text = render(&region, 4, &SteeringSnapshot::default(), &["/".into()]).unwrap();
+        let procs = ProcSnapshot {
+            listen_queues: vec![("127.0.0.1:8080".into(), 0, 3)],
+            cells: vec![process_usage(std::process::id())],
+        };
+        let text = render(
+            &region,
+            4,
+            &SteeringSnapshot::default(),
+            &["/".into()],
+            &procs,
+        )
+        .unwrap();
+        assert!(
+            text.contains("portico_listen_queue_length{cell=\"0\",listener=\"127.0.0.1:8080\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("portico_cell_rss_bytes{cell=\"0\"}"));
+        assert!(text.contains("process_resident_memory_bytes"));
         assert!(
             text.contains("http_server_request_duration_seconds_bucket{route=\"/\",method=\"GET\",status_class=\"2xx\",le=\"0.00025\"} 1"),
             "{text}"

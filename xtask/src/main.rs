@@ -10,8 +10,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages the test suite needs (network namespaces for the eBPF tests).
-const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip")];
+/// Debian packages the test suite needs: network namespaces for the eBPF tests, promtool
+/// (from `prometheus`) for the metrics checks.
+const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("prometheus", "promtool")];
 /// Debian packages the benchmarks need (libev-dev: bjoern builds against it).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
@@ -290,7 +291,16 @@ fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     run(&mut apt(&["update", "-qq"]))?;
     let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
     install.args(&missing);
-    run(&mut install)
+    run(&mut install)?;
+    if missing.contains(&"prometheus") {
+        // Only its tools are wanted: a packaged server started by systemd would hold :9090.
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "prometheus"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    Ok(())
 }
 
 fn rustix_is_root() -> bool {

@@ -1,0 +1,131 @@
+//! `/metrics` end to end: request-duration histograms by route, WSGI timings, per-cell process
+//! numbers, and the exposition passing `promtool check metrics`.
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portico_tests::*;
+
+const APP: &str = "def application(e, s):\n    if e['PATH_INFO'] == '/boom':\n        raise ValueError('x')\n    s('200 OK', [('Content-Type', 'text/plain')])\n    return [b'hello']\n";
+
+fn start() -> (Site, Portico) {
+    let site = Site::new();
+    site.file("www/a.txt", b"static!");
+    site.file("app/app.py", APP.as_bytes());
+    let cfg = format!(
+        "[server]\nworkers = 2\n[[route]]\nprefix = \"/static/\"\nstatic = {{ root = \"{}\" }}\n[[route]]\nprefix = \"/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\" }}\n",
+        site.root("www"),
+        site.root("app")
+    );
+    site.file("p.toml", cfg.as_bytes());
+    let p = Portico::start(&["-c", &site.root("p.toml")]);
+    (site, p)
+}
+
+fn sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn request_histograms_by_route_and_wsgi_timings() {
+    let (_site, p) = start();
+    for _ in 0..10 {
+        assert_eq!(get(p.addr, "/static/a.txt").unwrap().status, 200);
+        assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
+    }
+    assert_eq!(get(p.addr, "/static/missing").unwrap().status, 404);
+    assert_eq!(get(p.addr, "/boom").unwrap().status, 500);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = p.metrics();
+        if sum(&m, "http_server_request_duration_seconds_count{") >= 22.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let static_ok = "http_server_request_duration_seconds_count{route=\"/static/\",method=\"GET\",status_class=\"2xx\"}";
+    assert_eq!(metric_value(&m, static_ok), Some(10.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "portico_http_requests_total{route=\"/static/\",status_class=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "portico_http_requests_total{route=\"/\",status_class=\"5xx\"}"
+        ),
+        Some(1.0)
+    );
+    // Static answers land in the sub-millisecond buckets.
+    let sub_ms = "http_server_request_duration_seconds_bucket{route=\"/static/\",method=\"GET\",status_class=\"2xx\",le=\"0.001\"}";
+    assert!(metric_value(&m, sub_ms).unwrap_or(0.0) >= 8.0, "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "portico_http_response_body_bytes_total{route=\"/static/\"}"
+        ),
+        Some(70.0 + "404 Not Found\n".len() as f64)
+    );
+    assert_eq!(
+        metric_value(&m, "portico_wsgi_queue_wait_seconds_count{route=\"/\"}"),
+        Some(11.0)
+    );
+    assert_eq!(
+        metric_value(&m, "portico_wsgi_app_duration_seconds_count{route=\"/\"}"),
+        Some(11.0)
+    );
+    assert_eq!(
+        metric_value(&m, "portico_wsgi_app_exceptions_total{route=\"/\"}"),
+        Some(1.0)
+    );
+    for series in [
+        "portico_cell_rss_bytes{cell=\"0\"}",
+        "portico_cell_cpu_seconds_total{cell=\"1\"}",
+        "portico_wsgi_queue_depth{cell=\"0\"}",
+        "portico_wsgi_threads_busy{cell=\"1\"}",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metric_value(&m, series).is_some(), "{series} missing:\n{m}");
+    }
+    assert!(
+        m.contains("portico_listen_queue_length{cell=\"0\",listener="),
+        "{m}"
+    );
+    assert!(m.contains("portico_build_info{kernel="), "{m}");
+}
+
+#[test]
+fn exposition_passes_promtool() {
+    let (_site, p) = start();
+    for path in ["/static/a.txt", "/hello", "/boom", "/nothing"] {
+        get(p.addr, path).unwrap();
+    }
+    let m = p.metrics();
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        println!(
+            "SKIP exposition_passes_promtool: promtool not installed (cargo xtask test installs it)"
+        );
+        return;
+    };
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
