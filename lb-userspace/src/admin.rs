@@ -11,15 +11,22 @@ use crate::master::Shared;
 use crate::metrics::{ProcSnapshot, listen_queues, process_usage, render, slot};
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
+    let history = Rc::new(std::cell::RefCell::new(crate::status::History::default()));
+    tokio::task::spawn_local(crate::status::sample(shared.clone(), history.clone()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let shared = shared.clone();
+        let history = history.clone();
         tokio::task::spawn_local(async move {
             let svc = hyper::service::service_fn(move |req| {
-                std::future::ready(Ok::<_, std::convert::Infallible>(handle(&shared, &req)))
+                std::future::ready(Ok::<_, std::convert::Infallible>(handle(
+                    &shared,
+                    &history.borrow(),
+                    &req,
+                )))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -57,7 +64,11 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
+fn handle<B>(
+    shared: &Shared,
+    history: &crate::status::History,
+    req: &Request<B>,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = status_page(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut()
@@ -108,6 +119,18 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
                 }
             }
         }
+        "/status" => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::status::PAGE.to_string(),
+        ),
+        "/status.json" => match serde_json::to_string(&crate::status::status(shared, history)) {
+            Ok(j) => text(StatusCode::OK, "application/json", j),
+            Err(e) => {
+                tracing::error!("rendering status: {e}");
+                status_page(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        },
         _ => status_page(StatusCode::NOT_FOUND),
     }
 }

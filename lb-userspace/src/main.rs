@@ -13,6 +13,7 @@ mod master;
 mod metrics;
 mod router;
 mod static_files;
+mod status;
 #[allow(unsafe_code)]
 mod sys;
 mod wsgi;

@@ -11,8 +11,12 @@ use clap::{Parser, Subcommand};
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the test suite needs: network namespaces for the eBPF tests, promtool
-/// (from `prometheus`) for the metrics checks.
-const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("prometheus", "promtool")];
+/// (from `prometheus`) for the metrics checks, headless Chromium for the status page.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("prometheus", "promtool"),
+    ("chromium", "chromium"),
+];
 /// Debian packages the benchmarks need (libev-dev: bjoern builds against it).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),

@@ -1,0 +1,117 @@
+//! The admin status page in a real browser (headless Chromium), under load: it loads, redraws
+//! itself every second from /status.json, and a screenshot is kept as a test artifact.
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use portico_tests::*;
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
+    let bin = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())?;
+    Command::new(bin)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--window-size=1200,500", "--virtual-time-budget=3500"])
+        .args(args)
+        .arg(url)
+        .output()
+        .ok()
+}
+
+#[test]
+fn status_page_renders_and_refreshes_under_load() {
+    let site = Site::new();
+    site.file("www/a.txt", b"status load");
+    let p = Portico::start(&[
+        "--static",
+        &format!("/={}", site.root("www")),
+        "--workers",
+        "2",
+    ]);
+    let admin = p.admin.unwrap();
+
+    // Load for the duration of the test (bounded).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, addr) = (stop.clone(), p.addr);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut c = Conn::open(addr).unwrap();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    assert_eq!(c.request("GET", "/a.txt", &[]).unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let json = get(admin, "/status.json").unwrap();
+    assert_eq!(json.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    let rps: f64 = cells.iter().map(|c| c["rps"].as_f64().unwrap()).sum();
+    assert!(rps > 0.0, "{v}");
+    assert!(cells.iter().any(|c| c["p99_ms"].as_f64().is_some()), "{v}");
+
+    let url = format!("http://{admin}/status");
+    let Some(dom) = chromium(&["--dump-dom"], &url) else {
+        stop.store(true, Ordering::Relaxed);
+        println!(
+            "SKIP status_page_renders_and_refreshes_under_load (browser part): chromium not installed (cargo xtask test installs it)"
+        );
+        return;
+    };
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        html.contains("data-cell=\"0\"") && html.contains("data-cell=\"1\""),
+        "{html}"
+    );
+    assert!(html.contains("2/2 cells up"), "{html}");
+    let refreshes: u32 = html
+        .split("data-refreshes=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        refreshes >= 2,
+        "the page redraws itself every second ({refreshes} refreshes):\n{html}"
+    );
+    assert!(html.contains("<svg"), "sparklines are drawn");
+
+    let shot = artifacts().join("status.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium(&[&format!("--screenshot={}", shot.display())], &url).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false)
+    );
+    println!("status page screenshot: {}", shot.display());
+
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+}
