@@ -76,7 +76,8 @@ pub fn run() -> anyhow::Result<()> {
     // The apps are imported before the cell reports ready: a cell that cannot import never
     // takes a connection, and the master backs off before trying again.
     let cells = cfg.cell_count(crate::master::usable_cpus().len());
-    let pools = match crate::wsgi::start_pools(&cfg, cells, Some(metrics.cell(index))) {
+    let observe = cfg.metrics.enabled.then(|| metrics.cell(index));
+    let pools = match crate::wsgi::start_pools(&cfg, cells, observe) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(cell = index, "{e}");
@@ -240,6 +241,7 @@ async fn serve(
         log,
         ready,
         max_requests(&cfg),
+        cfg.metrics.enabled,
     ));
     let (drain_tx, drain_rx) = watch::channel(false);
     let active = Rc::new(Cell::new(0usize));

@@ -335,6 +335,20 @@ pub struct EbpfConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Per-request histograms (duration by route, WSGI queue wait and app time). The per-cell
+    /// counters are always kept: `/healthz` and recycling depend on them.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StaticConfig {
     pub root: PathBuf,
     pub cache_control: Option<String>,
@@ -465,6 +479,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub ebpf: EbpfConfig,
+    pub metrics: MetricsConfig,
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
     /// Where the configuration came from (for messages and relative paths); not a key.
@@ -547,6 +562,10 @@ impl Config {
                     Ok(v) => cfg.ebpf = v,
                     Err(e) => push(key, e),
                 },
+                "metrics" => match value.try_into() {
+                    Ok(v) => cfg.metrics = v,
+                    Err(e) => push(key, e),
+                },
                 "route" => match value {
                     toml::Value::Array(items) => {
                         for (i, item) in items.into_iter().enumerate() {
@@ -565,7 +584,8 @@ impl Config {
                 _ => errors.push(ConfigError {
                     source: source.into(),
                     key,
-                    message: "unknown section (expected server, limits, log, ebpf, route)".into(),
+                    message: "unknown section (expected server, limits, log, ebpf, metrics, route)"
+                        .into(),
                 }),
             }
         }

@@ -45,6 +45,8 @@ pub struct CellCtx {
     pub last_wsgi: Cell<Instant>,
     /// `max_requests` plus this cell's jitter (0: never).
     pub max_requests: u64,
+    /// `[metrics] enabled`: record per-request histograms.
+    pub histograms: bool,
 }
 
 impl CellCtx {
@@ -55,6 +57,7 @@ impl CellCtx {
         log: AccessLog,
         control: OwnedFd,
         max_requests: u64,
+        histograms: bool,
     ) -> Self {
         CellCtx {
             router,
@@ -68,6 +71,7 @@ impl CellCtx {
             wsgi_served: Cell::new(0),
             last_wsgi: Cell::new(Instant::now()),
             max_requests,
+            histograms,
         }
     }
 
@@ -592,7 +596,9 @@ fn finish(
     let status = resp.status().as_u16();
     let sent = resp.body().len();
     ctx.stats.request(status, sent);
-    state.mark.set(Some((mark, status, sent)));
+    if ctx.histograms {
+        state.mark.set(Some((mark, status, sent)));
+    }
     if ctx.log.enabled() {
         let m = meta();
         let log = move |ctx: &CellCtx, remote: &str, body_bytes: u64| {

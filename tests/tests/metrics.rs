@@ -129,3 +129,27 @@ fn exposition_passes_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn histograms_can_be_turned_off() {
+    let site = Site::new();
+    site.file("www/a.txt", b"x");
+    site.file(
+        "p.toml",
+        format!(
+            "[metrics]\nenabled = false\n[[route]]\nprefix = \"/\"\nstatic = {{ root = \"{}\" }}\n",
+            site.root("www")
+        )
+        .as_bytes(),
+    );
+    let p = Portico::start(&["-c", &site.root("p.toml")]);
+    assert_eq!(get(p.addr, "/a.txt").unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let m = p.metrics();
+    assert!(!m.contains("http_server_request_duration_seconds"), "{m}");
+    assert_eq!(
+        sum(&m, "portico_cell_requests_total{"),
+        1.0,
+        "per-cell counters stay on:\n{m}"
+    );
+}

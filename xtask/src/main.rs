@@ -54,7 +54,8 @@ enum Cmd {
     Test,
     /// Benchmarks against peers, started side by side in the same run.
     Bench {
-        /// Which bench: `static` (nginx) or `wsgi` (granian, gunicorn, uWSGI, bjoern).
+        /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern) or
+        /// `metrics` (the cost of the per-request histograms, and scrape time).
         #[arg(default_value = "static")]
         which: String,
         /// Seconds per wrk run.
@@ -158,7 +159,17 @@ fn main() -> anyhow::Result<()> {
                         },
                     )
                 }
-                other => bail!("unknown bench {other:?} (available: static, wsgi)"),
+                "metrics" => bench_metrics(
+                    &root,
+                    BenchOpts {
+                        secs: duration,
+                        repeats,
+                        conns: connections,
+                        workers,
+                        threads,
+                    },
+                ),
+                other => bail!("unknown bench {other:?} (available: static, wsgi, metrics)"),
             }
         }
     }
@@ -864,4 +875,127 @@ fn bench_wsgi(root: &Path, venv: &Path, o: BenchOpts) -> anyhow::Result<()> {
         drop(servers);
     }
     finish_bench(root, &dir, "wsgi", &table)
+}
+
+// ---------------------------------------------------------------- bench metrics
+
+/// Starts portico with a config file in `dir` (static `/static/` + WSGI `/`) and `extra` TOML.
+fn start_portico_cfg(
+    root: &Path,
+    dir: &Path,
+    name: &'static str,
+    extra: &str,
+    workers: usize,
+    admin: bool,
+) -> anyhow::Result<(Server, Option<u16>)> {
+    use std::os::unix::process::CommandExt as _;
+    let port = free_port()?;
+    let admin_port = if admin { Some(free_port()?) } else { None };
+    let cfg = dir.join(format!("{}.toml", name.replace(' ', "-")));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ebpf]\nmode = \"off\"\n{extra}\n[[route]]\nprefix = \"/static/\"\nstatic = {{ root = \"{www}\" }}\n[[route]]\nprefix = \"/\"\nwsgi = {{ app = \"benchapp:app\", chdir = \"{dir}\" }}\n",
+            www = dir.join("www").display(),
+            dir = dir.display()
+        ),
+    )?;
+    let admin_arg = admin_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
+    let child = Command::new(root.join("target/release/portico"))
+        .arg("serve")
+        .arg("-c")
+        .arg(&cfg)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &admin_arg,
+        ])
+        .args(["--access-log", "off", "--workers", &workers.to_string()])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting portico")?;
+    let server = Server { name, child, port };
+    wait_port(port)?;
+    if let Some(a) = admin_port {
+        wait_port(a)?;
+    }
+    Ok((server, admin_port))
+}
+
+fn bench_metrics(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
+    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
+    let (workers, threads) = o.workers_and_threads();
+    let dir = tempfile_dir()?;
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::write(dir.join("www/1k.bin"), vec![b'x'; 1024])?;
+    std::fs::write(dir.join("benchapp.py"), BENCH_APP)?;
+    let servers = [
+        start_portico_cfg(root, &dir, "metrics on", "", workers, false)?.0,
+        start_portico_cfg(
+            root,
+            &dir,
+            "metrics off",
+            "[metrics]\nenabled = false",
+            workers,
+            false,
+        )?
+        .0,
+    ];
+    println!(
+        "bench metrics: {workers} workers, wrk -t{threads} -c{conns} -d{secs}s, {repeats} interleaved repeats (median)\n"
+    );
+    let mut table = String::from(
+        "| row | metrics on req/s | metrics off req/s | cost |\n|---|---:|---:|---:|\n",
+    );
+    for (label, path) in [("static 1 KiB", "/static/1k.bin"), ("WSGI hello", "/")] {
+        for s in &servers {
+            wrk(s.port, path, threads, conns, 1, false)?;
+        }
+        let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..repeats {
+            for (i, s) in servers.iter().enumerate() {
+                samples[i].push(wrk(s.port, path, threads, conns, secs, false)?.rps);
+            }
+        }
+        let (on, off) = (median(samples[0].clone()), median(samples[1].clone()));
+        let line = format!(
+            "| {label} | {on:.0} | {off:.0} | {:+.1}% |\n",
+            (off - on) / off * 100.0
+        );
+        print!("{line}");
+        table.push_str(&line);
+    }
+    drop(servers);
+
+    // Scrape time with 64 cells' worth of series (cells share the CPUs here).
+    let (big, admin) = start_portico_cfg(root, &dir, "64 cells", "", 64, true)?;
+    let admin = admin.expect("admin port");
+    for _ in 0..3 {
+        wrk(big.port, "/static/1k.bin", threads, 64, 1, false)?;
+        wrk(big.port, "/", threads, 64, 1, false)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", admin))?;
+        use std::io::{Read as _, Write as _};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let max = times.iter().cloned().fold(0.0, f64::max);
+    let line = format!(
+        "| scrape of 64 cells (ms, median / max of 30) | {:.2} | {max:.2} | |\n",
+        median(times)
+    );
+    print!("{line}");
+    table.push_str(&line);
+    drop(big);
+    finish_bench(root, &dir, "metrics", &table)
 }
