@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, status_page};
 use crate::master::Shared;
-use crate::metrics::{ProcSnapshot, listen_queues, process_usage, render, slot};
+use crate::metrics::{ProcSnapshot, process_usage, render, slot};
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
     let history = Rc::new(std::cell::RefCell::new(crate::status::History::default()));
@@ -37,12 +37,16 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
 
 /// Accept queues and cell processes, read from /proc at scrape time.
 pub fn proc_snapshot(shared: &Shared) -> ProcSnapshot {
-    let queues = listen_queues();
+    use std::os::fd::AsFd as _;
     ProcSnapshot {
         listen_queues: shared
             .listeners
             .iter()
-            .filter_map(|(addr, cell, ino)| queues.get(ino).map(|n| (addr.clone(), *cell, *n)))
+            .filter_map(|(addr, cell, fd)| {
+                crate::sys::listen_queue_len(fd.as_fd())
+                    .ok()
+                    .map(|n| (addr.clone(), *cell, n as u64))
+            })
             .collect(),
         cells: (0..shared.cells)
             .map(|i| {

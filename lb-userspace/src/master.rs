@@ -111,8 +111,8 @@ pub struct Shared {
     pub steering: Option<Steering>,
     /// Route prefixes in configuration order: the `route` label (updated on reload).
     pub routes: std::cell::RefCell<Vec<String>>,
-    /// (listen address, cell, socket inode) of every TCP listener, for accept-queue lengths.
-    pub listeners: Vec<(String, usize, u64)>,
+    /// (listen address, cell, a duplicate of the listener) for accept-queue lengths.
+    pub listeners: Vec<(String, usize, OwnedFd)>,
 }
 
 struct Master {
@@ -192,7 +192,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         cells,
         steering,
         routes: std::cell::RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
-        listeners: listener_inodes(&listeners),
+        listeners: listener_dups(&listeners),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -623,13 +623,13 @@ impl Master {
     }
 }
 
-fn listener_inodes(listeners: &[ListenerSet]) -> Vec<(String, usize, u64)> {
+fn listener_dups(listeners: &[ListenerSet]) -> Vec<(String, usize, OwnedFd)> {
     let mut out = Vec::new();
     for l in listeners {
         if let ListenerSet::Tcp { addr, per_cell } = l {
             for (cell, fd) in per_cell.iter().enumerate() {
-                if let Ok(st) = rustix::fs::fstat(fd) {
-                    out.push((addr.to_string(), cell, st.st_ino));
+                if let Ok(dup) = fd.try_clone() {
+                    out.push((addr.to_string(), cell, dup));
                 }
             }
         }

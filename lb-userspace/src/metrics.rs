@@ -248,29 +248,6 @@ pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
     ))
 }
 
-/// Accept-queue lengths of listening TCP sockets by inode, from /proc/net/tcp{,6}.
-pub fn listen_queues() -> std::collections::HashMap<u64, u64> {
-    let mut out = std::collections::HashMap::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // st == 0A: LISTEN; for a listener, rx_queue is the accept queue's length.
-            if cols.len() > 9 && cols[3] == "0A" {
-                let rx = cols[4]
-                    .split_once(':')
-                    .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
-                if let (Some(rx), Ok(inode)) = (rx, cols[9].parse::<u64>()) {
-                    out.insert(inode, rx);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Renders the Prometheus text exposition for `cells` cells.
 pub fn render(
     region: &MetricsRegion,

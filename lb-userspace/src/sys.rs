@@ -92,3 +92,30 @@ pub fn set_batch_scheduling() -> Result<(), SysError> {
         })
     }
 }
+
+/// Connections waiting in a listening TCP socket's accept queue: for a listener, TCP_INFO's
+/// `tcpi_unacked` is the queue length (one syscall, unlike walking /proc/net/tcp).
+pub fn listen_queue_len(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe `info`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(info.tcpi_unacked)
+    } else {
+        Err(SysError {
+            op: "getsockopt(TCP_INFO) on a listener",
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
