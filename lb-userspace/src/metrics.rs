@@ -256,83 +256,17 @@ pub fn render(
     routes: &[String],
     procs: &ProcSnapshot,
 ) -> anyhow::Result<String> {
-    use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+    use prometheus::proto::MetricType::{COUNTER, GAUGE};
+    use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+    // Families are built straight from the shared counters (a scrape allocates per series,
+    // not per label lookup); the registry only carries build info and process_* series.
     let reg = Registry::new();
-    let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
-        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-        reg.register(Box::new(c.clone()))?;
-        Ok(c)
-    };
-    let gauge = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntGaugeVec> {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-        reg.register(Box::new(g.clone()))?;
-        Ok(g)
-    };
-    let up = gauge(
-        "portico_cell_up",
-        "1 when the cell is running and accepting connections.",
-        &["cell"],
-    )?;
-    let requests = counter(
-        "portico_cell_requests_total",
-        "HTTP requests answered by the cell, by status class.",
-        &["cell", "status_class"],
-    )?;
-    let body_bytes = counter(
-        "portico_cell_response_body_bytes_total",
-        "Response body bytes sent by the cell.",
-        &["cell"],
-    )?;
-    let sendfile = counter(
-        "portico_cell_sendfile_bytes_total",
-        "Response body bytes the cell sent with sendfile(2) straight from the file.",
-        &["cell"],
-    )?;
-    let accepted = counter(
-        "portico_connections_accepted_total",
-        "Connections accepted by the cell.",
-        &["cell"],
-    )?;
-    let active = gauge(
-        "portico_connections_active",
-        "Connections the cell has open now.",
-        &["cell"],
-    )?;
-    let restarts = counter(
-        "portico_cell_restarts_total",
-        "Times the cell was replaced, by reason.",
-        &["cell", "reason"],
-    )?;
-    let wsgi_rejected = counter(
-        "portico_wsgi_rejected_total",
-        "WSGI requests answered 503 before reaching the app, by reason.",
-        &["cell", "reason"],
-    )?;
-    let queue_depth = gauge(
-        "portico_wsgi_queue_depth",
-        "WSGI requests waiting for a Python thread in the cell.",
-        &["cell"],
-    )?;
-    let threads_busy = gauge(
-        "portico_wsgi_threads_busy",
-        "Python threads of the cell running a request.",
-        &["cell"],
-    )?;
-    let wsgi_timeouts = counter(
-        "portico_wsgi_request_timeouts_total",
-        "WSGI requests answered 504 because they ran past request_timeout.",
-        &["cell"],
-    )?;
-    let steered = counter(
-        "portico_steering_decisions_total",
-        "New connections seen by the sk_reuseport steering program, by result.",
-        &["cell", "result"],
-    )?;
     let ebpf = IntGauge::new(
         "portico_ebpf_enabled",
         "1 when eBPF steering is attached, 0 when plain SO_REUSEPORT serves.",
     )?;
     reg.register(Box::new(ebpf.clone()))?;
+    ebpf.set(steering.enabled as i64);
     let info = IntGaugeVec::new(
         Opts::new(
             "portico_build_info",
@@ -353,110 +287,217 @@ pub fn render(
     reg.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
-    let listen_queue = gauge(
-        "portico_listen_queue_length",
-        "Connections waiting in a listener's accept queue (from the kernel).",
-        &["listener", "cell"],
-    )?;
-    for (addr, cell, n) in &procs.listen_queues {
-        listen_queue
-            .with_label_values(&[addr.as_str(), cell.to_string().as_str()])
-            .set(*n as i64);
-    }
-    let rss = gauge(
-        "portico_cell_rss_bytes",
-        "Resident memory of the cell's process.",
-        &["cell"],
-    )?;
-    let cpu = prometheus::CounterVec::new(
-        Opts::new(
-            "portico_cell_cpu_seconds_total",
-            "CPU time (user + system) of the cell's current process.",
-        ),
-        &["cell"],
-    )?;
-    reg.register(Box::new(cpu.clone()))?;
-    for (i, u) in procs.cells.iter().enumerate() {
-        if let Some((bytes, secs)) = u {
-            rss.with_label_values(&[i.to_string().as_str()])
-                .set(*bytes as i64);
-            cpu.with_label_values(&[i.to_string().as_str()])
-                .inc_by(*secs);
-        }
-    }
-    ebpf.set(steering.enabled as i64);
 
-    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let mut up = Vec::with_capacity(cells);
+    let mut requests = Vec::with_capacity(cells * CLASSES.len());
+    let (mut body_bytes, mut sendfile, mut accepted, mut active) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut restarts, mut rejected, mut timeouts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut queue_depth, mut threads_busy, mut steered) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rss, mut cpu) = (Vec::new(), Vec::new());
     for i in 0..cells {
         let c = region.cell(i);
         let cell = i.to_string();
-        up.with_label_values(&[&cell]).set(c.get(slot::UP) as i64);
+        let cell = cell.as_str();
+        up.push(gauge_metric(&[("cell", cell)], c.get(slot::UP) as f64));
         for (k, class) in CLASSES.iter().enumerate() {
-            requests
-                .with_label_values(&[cell.as_str(), class])
-                .inc_by(c.get(slot::STATUS_1XX + k));
+            requests.push(scalar_metric(
+                &[("cell", cell), ("status_class", class)],
+                c.get(slot::STATUS_1XX + k) as f64,
+            ));
         }
-        body_bytes
-            .with_label_values(&[&cell])
-            .inc_by(c.get(slot::RESPONSE_BODY_BYTES));
-        accepted
-            .with_label_values(&[&cell])
-            .inc_by(c.get(slot::CONNECTIONS_ACCEPTED));
-        sendfile
-            .with_label_values(&[&cell])
-            .inc_by(c.get(slot::SENDFILE_BYTES));
-        active
-            .with_label_values(&[&cell])
-            .set(c.get(slot::CONNECTIONS_ACTIVE) as i64);
-        restarts
-            .with_label_values(&[&cell, "crash"])
-            .inc_by(c.get(slot::RESTARTS_CRASH));
-        restarts
-            .with_label_values(&[&cell, "reload"])
-            .inc_by(c.get(slot::RESTARTS_RELOAD));
+        let one = |s: usize| scalar_metric(&[("cell", cell)], c.get(s) as f64);
+        body_bytes.push(one(slot::RESPONSE_BODY_BYTES));
+        sendfile.push(one(slot::SENDFILE_BYTES));
+        accepted.push(one(slot::CONNECTIONS_ACCEPTED));
+        timeouts.push(one(slot::WSGI_REQUEST_TIMEOUTS));
+        active.push(gauge_metric(
+            &[("cell", cell)],
+            c.get(slot::CONNECTIONS_ACTIVE) as f64,
+        ));
+        for (reason, s) in [
+            ("crash", slot::RESTARTS_CRASH),
+            ("reload", slot::RESTARTS_RELOAD),
+        ] {
+            restarts.push(scalar_metric(
+                &[("cell", cell), ("reason", reason)],
+                c.get(s) as f64,
+            ));
+        }
         for (k, why) in crate::wsgi::Recycle::ALL.iter().enumerate() {
             let n = c.get(slot::RESTARTS_RECYCLE + k);
             if n > 0 {
-                restarts.with_label_values(&[&cell, why.label()]).inc_by(n);
+                restarts.push(scalar_metric(
+                    &[("cell", cell), ("reason", why.label())],
+                    n as f64,
+                ));
             }
         }
-        wsgi_rejected
-            .with_label_values(&[&cell, "queue_full"])
-            .inc_by(c.get(slot::WSGI_QUEUE_FULL));
-        wsgi_rejected
-            .with_label_values(&[&cell, "queue_timeout"])
-            .inc_by(c.get(slot::WSGI_QUEUE_TIMEOUTS));
-        wsgi_timeouts
-            .with_label_values(&[&cell])
-            .inc_by(c.get(slot::WSGI_REQUEST_TIMEOUTS));
+        for (reason, s) in [
+            ("queue_full", slot::WSGI_QUEUE_FULL),
+            ("queue_timeout", slot::WSGI_QUEUE_TIMEOUTS),
+        ] {
+            rejected.push(scalar_metric(
+                &[("cell", cell), ("reason", reason)],
+                c.get(s) as f64,
+            ));
+        }
         if c.get(slot::WSGI_THREADS) > 0 {
-            queue_depth
-                .with_label_values(&[&cell])
-                .set(c.get(slot::WSGI_QUEUE_DEPTH) as i64);
-            threads_busy
-                .with_label_values(&[&cell])
-                .set(c.get(slot::WSGI_THREADS_BUSY) as i64);
+            queue_depth.push(gauge_metric(
+                &[("cell", cell)],
+                c.get(slot::WSGI_QUEUE_DEPTH) as f64,
+            ));
+            threads_busy.push(gauge_metric(
+                &[("cell", cell)],
+                c.get(slot::WSGI_THREADS_BUSY) as f64,
+            ));
         }
         if steering.enabled {
-            steered
-                .with_label_values(&[&cell, "selected"])
-                .inc_by(steering.per_cell.get(i).copied().unwrap_or(0));
+            steered.push(scalar_metric(
+                &[("cell", cell), ("result", "selected")],
+                steering.per_cell.get(i).copied().unwrap_or(0) as f64,
+            ));
+        }
+        if let Some(Some((bytes, secs))) = procs.cells.get(i) {
+            rss.push(gauge_metric(&[("cell", cell)], *bytes as f64));
+            cpu.push(scalar_metric(&[("cell", cell)], *secs));
         }
     }
     if steering.enabled {
         for (idx, label) in lb_common::steering::LABELS.iter().enumerate() {
             if idx as u32 != lb_common::steering::SELECTED {
-                steered
-                    .with_label_values(&["kernel", label])
-                    .inc_by(steering.results[idx]);
+                steered.push(scalar_metric(
+                    &[("cell", "kernel"), ("result", label)],
+                    steering.results[idx] as f64,
+                ));
             }
         }
     }
+    let listen: Vec<_> = procs
+        .listen_queues
+        .iter()
+        .map(|(addr, cell, n)| {
+            gauge_metric(
+                &[
+                    ("cell", cell.to_string().as_str()),
+                    ("listener", addr.as_str()),
+                ],
+                *n as f64,
+            )
+        })
+        .collect();
+
     let mut families = reg.gather();
+    for (name, help, kind, metrics) in [
+        (
+            "portico_cell_up",
+            "1 when the cell is running and accepting connections.",
+            GAUGE,
+            up,
+        ),
+        (
+            "portico_cell_requests_total",
+            "HTTP requests answered by the cell, by status class.",
+            COUNTER,
+            requests,
+        ),
+        (
+            "portico_cell_response_body_bytes_total",
+            "Response body bytes sent by the cell.",
+            COUNTER,
+            body_bytes,
+        ),
+        (
+            "portico_cell_sendfile_bytes_total",
+            "Response body bytes the cell sent with sendfile(2) straight from the file.",
+            COUNTER,
+            sendfile,
+        ),
+        (
+            "portico_connections_accepted_total",
+            "Connections accepted by the cell.",
+            COUNTER,
+            accepted,
+        ),
+        (
+            "portico_connections_active",
+            "Connections the cell has open now.",
+            GAUGE,
+            active,
+        ),
+        (
+            "portico_cell_restarts_total",
+            "Times the cell was replaced, by reason.",
+            COUNTER,
+            restarts,
+        ),
+        (
+            "portico_wsgi_rejected_total",
+            "WSGI requests answered 503 before reaching the app, by reason.",
+            COUNTER,
+            rejected,
+        ),
+        (
+            "portico_wsgi_request_timeouts_total",
+            "WSGI requests answered 504 because they ran past request_timeout.",
+            COUNTER,
+            timeouts,
+        ),
+        (
+            "portico_wsgi_queue_depth",
+            "WSGI requests waiting for a Python thread in the cell.",
+            GAUGE,
+            queue_depth,
+        ),
+        (
+            "portico_wsgi_threads_busy",
+            "Python threads of the cell running a request.",
+            GAUGE,
+            threads_busy,
+        ),
+        (
+            "portico_steering_decisions_total",
+            "New connections seen by the sk_reuseport steering program, by result.",
+            COUNTER,
+            steered,
+        ),
+        (
+            "portico_cell_rss_bytes",
+            "Resident memory of the cell's process.",
+            GAUGE,
+            rss,
+        ),
+        (
+            "portico_cell_cpu_seconds_total",
+            "CPU time (user + system) of the cell's current process.",
+            COUNTER,
+            cpu,
+        ),
+        (
+            "portico_listen_queue_length",
+            "Connections waiting in a listener's accept queue (from the kernel).",
+            GAUGE,
+            listen,
+        ),
+    ] {
+        if !metrics.is_empty() {
+            families.push(family(name, help, kind, metrics));
+        }
+    }
     families.extend(route_families(region, cells, routes));
-    let mut out = Vec::with_capacity(8192);
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::with_capacity(16384);
     TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+fn gauge_metric(pairs: &[(&str, &str)], v: f64) -> prometheus::proto::Metric {
+    let mut g = prometheus::proto::Gauge::default();
+    g.set_value(v);
+    let mut m = prometheus::proto::Metric::default();
+    m.set_label(labels(pairs));
+    m.set_gauge(g);
+    m
 }
 
 /// Sums one histogram over every cell.
