@@ -149,7 +149,7 @@ impl Recycle {
             Recycle::MaxRss => "max_rss",
             Recycle::Lifetime => "lifetime",
             Recycle::Inactivity => "inactivity",
-            Recycle::RequestTimeout => "request_timeout",
+            Recycle::RequestTimeout => "timeout",
             Recycle::SourceChange => "source_change",
         }
     }

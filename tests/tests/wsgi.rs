@@ -503,7 +503,7 @@ fn wsgi_request_timeout_gives_504_and_recycles_a_stuck_cell() {
                 metric_value(
                     &m,
                     &format!(
-                        "portico_cell_restarts_total{{cell=\"{c}\",reason=\"request_timeout\"}}"
+                        "portico_cell_restarts_total{{cell=\"{c}\",reason=\"timeout\"}}"
                     ),
                 )
             })
