@@ -502,9 +502,7 @@ fn wsgi_request_timeout_gives_504_and_recycles_a_stuck_cell() {
             .filter_map(|c| {
                 metric_value(
                     &m,
-                    &format!(
-                        "portico_cell_restarts_total{{cell=\"{c}\",reason=\"timeout\"}}"
-                    ),
+                    &format!("portico_cell_restarts_total{{cell=\"{c}\",reason=\"timeout\"}}"),
                 )
             })
             .sum();

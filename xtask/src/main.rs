@@ -134,41 +134,20 @@ fn main() -> anyhow::Result<()> {
             setup(TEST_PACKAGES)?;
             setup_packages(BENCH_PACKAGES)?;
             build()?;
+            let opts = BenchOpts {
+                secs: duration,
+                repeats,
+                conns: connections,
+                workers,
+                threads,
+            };
             match which.as_str() {
-                "static" => bench_static(
-                    &root,
-                    BenchOpts {
-                        secs: duration,
-                        repeats,
-                        conns: connections,
-                        workers,
-                        threads,
-                    },
-                ),
+                "static" => bench_static(&root, opts),
                 "wsgi" => {
                     let venv = setup_venv(&root, &[TEST_PY, BENCH_PY].concat())?;
-                    bench_wsgi(
-                        &root,
-                        &venv,
-                        BenchOpts {
-                            secs: duration,
-                            repeats,
-                            conns: connections,
-                            workers,
-                            threads,
-                        },
-                    )
+                    bench_wsgi(&root, &venv, opts)
                 }
-                "metrics" => bench_metrics(
-                    &root,
-                    BenchOpts {
-                        secs: duration,
-                        repeats,
-                        conns: connections,
-                        workers,
-                        threads,
-                    },
-                ),
+                "metrics" => bench_metrics(&root, opts),
                 other => bail!("unknown bench {other:?} (available: static, wsgi, metrics)"),
             }
         }
