@@ -160,6 +160,12 @@ pub struct CellStats<'a> {
     routes: &'a [AtomicU64],
 }
 
+impl std::fmt::Debug for CellStats<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CellStats")
+    }
+}
+
 impl CellStats<'_> {
     pub fn get(&self, slot: usize) -> u64 {
         self.s[slot].load(Relaxed)

@@ -47,12 +47,6 @@ impl wsgi_worker::Observer for RouteObserver {
     }
 }
 
-impl std::fmt::Debug for CellStats<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CellStats")
-    }
-}
-
 fn settings(w: &WsgiConfig, prefix: &str, multiprocess: bool) -> wsgi_worker::Settings {
     wsgi_worker::Settings {
         spec: w.spec().expect("validated"),

@@ -42,7 +42,8 @@ impl Input {
     pub fn new(mut source: Option<BodySource>) -> Self {
         let mut buf = BytesMut::new();
         if let Some(b) = source.as_mut().and_then(|s| s.ready.take()) {
-            buf.extend_from_slice(&b);
+            // No copy when the cell holds the only reference to the bytes.
+            buf = BytesMut::from(b);
             source = None;
         }
         Input {

@@ -357,34 +357,39 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listening on 127.0.0.1:{port}")
 }
 
+/// Starts a server in its own process group, output discarded, and waits for its port.
+fn spawn_server(name: &'static str, mut cmd: Command, port: u16) -> anyhow::Result<Server> {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    // Built before waiting, so a server that never comes up is still stopped (Drop).
+    let server = Server { name, child, port };
+    wait_port(port).with_context(|| format!("{name} did not start"))?;
+    Ok(server)
+}
+
 fn start_portico(root: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
     let port = free_port()?;
-    let child = Command::new(root.join("target/release/portico"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin",
-            "off",
-            "--access-log",
-            "off",
-        ])
-        .args([
-            "--workers",
-            &workers.to_string(),
-            "--static",
-            &format!("/={}", docroot.display()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting portico")?;
-    wait_port(port)?;
-    Ok(Server {
-        name: "portico",
-        child,
-        port,
-    })
+    let mut cmd = Command::new(root.join("target/release/portico"));
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        "off",
+        "--access-log",
+        "off",
+    ])
+    .args([
+        "--workers",
+        &workers.to_string(),
+        "--static",
+        &format!("/={}", docroot.display()),
+    ]);
+    spawn_server("portico", cmd, port)
 }
 
 fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
@@ -405,18 +410,9 @@ fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Ser
             root = docroot.display()
         ),
     )?;
-    let child = Command::new(which("nginx").context("nginx not installed")?)
-        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx")?;
-    wait_port(port)?;
-    Ok(Server {
-        name: "nginx",
-        child,
-        port,
-    })
+    let mut cmd = Command::new(which("nginx").context("nginx not installed")?);
+    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
+    spawn_server("nginx", cmd, port)
 }
 
 #[derive(Clone, Copy, Default)]
@@ -701,7 +697,6 @@ fn start_peer(
     app: &str,
     workers: usize,
 ) -> anyhow::Result<Server> {
-    use std::os::unix::process::CommandExt as _;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let bin = |b: &str| venv.join("bin").join(b);
@@ -763,22 +758,8 @@ fn start_peer(
             c
         }
     };
-    cmd.current_dir(dir)
-        .env("PYTHONPATH", dir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", peer.name()))?;
-    let server = Server {
-        name: peer.name(),
-        child,
-        port,
-    };
-    wait_port(port).with_context(|| format!("{} did not start", peer.name()))?;
-    Ok(server)
+    cmd.current_dir(dir).env("PYTHONPATH", dir);
+    spawn_server(peer.name(), cmd, port)
 }
 
 /// (label, path, POST a 4 KiB body)
@@ -867,7 +848,6 @@ fn start_portico_cfg(
     workers: usize,
     admin: bool,
 ) -> anyhow::Result<(Server, Option<u16>)> {
-    use std::os::unix::process::CommandExt as _;
     let port = free_port()?;
     let admin_port = if admin { Some(free_port()?) } else { None };
     let cfg = dir.join(format!("{}.toml", name.replace(' ', "-")));
@@ -880,8 +860,8 @@ fn start_portico_cfg(
         ),
     )?;
     let admin_arg = admin_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
-    let child = Command::new(root.join("target/release/portico"))
-        .arg("serve")
+    let mut cmd = Command::new(root.join("target/release/portico"));
+    cmd.arg("serve")
         .arg("-c")
         .arg(&cfg)
         .args([
@@ -890,15 +870,8 @@ fn start_portico_cfg(
             "--admin",
             &admin_arg,
         ])
-        .args(["--access-log", "off", "--workers", &workers.to_string()])
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting portico")?;
-    let server = Server { name, child, port };
-    wait_port(port)?;
+        .args(["--access-log", "off", "--workers", &workers.to_string()]);
+    let server = spawn_server(name, cmd, port)?;
     if let Some(a) = admin_port {
         wait_port(a)?;
     }
