@@ -2,7 +2,7 @@
 //!
 //! Everything here is `#[repr(C)]` with no implicit padding, so both sides read the same bytes.
 #![no_std]
-// The only unsafe here is the `aya::Pod` impl behind the `user` feature.
+// The only unsafe here is the `aya::Pod` impls behind the `user` feature.
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 #![cfg_attr(feature = "user", deny(unsafe_code))]
 
@@ -11,33 +11,97 @@ pub const MAX_CELLS: u32 = 256;
 /// Most CPUs the CPU -> cell table covers.
 pub const MAX_CPUS: u32 = 1024;
 
-/// Map and program names, written once so loader and program agree.
+/// Map, program and global names, written once so loader and programs agree.
 pub mod names {
-    /// REUSEPORT_SOCKARRAY: slot = cell index, value = that cell's listener.
+    /// REUSEPORT_SOCKARRAY: slot = cell index, value = that cell's listener (empty while the
+    /// cell cannot take connections).
     pub const CELL_SOCKETS: &str = "CELL_SOCKETS";
     /// ARRAY: index = CPU, value = [`super::CpuCell`].
     pub const CPU_CELLS: &str = "CPU_CELLS";
-    /// PERCPU_ARRAY of u64 indexed by the `steering` constants.
+    /// ARRAY of u32: `[0]` = number of live cells, `[1..=n]` = their indices (for hashing).
+    pub const LIVE_CELLS: &str = "LIVE_CELLS";
+    /// ARRAY of u32, mmapable: index = cell, value = its load (open connections + Python
+    /// requests in flight), written by the cells themselves.
+    pub const CELL_LOAD: &str = "CELL_LOAD";
+    /// PERCPU_ARRAY of u64 indexed by [`super::steering::index`].
     pub const STEERING_COUNTERS: &str = "STEERING_COUNTERS";
-    /// PERCPU_ARRAY of u64 indexed by cell: connections the program steered to each cell.
-    pub const CELL_SELECTED: &str = "CELL_SELECTED";
     /// The sk_reuseport program.
     pub const STEERING_PROGRAM: &str = "steering";
+    /// Global: the [`super::steering`] policy constant.
+    pub const STEERING_POLICY: &str = "STEERING_POLICY";
+
+    /// The XDP program.
+    pub const XDP_PROGRAM: &str = "xdp_guard";
+    /// PERCPU_ARRAY of [`super::XdpCount`] indexed by [`super::xdp`] action.
+    pub const XDP_COUNTERS: &str = "XDP_COUNTERS";
+    /// LPM_TRIE: key = prefix length + IPv4 address, value = 1.
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    /// LPM_TRIE: key = prefix length + IPv6 address, value = 1.
+    pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// LRU_HASH: key = source address (IPv4 mapped into IPv6), value = [`super::SynBucket`].
+    pub const SYN_BUCKETS: &str = "SYN_BUCKETS";
+    /// HASH: key = a listen port (host order), value = 1. Only these ports are guarded and spread.
+    pub const XDP_PORTS: &str = "XDP_PORTS";
+    /// CPUMAP: the cells' CPUs, for `cpu_redirect`.
+    pub const CPU_REDIRECT: &str = "CPU_REDIRECT";
+    /// ARRAY of u32: `[0]` = number of CPUs to spread over, `[1..=n]` = CPU ids.
+    pub const REDIRECT_CPUS: &str = "REDIRECT_CPUS";
+    /// Globals of the XDP program.
+    pub const SYN_RATE: &str = "SYN_RATE";
+    pub const SYN_BURST: &str = "SYN_BURST";
+    pub const CPU_REDIRECT_ON: &str = "CPU_REDIRECT_ON";
 }
 
-/// Indices into the `STEERING_COUNTERS` per-CPU array.
+/// Steering policies and decision counters.
 pub mod steering {
-    /// The program chose the cell pinned to the CPU that handled the SYN.
+    /// The cell pinned to the CPU that processed the SYN.
+    pub const POLICY_CPU: u32 = 0;
+    /// The kernel's flow hash over the live cells.
+    pub const POLICY_HASH: u32 = 1;
+    /// Power of two choices: the local cell or a hashed one, whichever has less load.
+    pub const POLICY_LEAST_LOADED: u32 = 2;
+
+    /// The policy's choice took the connection.
     pub const SELECTED: u32 = 0;
-    /// No cell is pinned to this CPU: the kernel's hash chose.
-    pub const FALLBACK_NO_CELL: u32 = 1;
-    /// The CPU's cell has no live listener in the map: the kernel's hash chose.
-    pub const FALLBACK_EMPTY_SLOT: u32 = 2;
-    /// Number of counters.
-    pub const COUNT: u32 = 3;
+    /// The policy's choice had no listener (dead or recycling cell): another live cell took it.
+    pub const FALLBACK: u32 = 1;
+    /// A queued connection of a closed listener moved to this cell.
+    pub const MIGRATED: u32 = 2;
+    /// Per-cell results.
+    pub const RESULTS: u32 = 3;
     /// Label values, in index order, for metrics.
-    pub const LABELS: [&str; COUNT as usize] =
-        ["selected", "fallback_no_cell", "fallback_empty_slot"];
+    pub const LABELS: [&str; RESULTS as usize] = ["selected", "fallback", "migrated"];
+    /// No live cell at all: the kernel's hash chose (the connection waits in a listener that
+    /// the master keeps open until a cell is back).
+    pub const NO_LIVE_CELL: u32 = super::MAX_CELLS * RESULTS;
+    /// Entries of the counter array.
+    pub const COUNTERS: u32 = NO_LIVE_CELL + 1;
+
+    /// Counter index of `result` for `cell`.
+    #[inline(always)]
+    pub const fn index(cell: u32, result: u32) -> u32 {
+        cell * RESULTS + result
+    }
+}
+
+/// XDP actions counted in `XDP_COUNTERS`.
+pub mod xdp {
+    pub const PASS: u32 = 0;
+    pub const DROP_BLOCKLIST: u32 = 1;
+    pub const DROP_SYNFLOOD: u32 = 2;
+    pub const REDIRECT: u32 = 3;
+    pub const ACTIONS: u32 = 4;
+    /// Label values, in index order, for metrics.
+    pub const LABELS: [&str; ACTIONS as usize] =
+        ["pass", "drop_blocklist", "drop_synflood", "redirect"];
+    /// Token-bucket units per token: buckets hold token-nanoseconds so refills need no division.
+    pub const NS_PER_TOKEN: u64 = 1_000_000_000;
+    /// Entries of the SYN bucket LRU (sources tracked at once).
+    pub const SYN_SOURCES: u32 = 65536;
+    /// Entries of each blocklist trie.
+    pub const BLOCK_ENTRIES: u32 = 16384;
+    /// Listen ports the guard knows.
+    pub const MAX_PORTS: u32 = 64;
 }
 
 /// Value of the `CPU_CELLS` array: which cell serves connections whose SYN ran on this CPU.
@@ -50,11 +114,39 @@ pub struct CpuCell {
     pub valid: u32,
 }
 
+/// Per-CPU packet and byte counts of one XDP action.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One source's SYN token bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynBucket {
+    /// Token-nanoseconds left ([`xdp::NS_PER_TOKEN`] per SYN).
+    pub tokens: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+}
+
+/// IPv4 LPM trie key data (network order), after the prefix length aya's `Key` carries.
+pub type V4Addr = [u8; 4];
+/// IPv6 LPM trie key data (network order).
+pub type V6Addr = [u8; 16];
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: CpuCell is repr(C), two u32 fields, no padding, every bit pattern valid.
+    // SAFETY (all three): repr(C), only u32/u64 fields laid out without padding, and every
+    // bit pattern is a valid value.
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::CpuCell {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::XdpCount {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::SynBucket {}
 }
 
 #[cfg(test)]
@@ -62,13 +154,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_cell_has_no_padding() {
+    fn shared_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<CpuCell>(), 8);
         assert_eq!(core::mem::align_of::<CpuCell>(), 4);
+        assert_eq!(core::mem::size_of::<XdpCount>(), 16);
+        assert_eq!(core::mem::size_of::<SynBucket>(), 16);
     }
 
     #[test]
-    fn labels_match_count() {
-        assert_eq!(steering::LABELS.len(), steering::COUNT as usize);
+    fn labels_match_counts() {
+        assert_eq!(steering::LABELS.len(), steering::RESULTS as usize);
+        assert_eq!(xdp::LABELS.len(), xdp::ACTIONS as usize);
+        assert_eq!(
+            steering::index(MAX_CELLS - 1, steering::MIGRATED) + 1,
+            steering::NO_LIVE_CELL
+        );
     }
 }

@@ -1,10 +1,12 @@
-//! `steering`: the sk_reuseport program that hands each new connection to the cell pinned to
-//! the CPU that processed its SYN, so NIC queue, socket, cell and app stay on one core.
+//! `steering`: the sk_reuseport program that picks the cell for each new connection (policy
+//! `cpu`, `hash` or `least-loaded`) among the cells whose listener is in the map, and moves the
+//! queued connections of a closed listener to a live cell.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::sk_action::SK_PASS,
+    Global,
+    bindings::{BPF_F_MMAPABLE, sk_action::SK_PASS},
     helpers::bpf_get_smp_processor_id,
     macros::{map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
@@ -18,11 +20,18 @@ static CELL_SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(M
 #[map(name = "CPU_CELLS")]
 static CPU_CELLS: Array<CpuCell> = Array::with_max_entries(MAX_CPUS, 0);
 
-#[map(name = "STEERING_COUNTERS")]
-static STEERING_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(steering::COUNT, 0);
+#[map(name = "LIVE_CELLS")]
+static LIVE_CELLS: Array<u32> = Array::with_max_entries(MAX_CELLS + 1, 0);
 
-#[map(name = "CELL_SELECTED")]
-static CELL_SELECTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CELLS, 0);
+#[map(name = "CELL_LOAD")]
+static CELL_LOAD: Array<u32> = Array::with_max_entries(MAX_CELLS, BPF_F_MMAPABLE);
+
+#[map(name = "STEERING_COUNTERS")]
+static STEERING_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(steering::COUNTERS, 0);
+
+#[unsafe(no_mangle)]
+static STEERING_POLICY: Global<u32> = Global::new(steering::POLICY_CPU);
 
 /// Attached with BPF_SK_REUSEPORT_SELECT_OR_MIGRATE; SK_PASS without a selection lets the
 /// kernel's own hash choose, which is the safe fallback for every failure.
@@ -31,28 +40,96 @@ pub fn steering(ctx: SkReuseportContext) -> u32 {
     try_steering(&ctx).unwrap_or(SK_PASS)
 }
 
+/// "No cell" in the u32 the helpers below pass around.
+const NONE: u32 = u32::MAX;
+
 #[inline(always)]
 fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let cell = match CPU_CELLS.get(cpu) {
-        Some(entry) if entry.valid != 0 => entry.cell,
-        _ => {
-            count(&STEERING_COUNTERS, steering::FALLBACK_NO_CELL);
-            return Ok(SK_PASS);
-        }
+    let hash = ctx.hash();
+    let live = match LIVE_CELLS.get(0) {
+        Some(n) if *n <= MAX_CELLS => *n,
+        _ => 0,
     };
-    if CELL_SOCKETS.select_reuseport(ctx, cell).is_err() {
-        count(&STEERING_COUNTERS, steering::FALLBACK_EMPTY_SLOT);
+    let migrating = ctx.migrating_sk().is_some();
+    let (choice, won) = if migrating {
+        // The closed listener's slot is already gone: any live cell will do.
+        (hashed(hash, live, 0), steering::MIGRATED)
+    } else {
+        let policy = STEERING_POLICY.load();
+        let cell = if policy == steering::POLICY_HASH {
+            hashed(hash, live, 0)
+        } else if policy == steering::POLICY_LEAST_LOADED {
+            let local = local_cell();
+            let other = hashed(hash, live, 0);
+            if local == NONE || (other != NONE && load(other) < load(local)) {
+                other
+            } else {
+                local
+            }
+        } else {
+            local_cell()
+        };
+        (cell, steering::SELECTED)
+    };
+    if choice != NONE && CELL_SOCKETS.select_reuseport(ctx, choice).is_ok() {
+        count(steering::index(choice, won));
         return Ok(SK_PASS);
     }
-    count(&STEERING_COUNTERS, steering::SELECTED);
-    count(&CELL_SELECTED, cell);
+    // The choice's slot is empty (its cell died or is being replaced): the next live cells.
+    let result = if migrating {
+        steering::MIGRATED
+    } else {
+        steering::FALLBACK
+    };
+    let second = hashed(hash, live, 1);
+    if second != NONE && second != choice && CELL_SOCKETS.select_reuseport(ctx, second).is_ok() {
+        count(steering::index(second, result));
+        return Ok(SK_PASS);
+    }
+    let third = hashed(hash, live, 2);
+    if third != NONE
+        && third != choice
+        && third != second
+        && CELL_SOCKETS.select_reuseport(ctx, third).is_ok()
+    {
+        count(steering::index(third, result));
+        return Ok(SK_PASS);
+    }
+    count(steering::NO_LIVE_CELL);
     Ok(SK_PASS)
 }
 
+/// The cell pinned to the CPU running this (the one that processed the SYN), or NONE.
 #[inline(always)]
-fn count(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(slot) = map.get_ptr_mut(index) {
+fn local_cell() -> u32 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match CPU_CELLS.get(cpu) {
+        Some(entry) if entry.valid != 0 => entry.cell,
+        _ => NONE,
+    }
+}
+
+/// The live cell at position `hash + offset` of the live list, or NONE.
+#[inline(always)]
+fn hashed(hash: u32, live: u32, offset: u32) -> u32 {
+    if live == 0 {
+        return NONE;
+    }
+    let pos = (hash % live + offset) % live;
+    match LIVE_CELLS.get(pos + 1) {
+        Some(c) => *c,
+        None => NONE,
+    }
+}
+
+#[inline(always)]
+fn load(cell: u32) -> u32 {
+    CELL_LOAD.get(cell).copied().unwrap_or(u32::MAX)
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STEERING_COUNTERS.get_ptr_mut(index) {
         // Per-CPU slot: no other writer on this CPU while the program runs.
         unsafe { *slot += 1 };
     }

@@ -1,4 +1,5 @@
-//! The master's admin endpoint: `/healthz` and `/metrics`. Read-only; loopback by default.
+//! The master's admin endpoint: `/healthz`, `/metrics`, `/status`, and the XDP blocklist.
+//! Loopback by default; requests that change state are refused from any other peer.
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
     let history = Rc::new(std::cell::RefCell::new(crate::status::History::default()));
     tokio::task::spawn_local(crate::status::sample(shared.clone(), history.clone()));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
@@ -26,6 +27,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
                     &shared,
                     &history.borrow(),
                     &req,
+                    peer,
                 )))
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -41,6 +43,7 @@ pub fn proc_snapshot(shared: &Shared) -> ProcSnapshot {
     ProcSnapshot {
         listen_queues: shared
             .listeners
+            .borrow()
             .iter()
             .filter_map(|(addr, cell, fd)| {
                 crate::sys::listen_queue_len(fd.as_fd())
@@ -48,7 +51,7 @@ pub fn proc_snapshot(shared: &Shared) -> ProcSnapshot {
                     .map(|n| (addr.clone(), *cell, n as u64))
             })
             .collect(),
-        cells: (0..shared.cells)
+        cells: (0..shared.cells())
             .map(|i| {
                 let c = shared.metrics.cell(i);
                 let pid = c.get(slot::PID) as u32;
@@ -72,42 +75,43 @@ fn handle<B>(
     shared: &Shared,
     history: &crate::status::History,
     req: &Request<B>,
+    peer: std::net::SocketAddr,
 ) -> Response<Body> {
+    if let Some(op) = req.uri().path().strip_prefix("/blocklist/") {
+        return blocklist_change(shared, req, op, peer);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = status_page(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    let cells = shared.cells();
     match req.uri().path() {
         "/healthz" => {
-            let down: Vec<usize> = (0..shared.cells)
+            let down: Vec<usize> = (0..cells)
                 .filter(|&i| shared.metrics.cell(i).get(slot::UP) == 0)
                 .collect();
             if down.is_empty() {
                 text(
                     StatusCode::OK,
                     "text/plain; charset=utf-8",
-                    format!("ok: {} cells up\n", shared.cells),
+                    format!("ok: {cells} cells up\n"),
                 )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
-                    format!("not ready: cells {down:?} of {} are down\n", shared.cells),
+                    format!("not ready: cells {down:?} of {cells} are down\n"),
                 )
             }
         }
         "/metrics" => {
-            let snap = shared
-                .steering
-                .as_ref()
-                .map(|s| s.snapshot())
-                .unwrap_or_default();
+            let snap = shared.ebpf_snapshot();
             let routes = shared.routes.borrow();
             match render(
                 &shared.metrics,
-                shared.cells,
+                cells,
                 &snap,
                 &routes,
                 &proc_snapshot(shared),
@@ -135,6 +139,90 @@ fn handle<B>(
                 status_page(StatusCode::INTERNAL_SERVER_ERROR)
             }
         },
+        "/blocklist" => match shared.xdp.borrow().as_ref() {
+            Some(x) => {
+                let mut list = x.blocklist().join("\n");
+                list.push('\n');
+                text(StatusCode::OK, "text/plain; charset=utf-8", list)
+            }
+            None => no_guard(),
+        },
         _ => status_page(StatusCode::NOT_FOUND),
+    }
+}
+
+fn no_guard() -> Response<Body> {
+    text(
+        StatusCode::CONFLICT,
+        "text/plain; charset=utf-8",
+        "no XDP guard is attached ([ebpf.xdp] interface is not set, or eBPF is unavailable)\n"
+            .into(),
+    )
+}
+
+/// `POST /blocklist/add?cidr=...` and `POST /blocklist/del?cidr=...` (what `portico block`
+/// sends): takes effect for the next packet, no restart; loopback peers only.
+fn blocklist_change<B>(
+    shared: &Shared,
+    req: &Request<B>,
+    op: &str,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
+    let plain = "text/plain; charset=utf-8";
+    if !peer.ip().to_canonical().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            plain,
+            "changing the blocklist is only allowed from loopback\n".into(),
+        );
+    }
+    if req.method() != Method::POST {
+        let mut r = status_page(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let add = match op {
+        "add" => true,
+        "del" => false,
+        _ => return status_page(StatusCode::NOT_FOUND),
+    };
+    let raw = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("cidr="))
+        .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned());
+    let cidr: wsgi_worker::Cidr = match raw.as_deref().map(str::parse) {
+        Some(Ok(c)) => c,
+        Some(Err(m)) => return text(StatusCode::BAD_REQUEST, plain, format!("{m}\n")),
+        None => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                plain,
+                "missing ?cidr=ADDRESS[/PREFIX]\n".into(),
+            );
+        }
+    };
+    let mut guard = shared.xdp.borrow_mut();
+    let Some(x) = guard.as_mut() else {
+        return no_guard();
+    };
+    match x.block(cidr, add) {
+        Ok(changed) => {
+            let what = match (add, changed) {
+                (true, true) => "added",
+                (true, false) => "already blocked",
+                (false, true) => "removed",
+                (false, false) => "was not blocked",
+            };
+            tracing::info!(peer = %peer, "blocklist: {cidr} {what}");
+            text(StatusCode::OK, plain, format!("{cidr} {what}\n"))
+        }
+        Err(e) => {
+            tracing::error!("blocklist change: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, plain, format!("{e}\n"))
+        }
     }
 }

@@ -28,10 +28,12 @@ pub mod env {
     pub const INDEX: &str = "PORTICO_CELL_INDEX";
     pub const CPU: &str = "PORTICO_CELL_CPU";
     pub const CONFIG: &str = "PORTICO_CELL_CONFIG";
+    /// Set when the steering program's CELL_LOAD map is passed after the readiness pipe.
+    pub const LOAD_MAP: &str = "PORTICO_CELL_LOAD_MAP";
 }
 
 /// First inherited descriptor: listeners (one per listen address, in order), then the metrics
-/// region, then the readiness pipe.
+/// region, then the readiness pipe, then (with eBPF steering) the CELL_LOAD map.
 pub const FIRST_FD: i32 = 3;
 
 pub fn run() -> anyhow::Result<()> {
@@ -65,6 +67,16 @@ pub fn run() -> anyhow::Result<()> {
     }
     let metrics = MetricsRegion::open(crate::sys::inherited_fd(FIRST_FD + n as i32)?)?;
     let ready = crate::sys::inherited_fd(FIRST_FD + n as i32 + 1)?;
+    let load = if std::env::var_os(env::LOAD_MAP).is_some() {
+        let fd = crate::sys::inherited_fd(FIRST_FD + n as i32 + 2)?;
+        let slots = crate::sys::map_bpf_u32_array(&fd, lb_common::MAX_CELLS as usize)?;
+        let slot = slots.get(index).context("cell index beyond CELL_LOAD")?;
+        // A new process starts from zero: nothing of the previous one is open any more.
+        slot.store(0, std::sync::atomic::Ordering::Relaxed);
+        Some(slot)
+    } else {
+        None
+    };
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
 
@@ -90,7 +102,7 @@ pub fn run() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(index, cfg, fds, metrics, ready, pools))
+    local.block_on(&rt, serve(index, cfg, fds, metrics, ready, pools, load))
 }
 
 /// `portico app-check`: imports every WSGI app once, in this throw-away process, so a broken
@@ -231,6 +243,7 @@ async fn serve(
     metrics: &'static MetricsRegion,
     ready: OwnedFd,
     pools: Vec<Option<crate::wsgi::WsgiRoute>>,
+    load: Option<&'static std::sync::atomic::AtomicU32>,
 ) -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
@@ -242,6 +255,7 @@ async fn serve(
         ready,
         max_requests(&cfg),
         cfg.metrics.enabled,
+        load,
     ));
     let (drain_tx, drain_rx) = watch::channel(false);
     let active = Rc::new(Cell::new(0usize));
@@ -390,9 +404,11 @@ impl Acceptor {
         let idle = self.idle.clone();
         active.set(active.get() + 1);
         ctx.stats.connection_opened();
+        ctx.load_add(1);
         tokio::task::spawn_local(async move {
             serve_connection(stream, Arc::new(info), ctx.clone(), drain).await;
             ctx.stats.connection_closed();
+            ctx.load_add(-1);
             active.set(active.get() - 1);
             if active.get() == 0 {
                 idle.notify_waiters();

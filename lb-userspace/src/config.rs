@@ -238,7 +238,7 @@ impl Default for ServerConfig {
         Self {
             listen: vec!["127.0.0.1:8080".parse().expect("static")],
             workers: Workers::Auto,
-            admin: "127.0.0.1:9090".into(),
+            admin: DEFAULT_ADMIN.into(),
             chdir: None,
             backlog: 4096,
             shutdown_timeout: Dur(Duration::from_secs(30)),
@@ -327,10 +327,111 @@ pub enum EbpfMode {
     Off,
 }
 
+/// The admin endpoint when the configuration says nothing.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+/// How the `steering` program picks a cell for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SteeringPolicy {
+    /// The cell pinned to the CPU that processed the SYN.
+    Cpu,
+    /// The kernel's flow hash over the live cells.
+    Hash,
+    /// The local cell or a hashed one, whichever has less load (connections + Python requests).
+    #[default]
+    LeastLoaded,
+    /// No program: plain SO_REUSEPORT (for comparison).
+    Kernel,
+}
+
+impl SteeringPolicy {
+    /// The `lb_common::steering` policy constant (None for `kernel`).
+    pub fn program_value(self) -> Option<u32> {
+        match self {
+            SteeringPolicy::Cpu => Some(lb_common::steering::POLICY_CPU),
+            SteeringPolicy::Hash => Some(lb_common::steering::POLICY_HASH),
+            SteeringPolicy::LeastLoaded => Some(lb_common::steering::POLICY_LEAST_LOADED),
+            SteeringPolicy::Kernel => None,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            SteeringPolicy::Cpu => "cpu",
+            SteeringPolicy::Hash => "hash",
+            SteeringPolicy::LeastLoaded => "least-loaded",
+            SteeringPolicy::Kernel => "kernel",
+        }
+    }
+}
+
+impl std::str::FromStr for SteeringPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(SteeringPolicy::Cpu),
+            "hash" => Ok(SteeringPolicy::Hash),
+            "least-loaded" => Ok(SteeringPolicy::LeastLoaded),
+            "kernel" => Ok(SteeringPolicy::Kernel),
+            _ => Err(format!(
+                "{s:?} is not a steering policy (cpu, hash, least-loaded, kernel)"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct EbpfConfig {
     pub mode: EbpfMode,
+    pub steering: SteeringPolicy,
+    /// Name of the pin directory `/sys/fs/bpf/portico/<instance>`; default: the first TCP
+    /// listen port (unique on the host, since Portico holds it).
+    pub instance: Option<String>,
+    pub xdp: Option<XdpConfig>,
+}
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode when the driver supports it, else generic.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// `[ebpf.xdp]`: the XDP guard on one interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    pub interface: String,
+    pub mode: XdpMode,
+    /// Take the place of an XDP program someone else attached.
+    pub replace: bool,
+    /// Sources (IPv4/IPv6 CIDRs) whose packets are dropped.
+    pub blocklist: Vec<String>,
+    /// SYNs per second per source to the listen ports (0: no SYN guard).
+    pub syn_rate: u32,
+    /// SYNs a source may send at once.
+    pub syn_burst: u32,
+    /// Spread the listen ports' flows over the cells' CPUs (NICs with one RX queue).
+    pub cpu_redirect: bool,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interface: String::new(),
+            mode: XdpMode::Auto,
+            replace: false,
+            blocklist: Vec::new(),
+            syn_rate: 200,
+            syn_burst: 400,
+            cpu_redirect: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,6 +607,7 @@ pub struct Overrides {
     pub chdir: Option<PathBuf>,
     pub access_log: Option<String>,
     pub log_format: Option<String>,
+    pub steering: Option<SteeringPolicy>,
 }
 
 impl Config {
@@ -717,6 +819,9 @@ impl Config {
                 },
             }
         }
+        if let Some(p) = o.steering {
+            self.ebpf.steering = p;
+        }
         if let Some(a) = &o.admin {
             self.server.admin = a.clone();
         }
@@ -802,6 +907,7 @@ impl Config {
                 format!("{:?} is not host:port or \"off\"", self.server.admin),
             );
         }
+        validate_ebpf(&self.ebpf, &mut bad);
         if !(1..=65535).contains(&self.server.backlog) {
             bad(
                 "server.backlog".into(),
@@ -970,6 +1076,63 @@ impl Config {
             Workers::Auto => usable_cpus.max(1),
             Workers::Count(n) => n.max(1) as usize,
         }
+    }
+}
+
+/// Checks `[ebpf]` and `[ebpf.xdp]`.
+fn validate_ebpf(e: &EbpfConfig, bad: &mut dyn FnMut(String, String)) {
+    if let Some(i) = &e.instance
+        && (i.is_empty()
+            || i.len() > 64
+            || !i
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || i.starts_with('.'))
+    {
+        bad(
+            "ebpf.instance".into(),
+            format!("{i:?}: use 1-64 of A-Z a-z 0-9 - _ . (a directory name under /sys/fs/bpf/portico)"),
+        );
+    }
+    let Some(x) = &e.xdp else { return };
+    if e.mode == EbpfMode::Off {
+        bad(
+            "ebpf.xdp".into(),
+            "the XDP guard needs eBPF, but [ebpf] mode = \"off\"".into(),
+        );
+    }
+    if x.interface.is_empty() {
+        bad(
+            "ebpf.xdp.interface".into(),
+            "is required (the network interface to guard, e.g. \"eth0\")".into(),
+        );
+    } else if x.interface.len() >= 16 || x.interface.contains('/') {
+        bad(
+            "ebpf.xdp.interface".into(),
+            format!("{:?} is not an interface name", x.interface),
+        );
+    } else if !Path::new("/sys/class/net").join(&x.interface).exists() {
+        bad(
+            "ebpf.xdp.interface".into(),
+            format!("no network interface named {:?} on this host", x.interface),
+        );
+    }
+    for (i, c) in x.blocklist.iter().enumerate() {
+        if let Err(m) = c.parse::<wsgi_worker::Cidr>() {
+            bad(format!("ebpf.xdp.blocklist[{i}]"), m);
+        }
+    }
+    if x.syn_rate > 0 && x.syn_burst == 0 {
+        bad(
+            "ebpf.xdp.syn_burst".into(),
+            "must be at least 1 when syn_rate is set".into(),
+        );
+    }
+    if x.blocklist.len() > lb_common::xdp::BLOCK_ENTRIES as usize {
+        bad(
+            "ebpf.xdp.blocklist".into(),
+            format!("at most {} entries", lb_common::xdp::BLOCK_ENTRIES),
+        );
     }
 }
 

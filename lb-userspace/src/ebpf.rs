@@ -1,16 +1,23 @@
-//! Loader for the `steering` sk_reuseport program: one instance per TCP listen address (a
-//! REUSEPORT_SOCKARRAY only holds sockets of one reuseport group), slot = cell.
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+//! What the eBPF loaders share: the compiled objects, the error type, the pin directory
+//! (`/sys/fs/bpf/portico/<instance>`, where operators read the maps with bpftool) and the
+//! verifier-log helper. The loaders are `steering` and `xdp_guard`.
+use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, MapData, PerCpuArray, ReusePortSockArray};
-use aya::programs::SkReuseport;
-use aya::{Ebpf, EbpfLoader};
-use lb_common::{CpuCell, names, steering};
+use aya::Ebpf;
+use aya::maps::{Map, MapError};
+use aya::programs::ProgramError;
 
-use crate::metrics::SteeringSnapshot;
+pub use crate::steering::Steering;
+pub use crate::xdp_guard::XdpGuard;
 
-/// The compiled program object, built by build.rs from `lb-ebpf`.
-static STEERING_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steering"));
+/// The compiled programs, built by build.rs from `lb-ebpf`.
+pub(crate) static STEERING_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steering"));
+pub(crate) static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_guard"));
+
+/// Where bpffs is mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+/// statfs(2) magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -20,149 +27,113 @@ pub enum EbpfError {
     MissingProgram(&'static str),
     #[error("map `{0}` missing from the object")]
     MissingMap(&'static str),
-    #[error("program {op}: {source}{log}")]
+    #[error("program {op}: {}{log}", crate::ebpf::short(source))]
     Program {
         op: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
         log: String,
     },
     #[error("map {op}: {source}")]
     Map {
         op: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: MapError,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("bpffs at {BPFFS}: {0}")]
+    Bpffs(String),
+    #[error(
+        "an XDP program someone else attached is already on {0}; detach it, or set [ebpf.xdp] replace = true to take its place"
+    )]
+    XdpBusy(String),
+    #[error("XDP on {iface} ({mode} mode): {source}")]
+    XdpAttach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
     },
 }
 
-/// Attached steering, kept alive for the master's lifetime.
-pub struct Steering {
-    groups: Vec<Ebpf>,
-    cells: usize,
+impl EbpfError {
+    /// True when the failure is about privileges or kernel support (the fallback applies),
+    /// false when it is a configuration conflict that must stop startup.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, EbpfError::XdpBusy(_))
+    }
 }
 
-impl Steering {
-    /// `groups[g][cell]` is cell `cell`'s listener for TCP address `g`; `cpus[cell]` its CPU.
-    pub fn attach(groups: &[Vec<BorrowedFd<'_>>], cpus: &[usize]) -> Result<Self, EbpfError> {
-        let mut loaded = Vec::with_capacity(groups.len());
-        for listeners in groups {
-            let mut bpf = EbpfLoader::new().load(STEERING_OBJ)?;
-            {
-                let mut socks: ReusePortSockArray<&mut MapData> = bpf
-                    .map_mut(names::CELL_SOCKETS)
-                    .ok_or(EbpfError::MissingMap(names::CELL_SOCKETS))?
-                    .try_into()
-                    .map_err(|source| EbpfError::Map {
-                        op: "open CELL_SOCKETS",
-                        source,
-                    })?;
-                for (cell, fd) in listeners.iter().enumerate() {
-                    socks
-                        .set(cell as u32, &fd.as_raw_fd(), 0)
-                        .map_err(|source| EbpfError::Map {
-                            op: "insert listener into CELL_SOCKETS",
-                            source,
-                        })?;
-                }
-            }
-            {
-                let mut cpu_cells: Array<&mut MapData, CpuCell> = bpf
-                    .map_mut(names::CPU_CELLS)
-                    .ok_or(EbpfError::MissingMap(names::CPU_CELLS))?
-                    .try_into()
-                    .map_err(|source| EbpfError::Map {
-                        op: "open CPU_CELLS",
-                        source,
-                    })?;
-                for (cell, &cpu) in cpus.iter().enumerate() {
-                    if (cpu as u32) < lb_common::MAX_CPUS {
-                        cpu_cells
-                            .set(
-                                cpu as u32,
-                                CpuCell {
-                                    cell: cell as u32,
-                                    valid: 1,
-                                },
-                                0,
-                            )
-                            .map_err(|source| EbpfError::Map {
-                                op: "fill CPU_CELLS",
-                                source,
-                            })?;
-                    }
-                }
-            }
-            let prog: &mut SkReuseport = bpf
-                .program_mut(names::STEERING_PROGRAM)
-                .ok_or(EbpfError::MissingProgram(names::STEERING_PROGRAM))?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    op: "type check",
-                    source,
-                    log: String::new(),
-                })?;
-            prog.load().map_err(|source| {
-                let log = verifier_tail(&source);
-                EbpfError::Program {
-                    op: "load (verifier)",
-                    source,
-                    log,
-                }
-            })?;
-            let first = listeners
-                .first()
-                .copied()
-                .ok_or(EbpfError::MissingMap("listeners"))?;
-            prog.attach(first.as_fd())
-                .map_err(|source| EbpfError::Program {
-                    op: "attach (SO_ATTACH_REUSEPORT_EBPF)",
-                    source,
-                    log: String::new(),
-                })?;
-            loaded.push(bpf);
+pub(crate) fn map_err(op: &'static str) -> impl FnOnce(MapError) -> EbpfError {
+    move |source| EbpfError::Map { op, source }
+}
+
+pub(crate) fn map_mut<'a>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, EbpfError> {
+    bpf.map_mut(name).ok_or(EbpfError::MissingMap(name))
+}
+
+pub(crate) fn map_ref<'a>(bpf: &'a Ebpf, name: &'static str) -> Result<&'a Map, EbpfError> {
+    bpf.map(name).ok_or(EbpfError::MissingMap(name))
+}
+
+/// The pin directory of one Portico instance; removed (with every pin in it) on drop.
+#[derive(Debug)]
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    /// Mounts bpffs if nothing is there (a fresh mount namespace, as under `ip netns exec`) and
+    /// creates `/sys/fs/bpf/portico/<instance>`, clearing pins a crashed run left behind.
+    pub fn create(instance: &str) -> Result<Self, EbpfError> {
+        let root = Path::new(BPFFS);
+        let is_bpffs = |p: &Path| {
+            rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC)
+        };
+        if !is_bpffs(root) {
+            rustix::mount::mount("bpf", root, "bpf", rustix::mount::MountFlags::empty(), None)
+                .map_err(|e| EbpfError::Bpffs(format!("not mounted, and mounting it failed: {e}")))?;
         }
-        Ok(Steering {
-            groups: loaded,
-            cells: cpus.len(),
-        })
+        let dir = root.join("portico").join(instance);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| EbpfError::Bpffs(format!("clearing {}: {e}", dir.display())))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EbpfError::Bpffs(format!("creating {}: {e}", dir.display())))?;
+        Ok(PinDir(dir))
     }
 
-    /// Sums the per-CPU counters of every group.
-    pub fn snapshot(&self) -> SteeringSnapshot {
-        let mut snap = SteeringSnapshot {
-            enabled: true,
-            per_cell: vec![0; self.cells],
-            ..Default::default()
-        };
-        for bpf in &self.groups {
-            if let Some(Ok(counters)) = bpf
-                .map(names::STEERING_COUNTERS)
-                .map(PerCpuArray::<_, u64>::try_from)
-            {
-                for i in 0..steering::COUNT {
-                    if let Ok(v) = counters.get(&i, 0) {
-                        snap.results[i as usize] += v.iter().sum::<u64>();
-                    }
-                }
-            }
-            if let Some(Ok(per_cell)) = bpf
-                .map(names::CELL_SELECTED)
-                .map(PerCpuArray::<_, u64>::try_from)
-            {
-                for (cell, slot) in snap.per_cell.iter_mut().enumerate() {
-                    if let Ok(v) = per_cell.get(&(cell as u32), 0) {
-                        *slot += v.iter().sum::<u64>();
-                    }
-                }
-            }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub(crate) fn pin(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            // Only succeeds when no other instance has pins there.
+            let _ = std::fs::remove_dir(parent);
         }
-        snap
     }
 }
 
 /// The last lines of the verifier log, when the kernel rejected the program.
-fn verifier_tail(e: &aya::programs::ProgramError) -> String {
-    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = e {
+/// A program error in one line: the syscall's error, without aya's full verifier dump (the
+/// caller appends the log's last lines).
+pub(crate) fn short(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, .. } => format!("the kernel refused the program: {io_error}"),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn verifier_tail(e: &ProgramError) -> String {
+    if let ProgramError::LoadError { verifier_log, .. } = e {
         let text = verifier_log.to_string();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(8)..];

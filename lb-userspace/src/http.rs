@@ -47,6 +47,9 @@ pub struct CellCtx {
     pub max_requests: u64,
     /// `[metrics] enabled`: record per-request histograms.
     pub histograms: bool,
+    /// This cell's slot in the steering program's CELL_LOAD map (open connections + Python
+    /// requests in flight), read by the `least-loaded` policy.
+    pub load: Option<&'static std::sync::atomic::AtomicU32>,
 }
 
 impl CellCtx {
@@ -58,6 +61,7 @@ impl CellCtx {
         control: OwnedFd,
         max_requests: u64,
         histograms: bool,
+        load: Option<&'static std::sync::atomic::AtomicU32>,
     ) -> Self {
         CellCtx {
             router,
@@ -72,6 +76,14 @@ impl CellCtx {
             last_wsgi: Cell::new(Instant::now()),
             max_requests,
             histograms,
+            load,
+        }
+    }
+
+    /// Adds `delta` to the load the steering program sees for this cell.
+    pub fn load_add(&self, delta: i32) {
+        if let Some(l) = self.load {
+            l.fetch_add(delta as u32, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -4,10 +4,13 @@
 
 mod access_log;
 mod admin;
+mod block;
 mod body;
 mod cell;
 mod config;
 mod ebpf;
+mod steering;
+mod xdp_guard;
 mod http;
 mod master;
 mod metrics;
@@ -46,12 +49,41 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Change or show the XDP guard's blocklist of a running server (through its admin
+    /// endpoint; no restart).
+    Block {
+        #[command(subcommand)]
+        op: BlockOp,
+        /// The server's admin address (default: from --config, else 127.0.0.1:9090).
+        #[arg(long, global = true, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Read the admin address from this configuration file.
+        #[arg(short = 'c', long = "config", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Internal: run the XDP guard's decision table through BPF_PROG_TEST_RUN and time it.
+    #[command(hide = true)]
+    XdpTestRun {
+        /// Runs per timed packet.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
     /// Internal: a cell process, started by the master.
     #[command(hide = true)]
     Cell,
     /// Internal: import the WSGI apps once in a throw-away process and exit.
     #[command(hide = true)]
     AppCheck,
+}
+
+#[derive(Subcommand)]
+enum BlockOp {
+    /// Drop every packet from CIDR (an address, or address/prefix).
+    Add { cidr: String },
+    /// Stop dropping CIDR.
+    Del { cidr: String },
+    /// Print the blocklist.
+    List,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +132,9 @@ struct ServeArgs {
     /// Virtualenv whose site-packages APP uses.
     #[arg(long)]
     venv: Option<PathBuf>,
+    /// eBPF steering policy: cpu, hash, least-loaded or kernel.
+    #[arg(long, value_name = "POLICY")]
+    steering: Option<config::SteeringPolicy>,
 }
 
 /// Error log through `tracing`, to stderr; `RUST_LOG` wins over the configured level.
@@ -117,6 +152,50 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
+/// `portico xdp-test-run`: the decision table, then the cost per packet of each path.
+fn xdp_test_run(repeat: u32) -> ExitCode {
+    use xdp_guard::fixtures;
+    let outcomes = match fixtures::run() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("portico xdp-test-run: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut ok = true;
+    for o in &outcomes {
+        let mark = if o.got == o.expect { "ok  " } else { "FAIL" };
+        ok &= o.got == o.expect;
+        println!(
+            "{mark} {:<55} {:>6} (expected {})",
+            o.name,
+            fixtures::action_name(o.got),
+            fixtures::action_name(o.expect)
+        );
+    }
+    match fixtures::cost(repeat) {
+        Ok(rows) => {
+            for (name, action, d) in rows {
+                println!(
+                    "cost {:<40} {:>6} {:>8.1} ns/packet ({repeat} runs)",
+                    name,
+                    fixtures::action_name(action),
+                    d.as_nanos() as f64
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("portico xdp-test-run: timing: {e}");
+            ok = false;
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn load(config: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
     Config::resolve(config.map(PathBuf::as_path), overrides)
 }
@@ -132,6 +211,16 @@ fn main() -> ExitCode {
             }
         },
         Command::AppCheck => ExitCode::from(cell::app_check() as u8),
+        Command::Block { op, admin, config } => {
+            match block::run(op, admin.as_deref(), config.as_deref()) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("portico block: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::XdpTestRun { repeat } => xdp_test_run(repeat),
         Command::Check { config } => match load(Some(&config), &Overrides::default()) {
             Ok(cfg) => {
                 if cfg.has_wsgi() {
@@ -173,6 +262,7 @@ fn main() -> ExitCode {
                 reload: a.reload,
                 python_path: a.python_path,
                 venv: a.venv,
+                steering: a.steering,
             };
             let cfg = match load(a.config.as_ref(), &overrides) {
                 Ok(c) => c,

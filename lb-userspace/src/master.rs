@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,9 @@ use tokio::sync::mpsc;
 
 use crate::admin;
 use crate::cell;
-use crate::config::{Config, EbpfMode, ListenAddr, Overrides};
-use crate::ebpf::Steering;
-use crate::metrics::{MetricsRegion, slot};
+use crate::config::{Config, EbpfMode, ListenAddr, Overrides, SteeringPolicy};
+use crate::ebpf::{EbpfError, PinDir, Steering, XdpGuard};
+use crate::metrics::{EbpfSnapshot, MetricsRegion, slot};
 use crate::wsgi::Recycle;
 
 /// Imports the WSGI apps once in a throw-away child (`portico app-check`), its stderr (the
@@ -104,15 +105,46 @@ struct Reload {
     current: Option<usize>,
 }
 
-/// What the admin endpoint reads.
+/// What the admin endpoint reads (and, for the blocklist, changes).
 pub struct Shared {
     pub metrics: MetricsRegion,
-    pub cells: usize,
-    pub steering: Option<Steering>,
+    /// Cells now (changes when a reload changes `workers`).
+    pub cells: std::cell::Cell<usize>,
+    pub steering: RefCell<Option<Steering>>,
+    /// The steering policy in effect (`kernel` when no program is attached).
+    pub policy: &'static str,
+    pub xdp: RefCell<Option<XdpGuard>>,
+    /// The pin directory; dropping it removes the pins (clean shutdown).
+    pub pins: RefCell<Option<PinDir>>,
     /// Route prefixes in configuration order: the `route` label (updated on reload).
-    pub routes: std::cell::RefCell<Vec<String>>,
+    pub routes: RefCell<Vec<String>>,
     /// (listen address, cell, a duplicate of the listener) for accept-queue lengths.
-    pub listeners: Vec<(String, usize, OwnedFd)>,
+    pub listeners: RefCell<Vec<(String, usize, OwnedFd)>>,
+}
+
+impl Shared {
+    pub fn cells(&self) -> usize {
+        self.cells.get()
+    }
+
+    /// Steering decisions, XDP counters and map sizes, read from the kernel now.
+    pub fn ebpf_snapshot(&self) -> EbpfSnapshot {
+        let cells = self.cells();
+        let st = self.steering.borrow();
+        let xdp = self.xdp.borrow();
+        let mut map_entries = Vec::new();
+        if let Some(s) = st.as_ref() {
+            map_entries.extend(s.map_entries());
+        }
+        if let Some(x) = xdp.as_ref() {
+            map_entries.extend(x.map_entries());
+        }
+        EbpfSnapshot {
+            steering: st.as_ref().map(|s| s.snapshot(cells)).unwrap_or_default(),
+            xdp: xdp.as_ref().map(|x| x.snapshot()).unwrap_or_default(),
+            map_entries,
+        }
+    }
 }
 
 struct Master {
@@ -128,6 +160,9 @@ struct Master {
     children: HashMap<u32, (usize, u64)>,
     events: mpsc::UnboundedSender<Event>,
     reload: Option<Reload>,
+    /// Generations are unique across slots, so a retired cell's exit is never mistaken for
+    /// the exit of a later cell in the same slot.
+    next_gen: u64,
 }
 
 /// `portico serve`: returns the process exit code.
@@ -152,47 +187,21 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     let listeners = bind_all(&cfg, cells)?;
     let metrics = MetricsRegion::create()?;
 
-    let steering = match cfg.ebpf.mode {
-        EbpfMode::Off => {
-            tracing::info!("eBPF steering off ([ebpf] mode = \"off\"): plain SO_REUSEPORT");
-            None
-        }
-        mode => {
-            let groups: Vec<Vec<BorrowedFd<'_>>> = listeners
-                .iter()
-                .filter_map(|l| match l {
-                    ListenerSet::Tcp { per_cell, .. } => {
-                        Some(per_cell.iter().map(|f| f.as_fd()).collect())
-                    }
-                    ListenerSet::Unix { .. } => None,
-                })
-                .collect();
-            match Steering::attach(&groups, &cell_cpus) {
-                Ok(s) => {
-                    tracing::info!(
-                        "eBPF steering attached: each connection goes to the cell on the CPU that took its SYN"
-                    );
-                    Some(s)
-                }
-                Err(e) if mode == EbpfMode::On => {
-                    bail!("eBPF steering required by [ebpf] mode = \"on\" but unavailable: {e}")
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "eBPF steering unavailable, serving with plain SO_REUSEPORT: {e}"
-                    );
-                    None
-                }
-            }
-        }
+    let (steering, xdp, pins) = setup_ebpf(&cfg, &listeners, &cell_cpus)?;
+    let policy = if steering.is_some() {
+        cfg.ebpf.steering.label()
+    } else {
+        SteeringPolicy::Kernel.label()
     };
-
     let shared = Rc::new(Shared {
         metrics,
-        cells,
-        steering,
-        routes: std::cell::RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
-        listeners: listener_dups(&listeners),
+        cells: std::cell::Cell::new(cells),
+        steering: RefCell::new(steering),
+        policy,
+        xdp: RefCell::new(xdp),
+        pins: RefCell::new(pins),
+        routes: RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
+        listeners: RefCell::new(listener_dups(&listeners)),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -246,6 +255,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             children: HashMap::new(),
             events: tx,
             reload: None,
+            next_gen: 0,
         };
         for i in 0..cells {
             master.spawn(i)?;
@@ -286,14 +296,27 @@ impl Master {
             parent_fd: ready_w,
             child_fd: cell::FIRST_FD + n + 1,
         });
+        let load_map = match self.shared.steering.borrow().as_ref().and_then(|s| s.load_map()) {
+            Some(fd) => Some(fd.try_clone_to_owned().context("dup CELL_LOAD map fd")?),
+            None => None,
+        };
+        let has_load = load_map.is_some();
+        if let Some(fd) = load_map {
+            mappings.push(FdMapping {
+                parent_fd: fd,
+                child_fd: cell::FIRST_FD + n + 2,
+            });
+        }
 
-        let s = &mut self.slots[slot];
         let mut cmd = std::process::Command::new(&self.exe);
         cmd.arg("cell")
             .env(cell::env::INDEX, slot.to_string())
-            .env(cell::env::CPU, s.cpu.to_string())
+            .env(cell::env::CPU, self.slots[slot].cpu.to_string())
             .env(cell::env::CONFIG, &self.cfg_json)
             .stdin(std::process::Stdio::null());
+        if has_load {
+            cmd.env(cell::env::LOAD_MAP, "1");
+        }
         python_env(&mut cmd, &self.cfg);
         cmd.fd_mappings(mappings)
             .map_err(|e| anyhow::anyhow!("fd mapping: {e}"))?;
@@ -301,7 +324,9 @@ impl Master {
             .spawn()
             .context("spawning a cell")?;
         let pid = child.id().context("cell pid")?;
-        s.generation += 1;
+        self.next_gen += 1;
+        let s = &mut self.slots[slot];
+        s.generation = self.next_gen;
         s.pid = Some(pid);
         s.ready = false;
         s.started = Instant::now();
@@ -355,11 +380,12 @@ impl Master {
                 let Some(&(slot, generation)) = self.children.get(&pid) else {
                     return Ok(());
                 };
-                if self.slots[slot].generation != generation {
+                if self.slots.get(slot).is_none_or(|s| s.generation != generation) {
                     return Ok(());
                 }
                 self.slots[slot].ready = true;
                 self.shared.metrics.cell(slot).set(slot::UP, 1);
+                self.steer(slot, true);
                 tracing::debug!(cell = slot, pid, "cell up");
                 if let Some(rep) = self.slots[slot].replacing.take() {
                     // The replacement accepts on the same listener; now the old one may drain.
@@ -385,7 +411,9 @@ impl Master {
                 let Some(&(slot, generation)) = self.children.get(&pid) else {
                     return Ok(());
                 };
-                let s = &self.slots[slot];
+                let Some(s) = self.slots.get(slot) else {
+                    return Ok(());
+                };
                 if s.generation != generation || !s.ready || s.replacing.is_some() {
                     return Ok(());
                 }
@@ -401,7 +429,10 @@ impl Master {
                 let Some((slot, generation)) = self.children.remove(&pid) else {
                     return Ok(());
                 };
-                let s = &mut self.slots[slot];
+                let Some(s) = self.slots.get_mut(slot) else {
+                    tracing::info!(cell = slot, pid, "retired cell finished draining");
+                    return Ok(());
+                };
                 if s.generation != generation {
                     tracing::debug!(cell = slot, pid, "replaced cell finished draining");
                     return Ok(());
@@ -432,8 +463,13 @@ impl Master {
                         tracing::error!("reload aborted");
                         self.reload = None;
                     }
+                    self.steer(slot, true);
                     return Ok(());
                 }
+                // No new connection waits on a dead cell; its listener (and what is queued
+                // there) stays open for the respawn.
+                self.steer(slot, false);
+                let s = &mut self.slots[slot];
                 let lived = s.started.elapsed();
                 s.backoff = if lived >= STABLE_AFTER {
                     BACKOFF_MIN
@@ -460,7 +496,7 @@ impl Master {
                 });
             }
             Event::Respawn { slot, generation } => {
-                if self.slots[slot].generation == generation
+                if self.slots.get(slot).is_some_and(|s| s.generation == generation)
                     && self.slots[slot].pid.is_none()
                     && let Err(e) = self.spawn(slot)
                 {
@@ -487,10 +523,107 @@ impl Master {
             old_gen: s.generation,
             why,
         });
+        self.steer(slot, false);
         if let Err(e) = self.spawn(slot) {
             self.slots[slot].replacing = None;
+            self.steer(slot, true);
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Puts `slot`'s listeners in the steering maps (`live`) or takes them out.
+    fn steer(&self, slot: usize, live: bool) {
+        let mut st = self.shared.steering.borrow_mut();
+        let Some(s) = st.as_mut() else { return };
+        let r = if live {
+            let fds: Vec<BorrowedFd<'_>> = self
+                .listeners
+                .iter()
+                .filter_map(|l| match l {
+                    ListenerSet::Tcp { per_cell, .. } => per_cell.get(slot).map(|f| f.as_fd()),
+                    ListenerSet::Unix { .. } => None,
+                })
+                .collect();
+            s.fill(slot, &fds)
+        } else {
+            s.empty(slot)
+        };
+        if let Err(e) = r {
+            tracing::error!(cell = slot, "steering map update: {e}");
+        }
+    }
+
+    /// A reload changed `workers`: retire the cells above the new count (their listeners
+    /// close, and the kernel moves what is queued there to live cells through the steering
+    /// program), or bind listeners for new cells and start them.
+    fn resize(&mut self, cells: usize) -> anyhow::Result<()> {
+        let old = self.slots.len();
+        if cells < old {
+            for slot in cells..old {
+                self.steer(slot, false);
+                let s = &mut self.slots[slot];
+                if let Some(pid) = s.pid {
+                    signal_pid(pid, Signal::TERM);
+                }
+                if let Some(rep) = s.replacing.take() {
+                    signal_pid(rep.old_pid, Signal::TERM);
+                }
+                self.shared.metrics.cell(slot).set(slot::UP, 0);
+            }
+            self.slots.truncate(cells);
+            for l in &mut self.listeners {
+                if let ListenerSet::Tcp { per_cell, .. } = l {
+                    per_cell.truncate(cells);
+                }
+            }
+            self.shared
+                .listeners
+                .borrow_mut()
+                .retain(|(_, cell, _)| *cell < cells);
+            if let Some(s) = self.shared.steering.borrow_mut().as_mut() {
+                s.truncate(cells)?;
+            }
+        } else {
+            let backlog = self.cfg.server.backlog as i32;
+            for l in &mut self.listeners {
+                if let ListenerSet::Tcp { addr, per_cell } = l {
+                    for cell in per_cell.len()..cells {
+                        let s = tcp_listener(*addr, backlog)
+                            .with_context(|| format!("bind {addr} for a new cell"))?;
+                        let fd = OwnedFd::from(s);
+                        if let Ok(dup) = fd.try_clone() {
+                            self.shared
+                                .listeners
+                                .borrow_mut()
+                                .push((addr.to_string(), cell, dup));
+                        }
+                        per_cell.push(fd);
+                    }
+                }
+            }
+            let cpus = usable_cpus();
+            for i in old..cells {
+                self.slots.push(Slot {
+                    cpu: cpus[i % cpus.len()],
+                    generation: 0,
+                    pid: None,
+                    ready: false,
+                    started: Instant::now(),
+                    backoff: BACKOFF_MIN,
+                    replacing: None,
+                });
+            }
+        }
+        let cpus: Vec<usize> = self.slots.iter().map(|s| s.cpu).collect();
+        if let Some(s) = self.shared.steering.borrow_mut().as_mut() {
+            s.set_cpus(&cpus)?;
+        }
+        self.shared.cells.set(cells);
+        for slot in old..cells {
+            self.spawn(slot)?;
+        }
+        tracing::info!("workers: {old} -> {cells} cells");
         Ok(())
     }
 
@@ -513,14 +646,15 @@ impl Master {
                 return;
             }
         };
-        if cfg.server.listen != self.cfg.server.listen
-            || cfg.server.workers != self.cfg.server.workers
-        {
+        let mut resize_to = None;
+        if cfg.server.listen != self.cfg.server.listen {
             tracing::warn!(
-                "reload: changes to server.listen and server.workers need a restart; keeping the current ones"
+                "reload: changes to server.listen need a restart; keeping the current addresses and workers"
             );
             cfg.server.listen = self.cfg.server.listen.clone();
             cfg.server.workers = self.cfg.server.workers;
+        } else if cfg.server.workers != self.cfg.server.workers {
+            resize_to = Some(cfg.cell_count(usable_cpus().len()));
         }
         if cfg.server.admin != self.cfg.server.admin || cfg.ebpf != self.cfg.ebpf {
             tracing::warn!(
@@ -538,6 +672,12 @@ impl Master {
         }
         *self.shared.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
         self.cfg = cfg;
+        if let Some(n) = resize_to
+            && n != self.slots.len()
+            && let Err(e) = self.resize(n)
+        {
+            tracing::error!("reload: changing workers: {e:#}");
+        }
         tracing::info!(
             "reloading: replacing {} cells one at a time",
             self.slots.len()
@@ -618,8 +758,93 @@ impl Master {
                 let _ = std::fs::remove_file(path);
             }
         }
+        // Detach XDP and steering, then remove the pins.
+        drop(self.shared.xdp.borrow_mut().take());
+        drop(self.shared.steering.borrow_mut().take());
+        drop(self.shared.pins.borrow_mut().take());
         tracing::info!("stopped");
         Ok(0)
+    }
+}
+
+/// Loads steering (unless the policy is `kernel`) and the XDP guard (when configured). A
+/// missing privilege or kernel feature falls back to plain SO_REUSEPORT with one warning
+/// (an error with `mode = "on"`); another tool's XDP program on the interface is always an error.
+fn setup_ebpf(
+    cfg: &Config,
+    listeners: &[ListenerSet],
+    cpus: &[usize],
+) -> anyhow::Result<(Option<Steering>, Option<XdpGuard>, Option<PinDir>)> {
+    if cfg.ebpf.mode == EbpfMode::Off {
+        tracing::info!("eBPF off ([ebpf] mode = \"off\"): plain SO_REUSEPORT");
+        return Ok((None, None, None));
+    }
+    let policy = cfg.ebpf.steering.program_value();
+    if policy.is_none() && cfg.ebpf.xdp.is_none() {
+        tracing::info!("steering = \"kernel\": plain SO_REUSEPORT, no eBPF program");
+        return Ok((None, None, None));
+    }
+    let groups: Vec<Vec<BorrowedFd<'_>>> = listeners
+        .iter()
+        .filter_map(|l| match l {
+            ListenerSet::Tcp { per_cell, .. } => Some(per_cell.iter().map(|f| f.as_fd()).collect()),
+            ListenerSet::Unix { .. } => None,
+        })
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .filter_map(|l| match l {
+            ListenerSet::Tcp { addr, .. } => Some(addr.port()),
+            ListenerSet::Unix { .. } => None,
+        })
+        .collect();
+    let instance = cfg.ebpf.instance.clone().unwrap_or_else(|| match ports.first() {
+        Some(p) => p.to_string(),
+        None => format!("pid{}", std::process::id()),
+    });
+    let attempt = || -> Result<(Option<Steering>, Option<XdpGuard>, PinDir), EbpfError> {
+        let pins = PinDir::create(&instance)?;
+        let steering = match policy {
+            Some(p) if !groups.is_empty() => Some(Steering::attach(&groups, cpus, p, &pins)?),
+            _ => None,
+        };
+        let xdp = match &cfg.ebpf.xdp {
+            Some(x) => {
+                let mut g = XdpGuard::load(x, &ports, cpus, Some(&pins))?;
+                g.attach(x)?;
+                Some(g)
+            }
+            None => None,
+        };
+        Ok((steering, xdp, pins))
+    };
+    match attempt() {
+        Ok((steering, xdp, pins)) => {
+            if steering.is_some() {
+                tracing::info!(
+                    "eBPF steering attached (policy {}), maps pinned in {}",
+                    cfg.ebpf.steering.label(),
+                    pins.path().display()
+                );
+            }
+            if let Some(x) = &xdp {
+                tracing::info!("XDP guard attached to {} ({} mode)", x.interface(), x.mode());
+            }
+            Ok((steering, xdp, Some(pins)))
+        }
+        Err(e) if e.is_conflict() => bail!("{e}"),
+        Err(e) if cfg.ebpf.mode == EbpfMode::On => {
+            bail!("eBPF required by [ebpf] mode = \"on\" but unavailable: {e}")
+        }
+        Err(e) => {
+            let also = if cfg.ebpf.xdp.is_some() {
+                " and no XDP guard"
+            } else {
+                ""
+            };
+            tracing::warn!("eBPF unavailable, serving with plain SO_REUSEPORT{also}: {e}");
+            Ok((None, None, None))
+        }
     }
 }
 

@@ -219,14 +219,31 @@ impl CellStats<'_> {
     }
 }
 
-/// eBPF numbers for the exposition (read by the master from the maps).
+/// Steering numbers for the exposition (read by the master from the maps).
 #[derive(Debug, Default, Clone)]
 pub struct SteeringSnapshot {
     pub enabled: bool,
-    /// Totals by `lb_common::steering` index.
-    pub results: [u64; lb_common::steering::COUNT as usize],
-    /// Connections steered to each cell.
-    pub per_cell: Vec<u64>,
+    /// Per cell: decisions by `lb_common::steering` result.
+    pub per_cell: Vec<[u64; lb_common::steering::RESULTS as usize]>,
+    /// Connections that found no live cell (the kernel's hash chose).
+    pub no_live_cell: u64,
+}
+
+/// XDP guard numbers: packets and bytes by `lb_common::xdp` action.
+#[derive(Debug, Default, Clone)]
+pub struct XdpSnapshot {
+    pub enabled: bool,
+    pub packets: [u64; lb_common::xdp::ACTIONS as usize],
+    pub bytes: [u64; lb_common::xdp::ACTIONS as usize],
+}
+
+/// Everything eBPF for one scrape.
+#[derive(Debug, Default, Clone)]
+pub struct EbpfSnapshot {
+    pub steering: SteeringSnapshot,
+    pub xdp: XdpSnapshot,
+    /// (map name, entries) of the maps whose size changes at run time.
+    pub map_entries: Vec<(&'static str, u64)>,
 }
 
 /// What the master reads from the kernel at scrape time.
@@ -258,7 +275,7 @@ pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
 pub fn render(
     region: &MetricsRegion,
     cells: usize,
-    steering: &SteeringSnapshot,
+    bpf: &EbpfSnapshot,
     routes: &[String],
     procs: &ProcSnapshot,
 ) -> anyhow::Result<String> {
@@ -269,10 +286,11 @@ pub fn render(
     let reg = Registry::new();
     let ebpf = IntGauge::new(
         "portico_ebpf_enabled",
-        "1 when eBPF steering is attached, 0 when plain SO_REUSEPORT serves.",
+        "1 when an eBPF program (steering or the XDP guard) is attached, 0 when plain SO_REUSEPORT serves.",
     )?;
     reg.register(Box::new(ebpf.clone()))?;
-    ebpf.set(steering.enabled as i64);
+    let steering = &bpf.steering;
+    ebpf.set((steering.enabled || bpf.xdp.enabled) as i64);
     let info = IntGaugeVec::new(
         Opts::new(
             "portico_build_info",
@@ -358,11 +376,13 @@ pub fn render(
                 c.get(slot::WSGI_THREADS_BUSY) as f64,
             ));
         }
-        if steering.enabled {
-            steered.push(scalar_metric(
-                &[("cell", cell), ("result", "selected")],
-                steering.per_cell.get(i).copied().unwrap_or(0) as f64,
-            ));
+        if let Some(results) = steering.per_cell.get(i) {
+            for (r, label) in lb_common::steering::LABELS.iter().enumerate() {
+                steered.push(scalar_metric(
+                    &[("cell", cell), ("result", label)],
+                    results[r] as f64,
+                ));
+            }
         }
         if let Some(Some((bytes, secs))) = procs.cells.get(i) {
             rss.push(gauge_metric(&[("cell", cell)], *bytes as f64));
@@ -370,15 +390,23 @@ pub fn render(
         }
     }
     if steering.enabled {
-        for (idx, label) in lb_common::steering::LABELS.iter().enumerate() {
-            if idx as u32 != lb_common::steering::SELECTED {
-                steered.push(scalar_metric(
-                    &[("cell", "kernel"), ("result", label)],
-                    steering.results[idx] as f64,
-                ));
-            }
+        steered.push(scalar_metric(
+            &[("cell", "none"), ("result", "no_live_cell")],
+            steering.no_live_cell as f64,
+        ));
+    }
+    let (mut xdp_packets, mut xdp_bytes) = (Vec::new(), Vec::new());
+    if bpf.xdp.enabled {
+        for (a, label) in lb_common::xdp::LABELS.iter().enumerate() {
+            xdp_packets.push(scalar_metric(&[("action", label)], bpf.xdp.packets[a] as f64));
+            xdp_bytes.push(scalar_metric(&[("action", label)], bpf.xdp.bytes[a] as f64));
         }
     }
+    let map_entries: Vec<_> = bpf
+        .map_entries
+        .iter()
+        .map(|(name, n)| gauge_metric(&[("map", name)], *n as f64))
+        .collect();
     let listen: Vec<_> = procs
         .listen_queues
         .iter()
@@ -463,9 +491,27 @@ pub fn render(
         ),
         (
             "portico_steering_decisions_total",
-            "New connections seen by the sk_reuseport steering program, by result.",
+            "New connections placed by the sk_reuseport steering program, by cell and result.",
             COUNTER,
             steered,
+        ),
+        (
+            "portico_xdp_packets_total",
+            "Packets seen by the XDP guard, by action.",
+            COUNTER,
+            xdp_packets,
+        ),
+        (
+            "portico_xdp_bytes_total",
+            "Bytes of the packets seen by the XDP guard, by action.",
+            COUNTER,
+            xdp_bytes,
+        ),
+        (
+            "portico_bpf_map_entries",
+            "Entries in the eBPF maps whose contents change at run time.",
+            GAUGE,
+            map_entries,
         ),
         (
             "portico_cell_rss_bytes",
@@ -705,7 +751,7 @@ mod tests {
         let text = render(
             &region,
             4,
-            &SteeringSnapshot::default(),
+            &EbpfSnapshot::default(),
             &["/".into()],
             &procs,
         )

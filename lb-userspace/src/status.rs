@@ -55,13 +55,18 @@ pub async fn sample(shared: Rc<Shared>, history: Rc<RefCell<History>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let steering = shared.steering.as_ref().map(|s| s.snapshot());
-        let row: Vec<CellSample> = (0..shared.cells)
+        let cells = shared.cells();
+        let steering = shared
+            .steering
+            .borrow()
+            .as_ref()
+            .map(|s| s.snapshot(cells));
+        let row: Vec<CellSample> = (0..cells)
             .map(|i| {
                 let steered = steering
                     .as_ref()
-                    .and_then(|s| s.per_cell.get(i).copied())
-                    .unwrap_or(0);
+                    .and_then(|s| s.per_cell.get(i))
+                    .map_or(0, |r| r.iter().sum());
                 sample_cell(&shared, i, steered)
             })
             .collect();
@@ -119,19 +124,30 @@ pub struct CellStatus {
 }
 
 #[derive(Serialize)]
+pub struct XdpStatus {
+    pub interface: String,
+    pub mode: &'static str,
+    pub packets: Vec<(&'static str, u64)>,
+}
+
+#[derive(Serialize)]
 pub struct Status {
     pub version: &'static str,
     pub window_seconds: usize,
     pub ebpf_enabled: bool,
+    /// The steering policy (`kernel` when no program is attached).
+    pub steering_policy: &'static str,
     /// Steering decisions by result, since start.
     pub steering: Vec<(&'static str, u64)>,
+    /// XDP guard: interface and mode, and packets by action since start.
+    pub xdp: Option<XdpStatus>,
     pub cells: Vec<CellStatus>,
 }
 
 pub fn status(shared: &Shared, history: &History) -> Status {
     let s = &history.samples;
     let procs = crate::admin::proc_snapshot(shared);
-    let cells = (0..shared.cells)
+    let cells = (0..shared.cells())
         .map(|i| {
             let c = shared.metrics.cell(i);
             let at = |k: usize| s.get(k).and_then(|row| row.get(i));
@@ -174,23 +190,30 @@ pub fn status(shared: &Shared, history: &History) -> Status {
             }
         })
         .collect();
-    let steering = shared
-        .steering
-        .as_ref()
-        .map(|st| {
-            let snap = st.snapshot();
-            lb_common::steering::LABELS
-                .iter()
-                .enumerate()
-                .map(|(k, l)| (*l, snap.results[k]))
-                .collect()
-        })
-        .unwrap_or_default();
+    let snap = shared.ebpf_snapshot();
+    let mut steering: Vec<(&'static str, u64)> = Vec::new();
+    if snap.steering.enabled {
+        for (k, l) in lb_common::steering::LABELS.iter().enumerate() {
+            steering.push((l, snap.steering.per_cell.iter().map(|r| r[k]).sum()));
+        }
+        steering.push(("no_live_cell", snap.steering.no_live_cell));
+    }
+    let xdp = shared.xdp.borrow().as_ref().map(|x| XdpStatus {
+        interface: x.interface().to_string(),
+        mode: x.mode(),
+        packets: lb_common::xdp::LABELS
+            .iter()
+            .enumerate()
+            .map(|(a, l)| (*l, snap.xdp.packets[a]))
+            .collect(),
+    });
     Status {
         version: env!("CARGO_PKG_VERSION"),
         window_seconds: WINDOW,
-        ebpf_enabled: shared.steering.is_some(),
+        ebpf_enabled: snap.steering.enabled,
+        steering_policy: shared.policy,
         steering,
+        xdp,
         cells,
     }
 }
@@ -215,6 +238,7 @@ th{background:#f0f0f0;font-weight:600} td.l,th.l{text-align:left}
 <th>connections</th><th>queue</th><th>busy threads</th><th>steered (1 min)</th><th>RSS MiB</th>
 </tr></thead><tbody></tbody></table>
 <div id="steering" class="muted" style="margin-top:1em"></div>
+<div id="xdp" class="muted" style="margin-top:.4em"></div>
 <script>
 function spark(values){
   const w=120,h=24,max=Math.max(1,...values);
@@ -229,7 +253,7 @@ async function refresh(){
     const total=s.cells.reduce((a,c)=>a+c.rps,0);
     const up=s.cells.filter(c=>c.up).length;
     document.getElementById('summary').textContent=
-      `${up}/${s.cells.length} cells up · ${total.toFixed(0)} req/s · eBPF steering ${s.ebpf_enabled?'on':'off'} · updated ${new Date().toLocaleTimeString()}`;
+      `${up}/${s.cells.length} cells up · ${total.toFixed(0)} req/s · eBPF steering ${s.ebpf_enabled?s.steering_policy:'off'} · updated ${new Date().toLocaleTimeString()}`;
     const maxRps=Math.max(1,...s.cells.map(c=>c.rps));
     const rows=s.cells.map(c=>`<tr data-cell="${c.cell}">
       <td class="l">${c.cell}${c.up?'':' <span class="down">down</span>'}</td>
@@ -242,6 +266,9 @@ async function refresh(){
     document.querySelector('#cells tbody').innerHTML=rows;
     document.getElementById('steering').textContent=s.steering.length?
       'steering decisions: '+s.steering.map(([k,v])=>`${k} ${v}`).join(' · '):'';
+    document.getElementById('xdp').innerHTML=s.xdp?
+      `XDP guard on ${s.xdp.interface} (${s.xdp.mode}): `+s.xdp.packets.map(([k,v])=>
+        `${k} ${v} <span class="bar" style="width:${Math.min(80,Math.log10(1+v)*10).toFixed(0)}px"></span>`).join(' · '):'XDP guard off';
     document.body.dataset.refreshes=String(Number(document.body.dataset.refreshes||0)+1);
   }catch(e){document.getElementById('summary').textContent='status unavailable: '+e}
 }

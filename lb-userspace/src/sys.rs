@@ -2,7 +2,7 @@
 //! error that names the operation.
 use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// An OS call that failed, with the operation's name.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,21 @@ impl SharedCounters {
         // processes touch it only through atomics.
         unsafe { std::slice::from_raw_parts(ptr, self.len) }
     }
+}
+
+/// Maps an mmapable BPF array of `entries` u32 values (the steering program's CELL_LOAD) for
+/// the life of the process: the cell publishes its load with one atomic add, no syscall.
+pub fn map_bpf_u32_array(fd: &OwnedFd, entries: usize) -> Result<&'static [AtomicU32], SysError> {
+    let bytes = entries * std::mem::size_of::<u32>();
+    // SAFETY: MAP_SHARED mapping of a BPF_F_MMAPABLE array map, which cannot shrink; the
+    // mapping is leaked, so it lives as long as the process.
+    let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(fd) }
+        .map_err(err("mmap(CELL_LOAD BPF map)"))?;
+    let map: &'static mut memmap2::MmapMut = Box::leak(Box::new(map));
+    let ptr = map.as_ptr() as *const AtomicU32;
+    // SAFETY: page aligned, `entries * 4` bytes, never unmapped; the BPF program and other
+    // cells only touch it atomically (or read it racily, which any u32 tolerates).
+    Ok(unsafe { std::slice::from_raw_parts(ptr, entries) })
 }
 
 /// Maps a read-only file into memory so a static file's bytes reach the socket without a

@@ -204,6 +204,15 @@ async fn pump(
     }
 }
 
+/// Takes a WSGI request out of the cell's steering load when its call ends, however it ends.
+struct InFlight<'a>(&'a CellCtx);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.load_add(-1);
+    }
+}
+
 /// Runs one request through the route's app. Returns the response and whether to close after it.
 pub async fn call(
     ctx: Rc<CellCtx>,
@@ -288,6 +297,9 @@ pub async fn call(
         id: 0,
     };
     ctx.wsgi_request();
+    // Counted in the cell's steering load until the response head is ready (or fails).
+    ctx.load_add(1);
+    let _in_flight = InFlight(&ctx);
     let id = match w.pool.submit(job) {
         Ok(id) => id,
         Err(SubmitError::QueueFull) => {
