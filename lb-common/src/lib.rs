@@ -20,7 +20,7 @@ pub mod names {
     pub const CPU_CELLS: &str = "CPU_CELLS";
     /// ARRAY of u32: `[0]` = number of live cells, `[1..=n]` = their indices (for hashing).
     pub const LIVE_CELLS: &str = "LIVE_CELLS";
-    /// ARRAY of u32, mmapable: index = cell, value = its load (open connections + Python
+    /// ARRAY of u64, mmapable: index = cell, value = its load (open connections + Python
     /// requests in flight), written by the cells themselves.
     pub const CELL_LOAD: &str = "CELL_LOAD";
     /// PERCPU_ARRAY of u64 indexed by [`super::steering::index`].

@@ -24,7 +24,7 @@ static CPU_CELLS: Array<CpuCell> = Array::with_max_entries(MAX_CPUS, 0);
 static LIVE_CELLS: Array<u32> = Array::with_max_entries(MAX_CELLS + 1, 0);
 
 #[map(name = "CELL_LOAD")]
-static CELL_LOAD: Array<u32> = Array::with_max_entries(MAX_CELLS, BPF_F_MMAPABLE);
+static CELL_LOAD: Array<u64> = Array::with_max_entries(MAX_CELLS, BPF_F_MMAPABLE);
 
 #[map(name = "STEERING_COUNTERS")]
 static STEERING_COUNTERS: PerCpuArray<u64> =
@@ -59,8 +59,12 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
         let cell = if policy == steering::POLICY_HASH {
             hashed(hash, live, 0)
         } else if policy == steering::POLICY_LEAST_LOADED {
+            // Two distinct candidates: the local cell and a hashed other one.
             let local = local_cell();
-            let other = hashed(hash, live, 0);
+            let mut other = hashed(hash, live, 0);
+            if other == local {
+                other = hashed(hash, live, 1);
+            }
             if local == NONE || (other != NONE && load(other) < load(local)) {
                 other
             } else {
@@ -123,8 +127,8 @@ fn hashed(hash: u32, live: u32, offset: u32) -> u32 {
 }
 
 #[inline(always)]
-fn load(cell: u32) -> u32 {
-    CELL_LOAD.get(cell).copied().unwrap_or(u32::MAX)
+fn load(cell: u32) -> u64 {
+    CELL_LOAD.get(cell).copied().unwrap_or(u64::MAX)
 }
 
 #[inline(always)]

@@ -69,7 +69,7 @@ pub fn run() -> anyhow::Result<()> {
     let ready = crate::sys::inherited_fd(FIRST_FD + n as i32 + 1)?;
     let load = if std::env::var_os(env::LOAD_MAP).is_some() {
         let fd = crate::sys::inherited_fd(FIRST_FD + n as i32 + 2)?;
-        let slots = crate::sys::map_bpf_u32_array(&fd, lb_common::MAX_CELLS as usize)?;
+        let slots = crate::sys::map_bpf_u64_array(&fd, lb_common::MAX_CELLS as usize)?;
         let slot = slots.get(index).context("cell index beyond CELL_LOAD")?;
         // A new process starts from zero: nothing of the previous one is open any more.
         slot.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -243,7 +243,7 @@ async fn serve(
     metrics: &'static MetricsRegion,
     ready: OwnedFd,
     pools: Vec<Option<crate::wsgi::WsgiRoute>>,
-    load: Option<&'static std::sync::atomic::AtomicU32>,
+    load: Option<&'static std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;

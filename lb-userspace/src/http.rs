@@ -49,7 +49,7 @@ pub struct CellCtx {
     pub histograms: bool,
     /// This cell's slot in the steering program's CELL_LOAD map (open connections + Python
     /// requests in flight), read by the `least-loaded` policy.
-    pub load: Option<&'static std::sync::atomic::AtomicU32>,
+    pub load: Option<&'static std::sync::atomic::AtomicU64>,
 }
 
 impl CellCtx {
@@ -61,7 +61,7 @@ impl CellCtx {
         control: OwnedFd,
         max_requests: u64,
         histograms: bool,
-        load: Option<&'static std::sync::atomic::AtomicU32>,
+        load: Option<&'static std::sync::atomic::AtomicU64>,
     ) -> Self {
         CellCtx {
             router,
@@ -81,9 +81,9 @@ impl CellCtx {
     }
 
     /// Adds `delta` to the load the steering program sees for this cell.
-    pub fn load_add(&self, delta: i32) {
+    pub fn load_add(&self, delta: i64) {
         if let Some(l) = self.load {
-            l.fetch_add(delta as u32, std::sync::atomic::Ordering::Relaxed);
+            l.fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -466,9 +466,10 @@ impl Master {
                     self.steer(slot, true);
                     return Ok(());
                 }
-                // No new connection waits on a dead cell; its listener (and what is queued
-                // there) stays open for the respawn.
+                // No new connection waits on a dead cell, and what is queued there moves to
+                // the live cells.
                 self.steer(slot, false);
+                self.rebind(slot);
                 let s = &mut self.slots[slot];
                 let lived = s.started.elapsed();
                 s.backoff = if lived >= STABLE_AFTER {
@@ -530,6 +531,46 @@ impl Master {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// After a crash, with steering on and another cell live: a fresh listener in the same
+    /// reuseport group takes the dead cell's place for its respawn, and closing the old one
+    /// makes the kernel hand what was queued there to the steering program, which moves it to
+    /// a live cell (instead of it waiting out the respawn back-off). Without steering the old
+    /// listener stays: it keeps the queue for the respawn.
+    fn rebind(&mut self, slot: usize) {
+        if self.shared.steering.borrow().is_none()
+            || !self
+                .slots
+                .iter()
+                .enumerate()
+                .any(|(i, s)| i != slot && s.ready && s.pid.is_some())
+        {
+            return;
+        }
+        let backlog = self.cfg.server.backlog as i32;
+        for l in &mut self.listeners {
+            let ListenerSet::Tcp { addr, per_cell } = l else {
+                continue;
+            };
+            match tcp_listener(*addr, backlog) {
+                Ok(sock) => {
+                    let fd = OwnedFd::from(sock);
+                    let name = addr.to_string();
+                    let mut dups = self.shared.listeners.borrow_mut();
+                    dups.retain(|(a, c, _)| !(*c == slot && *a == name));
+                    if let Ok(d) = fd.try_clone() {
+                        dups.push((name, slot, d));
+                    }
+                    // The old listener closes here (the dead cell's copy died with it).
+                    per_cell[slot] = fd;
+                }
+                Err(e) => tracing::warn!(
+                    cell = slot,
+                    "keeping the dead cell's listener on {addr} (a fresh one failed: {e})"
+                ),
+            }
+        }
     }
 
     /// Puts `slot`'s listeners in the steering maps (`live`) or takes them out.

@@ -2,7 +2,7 @@
 //! error that names the operation.
 use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 /// An OS call that failed, with the operation's name.
 #[derive(Debug, thiserror::Error)]
@@ -68,18 +68,19 @@ impl SharedCounters {
     }
 }
 
-/// Maps an mmapable BPF array of `entries` u32 values (the steering program's CELL_LOAD) for
+/// Maps an mmapable BPF array of `entries` u64 values (the steering program's CELL_LOAD) for
 /// the life of the process: the cell publishes its load with one atomic add, no syscall.
-pub fn map_bpf_u32_array(fd: &OwnedFd, entries: usize) -> Result<&'static [AtomicU32], SysError> {
-    let bytes = entries * std::mem::size_of::<u32>();
+/// (u64 because array elements are laid out 8 bytes apart whatever their size.)
+pub fn map_bpf_u64_array(fd: &OwnedFd, entries: usize) -> Result<&'static [AtomicU64], SysError> {
+    let bytes = entries * std::mem::size_of::<u64>();
     // SAFETY: MAP_SHARED mapping of a BPF_F_MMAPABLE array map, which cannot shrink; the
     // mapping is leaked, so it lives as long as the process.
     let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(fd) }
         .map_err(err("mmap(CELL_LOAD BPF map)"))?;
     let map: &'static mut memmap2::MmapMut = Box::leak(Box::new(map));
-    let ptr = map.as_ptr() as *const AtomicU32;
-    // SAFETY: page aligned, `entries * 4` bytes, never unmapped; the BPF program and other
-    // cells only touch it atomically (or read it racily, which any u32 tolerates).
+    let ptr = map.as_ptr() as *const AtomicU64;
+    // SAFETY: page aligned, `entries * 8` bytes, never unmapped; the BPF program and other
+    // cells only touch it atomically (or read it racily, which any u64 tolerates).
     Ok(unsafe { std::slice::from_raw_parts(ptr, entries) })
 }
 
