@@ -20,8 +20,9 @@ pub mod names {
     pub const CPU_CELLS: &str = "CPU_CELLS";
     /// ARRAY of u32: `[0]` = number of live cells, `[1..=n]` = their indices (for hashing).
     pub const LIVE_CELLS: &str = "LIVE_CELLS";
-    /// ARRAY of u64, mmapable: index = cell, value = its load (open connections + Python
-    /// requests in flight), written by the cells themselves.
+    /// ARRAY of u64, mmapable: index = cell, value = its load (open connections +
+    /// [`super::steering::LOAD_PER_WSGI_REQUEST`] per Python request in flight), written by
+    /// the cells themselves.
     pub const CELL_LOAD: &str = "CELL_LOAD";
     /// PERCPU_ARRAY of u64 indexed by [`super::steering::index`].
     pub const STEERING_COUNTERS: &str = "STEERING_COUNTERS";
@@ -67,6 +68,11 @@ pub mod steering {
     pub const FALLBACK: u32 = 1;
     /// A queued connection of a closed listener moved to this cell.
     pub const MIGRATED: u32 = 2;
+    /// Load of one WSGI request in flight, in open connections: a connection costs the event
+    /// loop microseconds, a request waiting for a Python thread holds its client for the app's
+    /// whole run, so a cell stalled in Python must look busier than one holding idle
+    /// keep-alive connections.
+    pub const LOAD_PER_WSGI_REQUEST: u64 = 16;
     /// Per-cell results.
     pub const RESULTS: u32 = 3;
     /// Label values, in index order, for metrics.

@@ -61,14 +61,25 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
         } else if policy == steering::POLICY_LEAST_LOADED {
             // Two distinct candidates: the local cell and a hashed other one.
             let local = local_cell();
-            let mut other = hashed(hash, live, 0);
-            if other == local {
-                other = hashed(hash, live, 1);
-            }
-            if local == NONE || (other != NONE && load(other) < load(local)) {
-                other
+            let first = hashed(hash, live, 0);
+            let other = if first == local {
+                hashed(hash, live, 1)
             } else {
-                local
+                first
+            };
+            if local == NONE || other == NONE {
+                if local == NONE { other } else { local }
+            } else {
+                let (a, b) = (load(local), load(other));
+                if a == b {
+                    // A burst of SYNs arrives before any cell has accepted, with every load
+                    // still equal: the plain hash (which may be the local cell) spreads it.
+                    first
+                } else if b < a {
+                    other
+                } else {
+                    local
+                }
             }
         } else {
             local_cell()

@@ -209,7 +209,8 @@ struct InFlight<'a>(&'a CellCtx);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.load_add(-1);
+        self.0
+            .load_add(-(lb_common::steering::LOAD_PER_WSGI_REQUEST as i64));
     }
 }
 
@@ -298,7 +299,7 @@ pub async fn call(
     };
     ctx.wsgi_request();
     // Counted in the cell's steering load until the response head is ready (or fails).
-    ctx.load_add(1);
+    ctx.load_add(lb_common::steering::LOAD_PER_WSGI_REQUEST as i64);
     let _in_flight = InFlight(&ctx);
     let id = match w.pool.submit(job) {
         Ok(id) => id,
