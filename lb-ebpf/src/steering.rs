@@ -27,8 +27,7 @@ static LIVE_CELLS: Array<u32> = Array::with_max_entries(MAX_CELLS + 1, 0);
 static CELL_LOAD: Array<u64> = Array::with_max_entries(MAX_CELLS, BPF_F_MMAPABLE);
 
 #[map(name = "STEERING_COUNTERS")]
-static STEERING_COUNTERS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(steering::COUNTERS, 0);
+static STEERING_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(steering::COUNTERS, 0);
 
 #[unsafe(no_mangle)]
 static STEERING_POLICY: Global<u32> = Global::new(steering::POLICY_CPU);

@@ -193,7 +193,11 @@ fn blocklist_change<B>(
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("cidr="))
-        .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned());
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
     let cidr: wsgi_worker::Cidr = match raw.as_deref().map(str::parse) {
         Some(Ok(c)) => c,
         Some(Err(m)) => return text(StatusCode::BAD_REQUEST, plain, format!("{m}\n")),

@@ -18,11 +18,16 @@ pub fn run(op: BlockOp, admin: Option<&str>, config: Option<&Path>) -> anyhow::R
             let cfg = Config::resolve(Some(c), &Overrides::default())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if cfg.server.admin == "off" {
-                bail!("{}: server.admin is \"off\"; nothing to talk to", c.display());
+                bail!(
+                    "{}: server.admin is \"off\"; nothing to talk to",
+                    c.display()
+                );
             }
             cfg.server.admin.parse().context("server.admin")?
         }
-        (None, None) => crate::config::DEFAULT_ADMIN.parse().expect("default admin address"),
+        (None, None) => crate::config::DEFAULT_ADMIN
+            .parse()
+            .expect("default admin address"),
     };
     let (method, path) = match &op {
         BlockOp::Add { cidr } => ("POST", format!("/blocklist/add?cidr={}", encode(cidr))),

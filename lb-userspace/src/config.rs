@@ -1092,7 +1092,9 @@ fn validate_ebpf(e: &EbpfConfig, bad: &mut dyn FnMut(String, String)) {
     {
         bad(
             "ebpf.instance".into(),
-            format!("{i:?}: use 1-64 of A-Z a-z 0-9 - _ . (a directory name under /sys/fs/bpf/portico)"),
+            format!(
+                "{i:?}: use 1-64 of A-Z a-z 0-9 - _ . (a directory name under /sys/fs/bpf/portico)"
+            ),
         );
     }
     let Some(x) = &e.xdp else { return };
@@ -1331,6 +1333,49 @@ mod tests {
         assert!(keys.contains(&"server"), "{keys:?}");
         assert!(keys.contains(&"limits"), "{keys:?}");
         assert!(keys.contains(&"route[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn validate_reports_every_ebpf_problem() {
+        let mut cfg = Config::parse(
+            r#"
+            [ebpf]
+            mode = "off"
+            steering = "hash"
+            instance = "../etc"
+            [ebpf.xdp]
+            interface = "no-such-nic0"
+            blocklist = ["10.0.0.0/8", "10.0.0.0/33", "not an address"]
+            syn_rate = 10
+            syn_burst = 0
+            [[route]]
+            prefix = "/"
+            static = { root = "/" }
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.ebpf.steering, SteeringPolicy::Hash);
+        let err = cfg.validate().unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "ebpf.instance",
+            "ebpf.xdp",
+            "ebpf.xdp.interface",
+            "ebpf.xdp.blocklist[1]",
+            "ebpf.xdp.blocklist[2]",
+            "ebpf.xdp.syn_burst",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(!keys.contains(&"ebpf.xdp.blocklist[0]"));
+        let bad = Config::parse("[ebpf]\nsteering = \"random\"\n", "t.toml");
+        assert!(bad.is_err(), "an unknown policy is rejected");
+        assert_eq!(
+            "least-loaded".parse::<SteeringPolicy>(),
+            Ok(SteeringPolicy::LeastLoaded)
+        );
+        assert_eq!(EbpfConfig::default().steering, SteeringPolicy::Cpu);
     }
 
     #[test]

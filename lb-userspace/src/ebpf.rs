@@ -11,8 +11,10 @@ pub use crate::steering::Steering;
 pub use crate::xdp_guard::XdpGuard;
 
 /// The compiled programs, built by build.rs from `lb-ebpf`.
-pub(crate) static STEERING_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steering"));
-pub(crate) static XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_guard"));
+pub(crate) static STEERING_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steering"));
+pub(crate) static XDP_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_guard"));
 
 /// Where bpffs is mounted.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -86,12 +88,13 @@ impl PinDir {
     /// creates `/sys/fs/bpf/portico/<instance>`, clearing pins a crashed run left behind.
     pub fn create(instance: &str) -> Result<Self, EbpfError> {
         let root = Path::new(BPFFS);
-        let is_bpffs = |p: &Path| {
-            rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC)
-        };
+        let is_bpffs =
+            |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC);
         if !is_bpffs(root) {
             rustix::mount::mount("bpf", root, "bpf", rustix::mount::MountFlags::empty(), None)
-                .map_err(|e| EbpfError::Bpffs(format!("not mounted, and mounting it failed: {e}")))?;
+                .map_err(|e| {
+                    EbpfError::Bpffs(format!("not mounted, and mounting it failed: {e}"))
+                })?;
         }
         let dir = root.join("portico").join(instance);
         if dir.exists() {
@@ -127,7 +130,9 @@ impl Drop for PinDir {
 /// caller appends the log's last lines).
 pub(crate) fn short(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError { io_error, .. } => format!("the kernel refused the program: {io_error}"),
+        ProgramError::LoadError { io_error, .. } => {
+            format!("the kernel refused the program: {io_error}")
+        }
         other => other.to_string(),
     }
 }

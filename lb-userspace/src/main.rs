@@ -9,17 +9,17 @@ mod body;
 mod cell;
 mod config;
 mod ebpf;
-mod steering;
-mod xdp_guard;
 mod http;
 mod master;
 mod metrics;
 mod router;
 mod static_files;
 mod status;
+mod steering;
 #[allow(unsafe_code)]
 mod sys;
 mod wsgi;
+mod xdp_guard;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,12 +1,12 @@
 //! The master: owns the listeners (so queued connections survive any cell), the eBPF programs
 //! and the metrics region; spawns one cell per core, respawns the ones that die, replaces them
 //! one at a time on SIGHUP, and serves the admin endpoint.
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -296,7 +296,13 @@ impl Master {
             parent_fd: ready_w,
             child_fd: cell::FIRST_FD + n + 1,
         });
-        let load_map = match self.shared.steering.borrow().as_ref().and_then(|s| s.load_map()) {
+        let load_map = match self
+            .shared
+            .steering
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.load_map())
+        {
             Some(fd) => Some(fd.try_clone_to_owned().context("dup CELL_LOAD map fd")?),
             None => None,
         };
@@ -380,7 +386,11 @@ impl Master {
                 let Some(&(slot, generation)) = self.children.get(&pid) else {
                     return Ok(());
                 };
-                if self.slots.get(slot).is_none_or(|s| s.generation != generation) {
+                if self
+                    .slots
+                    .get(slot)
+                    .is_none_or(|s| s.generation != generation)
+                {
                     return Ok(());
                 }
                 self.slots[slot].ready = true;
@@ -497,7 +507,10 @@ impl Master {
                 });
             }
             Event::Respawn { slot, generation } => {
-                if self.slots.get(slot).is_some_and(|s| s.generation == generation)
+                if self
+                    .slots
+                    .get(slot)
+                    .is_some_and(|s| s.generation == generation)
                     && self.slots[slot].pid.is_none()
                     && let Err(e) = self.spawn(slot)
                 {
@@ -839,10 +852,14 @@ fn setup_ebpf(
             ListenerSet::Unix { .. } => None,
         })
         .collect();
-    let instance = cfg.ebpf.instance.clone().unwrap_or_else(|| match ports.first() {
-        Some(p) => p.to_string(),
-        None => format!("pid{}", std::process::id()),
-    });
+    let instance = cfg
+        .ebpf
+        .instance
+        .clone()
+        .unwrap_or_else(|| match ports.first() {
+            Some(p) => p.to_string(),
+            None => format!("pid{}", std::process::id()),
+        });
     let attempt = || -> Result<(Option<Steering>, Option<XdpGuard>, PinDir), EbpfError> {
         let pins = PinDir::create(&instance)?;
         let steering = match policy {
@@ -869,7 +886,11 @@ fn setup_ebpf(
                 );
             }
             if let Some(x) = &xdp {
-                tracing::info!("XDP guard attached to {} ({} mode)", x.interface(), x.mode());
+                tracing::info!(
+                    "XDP guard attached to {} ({} mode)",
+                    x.interface(),
+                    x.mode()
+                );
             }
             Ok((steering, xdp, Some(pins)))
         }

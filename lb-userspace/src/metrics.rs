@@ -398,7 +398,10 @@ pub fn render(
     let (mut xdp_packets, mut xdp_bytes) = (Vec::new(), Vec::new());
     if bpf.xdp.enabled {
         for (a, label) in lb_common::xdp::LABELS.iter().enumerate() {
-            xdp_packets.push(scalar_metric(&[("action", label)], bpf.xdp.packets[a] as f64));
+            xdp_packets.push(scalar_metric(
+                &[("action", label)],
+                bpf.xdp.packets[a] as f64,
+            ));
             xdp_bytes.push(scalar_metric(&[("action", label)], bpf.xdp.bytes[a] as f64));
         }
     }
@@ -748,14 +751,7 @@ mod tests {
             listen_queues: vec![("127.0.0.1:8080".into(), 0, 3)],
             cells: vec![process_usage(std::process::id())],
         };
-        let text = render(
-            &region,
-            4,
-            &EbpfSnapshot::default(),
-            &["/".into()],
-            &procs,
-        )
-        .unwrap();
+        let text = render(&region, 4, &EbpfSnapshot::default(), &["/".into()], &procs).unwrap();
         assert!(
             text.contains("portico_listen_queue_length{cell=\"0\",listener=\"127.0.0.1:8080\"} 3"),
             "{text}"

@@ -56,11 +56,7 @@ pub async fn sample(shared: Rc<Shared>, history: Rc<RefCell<History>>) {
     loop {
         tick.tick().await;
         let cells = shared.cells();
-        let steering = shared
-            .steering
-            .borrow()
-            .as_ref()
-            .map(|s| s.snapshot(cells));
+        let steering = shared.steering.borrow().as_ref().map(|s| s.snapshot(cells));
         let row: Vec<CellSample> = (0..cells)
             .map(|i| {
                 let steered = steering

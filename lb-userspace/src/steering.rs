@@ -88,7 +88,10 @@ impl Steering {
 
     /// Rewrites the CPU -> cell table for `cpus[cell]` (the first cell on a CPU wins).
     pub fn set_cpus(&mut self, cpus: &[usize]) -> Result<(), EbpfError> {
-        let bpf = self.groups.first_mut().ok_or(EbpfError::MissingMap("groups"))?;
+        let bpf = self
+            .groups
+            .first_mut()
+            .ok_or(EbpfError::MissingMap("groups"))?;
         let mut table: Array<&mut MapData, CpuCell> = map_mut(bpf, names::CPU_CELLS)?
             .try_into()
             .map_err(map_err("open CPU_CELLS"))?;
@@ -169,7 +172,10 @@ impl Steering {
     /// LIVE_CELLS: the list first, then its length, so the program never reads past what is
     /// written (a stale entry only costs it a fallback).
     fn publish_live(&mut self) -> Result<(), EbpfError> {
-        let bpf = self.groups.first_mut().ok_or(EbpfError::MissingMap("groups"))?;
+        let bpf = self
+            .groups
+            .first_mut()
+            .ok_or(EbpfError::MissingMap("groups"))?;
         let mut list: Array<&mut MapData, u32> = map_mut(bpf, names::LIVE_CELLS)?
             .try_into()
             .map_err(map_err("open LIVE_CELLS"))?;
@@ -242,4 +248,3 @@ impl Steering {
         ]
     }
 }
-

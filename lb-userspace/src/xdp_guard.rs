@@ -37,7 +37,9 @@ impl XdpGuard {
     ) -> Result<Self, EbpfError> {
         let redirect = u32::from(cfg.cpu_redirect);
         // A CPUMAP may not have more entries than the kernel has possible CPUs.
-        let possible = aya::util::nr_cpus().map_or(1, |n| n as u32).clamp(1, MAX_CPUS);
+        let possible = aya::util::nr_cpus()
+            .map_or(1, |n| n as u32)
+            .clamp(1, MAX_CPUS);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::CPU_REDIRECT, possible)
@@ -346,9 +348,11 @@ fn trie_change<K: aya::Pod>(
         return Ok(false);
     }
     if add {
-        t.insert(&key, 1, 0).map_err(map_err("insert into the blocklist"))?;
+        t.insert(&key, 1, 0)
+            .map_err(map_err("insert into the blocklist"))?;
     } else {
-        t.remove(&key).map_err(map_err("remove from the blocklist"))?;
+        t.remove(&key)
+            .map_err(map_err("remove from the blocklist"))?;
     }
     Ok(true)
 }
@@ -372,7 +376,6 @@ fn detach_foreign(iface: &str) {
             .status();
     }
 }
-
 
 /// Table-driven decisions of the guard, run through BPF_PROG_TEST_RUN: a frame in, an XDP
 /// action out. Shared by the unit test and `portico xdp-test-run` (which the bench uses to
@@ -517,12 +520,20 @@ pub mod fixtures {
             },
             Fixture {
                 name: "IPv6 SYN from a blocked /32",
-                frame: eth(0x86DD, false, &ipv6(v6("2001:db8::1"), &tcp(40000, 80, SYN))),
+                frame: eth(
+                    0x86DD,
+                    false,
+                    &ipv6(v6("2001:db8::1"), &tcp(40000, 80, SYN)),
+                ),
                 expect: DROP,
             },
             Fixture {
                 name: "IPv6 SYN from outside the blocked /32",
-                frame: eth(0x86DD, false, &ipv6(v6("2001:db9::1"), &tcp(40000, 80, SYN))),
+                frame: eth(
+                    0x86DD,
+                    false,
+                    &ipv6(v6("2001:db9::1"), &tcp(40000, 80, SYN)),
+                ),
                 expect: PASS,
             },
             Fixture {
@@ -582,7 +593,9 @@ pub mod fixtures {
         // A blocklist of realistic size, so the trie lookup is not a one-entry walk.
         for i in 0..1000u32 {
             let b = i.to_be_bytes();
-            let c: Cidr = format!("100.{}.{}.0/24", b[2], b[3]).parse().map_err(EbpfError::Setup)?;
+            let c: Cidr = format!("100.{}.{}.0/24", b[2], b[3])
+                .parse()
+                .map_err(EbpfError::Setup)?;
             guard.block(c, true)?;
         }
         let rows = [
@@ -657,10 +670,16 @@ mod tests {
         assert_eq!(g.test_run(&frame, 1).unwrap().0, 1, "blocked at once");
         let list = g.blocklist();
         for want in ["10.0.0.0/8", "192.0.2.77/32", "2001:db8::/32"] {
-            assert!(list.iter().any(|l| l == want), "{want} missing from {list:?}");
+            assert!(
+                list.iter().any(|l| l == want),
+                "{want} missing from {list:?}"
+            );
         }
         assert!(g.block(c("192.0.2.77/32"), false).unwrap());
-        assert!(!g.block(c("192.0.2.77/32"), false).unwrap(), "removed twice");
+        assert!(
+            !g.block(c("192.0.2.77/32"), false).unwrap(),
+            "removed twice"
+        );
         assert_eq!(g.test_run(&frame, 1).unwrap().0, 2, "passes again");
         // Host bits are cleared: 10.1.2.3/8 is the same entry as 10.0.0.0/8.
         assert!(g.block(c("10.1.2.3/8"), false).unwrap());

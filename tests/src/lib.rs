@@ -520,7 +520,9 @@ impl Netns {
         cpu: Option<usize>,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> T {
-        self.spawn(cpu, f).join().expect("namespace thread panicked")
+        self.spawn(cpu, f)
+            .join()
+            .expect("namespace thread panicked")
     }
 
     /// Like `run`, without waiting.
@@ -558,9 +560,9 @@ impl Netns {
         let admin = p.admin.expect("admin");
         for _ in 0..400 {
             let m = self.scrape(admin);
-            if (0..cells).all(|i| {
-                metric_value(&m, &format!("portico_cell_up{{cell=\"{i}\"}}")) == Some(1.0)
-            }) {
+            if (0..cells)
+                .all(|i| metric_value(&m, &format!("portico_cell_up{{cell=\"{i}\"}}")) == Some(1.0))
+            {
                 return m;
             }
             std::thread::sleep(Duration::from_millis(25));

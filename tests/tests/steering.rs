@@ -9,7 +9,9 @@ use rustix::process::{Pid, Signal, kill_process};
 /// Root, 2+ CPUs and a namespace, or a SKIP line naming what is missing.
 fn setup(tag: &str) -> Option<Netns> {
     if !is_root() {
-        println!("SKIP steering {tag}: needs root (CAP_BPF, CAP_NET_ADMIN) for eBPF and namespaces");
+        println!(
+            "SKIP steering {tag}: needs root (CAP_BPF, CAP_NET_ADMIN) for eBPF and namespaces"
+        );
         return None;
     }
     if cpus() < 2 {
@@ -18,7 +20,9 @@ fn setup(tag: &str) -> Option<Netns> {
     }
     let ns = Netns::create(tag);
     if ns.is_none() {
-        println!("SKIP steering {tag}: `ip netns add` failed (no iproute2 or no namespace support)");
+        println!(
+            "SKIP steering {tag}: `ip netns add` failed (no iproute2 or no namespace support)"
+        );
     }
     ns
 }
@@ -78,13 +82,19 @@ fn cpu_policy_client_on_cpu_k_lands_on_cell_k() {
             &before,
             &format!("portico_cell_requests_total{{cell=\"{k}\",status_class=\"2xx\"}}"),
         );
-        assert_eq!(on_k as usize, N, "client on CPU {k}: only {on_k} of {N} on cell {k}");
+        assert_eq!(
+            on_k as usize, N,
+            "client on CPU {k}: only {on_k} of {N} on cell {k}"
+        );
         let steered = delta(
             &after,
             &before,
             &format!("portico_steering_decisions_total{{cell=\"{k}\",result=\"selected\"}}"),
         );
-        assert!(steered as usize >= N, "steering counted {steered} for cell {k}");
+        assert!(
+            steered as usize >= N,
+            "steering counted {steered} for cell {k}"
+        );
     }
 }
 
@@ -132,8 +142,11 @@ def app(environ, start_response):
             let after = get(admin, "/metrics").unwrap().text();
             let cell = (0..2)
                 .find(|i| {
-                    delta(&after, &before, &format!("portico_connections_active{{cell=\"{i}\"}}"))
-                        >= 1.0
+                    delta(
+                        &after,
+                        &before,
+                        &format!("portico_connections_active{{cell=\"{i}\"}}"),
+                    ) >= 1.0
                 })
                 .expect("the new connection shows up on one cell");
             out.push((c, cell));
@@ -148,7 +161,8 @@ def app(environ, start_response):
     drop(idle);
     // Cell 1 now has 4+ connections, each running a 4 s request.
     for (c, _) in &mut busy {
-        c.send(raw_request("GET", "/slow?4", &[]).as_bytes()).unwrap();
+        c.send(raw_request("GET", "/slow?4", &[]).as_bytes())
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     let before = ns.scrape(admin);
@@ -167,8 +181,13 @@ def app(environ, start_response):
     let (a, b) = (spread(0), spread(1));
     let ok = a.join().unwrap() + b.join().unwrap();
     let after = ns.scrape(admin);
-    let accepted =
-        |i: usize| delta(&after, &before, &format!("portico_connections_accepted_total{{cell=\"{i}\"}}"));
+    let accepted = |i: usize| {
+        delta(
+            &after,
+            &before,
+            &format!("portico_connections_accepted_total{{cell=\"{i}\"}}"),
+        )
+    };
     let (idle_cell, busy_cell) = (accepted(0), accepted(1));
     assert!(ok > 50, "only {ok} requests completed");
     assert!(
@@ -274,7 +293,8 @@ fn reducing_workers_on_reload_migrates_queued_connections() {
         (0..N)
             .map(|_| {
                 let mut c = Conn::open(addr).unwrap();
-                c.send(raw_request("GET", "/a.txt", &[]).as_bytes()).unwrap();
+                c.send(raw_request("GET", "/a.txt", &[]).as_bytes())
+                    .unwrap();
                 c
             })
             .collect()
@@ -283,16 +303,26 @@ fn reducing_workers_on_reload_migrates_queued_connections() {
     p.signal(Signal::HUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !p.stderr_text().contains("reload complete") {
-        assert!(Instant::now() < deadline, "reload never completed:\n{}", p.stderr_text());
+        assert!(
+            Instant::now() < deadline,
+            "reload never completed:\n{}",
+            p.stderr_text()
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(p.stderr_text().contains("workers: 2 -> 1 cells"), "{}", p.stderr_text());
+    assert!(
+        p.stderr_text().contains("workers: 2 -> 1 cells"),
+        "{}",
+        p.stderr_text()
+    );
     let before = ns.scrape(admin);
     // The retired cell goes away with its copy of the listener: the listener closes and the
     // kernel runs the steering program to move its queued connections.
     signal(victim, Signal::KILL);
     for c in &mut queued {
-        let r = c.read_response("GET").expect("a queued connection was reset");
+        let r = c
+            .read_response("GET")
+            .expect("a queued connection was reset");
         assert_eq!(r.status, 200);
     }
     let after = ns.scrape(admin);
@@ -315,11 +345,8 @@ fn without_cap_bpf_serves_with_plain_reuseport() {
     s.file("www/a.txt", b"a");
     // Root without CAP_BPF, CAP_SYS_ADMIN, CAP_PERFMON and CAP_NET_ADMIN in its bounding set.
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--bounding-set=-bpf,-sys_admin,-perfmon,-net_admin",
-        "--",
-    ])
-    .arg(portico_bin());
+    cmd.args(["--bounding-set=-bpf,-sys_admin,-perfmon,-net_admin", "--"])
+        .arg(portico_bin());
     let p = Portico::start_with(cmd, &["--static", &format!("/={}", s.root("www"))]);
     assert_eq!(get(p.addr, "/a.txt").unwrap().status, 200);
     assert_eq!(p.metric("portico_ebpf_enabled"), Some(0.0));

@@ -60,7 +60,11 @@ fn send_syns(src: Ipv4Addr, dst: SocketAddrV4, count: usize, over: Duration) -> 
 }
 
 fn xdp(m: &str, action: &str) -> f64 {
-    metric_value(m, &format!("portico_xdp_packets_total{{action=\"{action}\"}}")).unwrap_or(0.0)
+    metric_value(
+        m,
+        &format!("portico_xdp_packets_total{{action=\"{action}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 #[test]
@@ -119,7 +123,8 @@ fn xdp_guard_blocklist_and_syn_budget() {
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let m = srv.wait_cells_up(&p, 2);
     assert!(
-        p.stderr_text().contains(&format!("XDP guard attached to {vs}")),
+        p.stderr_text()
+            .contains(&format!("XDP guard attached to {vs}")),
         "{}",
         p.stderr_text()
     );
@@ -145,9 +150,13 @@ fn xdp_guard_blocklist_and_syn_budget() {
     let before = srv.scrape(admin);
     let (a2, a4) = (ip(2), ip(4));
     let dst = SocketAddrV4::new(ip(1), addr.port());
-    let sent = cli.run(None, move || send_syns(a4, dst, 50, Duration::from_millis(100)));
+    let sent = cli.run(None, move || {
+        send_syns(a4, dst, 50, Duration::from_millis(100))
+    });
     assert_eq!(sent, 50);
-    let served = cli.run(None, move || get_from(a2, addr, "/a.txt", Duration::from_secs(2)));
+    let served = cli.run(None, move || {
+        get_from(a2, addr, "/a.txt", Duration::from_secs(2))
+    });
     assert_eq!(served.unwrap(), 200);
     std::thread::sleep(Duration::from_millis(100));
     let after = srv.scrape(admin);
@@ -166,19 +175,29 @@ fn xdp_guard_blocklist_and_syn_budget() {
             .args(["--admin", &admin.to_string()])
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let a3 = ip(3);
     let (ok, out) = block(&["add", &a3.to_string()]);
     assert!(ok && out.contains("added"), "{out}");
     let t = Instant::now();
-    let blocked = cli.run(None, move || get_from(a3, addr, "/a.txt", Duration::from_millis(800)));
+    let blocked = cli.run(None, move || {
+        get_from(a3, addr, "/a.txt", Duration::from_millis(800))
+    });
     assert!(blocked.is_err(), "a blocked source still got {blocked:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
-    let other = cli.run(None, move || get_from(a2, addr, "/a.txt", Duration::from_secs(2)));
+    let other = cli.run(None, move || {
+        get_from(a2, addr, "/a.txt", Duration::from_secs(2))
+    });
     assert_eq!(other.unwrap(), 200, "another source is untouched");
     let (ok, list) = block(&["list"]);
-    assert!(ok && list.contains(&format!("{a3}/32")) && list.contains(&format!("{a4}/32")), "{list}");
+    assert!(
+        ok && list.contains(&format!("{a3}/32")) && list.contains(&format!("{a4}/32")),
+        "{list}"
+    );
     // State changes are refused from a non-loopback peer (the client namespace).
     let admin_remote = SocketAddr::from((ip(1), admin_port));
     let refused = cli.run(None, move || {
@@ -187,7 +206,9 @@ fn xdp_guard_blocklist_and_syn_budget() {
     assert_eq!(refused.unwrap(), 403);
     let (ok, out) = block(&["del", &format!("{a3}/32")]);
     assert!(ok && out.contains("removed"), "{out}");
-    let back = cli.run(None, move || get_from(a3, addr, "/a.txt", Duration::from_secs(1)));
+    let back = cli.run(None, move || {
+        get_from(a3, addr, "/a.txt", Duration::from_secs(1))
+    });
     assert_eq!(back.unwrap(), 200, "unblocked within a second");
 
     // 3. A bounded SYN flood from .3 is cut to its budget (400 at once + 200/s) while .2 is
@@ -220,7 +241,10 @@ fn xdp_guard_blocklist_and_syn_budget() {
         allowed <= budget + 50.0 && allowed >= 300.0,
         "sent {sent} SYNs in {elapsed:.2}s, {dropped} dropped: {allowed} allowed, budget {budget:.0}"
     );
-    assert_eq!(failed, 0, "the normal client failed {failed} times ({ok} ok)");
+    assert_eq!(
+        failed, 0,
+        "the normal client failed {failed} times ({ok} ok)"
+    );
     assert!(ok > 20, "the normal client completed only {ok} requests");
 
     // Clean shutdown detaches the program from the interface.
@@ -232,5 +256,8 @@ fn xdp_guard_blocklist_and_syn_budget() {
         .output()
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
-    assert!(!link.contains("prog/xdp"), "XDP still attached after shutdown:\n{link}");
+    assert!(
+        !link.contains("prog/xdp"),
+        "XDP still attached after shutdown:\n{link}"
+    );
 }

@@ -150,9 +150,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 "metrics" => bench_metrics(&root, opts),
                 "steering" => bench_steering(&root, opts),
-                other => bail!(
-                    "unknown bench {other:?} (available: static, wsgi, metrics, steering)"
-                ),
+                other => {
+                    bail!("unknown bench {other:?} (available: static, wsgi, metrics, steering)")
+                }
             }
         }
     }
@@ -852,7 +852,16 @@ fn start_portico_cfg(
     workers: usize,
     admin: bool,
 ) -> anyhow::Result<(Server, Option<u16>)> {
-    start_portico_with(root, dir, name, "[ebpf]\nmode = \"off\"", extra, "benchapp:app", workers, admin)
+    start_portico_with(
+        root,
+        dir,
+        name,
+        "[ebpf]\nmode = \"off\"",
+        extra,
+        "benchapp:app",
+        workers,
+        admin,
+    )
 }
 
 /// A portico with `ebpf` as its `[ebpf]` section, a static route at /static/ and `app` at /.
@@ -1006,7 +1015,9 @@ fn per_cell_requests(admin: u16, cells: usize) -> anyhow::Result<Vec<f64>> {
                 .map(|c| {
                     series(
                         &m,
-                        &format!("portico_cell_requests_total{{cell=\"{i}\",status_class=\"{c}\"}}"),
+                        &format!(
+                            "portico_cell_requests_total{{cell=\"{i}\",status_class=\"{c}\"}}"
+                        ),
                     )
                 })
                 .sum()
@@ -1050,7 +1061,9 @@ fn stall_cell(
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if c.write_all(b"GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+                    if c.write_all(b"GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .is_err()
+                    {
                         return;
                     }
                     let mut got = Vec::new();
@@ -1102,9 +1115,24 @@ fn bench_steering(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
         "| scenario | policy | req/s | p99 ms | max/min cell share |\n|---|---|---:|---:|---:|\n",
     );
     let scenarios: [(&str, &str, bool, usize); 3] = [
-        ("uniform keep-alive (static 1 KiB)", "/static/1k.bin", false, conns),
-        ("new connection per request (static 1 KiB)", "/static/1k.bin", true, conns),
-        ("one stalled cell (WSGI hello, new connections)", "/", true, 16),
+        (
+            "uniform keep-alive (static 1 KiB)",
+            "/static/1k.bin",
+            false,
+            conns,
+        ),
+        (
+            "new connection per request (static 1 KiB)",
+            "/static/1k.bin",
+            true,
+            conns,
+        ),
+        (
+            "one stalled cell (WSGI hello, new connections)",
+            "/",
+            true,
+            16,
+        ),
     ];
     for (label, path, close, c) in scenarios {
         for (p, s, admin) in &servers {
