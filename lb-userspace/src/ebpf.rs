@@ -79,6 +79,45 @@ pub(crate) fn map_ref<'a>(bpf: &'a Ebpf, name: &'static str) -> Result<&'a Map, 
     bpf.map(name).ok_or(EbpfError::MissingMap(name))
 }
 
+/// The program `name` of `bpf` as its type `P`.
+pub(crate) fn program_mut<'a, P>(
+    bpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            op: "type check",
+            source,
+            log: String::new(),
+        })
+}
+
+/// Loads program `name` into the kernel; a verifier rejection carries the log's last lines.
+pub(crate) fn load_program<'a, P>(
+    bpf: &'a mut Ebpf,
+    name: &'static str,
+    load: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog: &mut P = program_mut(bpf, name)?;
+    load(prog).map_err(|source| {
+        let log = verifier_tail(&source);
+        EbpfError::Program {
+            op: "load (verifier)",
+            source,
+            log,
+        }
+    })?;
+    Ok(prog)
+}
+
 /// The pin directory of one Portico instance; removed (with every pin in it) on drop.
 #[derive(Debug)]
 pub struct PinDir(PathBuf);

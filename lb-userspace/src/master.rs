@@ -99,6 +99,21 @@ struct Slot {
     replacing: Option<Replacing>,
 }
 
+impl Slot {
+    /// A slot for a cell on `cpu`, not started yet.
+    fn new(cpu: usize) -> Self {
+        Slot {
+            cpu,
+            generation: 0,
+            pid: None,
+            ready: false,
+            started: Instant::now(),
+            backoff: BACKOFF_MIN,
+            replacing: None,
+        }
+    }
+}
+
 /// A reload in progress: cells still to replace, and the slot being replaced now.
 struct Reload {
     queue: VecDeque<usize>,
@@ -240,18 +255,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             exe: std::env::current_exe().context("locating the portico executable")?,
             listeners,
             shared,
-            slots: cell_cpus
-                .iter()
-                .map(|&cpu| Slot {
-                    cpu,
-                    generation: 0,
-                    pid: None,
-                    ready: false,
-                    started: Instant::now(),
-                    backoff: BACKOFF_MIN,
-                    replacing: None,
-                })
-                .collect(),
+            slots: cell_cpus.iter().map(|&cpu| Slot::new(cpu)).collect(),
             children: HashMap::new(),
             events: tx,
             reload: None,
@@ -566,18 +570,9 @@ impl Master {
             let ListenerSet::Tcp { addr, per_cell } = l else {
                 continue;
             };
-            match tcp_listener(*addr, backlog) {
-                Ok(sock) => {
-                    let fd = OwnedFd::from(sock);
-                    let name = addr.to_string();
-                    let mut dups = self.shared.listeners.borrow_mut();
-                    dups.retain(|(a, c, _)| !(*c == slot && *a == name));
-                    if let Ok(d) = fd.try_clone() {
-                        dups.push((name, slot, d));
-                    }
-                    // The old listener closes here (the dead cell's copy died with it).
-                    per_cell[slot] = fd;
-                }
+            match cell_listener(&self.shared, *addr, slot, backlog) {
+                // The old listener closes here (the dead cell's copy died with it).
+                Ok(fd) => per_cell[slot] = fd,
                 Err(e) => tracing::warn!(
                     cell = slot,
                     "keeping the dead cell's listener on {addr} (a fresh one failed: {e})"
@@ -643,30 +638,16 @@ impl Master {
             for l in &mut self.listeners {
                 if let ListenerSet::Tcp { addr, per_cell } = l {
                     for cell in per_cell.len()..cells {
-                        let s = tcp_listener(*addr, backlog)
-                            .with_context(|| format!("bind {addr} for a new cell"))?;
-                        let fd = OwnedFd::from(s);
-                        if let Ok(dup) = fd.try_clone() {
-                            self.shared
-                                .listeners
-                                .borrow_mut()
-                                .push((addr.to_string(), cell, dup));
-                        }
-                        per_cell.push(fd);
+                        per_cell.push(
+                            cell_listener(&self.shared, *addr, cell, backlog)
+                                .with_context(|| format!("bind {addr} for a new cell"))?,
+                        );
                     }
                 }
             }
             let cpus = usable_cpus();
             for i in old..cells {
-                self.slots.push(Slot {
-                    cpu: cpus[i % cpus.len()],
-                    generation: 0,
-                    pid: None,
-                    ready: false,
-                    started: Instant::now(),
-                    backoff: BACKOFF_MIN,
-                    replacing: None,
-                });
+                self.slots.push(Slot::new(cpus[i % cpus.len()]));
             }
         }
         let cpus: Vec<usize> = self.slots.iter().map(|s| s.cpu).collect();
@@ -908,6 +889,22 @@ fn setup_ebpf(
             Ok((None, None, None))
         }
     }
+}
+
+/// A new listener for `cell` on `addr`, joining that address's reuseport group (and its
+/// steering program); its duplicate replaces the cell's old one in the accept-queue readings.
+fn cell_listener(
+    shared: &Shared,
+    addr: SocketAddr,
+    cell: usize,
+    backlog: i32,
+) -> std::io::Result<OwnedFd> {
+    let fd = OwnedFd::from(tcp_listener(addr, backlog)?);
+    let name = addr.to_string();
+    let mut dups = shared.listeners.borrow_mut();
+    dups.retain(|(a, c, _)| !(*c == cell && *a == name));
+    dups.push((name, cell, fd.try_clone()?));
+    Ok(fd)
 }
 
 fn listener_dups(listeners: &[ListenerSet]) -> Vec<(String, usize, OwnedFd)> {

@@ -186,27 +186,35 @@ pub fn status(shared: &Shared, history: &History) -> Status {
             }
         })
         .collect();
-    let snap = shared.ebpf_snapshot();
+    // Counters only: the map sizes /metrics also reads are not shown here.
+    let snap = shared
+        .steering
+        .borrow()
+        .as_ref()
+        .map(|s| s.snapshot(shared.cells()));
     let mut steering: Vec<(&'static str, u64)> = Vec::new();
-    if snap.steering.enabled {
+    if let Some(snap) = &snap {
         for (k, l) in lb_common::steering::LABELS.iter().enumerate() {
-            steering.push((l, snap.steering.per_cell.iter().map(|r| r[k]).sum()));
+            steering.push((l, snap.per_cell.iter().map(|r| r[k]).sum()));
         }
-        steering.push(("no_live_cell", snap.steering.no_live_cell));
+        steering.push(("no_live_cell", snap.no_live_cell));
     }
-    let xdp = shared.xdp.borrow().as_ref().map(|x| XdpStatus {
-        interface: x.interface().to_string(),
-        mode: x.mode(),
-        packets: lb_common::xdp::LABELS
-            .iter()
-            .enumerate()
-            .map(|(a, l)| (*l, snap.xdp.packets[a]))
-            .collect(),
+    let xdp = shared.xdp.borrow().as_ref().map(|x| {
+        let counts = x.snapshot();
+        XdpStatus {
+            interface: x.interface().to_string(),
+            mode: x.mode(),
+            packets: lb_common::xdp::LABELS
+                .iter()
+                .enumerate()
+                .map(|(a, l)| (*l, counts.packets[a]))
+                .collect(),
+        }
     });
     Status {
         version: env!("CARGO_PKG_VERSION"),
         window_seconds: WINDOW,
-        ebpf_enabled: snap.steering.enabled,
+        ebpf_enabled: snap.is_some() || xdp.is_some(),
         steering_policy: shared.policy,
         steering,
         xdp,

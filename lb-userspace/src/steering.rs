@@ -8,7 +8,7 @@ use aya::programs::SkReuseport;
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{CpuCell, MAX_CELLS, MAX_CPUS, names, steering};
 
-use crate::ebpf::{EbpfError, PinDir, STEERING_OBJ, map_err, map_mut, map_ref, verifier_tail};
+use crate::ebpf::{EbpfError, PinDir, STEERING_OBJ, load_program, map_err, map_mut, map_ref};
 use crate::metrics::SteeringSnapshot;
 
 /// Attached steering, kept in step with the cells by the master.
@@ -47,23 +47,8 @@ impl Steering {
             map_ref(&bpf, names::CELL_SOCKETS)?
                 .pin(pins.pin(&format!("{}_{g}", names::CELL_SOCKETS)))
                 .map_err(|e| EbpfError::Bpffs(format!("pinning CELL_SOCKETS: {e}")))?;
-            let prog: &mut SkReuseport = bpf
-                .program_mut(names::STEERING_PROGRAM)
-                .ok_or(EbpfError::MissingProgram(names::STEERING_PROGRAM))?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    op: "type check",
-                    source,
-                    log: String::new(),
-                })?;
-            prog.load().map_err(|source| {
-                let log = verifier_tail(&source);
-                EbpfError::Program {
-                    op: "load (verifier)",
-                    source,
-                    log,
-                }
-            })?;
+            let prog: &mut SkReuseport =
+                load_program(&mut bpf, names::STEERING_PROGRAM, SkReuseport::load)?;
             let first = listeners
                 .first()
                 .copied()

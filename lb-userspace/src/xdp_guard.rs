@@ -12,7 +12,7 @@ use lb_common::{MAX_CPUS, V4Addr, V6Addr, XdpCount, names, xdp};
 use wsgi_worker::Cidr;
 
 use crate::config::XdpConfig;
-use crate::ebpf::{EbpfError, PinDir, XDP_OBJ, map_err, map_mut, verifier_tail};
+use crate::ebpf::{EbpfError, PinDir, XDP_OBJ, load_program, map_err, map_mut, program_mut};
 use crate::metrics::XdpSnapshot;
 
 /// CPUMAP queue per CPU (frames waiting for that CPU's stack).
@@ -92,23 +92,7 @@ impl XdpGuard {
             list.set(0, distinct.len() as u32, 0)
                 .map_err(map_err("fill REDIRECT_CPUS"))?;
         }
-        let prog: &mut Xdp = bpf
-            .program_mut(names::XDP_PROGRAM)
-            .ok_or(EbpfError::MissingProgram(names::XDP_PROGRAM))?
-            .try_into()
-            .map_err(|source| EbpfError::Program {
-                op: "type check",
-                source,
-                log: String::new(),
-            })?;
-        prog.load().map_err(|source| {
-            let log = verifier_tail(&source);
-            EbpfError::Program {
-                op: "load (verifier)",
-                source,
-                log,
-            }
-        })?;
+        load_program(&mut bpf, names::XDP_PROGRAM, Xdp::load)?;
         let mut guard = XdpGuard {
             bpf,
             iface: String::new(),
@@ -136,16 +120,7 @@ impl XdpGuard {
         let mut i = 0;
         while i < modes.len() {
             let (mode, label) = modes[i];
-            let prog: &mut Xdp = self
-                .bpf
-                .program_mut(names::XDP_PROGRAM)
-                .ok_or(EbpfError::MissingProgram(names::XDP_PROGRAM))?
-                .try_into()
-                .map_err(|source| EbpfError::Program {
-                    op: "type check",
-                    source,
-                    log: String::new(),
-                })?;
+            let prog: &mut Xdp = program_mut(&mut self.bpf, names::XDP_PROGRAM)?;
             match prog.attach(&cfg.interface, mode) {
                 Ok(_) => {
                     self.iface = cfg.interface.clone();
@@ -215,35 +190,28 @@ impl XdpGuard {
         }
     }
 
+    /// One blocklist trie (`BLOCK_V4` with 4-byte keys, `BLOCK_V6` with 16).
+    fn trie<K: aya::Pod>(&self, name: &'static str) -> Option<LpmTrie<&MapData, K, u32>> {
+        self.bpf.map(name)?.try_into().ok()
+    }
+
+    /// Entries of one blocklist trie, as CIDRs.
+    fn trie_cidrs<K: aya::Pod>(&self, name: &'static str) -> Vec<String>
+    where
+        IpAddr: From<K>,
+    {
+        self.trie::<K>(name).map_or_else(Vec::new, |t| {
+            t.keys()
+                .flatten()
+                .map(|k| format!("{}/{}", IpAddr::from(k.data()), k.prefix_len()))
+                .collect()
+        })
+    }
+
     /// The blocklist, IPv4 first.
     pub fn blocklist(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(Ok(t)) = self
-            .bpf
-            .map(names::BLOCK_V4)
-            .map(LpmTrie::<_, V4Addr, u32>::try_from)
-        {
-            for k in t.keys().flatten() {
-                out.push(format!(
-                    "{}/{}",
-                    std::net::Ipv4Addr::from(k.data()),
-                    k.prefix_len()
-                ));
-            }
-        }
-        if let Some(Ok(t)) = self
-            .bpf
-            .map(names::BLOCK_V6)
-            .map(LpmTrie::<_, V6Addr, u32>::try_from)
-        {
-            for k in t.keys().flatten() {
-                out.push(format!(
-                    "{}/{}",
-                    std::net::Ipv6Addr::from(k.data()),
-                    k.prefix_len()
-                ));
-            }
-        }
+        let mut out = self.trie_cidrs::<V4Addr>(names::BLOCK_V4);
+        out.extend(self.trie_cidrs::<V6Addr>(names::BLOCK_V6));
         out
     }
 
@@ -273,14 +241,10 @@ impl XdpGuard {
     /// Entries of the guard's hash and trie maps.
     pub fn map_entries(&self) -> Vec<(&'static str, u64)> {
         let v4 = self
-            .bpf
-            .map(names::BLOCK_V4)
-            .and_then(|m| LpmTrie::<_, V4Addr, u32>::try_from(m).ok())
+            .trie::<V4Addr>(names::BLOCK_V4)
             .map_or(0, |t| t.keys().count() as u64);
         let v6 = self
-            .bpf
-            .map(names::BLOCK_V6)
-            .and_then(|m| LpmTrie::<_, V6Addr, u32>::try_from(m).ok())
+            .trie::<V6Addr>(names::BLOCK_V6)
             .map_or(0, |t| t.keys().count() as u64);
         let ports = self
             .bpf

@@ -961,11 +961,7 @@ fn bench_metrics(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", admin))?;
-        use std::io::{Read as _, Write as _};
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut body = Vec::new();
-        s.read_to_end(&mut body)?;
+        scrape(admin)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(50));
     }
