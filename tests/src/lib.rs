@@ -151,6 +151,20 @@ impl Portico {
             .text()
     }
 
+    /// Scrapes until `ready` holds (cells count after the bytes leave, so a client can see the
+    /// response a moment before its counters); panics with the last scrape after `within`.
+    pub fn wait_metrics(&self, within: Duration, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.metrics();
+            if ready(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "metrics never got there:\n{m}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Value of one exposition sample, e.g. `portico_cell_up{cell="0"}`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics(), series)
@@ -218,6 +232,14 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
             .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// Sum of every sample whose line starts with `prefix` (e.g. a metric over all its cells).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A parsed HTTP response.

@@ -1,7 +1,7 @@
 //! `/metrics` end to end: request-duration histograms by route, WSGI timings, per-cell process
 //! numbers, and the exposition passing `promtool check metrics`.
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portico_tests::*;
 
@@ -21,13 +21,6 @@ fn start() -> (Site, Portico) {
     (site, p)
 }
 
-fn sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn request_histograms_by_route_and_wsgi_timings() {
     let (_site, p) = start();
@@ -37,15 +30,9 @@ fn request_histograms_by_route_and_wsgi_timings() {
     }
     assert_eq!(get(p.addr, "/static/missing").unwrap().status, 404);
     assert_eq!(get(p.addr, "/boom").unwrap().status, 500);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let m = loop {
-        let m = p.metrics();
-        if sum(&m, "http_server_request_duration_seconds_count{") >= 22.0 {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let m = p.wait_metrics(Duration::from_secs(5), |m| {
+        metric_sum(m, "http_server_request_duration_seconds_count{") >= 22.0
+    });
     let static_ok = "http_server_request_duration_seconds_count{route=\"/static/\",method=\"GET\",status_class=\"2xx\"}";
     assert_eq!(metric_value(&m, static_ok), Some(10.0), "{m}");
     assert_eq!(
@@ -144,11 +131,12 @@ fn histograms_can_be_turned_off() {
     );
     let p = Portico::start(&["-c", &site.root("p.toml")]);
     assert_eq!(get(p.addr, "/a.txt").unwrap().status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-    let m = p.metrics();
+    let m = p.wait_metrics(Duration::from_secs(5), |m| {
+        metric_sum(m, "portico_cell_requests_total{") >= 1.0
+    });
     assert!(!m.contains("http_server_request_duration_seconds"), "{m}");
     assert_eq!(
-        sum(&m, "portico_cell_requests_total{"),
+        metric_sum(&m, "portico_cell_requests_total{"),
         1.0,
         "per-cell counters stay on:\n{m}"
     );
