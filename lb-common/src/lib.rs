@@ -20,9 +20,8 @@ pub mod names {
     pub const CPU_CELLS: &str = "CPU_CELLS";
     /// ARRAY of u32: `[0]` = number of live cells, `[1..=n]` = their indices (for hashing).
     pub const LIVE_CELLS: &str = "LIVE_CELLS";
-    /// ARRAY of u64, mmapable: index = cell, value = its load (open connections +
-    /// [`super::steering::LOAD_PER_WSGI_REQUEST`] per Python request in flight), written by
-    /// the cells themselves.
+    /// ARRAY of [`super::CellLoad`], mmapable: index = cell. The cells write their own entry;
+    /// the steering program adds the connections it queues on a cell.
     pub const CELL_LOAD: &str = "CELL_LOAD";
     /// PERCPU_ARRAY of u64 indexed by [`super::steering::index`].
     pub const STEERING_COUNTERS: &str = "STEERING_COUNTERS";
@@ -73,6 +72,10 @@ pub mod steering {
     /// whole run, so a cell stalled in Python must look busier than one holding idle
     /// keep-alive connections.
     pub const LOAD_PER_WSGI_REQUEST: u64 = 16;
+    /// Nanoseconds per unit of load for the age of a cell's oldest Python request (~65 us):
+    /// a cell whose app has sat 10 ms on one request weighs like 150 more connections, so a
+    /// cell stalled in Python is avoided however few connections it holds.
+    pub const AGE_SHIFT: u32 = 16;
     /// Per-cell results.
     pub const RESULTS: u32 = 3;
     /// Label values, in index order, for metrics.
@@ -120,6 +123,23 @@ pub struct CpuCell {
     pub valid: u32,
 }
 
+/// One cell's load, as the `least-loaded` policy reads it from `CELL_LOAD`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellLoad {
+    /// Open connections + [`steering::LOAD_PER_WSGI_REQUEST`] per Python request in flight
+    /// (written by the cell).
+    pub open: u64,
+    /// Connections steered to the cell and not accepted yet, as an i64: the program adds one
+    /// per choice, the cell takes one per accept and resets it to its accept queue length now
+    /// and then (a SYN that never completes would otherwise count forever). Without it a burst
+    /// of SYNs, all seen before the cell runs, would all look at the same loads.
+    pub pending: u64,
+    /// CLOCK_MONOTONIC (= `bpf_ktime_get_ns`) start of the cell's oldest Python request in
+    /// flight; 0 when none.
+    pub oldest_ns: u64,
+}
+
 /// Per-CPU packet and byte counts of one XDP action.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,6 +185,8 @@ mod tests {
         assert_eq!(core::mem::align_of::<CpuCell>(), 4);
         assert_eq!(core::mem::size_of::<XdpCount>(), 16);
         assert_eq!(core::mem::size_of::<SynBucket>(), 16);
+        // Cells map CELL_LOAD as consecutive u64 words.
+        assert_eq!(core::mem::size_of::<CellLoad>(), 3 * 8);
     }
 
     #[test]

@@ -3,16 +3,19 @@
 //! queued connections of a closed listener to a live cell.
 #![no_std]
 #![no_main]
+// The BPF target has no CAS, so no `AtomicU64::fetch_add`: the intrinsic lowers to BPF_ATOMIC add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_MMAPABLE, sk_action::SK_PASS},
-    helpers::bpf_get_smp_processor_id,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
     programs::SkReuseportContext,
 };
-use lb_common::{CpuCell, MAX_CELLS, MAX_CPUS, steering};
+use lb_common::{CellLoad, CpuCell, MAX_CELLS, MAX_CPUS, steering};
 
 #[map(name = "CELL_SOCKETS")]
 static CELL_SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_CELLS, 0);
@@ -24,7 +27,7 @@ static CPU_CELLS: Array<CpuCell> = Array::with_max_entries(MAX_CPUS, 0);
 static LIVE_CELLS: Array<u32> = Array::with_max_entries(MAX_CELLS + 1, 0);
 
 #[map(name = "CELL_LOAD")]
-static CELL_LOAD: Array<u64> = Array::with_max_entries(MAX_CELLS, BPF_F_MMAPABLE);
+static CELL_LOAD: Array<CellLoad> = Array::with_max_entries(MAX_CELLS, BPF_F_MMAPABLE);
 
 #[map(name = "STEERING_COUNTERS")]
 static STEERING_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(steering::COUNTERS, 0);
@@ -69,7 +72,8 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
             if local == NONE || other == NONE {
                 if local == NONE { other } else { local }
             } else {
-                let (a, b) = (load(local), load(other));
+                let now = unsafe { bpf_ktime_get_ns() };
+                let (a, b) = (load(local, now), load(other, now));
                 if a == b {
                     // A burst of SYNs arrives before any cell has accepted, with every load
                     // still equal: the plain hash (which may be the local cell) spreads it.
@@ -86,7 +90,7 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
         (cell, steering::SELECTED)
     };
     if choice != NONE && CELL_SOCKETS.select_reuseport(ctx, choice).is_ok() {
-        count(steering::index(choice, won));
+        took(choice, won);
         return Ok(SK_PASS);
     }
     // The choice's slot is empty (its cell died or is being replaced): the next live cells.
@@ -97,7 +101,7 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
     };
     let second = hashed(hash, live, 1);
     if second != NONE && second != choice && CELL_SOCKETS.select_reuseport(ctx, second).is_ok() {
-        count(steering::index(second, result));
+        took(second, result);
         return Ok(SK_PASS);
     }
     let third = hashed(hash, live, 2);
@@ -106,7 +110,7 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
         && third != second
         && CELL_SOCKETS.select_reuseport(ctx, third).is_ok()
     {
-        count(steering::index(third, result));
+        took(third, result);
         return Ok(SK_PASS);
     }
     count(steering::NO_LIVE_CELL);
@@ -136,9 +140,39 @@ fn hashed(hash: u32, live: u32, offset: u32) -> u32 {
     }
 }
 
+/// What `least-loaded` compares: open connections and Python requests, connections queued
+/// and not yet accepted, and how long the oldest Python request has been running (a cell
+/// stuck in its app holds few connections but must not get more).
 #[inline(always)]
-fn load(cell: u32) -> u64 {
-    CELL_LOAD.get(cell).copied().unwrap_or(u64::MAX)
+fn load(cell: u32, now: u64) -> u64 {
+    let Some(l) = CELL_LOAD.get(cell) else {
+        return u64::MAX;
+    };
+    // Plain racy reads: the cells change these words atomically, any value read is usable.
+    let pending = l.pending as i64;
+    let pending = if pending > 0 { pending as u64 } else { 0 };
+    let oldest = l.oldest_ns;
+    let age = if oldest != 0 && now > oldest {
+        (now - oldest) >> steering::AGE_SHIFT
+    } else {
+        0
+    };
+    l.open.saturating_add(pending).saturating_add(age)
+}
+
+/// Counts the decision and adds the connection to the cell's pending load until it accepts.
+#[inline(always)]
+fn took(cell: u32, result: u32) {
+    count(steering::index(cell, result));
+    if let Some(l) = CELL_LOAD.get_ptr_mut(cell) {
+        // Shared with every CPU and the cell itself: an atomic add (BPF_ATOMIC), result unused.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*l).pending,
+                1,
+            )
+        };
+    }
 }
 
 #[inline(always)]

@@ -69,11 +69,7 @@ pub fn run() -> anyhow::Result<()> {
     let ready = crate::sys::inherited_fd(FIRST_FD + n as i32 + 1)?;
     let load = if std::env::var_os(env::LOAD_MAP).is_some() {
         let fd = crate::sys::inherited_fd(FIRST_FD + n as i32 + 2)?;
-        let slots = crate::sys::map_bpf_u64_array(&fd, lb_common::MAX_CELLS as usize)?;
-        let slot = slots.get(index).context("cell index beyond CELL_LOAD")?;
-        // A new process starts from zero: nothing of the previous one is open any more.
-        slot.store(0, std::sync::atomic::Ordering::Relaxed);
-        Some(slot)
+        Some(crate::cell_load::CellLoadSlot::map(&fd, index)?)
     } else {
         None
     };
@@ -243,7 +239,7 @@ async fn serve(
     metrics: &'static MetricsRegion,
     ready: OwnedFd,
     pools: Vec<Option<crate::wsgi::WsgiRoute>>,
-    load: Option<&'static std::sync::atomic::AtomicU64>,
+    load: Option<crate::cell_load::CellLoadSlot>,
 ) -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
@@ -267,6 +263,18 @@ async fn serve(
     // Reloads are the master's business.
     let _hup = signal(SignalKind::hangup())?;
 
+    if ctx.load.is_some() {
+        let tcp = cfg
+            .server
+            .listen
+            .iter()
+            .zip(&fds)
+            .filter(|(a, _)| matches!(a, ListenAddr::Tcp(_)))
+            .map(|(_, fd)| fd.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .context("dup a listener for the pending count")?;
+        tokio::task::spawn_local(reconcile_pending(ctx.clone(), tcp, drain_rx.clone()));
+    }
     for (addr, fd) in cfg.server.listen.iter().zip(fds) {
         let accept = Acceptor {
             ctx: ctx.clone(),
@@ -340,6 +348,28 @@ async fn serve(
     Ok(())
 }
 
+/// Every 100 ms, sets the cell's pending load to its TCP listeners' accept queues, so counts
+/// of connections that never arrived (a SYN without its ACK) last no longer than that.
+/// Stops when the cell drains, closing its copies of the listeners.
+async fn reconcile_pending(ctx: Rc<CellCtx>, tcp: Vec<OwnedFd>, mut drain: watch::Receiver<bool>) {
+    use std::os::fd::AsFd as _;
+    let Some(load) = &ctx.load else { return };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = drain.changed() => return,
+        }
+        let queued: u64 = tcp
+            .iter()
+            .filter_map(|fd| crate::sys::listen_queue_len(fd.as_fd()).ok())
+            .map(u64::from)
+            .sum();
+        load.reconcile_pending(queued);
+    }
+}
+
 #[derive(Clone)]
 struct Acceptor {
     ctx: Rc<CellCtx>,
@@ -404,11 +434,16 @@ impl Acceptor {
         let idle = self.idle.clone();
         active.set(active.get() + 1);
         ctx.stats.connection_opened();
-        ctx.load_add(1);
+        if let Some(l) = &ctx.load {
+            // Only TCP listeners have the steering program.
+            l.accepted(info.remote_ip.is_some());
+        }
         tokio::task::spawn_local(async move {
             serve_connection(stream, Arc::new(info), ctx.clone(), drain).await;
             ctx.stats.connection_closed();
-            ctx.load_add(-1);
+            if let Some(l) = &ctx.load {
+                l.closed();
+            }
             active.set(active.get() - 1);
             if active.get() == 0 {
                 idle.notify_waiters();

@@ -47,9 +47,8 @@ pub struct CellCtx {
     pub max_requests: u64,
     /// `[metrics] enabled`: record per-request histograms.
     pub histograms: bool,
-    /// This cell's slot in the steering program's CELL_LOAD map (open connections + Python
-    /// requests in flight), read by the `least-loaded` policy.
-    pub load: Option<&'static std::sync::atomic::AtomicU64>,
+    /// This cell's entry of the steering program's CELL_LOAD map, read by `least-loaded`.
+    pub load: Option<crate::cell_load::CellLoadSlot>,
 }
 
 impl CellCtx {
@@ -61,7 +60,7 @@ impl CellCtx {
         control: OwnedFd,
         max_requests: u64,
         histograms: bool,
-        load: Option<&'static std::sync::atomic::AtomicU64>,
+        load: Option<crate::cell_load::CellLoadSlot>,
     ) -> Self {
         CellCtx {
             router,
@@ -77,13 +76,6 @@ impl CellCtx {
             max_requests,
             histograms,
             load,
-        }
-    }
-
-    /// Adds `delta` to the load the steering program sees for this cell.
-    pub fn load_add(&self, delta: i64) {
-        if let Some(l) = self.load {
-            l.fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

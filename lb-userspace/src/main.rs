@@ -7,6 +7,7 @@ mod admin;
 mod block;
 mod body;
 mod cell;
+mod cell_load;
 mod config;
 mod ebpf;
 mod http;

@@ -68,9 +68,8 @@ impl SharedCounters {
     }
 }
 
-/// Maps an mmapable BPF array of `entries` u64 values (the steering program's CELL_LOAD) for
+/// Maps an mmapable BPF array as `entries` u64 words (the steering program's CELL_LOAD) for
 /// the life of the process: the cell publishes its load with one atomic add, no syscall.
-/// (u64 because array elements are laid out 8 bytes apart whatever their size.)
 pub fn map_bpf_u64_array(fd: &OwnedFd, entries: usize) -> Result<&'static [AtomicU64], SysError> {
     let bytes = entries * std::mem::size_of::<u64>();
     // SAFETY: MAP_SHARED mapping of a BPF_F_MMAPABLE array map, which cannot shrink; the
@@ -82,6 +81,13 @@ pub fn map_bpf_u64_array(fd: &OwnedFd, entries: usize) -> Result<&'static [Atomi
     // SAFETY: page aligned, `entries * 8` bytes, never unmapped; the BPF program and other
     // cells only touch it atomically (or read it racily, which any u64 tolerates).
     Ok(unsafe { std::slice::from_raw_parts(ptr, entries) })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so the steering program
+/// can compare its "now" with times the cells publish.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Maps a read-only file into memory so a static file's bytes reach the socket without a

@@ -205,12 +205,20 @@ async fn pump(
 }
 
 /// Takes a WSGI request out of the cell's steering load when its call ends, however it ends.
-struct InFlight<'a>(&'a CellCtx);
+struct InFlight<'a>(&'a CellCtx, u64);
+
+impl<'a> InFlight<'a> {
+    fn start(ctx: &'a CellCtx) -> Option<Self> {
+        let load = ctx.load.as_ref()?;
+        Some(InFlight(ctx, load.wsgi_started()))
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0
-            .load_add(-(lb_common::steering::LOAD_PER_WSGI_REQUEST as i64));
+        if let Some(l) = &self.0.load {
+            l.wsgi_finished(self.1);
+        }
     }
 }
 
@@ -299,8 +307,7 @@ pub async fn call(
     };
     ctx.wsgi_request();
     // Counted in the cell's steering load until the response head is ready (or fails).
-    ctx.load_add(lb_common::steering::LOAD_PER_WSGI_REQUEST as i64);
-    let _in_flight = InFlight(&ctx);
+    let _in_flight = InFlight::start(&ctx);
     let id = match w.pool.submit(job) {
         Ok(id) => id,
         Err(SubmitError::QueueFull) => {
