@@ -109,18 +109,20 @@ fn handle<B>(
         "/metrics" => {
             let snap = shared.ebpf_snapshot();
             let routes = shared.routes.borrow();
+            let format = crate::exposition::Format::negotiate(
+                req.headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
             match render(
                 &shared.metrics,
                 cells,
                 &snap,
                 &routes,
                 &proc_snapshot(shared),
+                format,
             ) {
-                Ok(t) => text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    t,
-                ),
+                Ok(t) => text(StatusCode::OK, format.content_type(), t),
                 Err(e) => {
                     tracing::error!("rendering metrics: {e:#}");
                     status_page(StatusCode::INTERNAL_SERVER_ERROR)

@@ -10,6 +10,7 @@ mod cell;
 mod cell_load;
 mod config;
 mod ebpf;
+mod exposition;
 mod http;
 mod master;
 mod metrics;

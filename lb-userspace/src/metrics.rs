@@ -271,16 +271,17 @@ pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
     ))
 }
 
-/// Renders the Prometheus text exposition for `cells` cells.
+/// Renders the exposition for `cells` cells in `format`.
 pub fn render(
     region: &MetricsRegion,
     cells: usize,
     bpf: &EbpfSnapshot,
     routes: &[String],
     procs: &ProcSnapshot,
+    format: crate::exposition::Format,
 ) -> anyhow::Result<String> {
     use prometheus::proto::MetricType::{COUNTER, GAUGE};
-    use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+    use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
     // Families are built straight from the shared counters (a scrape allocates per series,
     // not per label lookup); the registry only carries build info and process_* series.
     let reg = Registry::new();
@@ -541,9 +542,7 @@ pub fn render(
     }
     families.extend(route_families(region, cells, routes));
     families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::with_capacity(16384);
-    TextEncoder::new().encode(&families, &mut out)?;
-    Ok(String::from_utf8(out)?)
+    crate::exposition::encode(families, format)
 }
 
 fn gauge_metric(pairs: &[(&str, &str)], v: f64) -> prometheus::proto::Metric {
@@ -751,7 +750,15 @@ mod tests {
             listen_queues: vec![("127.0.0.1:8080".into(), 0, 3)],
             cells: vec![process_usage(std::process::id())],
         };
-        let text = render(&region, 4, &EbpfSnapshot::default(), &["/".into()], &procs).unwrap();
+        let text = render(
+            &region,
+            4,
+            &EbpfSnapshot::default(),
+            &["/".into()],
+            &procs,
+            crate::exposition::Format::Prometheus,
+        )
+        .unwrap();
         assert!(
             text.contains("portico_listen_queue_length{cell=\"0\",listener=\"127.0.0.1:8080\"} 3"),
             "{text}"

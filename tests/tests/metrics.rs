@@ -118,6 +118,72 @@ fn exposition_passes_promtool() {
 }
 
 #[test]
+fn openmetrics_when_the_scraper_asks_for_it() {
+    let (_site, p) = start();
+    for path in ["/static/a.txt", "/hello", "/boom"] {
+        get(p.addr, path).unwrap();
+    }
+    let admin = p.admin.expect("admin");
+    // What Prometheus 2.x sends.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let r = request(admin, "GET", "/metrics", &[("Accept", accept)]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let om = r.text();
+    for want in [
+        "# TYPE portico_cell_requests counter\n",
+        "# TYPE portico_build info\n",
+        "# TYPE http_server_request_duration_seconds histogram\n",
+        "le=\"+Inf\"",
+    ] {
+        assert!(om.contains(want), "{want:?} missing:\n{om}");
+    }
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    // Without the header: text 0.0.4, as before.
+    let r = get(admin, "/metrics").unwrap();
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        r.text()
+            .contains("# TYPE portico_cell_requests_total counter")
+    );
+
+    // The reference client's strict OpenMetrics parser accepts every line.
+    let Some(venv) = test_venv() else {
+        println!("SKIP openmetrics parser check: no test venv (cargo xtask test creates it)");
+        return;
+    };
+    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nprint(sum(1 for _ in parse(sys.stdin.read())))\n";
+    let mut child = Command::new(venv.join("bin/python"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(om.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "OpenMetrics parser: {}\n{om}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(families >= 20, "{families} families parsed");
+}
+
+#[test]
 fn histograms_can_be_turned_off() {
     let site = Site::new();
     site.file("www/a.txt", b"x");

@@ -23,8 +23,9 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("libev-dev", "/usr/include/ev.h"),
 ];
-/// Python packages the end-to-end tests need, in the project's venv (`.venv`).
-const TEST_PY: &[&str] = &["flask>=3,<4", "django>=5,<6"];
+/// Python packages the end-to-end tests need, in the project's venv (`.venv`)
+/// (prometheus-client: its strict OpenMetrics parser checks the exposition).
+const TEST_PY: &[&str] = &["flask>=3,<4", "django>=5,<6", "prometheus-client>=0.20,<1"];
 /// Python packages for the WSGI bench: the peers.
 const BENCH_PY: &[&str] = &[
     "gunicorn>=23",
