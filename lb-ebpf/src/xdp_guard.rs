@@ -205,8 +205,13 @@ fn spread(src: &V6Addr, t: &Tcp) -> Option<u32> {
     }
     let word = u32::from_ne_bytes([src[12], src[13], src[14], src[15]])
         ^ u32::from_ne_bytes([src[8], src[9], src[10], src[11]]);
+    // murmur3's finaliser: every input bit reaches the low bits `% n` keeps (a plain
+    // multiply left them to the ports' parity, and Linux hands out even ephemeral ports).
     let mut h = word ^ ((t.sport as u32) << 16 | t.dport as u32);
-    h = h.wrapping_mul(0x9e37_79b1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
     h ^= h >> 16;
     let cpu = REDIRECT_CPUS.get(h % n + 1).copied()?;
     CPU_REDIRECT.redirect(cpu, 0).ok()

@@ -67,57 +67,109 @@ fn xdp(m: &str, action: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// A server namespace and a client namespace joined by a veth pair: server 10.199.n.1 on
+/// `vs`, client addresses .2, .3 and .4 on its peer. Deleting the namespaces removes the pair.
+struct Pair {
+    srv: Netns,
+    cli: Netns,
+    vs: String,
+    n: u8,
+}
+
+impl Pair {
+    /// None (after a SKIP line naming `test`) without root or namespace support.
+    fn create(test: &str) -> Option<Pair> {
+        if !is_root() {
+            println!("SKIP {test}: needs root (CAP_BPF, CAP_NET_ADMIN) for XDP and namespaces");
+            return None;
+        }
+        let (Some(srv), Some(cli)) = (Netns::create("xsrv"), Netns::create("xcli")) else {
+            println!("SKIP {test}: `ip netns add` failed (no iproute2 or no namespace support)");
+            return None;
+        };
+        let n = (std::process::id() % 200 + 20) as u8;
+        let (vs, vc) = (format!("pxs{n}"), format!("pxc{n}"));
+        let ok = Command::new("ip")
+            .args(["link", "add", &vs, "type", "veth", "peer", "name", &vc])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "creating the veth pair");
+        for (dev, ns) in [(&vs, &srv), (&vc, &cli)] {
+            let st = Command::new("ip")
+                .args(["link", "set", dev, "netns", &ns.0])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let pair = Pair { srv, cli, vs, n };
+        pair.srv.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", pair.ip(1)),
+            "dev",
+            &pair.vs,
+        ]);
+        pair.srv.ip(&["link", "set", &pair.vs, "up"]);
+        for h in [2, 3, 4] {
+            pair.cli
+                .ip(&["addr", "add", &format!("{}/24", pair.ip(h)), "dev", &vc]);
+        }
+        pair.cli.ip(&["link", "set", &vc, "up"]);
+        Some(pair)
+    }
+
+    /// The client's end of the pair.
+    fn vc(&self) -> String {
+        format!("pxc{}", self.n)
+    }
+
+    fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 199, self.n, host)
+    }
+
+    /// Starts portico in the server namespace with `xdp` lines under `[ebpf.xdp]`, serving
+    /// www/a.txt on 10.199.n.1; admin on all addresses (state changes only from loopback).
+    fn start(&self, s: &Site, xdp: &str) -> Portico {
+        s.file("www/a.txt", b"a");
+        let conf = format!(
+            "[server]\nworkers = 2\n[ebpf.xdp]\ninterface = \"{}\"\n{xdp}\n[[route]]\nprefix = \"/\"\nstatic = {{ root = \"{}\" }}\n",
+            self.vs,
+            s.root("www")
+        );
+        s.file("portico.toml", conf.as_bytes());
+        let args = self.args(s);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Portico::launch(self.srv.command(&portico_bin()), &args, false)
+    }
+
+    /// The command line `start` uses (after `serve`).
+    fn args(&self, s: &Site) -> Vec<String> {
+        vec![
+            "-c".into(),
+            s.root("portico.toml"),
+            "--listen".into(),
+            format!("{}:0", self.ip(1)),
+            "--admin".into(),
+            "0.0.0.0:0".into(),
+        ]
+    }
+}
+
 #[test]
 fn xdp_guard_blocklist_and_syn_budget() {
-    if !is_root() {
-        println!("SKIP xdp_guard: needs root (CAP_BPF, CAP_NET_ADMIN) for XDP and namespaces");
-        return;
-    }
-    let (Some(srv), Some(cli)) = (Netns::create("xsrv"), Netns::create("xcli")) else {
-        println!("SKIP xdp_guard: `ip netns add` failed (no iproute2 or no namespace support)");
+    let Some(pair) = Pair::create("xdp_guard") else {
         return;
     };
-    let n = std::process::id() % 200 + 20;
-    let (vs, vc) = (format!("pxs{n}"), format!("pxc{n}"));
-    let ok = Command::new("ip")
-        .args(["link", "add", &vs, "type", "veth", "peer", "name", &vc])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "creating the veth pair");
-    for (dev, ns) in [(&vs, &srv), (&vc, &cli)] {
-        let st = Command::new("ip")
-            .args(["link", "set", dev, "netns", &ns.0])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let ip = |host: u8| Ipv4Addr::new(10, 199, n as u8, host);
-    srv.ip(&["addr", "add", &format!("{}/24", ip(1)), "dev", &vs]);
-    srv.ip(&["link", "set", &vs, "up"]);
-    for h in [2, 3, 4] {
-        cli.ip(&["addr", "add", &format!("{}/24", ip(h)), "dev", &vc]);
-    }
-    cli.ip(&["link", "set", &vc, "up"]);
-
+    let (srv, cli, vs, ip) = (&pair.srv, &pair.cli, &pair.vs, |h| pair.ip(h));
     let s = Site::new();
-    s.file("www/a.txt", b"a");
-    let conf = format!(
-        "[server]\nworkers = 2\n[ebpf.xdp]\ninterface = \"{vs}\"\nblocklist = [\"{}/32\"]\nsyn_rate = 200\nsyn_burst = 400\n[[route]]\nprefix = \"/\"\nstatic = {{ root = \"{}\" }}\n",
-        ip(4),
-        s.root("www")
+    let p = pair.start(
+        &s,
+        &format!(
+            "blocklist = [\"{}/32\"]\nsyn_rate = 200\nsyn_burst = 400",
+            ip(4)
+        ),
     );
-    let path = s.file("portico.toml", conf.as_bytes());
-    let listen = format!("{}:0", ip(1));
-    let args = [
-        "-c",
-        path.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--admin",
-        "0.0.0.0:0",
-    ];
-    let p = Portico::launch(srv.command(&portico_bin()), &args, false);
     let addr = p.addr;
     let admin_port = p.admin.unwrap().port();
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
@@ -136,7 +188,7 @@ fn xdp_guard_blocklist_and_syn_budget() {
     let second = srv
         .command(&portico_bin())
         .args(["serve"])
-        .args(args)
+        .args(pair.args(&s))
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -259,5 +311,80 @@ fn xdp_guard_blocklist_and_syn_budget() {
     assert!(
         !link.contains("prog/xdp"),
         "XDP still attached after shutdown:\n{link}"
+    );
+}
+
+#[test]
+fn xdp_guard_cpu_redirect_spreads_one_cpus_flows_over_the_cells() {
+    if cpus() < 2 {
+        println!("SKIP xdp_guard cpu_redirect: needs 2 CPUs");
+        return;
+    }
+    let Some(pair) = Pair::create("xdp_guard cpu_redirect") else {
+        return;
+    };
+    // The CPUMAP rebuilds each packet as a new skb without the veth's "checksum still to be
+    // done" state, so TCP would see the client's unfinished checksums and drop every packet:
+    // the client computes them itself (as a real NIC's packets always carry them).
+    let offload = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.cli.0,
+            "ethtool",
+            "-K",
+            &pair.vc(),
+            "tx",
+            "off",
+        ])
+        .output();
+    match offload {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            println!("SKIP xdp_guard cpu_redirect: ethtool missing (cargo xtask test installs it)");
+            return;
+        }
+    }
+    let s = Site::new();
+    let p = pair.start(&s, "cpu_redirect = true");
+    let addr = p.addr;
+    let admin = SocketAddr::from(([127, 0, 0, 1], p.admin.unwrap().port()));
+    let before = pair.srv.wait_cells_up(&p, 2);
+    assert_eq!(metric_value(&before, "portico_ebpf_enabled"), Some(1.0));
+
+    // Every connection comes from a client pinned to CPU 0: without the redirect its packets
+    // are received on CPU 0 and the `cpu` policy would give them all to cell 0.
+    const CONNS: usize = 100;
+    let src = pair.ip(2);
+    let statuses = pair.cli.run(Some(0), move || {
+        (0..CONNS)
+            .map(|_| get_from(src, addr, "/a.txt", Duration::from_secs(2)).ok())
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == Some(200)),
+        "every redirected connection is served: {statuses:?}"
+    );
+    let after = pair.srv.scrape(admin);
+    // At least the SYN and the request of each connection went through the CPUMAP.
+    let redirected = xdp(&after, "redirect") - xdp(&before, "redirect");
+    assert!(
+        redirected >= 2.0 * CONNS as f64,
+        "{redirected} packets redirected for {CONNS} connections"
+    );
+    let per_cell: Vec<f64> = (0..2)
+        .map(|c| {
+            delta(
+                &after,
+                &before,
+                &format!("portico_steering_decisions_total{{cell=\"{c}\",result=\"selected\"}}"),
+            )
+        })
+        .collect();
+    assert_eq!(per_cell.iter().sum::<f64>(), CONNS as f64, "{per_cell:?}");
+    // A flow hash over two CPUs: each gets 20% or more (a miss is ~1e-9 for a fair hash).
+    assert!(
+        per_cell.iter().all(|n| *n >= CONNS as f64 * 0.2),
+        "connections per cell {per_cell:?}: the redirect did not spread them"
     );
 }

@@ -10,10 +10,12 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages the test suite needs: network namespaces for the eBPF tests, promtool
-/// (from `prometheus`) for the metrics checks, headless Chromium for the status page.
+/// Debian packages the test suite needs: network namespaces for the eBPF tests (and ethtool to
+/// turn off a veth's checksum offload), promtool (from `prometheus`) for the metrics checks,
+/// headless Chromium for the status page.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
     ("prometheus", "promtool"),
     ("chromium", "chromium"),
 ];
