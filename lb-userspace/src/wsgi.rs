@@ -205,20 +205,11 @@ async fn pump(
 }
 
 /// Takes a WSGI request out of the cell's steering load when its call ends, however it ends.
-struct InFlight<'a>(&'a CellCtx, u64);
-
-impl<'a> InFlight<'a> {
-    fn start(ctx: &'a CellCtx) -> Option<Self> {
-        let load = ctx.load.as_ref()?;
-        Some(InFlight(ctx, load.wsgi_started()))
-    }
-}
+struct InFlight<'a>(&'a crate::cell_load::CellLoadSlot, u64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(l) = &self.0.load {
-            l.wsgi_finished(self.1);
-        }
+        self.0.wsgi_finished(self.1);
     }
 }
 
@@ -307,7 +298,7 @@ pub async fn call(
     };
     ctx.wsgi_request();
     // Counted in the cell's steering load until the response head is ready (or fails).
-    let _in_flight = InFlight::start(&ctx);
+    let _in_flight = ctx.load.as_ref().map(|l| InFlight(l, l.wsgi_started()));
     let id = match w.pool.submit(job) {
         Ok(id) => id,
         Err(SubmitError::QueueFull) => {
