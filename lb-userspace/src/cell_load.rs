@@ -2,7 +2,7 @@
 //! cell, so publishing its load costs an atomic add and never a syscall.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -18,8 +18,9 @@ const OLDEST_NS: usize = 2;
 /// cell is single-threaded: plain `Cell`s).
 pub struct CellLoadSlot {
     words: &'static [AtomicU64],
-    /// Request token -> CLOCK_MONOTONIC start; tokens grow, so the first entry is the oldest.
-    in_flight: RefCell<BTreeMap<u64, u64>>,
+    /// (token, CLOCK_MONOTONIC start) in start order, so the front is the oldest; the buffer
+    /// is reused, so a request costs no allocation.
+    in_flight: RefCell<VecDeque<(u64, u64)>>,
     next_token: Cell<u64>,
 }
 
@@ -41,7 +42,7 @@ impl CellLoadSlot {
     fn over(words: &'static [AtomicU64]) -> Self {
         CellLoadSlot {
             words,
-            in_flight: RefCell::new(BTreeMap::new()),
+            in_flight: RefCell::new(VecDeque::new()),
             next_token: Cell::new(0),
         }
     }
@@ -75,7 +76,7 @@ impl CellLoadSlot {
         if in_flight.is_empty() {
             self.words[OLDEST_NS].store(now, Relaxed);
         }
-        in_flight.insert(token, now);
+        in_flight.push_back((token, now));
         token
     }
 
@@ -83,13 +84,13 @@ impl CellLoadSlot {
     pub fn wsgi_finished(&self, token: u64) {
         self.words[OPEN].fetch_sub(LOAD_PER_WSGI_REQUEST, Relaxed);
         let mut in_flight = self.in_flight.borrow_mut();
-        let was_oldest = in_flight
-            .first_key_value()
-            .is_some_and(|(t, _)| *t == token);
-        in_flight.remove(&token);
-        if was_oldest {
-            let oldest = in_flight.first_key_value().map_or(0, |(_, ns)| *ns);
-            self.words[OLDEST_NS].store(oldest, Relaxed);
+        // Tokens are pushed in increasing order; requests mostly end oldest first.
+        if let Ok(i) = in_flight.binary_search_by_key(&token, |(t, _)| *t) {
+            in_flight.remove(i);
+            if i == 0 {
+                let oldest = in_flight.front().map_or(0, |(_, ns)| *ns);
+                self.words[OLDEST_NS].store(oldest, Relaxed);
+            }
         }
     }
 }
@@ -124,7 +125,14 @@ mod tests {
         s.wsgi_finished(a);
         let c_ns = s.words[OLDEST_NS].load(Relaxed);
         assert!(c_ns >= a_ns);
-        assert_eq!(c_ns, *s.in_flight.borrow().get(&c).unwrap());
+        let c_start = s
+            .in_flight
+            .borrow()
+            .iter()
+            .find(|(t, _)| *t == c)
+            .unwrap()
+            .1;
+        assert_eq!(c_ns, c_start);
         s.wsgi_finished(c);
         assert_eq!(s.words[OLDEST_NS].load(Relaxed), 0);
         assert_eq!(s.words[OPEN].load(Relaxed), 0);

@@ -316,12 +316,7 @@ fn admin_reports_per_cell_counts() {
     }
     get(p.addr, "/missing").unwrap();
     let m = p.metrics();
-    let sum = |prefix: &str| -> f64 {
-        m.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let sum = |prefix: &str| metric_sum(&m, prefix);
     assert_eq!(sum("portico_cell_requests_total{") - 0.0, 11.0, "{m}");
     assert_eq!(
         m.lines()

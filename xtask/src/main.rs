@@ -613,6 +613,15 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The bench directory for a static + WSGI Portico: `www/1k.bin` and the app module `app`.
+fn mixed_bench_dir(app: (&str, &str)) -> anyhow::Result<PathBuf> {
+    let dir = tempfile_dir()?;
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::write(dir.join("www/1k.bin"), vec![b'x'; 1024])?;
+    std::fs::write(dir.join(app.0), app.1)?;
+    Ok(dir)
+}
+
 // ---------------------------------------------------------------- bench wsgi
 
 const BENCH_APP: &str = r#"
@@ -912,10 +921,7 @@ fn start_portico_with(
 fn bench_metrics(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
     let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
     let (workers, threads) = o.workers_and_threads();
-    let dir = tempfile_dir()?;
-    std::fs::create_dir_all(dir.join("www"))?;
-    std::fs::write(dir.join("www/1k.bin"), vec![b'x'; 1024])?;
-    std::fs::write(dir.join("benchapp.py"), BENCH_APP)?;
+    let dir = mixed_bench_dir(("benchapp.py", BENCH_APP))?;
     let servers = [
         start_portico_cfg(root, &dir, "metrics on", "", workers, false)?.0,
         start_portico_cfg(
@@ -1081,10 +1087,7 @@ fn stall_cell(
 fn bench_steering(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
     let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
     let (workers, threads) = o.workers_and_threads();
-    let dir = tempfile_dir()?;
-    std::fs::create_dir_all(dir.join("www"))?;
-    std::fs::write(dir.join("www/1k.bin"), vec![b'x'; 1024])?;
-    std::fs::write(dir.join("stallapp.py"), STALL_APP)?;
+    let dir = mixed_bench_dir(("stallapp.py", STALL_APP))?;
     let policies: [&'static str; 4] = ["kernel", "cpu", "hash", "least-loaded"];
     let mut servers = Vec::new();
     for p in policies {
