@@ -2,33 +2,24 @@
 //! supervises one pinned cell per CPU; cells serve static files and embedded-Python WSGI apps.
 #![deny(unsafe_code)]
 
-mod access_log;
-mod admin;
-mod block;
-mod body;
+mod block_client;
 mod cell;
-mod cell_load;
 mod config;
 mod ebpf;
-mod exposition;
-mod http;
 mod master;
 mod metrics;
-mod router;
-mod static_files;
-mod status;
-mod steering;
-#[allow(unsafe_code)]
+mod proto;
+#[expect(unsafe_code, reason = "the one module that wraps syscalls")]
 mod sys;
-mod wsgi;
-mod xdp_guard;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigErrors, EXIT_CONFIG, Overrides};
+use crate::block_client::BlockOp;
+use crate::config::{Config, ConfigErrors, Overrides};
+use crate::proto::{EXIT_APP, EXIT_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -76,16 +67,6 @@ enum Command {
     /// Internal: import the WSGI apps once in a throw-away process and exit.
     #[command(hide = true)]
     AppCheck,
-}
-
-#[derive(Subcommand)]
-enum BlockOp {
-    /// Drop every packet from CIDR (an address, or address/prefix).
-    Add { cidr: String },
-    /// Stop dropping CIDR.
-    Del { cidr: String },
-    /// Print the blocklist.
-    List,
 }
 
 #[derive(clap::Args)]
@@ -156,7 +137,7 @@ pub fn init_logging(level: &str) {
 
 /// `portico xdp-test-run`: the decision table, then the cost per packet of each path.
 fn xdp_test_run(repeat: u32) -> ExitCode {
-    use xdp_guard::fixtures;
+    use ebpf::xdp_guard::fixtures;
     let outcomes = match fixtures::run() {
         Ok(o) => o,
         Err(e) => {
@@ -214,7 +195,7 @@ fn main() -> ExitCode {
         },
         Command::AppCheck => ExitCode::from(cell::app_check() as u8),
         Command::Block { op, admin, config } => {
-            match block::run(op, admin.as_deref(), config.as_deref()) {
+            match block_client::run(op, admin.as_deref(), config.as_deref()) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("portico block: {e:#}");
@@ -228,7 +209,7 @@ fn main() -> ExitCode {
                 if cfg.has_wsgi() {
                     match master::check_apps(&cfg) {
                         Ok(true) => {}
-                        Ok(false) => return ExitCode::from(cell::EXIT_APP as u8),
+                        Ok(false) => return ExitCode::from(EXIT_APP as u8),
                         Err(e) => {
                             eprintln!("portico: {e:#}");
                             return ExitCode::from(1);

@@ -37,9 +37,9 @@ pub struct SharedCounters {
 }
 
 impl SharedCounters {
-    /// Maps `slots` u64 counters from `file` (which must be at least `slots * 8` bytes).
-    pub fn map(file: &File, slots: usize) -> Result<Self, SysError> {
-        let bytes = slots * std::mem::size_of::<u64>();
+    /// Maps `count` u64 counters from `file` (which must be at least `count * 8` bytes).
+    pub fn map(file: &File, count: usize) -> Result<Self, SysError> {
+        let bytes = count * std::mem::size_of::<u64>();
         let meta = file.metadata().map_err(err("fstat(metrics memfd)"))?;
         if (meta.len() as usize) < bytes {
             return Err(SysError {
@@ -54,11 +54,11 @@ impl SharedCounters {
         // truncated after creation, so the mapping stays valid for the object's lifetime.
         let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(file) }
             .map_err(err("mmap(metrics memfd)"))?;
-        Ok(Self { map, len: slots })
+        Ok(Self { map, len: count })
     }
 
     /// The counters as atomics.
-    pub fn slots(&self) -> &[AtomicU64] {
+    pub fn all(&self) -> &[AtomicU64] {
         let ptr = self.map.as_ptr() as *const AtomicU64;
         debug_assert_eq!(ptr.align_offset(std::mem::align_of::<AtomicU64>()), 0);
         // SAFETY: the mapping is page aligned, `len * 8` bytes long and lives as long as `self`;

@@ -11,6 +11,7 @@ mod environ;
 mod objects;
 mod pool;
 mod python;
+mod request;
 mod response;
 
 pub use environ::{Cidr, ConnInfo};

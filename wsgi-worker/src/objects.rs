@@ -14,7 +14,8 @@ use crate::response::{self, BodyOut, Head, Piece, Reply};
 pub struct BodySource {
     pub want: Option<oneshot::Sender<()>>,
     pub rx: mpsc::Receiver<Result<Bytes, String>>,
-    /// Body bytes already read by the cell.
+    /// Body bytes already read by the cell: the whole body when `want` is None, else the
+    /// start of it (the rest follows on `rx`).
     pub ready: Option<Bytes>,
 }
 
@@ -36,6 +37,8 @@ pub struct Input {
     source: Option<BodySource>,
     buf: BytesMut,
     eof: bool,
+    /// The body's framing broke while it was read (the client's error).
+    failed: bool,
 }
 
 impl Input {
@@ -44,13 +47,21 @@ impl Input {
         if let Some(b) = source.as_mut().and_then(|s| s.ready.take()) {
             // No copy when the cell holds the only reference to the bytes.
             buf = BytesMut::from(b);
-            source = None;
+            if source.as_ref().is_some_and(|s| s.want.is_none()) {
+                source = None;
+            }
         }
         Input {
             eof: source.is_none(),
             source,
             buf,
+            failed: false,
         }
+    }
+
+    /// Reading the body failed on its framing (see `BodySource`).
+    pub fn body_failed(&self) -> bool {
+        self.failed
     }
 
     /// The request is over: let the cell drain (or drop) what the app did not read.
@@ -79,6 +90,7 @@ impl Input {
             }
             Some(Err(e)) => {
                 self.eof = true;
+                self.failed = true;
                 self.source = None;
                 Err(PyOSError::new_err(format!("reading the request body: {e}")))
             }

@@ -1,5 +1,5 @@
 //! Loader for the `steering` sk_reuseport program: one instance per TCP listen address (a
-//! REUSEPORT_SOCKARRAY only holds one reuseport group, slot = cell); the other maps are pinned
+//! REUSEPORT_SOCKARRAY only holds one reuseport group, index = cell); the other maps are pinned
 //! and shared by every instance. The master keeps the maps in step with the cells.
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -23,8 +23,8 @@ pub struct Steering {
 
 impl Steering {
     /// Loads and attaches `policy` for every group; `groups[g][cell]` is cell `cell`'s listener
-    /// for TCP address `g`, `cpus[cell]` its CPU. Every slot starts empty: the master fills a
-    /// cell's slot when that cell reports ready.
+    /// for TCP address `g`, `cpus[cell]` its CPU. Every entry starts empty: the master fills a
+    /// cell's entry when that cell reports ready.
     pub fn attach(
         groups: &[Vec<BorrowedFd<'_>>],
         cpus: &[usize],
@@ -139,7 +139,7 @@ impl Steering {
                 Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(map_err("clear a CELL_SOCKETS slot")(e)),
+                Err(e) => return Err(map_err("clear a CELL_SOCKETS entry")(e)),
             }
         }
         Ok(())

@@ -16,7 +16,7 @@ const OLDEST_NS: usize = 2;
 
 /// This cell's `CellLoad` words plus the start times of its Python requests in flight (the
 /// cell is single-threaded: plain `Cell`s).
-pub struct CellLoadSlot {
+pub struct CellLoadEntry {
     words: &'static [AtomicU64],
     /// (token, CLOCK_MONOTONIC start) in start order, so the front is the oldest; the buffer
     /// is reused, so a request costs no allocation.
@@ -24,9 +24,9 @@ pub struct CellLoadSlot {
     next_token: Cell<u64>,
 }
 
-impl CellLoadSlot {
+impl CellLoadEntry {
     /// Maps the CELL_LOAD map passed by the master and takes cell `index`'s entry, starting
-    /// from zero: nothing of a previous process on this slot is open any more.
+    /// from zero: nothing of a previous cell in this place is open any more.
     pub fn map(fd: &OwnedFd, index: usize) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let all = crate::sys::map_bpf_u64_array(fd, lb_common::MAX_CELLS as usize * WORDS)?;
@@ -40,7 +40,7 @@ impl CellLoadSlot {
     }
 
     fn over(words: &'static [AtomicU64]) -> Self {
-        CellLoadSlot {
+        CellLoadEntry {
             words,
             in_flight: RefCell::new(VecDeque::new()),
             next_token: Cell::new(0),
@@ -99,19 +99,19 @@ impl CellLoadSlot {
 mod tests {
     use super::*;
 
-    fn slot() -> CellLoadSlot {
+    fn entry() -> CellLoadEntry {
         let words: &'static [AtomicU64] = Box::leak(
             (0..WORDS)
                 .map(|_| AtomicU64::new(0))
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
         );
-        CellLoadSlot::over(words)
+        CellLoadEntry::over(words)
     }
 
     #[test]
     fn oldest_request_start_follows_the_requests_in_flight() {
-        let s = slot();
+        let s = entry();
         let a = s.wsgi_started();
         let a_ns = s.words[OLDEST_NS].load(Relaxed);
         assert_ne!(a_ns, 0);
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn pending_counts_down_on_accept_and_is_reset_to_the_queue() {
-        let s = slot();
+        let s = entry();
         // The program queued two connections.
         s.words[PENDING].fetch_add(2, Relaxed);
         s.accepted(true);

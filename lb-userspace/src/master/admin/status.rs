@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::master::Shared;
-use crate::metrics::{BOUNDS_NS, CLASSES, HIST_LEN, METHODS, ROUTE_SLOTS, route_slot, slot};
+use crate::master::state::MasterState;
+use crate::metrics::{BOUNDS_NS, CLASSES, HIST_LEN, METHODS, ROUTE_BLOCKS, cell_counter, route_counter};
 
 /// Seconds of history kept (the window of the page's latency numbers and sparklines).
 pub const WINDOW: usize = 60;
@@ -30,18 +30,18 @@ pub struct History {
     samples: VecDeque<Vec<CellSample>>,
 }
 
-fn sample_cell(shared: &Shared, cell: usize, steered: u64) -> CellSample {
+fn sample_cell(shared: &MasterState, cell: usize, steered: u64) -> CellSample {
     let c = shared.metrics.cell(cell);
     let mut s = CellSample {
-        requests: c.get(slot::REQUESTS),
+        requests: c.get(cell_counter::REQUESTS),
         steered,
         ..Default::default()
     };
-    let routes = shared.routes.borrow().len().min(ROUTE_SLOTS - 1);
+    let routes = shared.routes.borrow().len().min(ROUTE_BLOCKS - 1);
     for r in 0..=routes {
         let block = c.route(r);
         for h in 0..METHODS.len() * CLASSES.len() {
-            let at = route_slot::REQUEST_HIST + h * HIST_LEN;
+            let at = route_counter::REQUEST_HIST + h * HIST_LEN;
             for (k, b) in s.buckets.iter_mut().enumerate() {
                 *b += block[at + k].load(Relaxed);
             }
@@ -51,7 +51,7 @@ fn sample_cell(shared: &Shared, cell: usize, steered: u64) -> CellSample {
 }
 
 /// Samples every second, forever (spawned by the master next to the admin endpoint).
-pub async fn sample(shared: Rc<Shared>, history: Rc<RefCell<History>>) {
+pub async fn sample(shared: Rc<MasterState>, history: Rc<RefCell<History>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -140,9 +140,9 @@ pub struct Status {
     pub cells: Vec<CellStatus>,
 }
 
-pub fn status(shared: &Shared, history: &History) -> Status {
+pub fn status(shared: &MasterState, history: &History) -> Status {
     let s = &history.samples;
-    let procs = crate::admin::proc_snapshot(shared);
+    let procs = shared.proc_snapshot();
     let cells = (0..shared.cells())
         .map(|i| {
             let c = shared.metrics.cell(i);
@@ -168,14 +168,14 @@ pub fn status(shared: &Shared, history: &History) -> Status {
             };
             CellStatus {
                 cell: i,
-                up: c.get(slot::UP) == 1,
-                pid: c.get(slot::PID),
+                up: c.get(cell_counter::UP) == 1,
+                pid: c.get(cell_counter::PID),
                 rps,
                 rps_history,
-                connections_active: c.get(slot::CONNECTIONS_ACTIVE),
-                wsgi_queue_depth: c.get(slot::WSGI_QUEUE_DEPTH),
-                wsgi_threads_busy: c.get(slot::WSGI_THREADS_BUSY),
-                wsgi_threads: c.get(slot::WSGI_THREADS),
+                connections_active: c.get(cell_counter::CONNECTIONS_ACTIVE),
+                wsgi_queue_depth: c.get(cell_counter::WSGI_QUEUE_DEPTH),
+                wsgi_threads_busy: c.get(cell_counter::WSGI_THREADS_BUSY),
+                wsgi_threads: c.get(cell_counter::WSGI_THREADS),
                 p50_ms: quantile(&window, 0.5).map(|v| v * 1e3),
                 p99_ms: quantile(&window, 0.99).map(|v| v * 1e3),
                 steered: match (first, last) {
@@ -223,62 +223,7 @@ pub fn status(shared: &Shared, history: &History) -> Status {
 }
 
 /// The page: no external assets; it polls /status.json every second and redraws.
-pub const PAGE: &str = r###"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Portico status</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-h1{font-size:1.3em;margin:0 0 .3em} .muted{color:#777}
-table{border-collapse:collapse;margin-top:1em;background:#fff}
-th,td{padding:.35em .7em;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
-th{background:#f0f0f0;font-weight:600} td.l,th.l{text-align:left}
-.bar{display:inline-block;height:.8em;background:#4a7bd0;vertical-align:middle;min-width:1px}
-.down{color:#b00020;font-weight:600} svg{vertical-align:middle}
-</style></head><body>
-<h1>Portico <span id="version" class="muted"></span></h1>
-<div id="summary" class="muted">loading…</div>
-<table id="cells"><thead><tr>
-<th class="l">cell</th><th>req/s</th><th class="l">last minute</th><th>p50 ms</th><th>p99 ms</th>
-<th>connections</th><th>queue</th><th>busy threads</th><th>steered (1 min)</th><th>RSS MiB</th>
-</tr></thead><tbody></tbody></table>
-<div id="steering" class="muted" style="margin-top:1em"></div>
-<div id="xdp" class="muted" style="margin-top:.4em"></div>
-<script>
-function spark(values){
-  const w=120,h=24,max=Math.max(1,...values);
-  const pts=values.map((v,i)=>`${(i/(Math.max(1,values.length-1))*w).toFixed(1)},${(h-v/max*h).toFixed(1)}`).join(' ');
-  return `<svg width="${w}" height="${h}" role="img" aria-label="requests per second"><polyline fill="none" stroke="#4a7bd0" stroke-width="1.5" points="${pts}"/></svg>`;
-}
-function fmt(v,d){return v==null?'–':v.toFixed(d)}
-async function refresh(){
-  try{
-    const s=await (await fetch('status.json',{cache:'no-store'})).json();
-    document.getElementById('version').textContent='v'+s.version;
-    const total=s.cells.reduce((a,c)=>a+c.rps,0);
-    const up=s.cells.filter(c=>c.up).length;
-    document.getElementById('summary').textContent=
-      `${up}/${s.cells.length} cells up · ${total.toFixed(0)} req/s · eBPF steering ${s.ebpf_enabled?s.steering_policy:'off'} · updated ${new Date().toLocaleTimeString()}`;
-    const maxRps=Math.max(1,...s.cells.map(c=>c.rps));
-    const rows=s.cells.map(c=>`<tr data-cell="${c.cell}">
-      <td class="l">${c.cell}${c.up?'':' <span class="down">down</span>'}</td>
-      <td><span class="bar" style="width:${(c.rps/maxRps*80).toFixed(0)}px"></span> ${c.rps.toFixed(0)}</td>
-      <td class="l">${spark(c.rps_history)}</td>
-      <td>${fmt(c.p50_ms,2)}</td><td>${fmt(c.p99_ms,2)}</td>
-      <td>${c.connections_active}</td><td>${c.wsgi_queue_depth}</td>
-      <td>${c.wsgi_threads?c.wsgi_threads_busy+'/'+c.wsgi_threads:'–'}</td>
-      <td>${c.steered}</td><td>${c.rss_bytes==null?'–':(c.rss_bytes/1048576).toFixed(1)}</td></tr>`).join('');
-    document.querySelector('#cells tbody').innerHTML=rows;
-    document.getElementById('steering').textContent=s.steering.length?
-      'steering decisions: '+s.steering.map(([k,v])=>`${k} ${v}`).join(' · '):'';
-    document.getElementById('xdp').innerHTML=s.xdp?
-      `XDP guard on ${s.xdp.interface} (${s.xdp.mode}): `+s.xdp.packets.map(([k,v])=>
-        `${k} ${v} <span class="bar" style="width:${Math.min(80,Math.log10(1+v)*10).toFixed(0)}px"></span>`).join(' · '):'XDP guard off';
-    document.body.dataset.refreshes=String(Number(document.body.dataset.refreshes||0)+1);
-  }catch(e){document.getElementById('summary').textContent='status unavailable: '+e}
-}
-refresh();setInterval(refresh,1000);
-</script></body></html>
-"###;
+pub const PAGE: &str = include_str!("status.html");
 
 #[cfg(test)]
 mod tests {

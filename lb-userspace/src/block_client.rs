@@ -7,8 +7,18 @@ use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 
-use crate::BlockOp;
 use crate::config::{Config, Overrides};
+
+/// What `portico block` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum BlockOp {
+    /// Drop every packet from CIDR (an address, or address/prefix).
+    Add { cidr: String },
+    /// Stop dropping CIDR.
+    Del { cidr: String },
+    /// Print the blocklist.
+    List,
+}
 
 /// Returns the exit code: 0 done, 1 refused by the server.
 pub fn run(op: BlockOp, admin: Option<&str>, config: Option<&Path>) -> anyhow::Result<u8> {

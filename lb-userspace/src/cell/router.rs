@@ -1,8 +1,8 @@
 //! Longest-prefix routing. Prefixes without a trailing slash match on segment boundaries, so
 //! `/app` serves `/app` and `/app/x` but not `/application`.
 use crate::config::RouteConfig;
-use crate::static_files::StaticRoute;
-use crate::wsgi::WsgiRoute;
+use crate::cell::static_files::StaticRoute;
+use crate::cell::wsgi::WsgiRoute;
 
 pub enum Handler {
     Static(StaticRoute),
@@ -12,8 +12,9 @@ pub enum Handler {
 pub struct Route {
     pub prefix: String,
     pub handler: Handler,
-    /// Metrics route slot: the route's index in the configuration + 1.
-    pub slot: usize,
+    /// The route's index in the metrics region: its index in the configuration + 1 (0 is
+    /// for requests that matched no route).
+    pub metrics_index: usize,
 }
 
 pub enum Match<'a> {
@@ -45,7 +46,7 @@ impl Router {
                 Some(Route {
                     prefix: r.prefix.clone(),
                     handler,
-                    slot: i + 1,
+                    metrics_index: i + 1,
                 })
             })
             .collect();

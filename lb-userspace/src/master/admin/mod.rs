@@ -2,18 +2,23 @@
 //! Loopback by default; requests that change state are refused from any other peer.
 use std::rc::Rc;
 
+pub mod status;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{Body, status_page};
-use crate::master::Shared;
-use crate::metrics::{ProcSnapshot, process_usage, render, slot};
+use crate::master::state::MasterState;
+use crate::metrics::{cell_counter, render};
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
-    let history = Rc::new(std::cell::RefCell::new(crate::status::History::default()));
-    tokio::task::spawn_local(crate::status::sample(shared.clone(), history.clone()));
+/// Admin responses are small and whole.
+type Body = Full<Bytes>;
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<MasterState>) {
+    let history = Rc::new(std::cell::RefCell::new(status::History::default()));
+    tokio::task::spawn_local(status::sample(shared.clone(), history.clone()));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -37,34 +42,8 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Rc<Shared>) {
     }
 }
 
-/// Accept queues and cell processes, read from /proc at scrape time.
-pub fn proc_snapshot(shared: &Shared) -> ProcSnapshot {
-    use std::os::fd::AsFd as _;
-    ProcSnapshot {
-        listen_queues: shared
-            .listeners
-            .borrow()
-            .iter()
-            .filter_map(|(addr, cell, fd)| {
-                crate::sys::listen_queue_len(fd.as_fd())
-                    .ok()
-                    .map(|n| (addr.clone(), *cell, n as u64))
-            })
-            .collect(),
-        cells: (0..shared.cells())
-            .map(|i| {
-                let c = shared.metrics.cell(i);
-                let pid = c.get(slot::PID) as u32;
-                (c.get(slot::UP) == 1 && pid > 0)
-                    .then(|| process_usage(pid))
-                    .flatten()
-            })
-            .collect(),
-    }
-}
-
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Body::one(Bytes::from(body)));
+    let mut r = Response::new(Body::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -72,8 +51,8 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 fn handle<B>(
-    shared: &Shared,
-    history: &crate::status::History,
+    shared: &MasterState,
+    history: &status::History,
     req: &Request<B>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
@@ -90,7 +69,7 @@ fn handle<B>(
     match req.uri().path() {
         "/healthz" => {
             let down: Vec<usize> = (0..cells)
-                .filter(|&i| shared.metrics.cell(i).get(slot::UP) == 0)
+                .filter(|&i| shared.metrics.cell(i).get(cell_counter::UP) == 0)
                 .collect();
             if down.is_empty() {
                 text(
@@ -109,7 +88,7 @@ fn handle<B>(
         "/metrics" => {
             let snap = shared.ebpf_snapshot();
             let routes = shared.routes.borrow();
-            let format = crate::exposition::Format::negotiate(
+            let format = crate::metrics::exposition::Format::negotiate(
                 req.headers()
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok()),
@@ -119,7 +98,7 @@ fn handle<B>(
                 cells,
                 &snap,
                 &routes,
-                &proc_snapshot(shared),
+                &shared.proc_snapshot(),
                 format,
             ) {
                 Ok(t) => text(StatusCode::OK, format.content_type(), t),
@@ -132,9 +111,9 @@ fn handle<B>(
         "/status" => text(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::status::PAGE.to_string(),
+            status::PAGE.to_string(),
         ),
-        "/status.json" => match serde_json::to_string(&crate::status::status(shared, history)) {
+        "/status.json" => match serde_json::to_string(&status::status(shared, history)) {
             Ok(j) => text(StatusCode::OK, "application/json", j),
             Err(e) => {
                 tracing::error!("rendering status: {e}");
@@ -165,7 +144,7 @@ fn no_guard() -> Response<Body> {
 /// `POST /blocklist/add?cidr=...` and `POST /blocklist/del?cidr=...` (what `portico block`
 /// sends): takes effect for the next packet, no restart; loopback peers only.
 fn blocklist_change<B>(
-    shared: &Shared,
+    shared: &MasterState,
     req: &Request<B>,
     op: &str,
     peer: std::net::SocketAddr,
@@ -231,4 +210,17 @@ fn blocklist_change<B>(
             text(StatusCode::INTERNAL_SERVER_ERROR, plain, format!("{e}\n"))
         }
     }
+}
+
+/// A small text/plain page for a status code: the reason phrase, never internals.
+fn status_page(status: StatusCode) -> Response<Body> {
+    text(
+        status,
+        "text/plain; charset=utf-8",
+        format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        ),
+    )
 }

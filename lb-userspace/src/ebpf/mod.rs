@@ -1,14 +1,19 @@
 //! What the eBPF loaders share: the compiled objects, the error type, the pin directory
 //! (`/sys/fs/bpf/portico/<instance>`, where operators read the maps with bpftool) and the
-//! verifier-log helper. The loaders are `steering` and `xdp_guard`.
+//! verifier-log helper. The loaders are `steering` and `xdp_guard`; `cell_load` is the cells'
+//! side of the steering program's CELL_LOAD map.
+pub mod cell_load;
+pub mod steering;
+pub mod xdp_guard;
+
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::maps::{Map, MapError};
 use aya::programs::ProgramError;
 
-pub use crate::steering::Steering;
-pub use crate::xdp_guard::XdpGuard;
+pub use steering::Steering;
+pub use xdp_guard::XdpGuard;
 
 /// The compiled programs, built by build.rs from `lb-ebpf`.
 pub(crate) static STEERING_OBJ: &[u8] =
@@ -29,7 +34,7 @@ pub enum EbpfError {
     MissingProgram(&'static str),
     #[error("map `{0}` missing from the object")]
     MissingMap(&'static str),
-    #[error("program {op}: {}{log}", crate::ebpf::short(source))]
+    #[error("program {op}: {}{log}", short(source))]
     Program {
         op: &'static str,
         #[source]
@@ -60,8 +65,8 @@ pub enum EbpfError {
 }
 
 impl EbpfError {
-    /// True when the failure is about privileges or kernel support (the fallback applies),
-    /// false when it is a configuration conflict that must stop startup.
+    /// True when the failure is a conflict with another tool's program (it must stop
+    /// startup); false when it is about privileges or kernel support (the fallback applies).
     pub fn is_conflict(&self) -> bool {
         matches!(self, EbpfError::XdpBusy(_))
     }
@@ -164,7 +169,6 @@ impl Drop for PinDir {
     }
 }
 
-/// The last lines of the verifier log, when the kernel rejected the program.
 /// A program error in one line: the syscall's error, without aya's full verifier dump (the
 /// caller appends the log's last lines).
 pub(crate) fn short(e: &ProgramError) -> String {
@@ -176,6 +180,7 @@ pub(crate) fn short(e: &ProgramError) -> String {
     }
 }
 
+/// The last lines of the verifier log, when the kernel rejected the program.
 pub(crate) fn verifier_tail(e: &ProgramError) -> String {
     if let ProgramError::LoadError { verifier_log, .. } = e {
         let text = verifier_log.to_string();

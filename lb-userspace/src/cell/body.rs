@@ -15,20 +15,31 @@ use http::header::{self, HeaderValue};
 use http_body::{Frame, SizeHint};
 use std::future::Future as _;
 
-/// Called when the response body is finished or dropped (end of a request on the connection).
-pub trait OnDone {
-    /// `streamed`: body bytes of a streamed body (whose size was not known up front).
+/// What a response body asks of its connection.
+pub trait ConnHooks {
+    /// The body is finished or dropped (end of a request on the connection). `streamed`: body
+    /// bytes of a streamed body (whose size was not known up front).
     fn done(&self, streamed: u64);
+    /// Ask to be told when everything written so far has left hyper's buffer.
+    fn want_flush(&self);
+    /// Ready once the connection flushed after the last `want_flush`.
+    fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
 pub struct Body {
     chunks: VecDeque<Bytes>,
     remaining: u64,
-    on_done: Option<std::rc::Rc<dyn OnDone>>,
+    on_done: Option<std::rc::Rc<dyn ConnHooks>>,
     stream: Option<Box<Stream>>,
     sendfile: Option<FileRegion>,
     /// Called with the bytes sent when a streamed body ends (the access log line).
     on_end: Option<Box<dyn FnOnce(u64)>>,
+    /// The app declared this Content-Length but its whole body is shorter: the bytes it gave
+    /// are sent under that length, then the connection is closed (the client sees a
+    /// truncated response, as with gunicorn).
+    short_of: Option<u64>,
+    /// The bytes given are out; an abort waits for the connection to flush them.
+    aborting: bool,
 }
 
 /// A body chunk that is a mapping of a file region: the connection sends it with sendfile(2)
@@ -85,6 +96,8 @@ impl Body {
             stream: None,
             sendfile: None,
             on_end: None,
+            short_of: None,
+            aborting: false,
         }
     }
     /// A streamed body: `first`, then whatever arrives on the stream's channel.
@@ -100,6 +113,8 @@ impl Body {
             stream: Some(Box::new(s)),
             sendfile: None,
             on_end: None,
+            short_of: None,
+            aborting: false,
         }
     }
     pub fn is_stream(&self) -> bool {
@@ -118,6 +133,8 @@ impl Body {
             stream: None,
             sendfile: None,
             on_end: None,
+            short_of: None,
+            aborting: false,
         }
     }
     pub fn many(chunks: Vec<Bytes>) -> Self {
@@ -129,6 +146,8 @@ impl Body {
             stream: None,
             sendfile: None,
             on_end: None,
+            short_of: None,
+            aborting: false,
         }
     }
     /// Bytes this body will send.
@@ -159,8 +178,29 @@ impl Body {
     pub fn set_on_end(&mut self, f: Box<dyn FnOnce(u64)>) {
         self.on_end = Some(f);
     }
-    pub fn set_on_done(&mut self, f: std::rc::Rc<dyn OnDone>) {
+    pub fn set_on_done(&mut self, f: std::rc::Rc<dyn ConnHooks>) {
         self.on_done = Some(f);
+    }
+    /// Announces `declared` bytes (more than this body has): see `short_of`.
+    pub fn short_of(mut self, declared: u64) -> Self {
+        debug_assert!(declared > self.remaining && self.stream.is_none());
+        self.short_of = Some(declared);
+        self
+    }
+
+    /// Ends a body that cannot reach its length: once the bytes already given have left
+    /// hyper's buffer, an error makes hyper close the connection.
+    fn poll_abort(&mut self, cx: &mut Context<'_>, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(hooks) = &self.on_done {
+            if !self.aborting {
+                self.aborting = true;
+                hooks.want_flush();
+            }
+            if hooks.poll_flushed(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Some(Err(std::io::Error::other(why))))
     }
 }
 
@@ -170,7 +210,7 @@ impl Drop for Body {
         if let Some(s) = &self.stream {
             streamed = s.sent;
             s.stats
-                .add(crate::metrics::slot::RESPONSE_BODY_BYTES, s.sent);
+                .add(crate::metrics::cell_counter::RESPONSE_BODY_BYTES, s.sent);
             if let Some(f) = self.on_end.take() {
                 f(s.sent);
             }
@@ -195,7 +235,13 @@ impl http_body::Body for Body {
             }
             return Poll::Ready(Some(Ok(Frame::data(c))));
         }
+        if self.aborting {
+            return self.poll_abort(cx, "short response body");
+        }
         let Some(s) = self.stream.as_mut() else {
+            if self.short_of.is_some() {
+                return self.poll_abort(cx, "response body shorter than its Content-Length");
+            }
             return Poll::Ready(None);
         };
         loop {
@@ -221,11 +267,11 @@ impl http_body::Body for Body {
                 )))),
                 Poll::Ready(None) => match s.declared {
                     Some(d) if s.sent < d => {
-                        tracing::error!(
-                            "WSGI app sent {} bytes of its Content-Length {d}; closing the connection",
+                        tracing::warn!(
+                            "WSGI app sent {} bytes of its Content-Length {d}; sending them and closing the connection",
                             s.sent
                         );
-                        Poll::Ready(Some(Err(std::io::Error::other("short WSGI response body"))))
+                        self.poll_abort(cx, "short WSGI response body")
                     }
                     _ => Poll::Ready(None),
                 },
@@ -234,12 +280,12 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.stream.is_none()
+        self.chunks.is_empty() && self.stream.is_none() && self.short_of.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.stream {
-            None => SizeHint::with_exact(self.remaining),
+            None => SizeHint::with_exact(self.short_of.unwrap_or(self.remaining)),
             Some(s) => match s.declared {
                 Some(d) => SizeHint::with_exact(
                     d - (s.sent - self.chunks.iter().map(|c| c.len() as u64).sum::<u64>()),

@@ -1,0 +1,102 @@
+//! Accepting on one listener until the cell drains; each connection gets its own task and
+//! is counted (metrics, the steering load entry, and the drain wait).
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Notify, watch};
+use wsgi_worker::ConnInfo;
+
+use crate::cell::conn::{SendFile, serve_connection};
+use crate::cell::context::CellCtx;
+
+#[derive(Clone)]
+pub struct Acceptor {
+    pub ctx: Rc<CellCtx>,
+    pub drain: watch::Receiver<bool>,
+    /// Open connections, and a notification when the count reaches zero (for draining).
+    pub active: Rc<Cell<usize>>,
+    pub idle: Rc<Notify>,
+}
+
+impl Acceptor {
+    pub async fn tcp(mut self, l: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                r = l.accept() => r,
+                _ = self.drain.changed() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let local = stream.local_addr().ok();
+                    let info = ConnInfo {
+                        remote_ip: Some(peer.ip().to_canonical()),
+                        remote_addr: peer.ip().to_canonical().to_string(),
+                        remote_port: peer.port(),
+                        local_addr: local.map(|l| l.ip().to_string()).unwrap_or_default(),
+                        local_port: local.map_or(0, |l| l.port()),
+                    };
+                    self.spawn(stream, info)
+                }
+                Err(e) => self.accept_error(e).await,
+            }
+        }
+    }
+
+    pub async fn unix(mut self, l: UnixListener) {
+        loop {
+            let accepted = tokio::select! {
+                r = l.accept() => r,
+                _ = self.drain.changed() => return,
+            };
+            match accepted {
+                Ok((stream, _)) => self.spawn(
+                    stream,
+                    ConnInfo {
+                        remote_ip: None,
+                        remote_addr: "unix:".into(),
+                        remote_port: 0,
+                        local_addr: "localhost".into(),
+                        local_port: 0,
+                    },
+                ),
+                Err(e) => self.accept_error(e).await,
+            }
+        }
+    }
+
+    fn spawn<S>(&self, stream: S, info: ConnInfo)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendFile + Unpin + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let drain = self.drain.clone();
+        let active = self.active.clone();
+        let idle = self.idle.clone();
+        active.set(active.get() + 1);
+        ctx.stats.connection_opened();
+        if let Some(l) = &ctx.load {
+            // Only TCP listeners have the steering program.
+            l.accepted(info.remote_ip.is_some());
+        }
+        tokio::task::spawn_local(async move {
+            serve_connection(stream, Arc::new(info), ctx.clone(), drain).await;
+            ctx.stats.connection_closed();
+            if let Some(l) = &ctx.load {
+                l.closed();
+            }
+            active.set(active.get() - 1);
+            if active.get() == 0 {
+                idle.notify_waiters();
+            }
+        });
+    }
+
+    async fn accept_error(&self, e: std::io::Error) {
+        // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the connection stays queued.
+        tracing::warn!("accept failed: {e}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

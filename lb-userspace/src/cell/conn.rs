@@ -1,0 +1,414 @@
+//! One HTTP/1.1 connection in a cell: hyper for the protocol, plus what hyper leaves to us:
+//! header-read (408) and keep-alive idle timeouts, request framing seen on the raw bytes,
+//! sendfile for file regions, and a graceful close when the cell drains.
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use wsgi_worker::ConnInfo;
+
+use crate::cell::body::{ConnHooks, FileRegion};
+use crate::cell::context::CellCtx;
+use crate::cell::dispatch::{Mark, handle};
+use crate::cell::framing::{FramingTracker, HeadFraming};
+use crate::metrics::CellStats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests: nothing of the next head received yet.
+    Idle,
+    /// Part of a request head received.
+    Head,
+    /// A request is being answered.
+    Busy,
+}
+
+/// Connection state shared by the IO wrapper, the service and the response body.
+pub struct ConnState {
+    phase: Cell<Phase>,
+    since: Cell<Instant>,
+    /// Bytes arrived while Busy (a pipelined next request).
+    pending: Cell<bool>,
+    /// Request boundaries on the raw bytes (hyper merges CL+TE silently; we refuse it).
+    framing: RefCell<FramingTracker>,
+    requests: Cell<u64>,
+    /// Response chunks that are mapped file regions still to be written (sent with sendfile).
+    pub regions: RefCell<Vec<FileRegion>>,
+    /// The request being answered (route, method, start), its status and known body bytes:
+    /// observed when its body is done.
+    pub mark: Cell<Option<(Mark, u16, u64)>>,
+    stats: CellStats<'static>,
+    /// hyper flushed everything written so far (its buffer is empty): set on each flush of
+    /// the socket after a write, and cleared by `ConnHooks::poll_flushed` asking again.
+    flushed: Cell<bool>,
+    flush_waiter: RefCell<Option<Waker>>,
+}
+
+impl ConnState {
+    pub fn new(stats: CellStats<'static>) -> Self {
+        ConnState {
+            phase: Cell::new(Phase::Idle),
+            since: Cell::new(Instant::now()),
+            pending: Cell::new(false),
+            framing: RefCell::new(FramingTracker::default()),
+            requests: Cell::new(0),
+            regions: RefCell::new(Vec::new()),
+            mark: Cell::new(None),
+            stats,
+            flushed: Cell::new(false),
+            flush_waiter: RefCell::new(None),
+        }
+    }
+
+    fn on_read(&self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        match self.phase.get() {
+            Phase::Idle => {
+                self.phase.set(Phase::Head);
+                self.since.set(Instant::now());
+            }
+            Phase::Head => {}
+            Phase::Busy => self.pending.set(true),
+        }
+        self.framing.borrow_mut().feed(data);
+    }
+
+    /// The service got a request head; returns how that head framed its body.
+    pub fn begin_request(&self) -> HeadFraming {
+        // Regions of earlier responses that were not sent by sendfile (HEAD, or still queued in
+        // hyper): from now on their bytes are written as ordinary memory.
+        self.regions.borrow_mut().clear();
+        self.phase.set(Phase::Busy);
+        self.pending.set(false);
+        self.requests.set(self.requests.get() + 1);
+        self.framing.borrow_mut().next_head()
+    }
+}
+
+impl ConnHooks for ConnState {
+    fn done(&self, streamed: u64) {
+        if let Some((m, status, body)) = self.mark.take() {
+            self.stats.observe_request(
+                m.route as usize,
+                m.method as usize,
+                status,
+                m.start.elapsed().as_nanos() as u64,
+                body + streamed,
+            );
+        }
+        self.since.set(Instant::now());
+        self.phase.set(if self.pending.get() {
+            Phase::Head
+        } else {
+            Phase::Idle
+        });
+    }
+
+    fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flushed.get() {
+            return Poll::Ready(());
+        }
+        *self.flush_waiter.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn want_flush(&self) {
+        self.flushed.set(false);
+    }
+}
+
+/// The socket as hyper sees it, reporting each read to the connection state.
+struct TrackedIo<S> {
+    inner: S,
+    state: Rc<ConnState>,
+    stats: CellStats<'static>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.state.on_read(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+/// A socket that can send a file region with sendfile(2) when it is writable.
+pub trait SendFile {
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>>;
+}
+
+macro_rules! impl_sendfile {
+    ($t:ty) => {
+        impl SendFile for $t {
+            fn poll_sendfile(
+                &self,
+                cx: &mut Context<'_>,
+                file: &std::fs::File,
+                offset: u64,
+                len: usize,
+            ) -> Poll<io::Result<usize>> {
+                use std::os::fd::AsFd as _;
+                loop {
+                    std::task::ready!(self.poll_write_ready(cx))?;
+                    let r = self.try_io(tokio::io::Interest::WRITABLE, || {
+                        let mut off = offset;
+                        rustix::fs::sendfile(self.as_fd(), file, Some(&mut off), len)
+                            .map_err(io::Error::from)
+                    });
+                    match r {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return Poll::Ready(r),
+                    }
+                }
+            }
+        }
+    };
+}
+impl_sendfile!(tokio::net::TcpStream);
+impl_sendfile!(tokio::net::UnixStream);
+
+impl<S: SendFile> TrackedIo<S> {
+    /// If `buf` lies in a registered file region, sends (part of) it with sendfile.
+    fn try_sendfile(&self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        let p = buf.as_ptr() as usize;
+        let mut regions = self.state.regions.borrow_mut();
+        let i = regions
+            .iter()
+            .position(|r| p >= r.ptr && p < r.ptr + r.len)?;
+        let r = &regions[i];
+        let skip = p - r.ptr;
+        let len = buf.len().min(r.len - skip);
+        let res = self
+            .inner
+            .poll_sendfile(cx, &r.file, r.offset + skip as u64, len);
+        if let Poll::Ready(Ok(n)) = res {
+            self.stats
+                .add(crate::metrics::cell_counter::SENDFILE_BYTES, n as u64);
+            if n == 0 {
+                // The file shrank under us: fail rather than loop (hyper closes the connection).
+                return Some(Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file truncated while being sent",
+                ))));
+            }
+            if skip + n == r.len {
+                regions.swap_remove(i);
+            }
+        }
+        Some(res)
+    }
+}
+
+impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(r) = self.try_sendfile(cx, buf) {
+            return r;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if !self.state.regions.borrow().is_empty() {
+            // Write the slices before the first mapped region normally, the region by sendfile.
+            let first = bufs.iter().position(|b| {
+                let p = b.as_ptr() as usize;
+                self.state
+                    .regions
+                    .borrow()
+                    .iter()
+                    .any(|r| p >= r.ptr && p < r.ptr + r.len)
+            });
+            match first {
+                Some(0) => return self.try_sendfile(cx, &bufs[0]).expect("region found"),
+                Some(k) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..k]),
+                None => {}
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            // hyper flushes the socket only once its own buffer is written out.
+            self.state.flushed.set(true);
+            if let Some(w) = self.state.flush_waiter.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        r
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n408 Request Timeout\n";
+
+/// Serves one accepted connection until it closes, times out, or the cell drains.
+pub async fn serve_connection<S>(
+    stream: S,
+    conn_info: Arc<ConnInfo>,
+    ctx: Rc<CellCtx>,
+    mut drain: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + SendFile + Unpin + 'static,
+{
+    let state = Rc::new(ConnState::new(ctx.stats));
+    let io = TrackedIo {
+        inner: stream,
+        state: state.clone(),
+        stats: ctx.stats,
+    };
+    let svc_state = state.clone();
+    let svc_ctx = ctx.clone();
+    let peer = conn_info.remote_addr.clone();
+    let service =
+        hyper::service::service_fn(move |req| handle(&svc_ctx, &svc_state, &conn_info, req));
+    let limits = &ctx.limits;
+    let max_head = (limits.max_uri_length.0 + limits.max_header_size.0 + 1024).max(8192) as usize;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .half_close(false)
+        .max_buf_size(max_head);
+    // hyper keeps up to 100 header slots on the stack; we count against `max_headers` ourselves
+    // (so the client gets its 431) and only widen hyper's table when the limit is higher.
+    if limits.max_headers > 100 {
+        builder.max_headers(limits.max_headers as usize + 1);
+    }
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+
+    let header_timeout = limits.header_timeout.0;
+    let keepalive_timeout = limits.keepalive_timeout.0;
+    // While draining, every answer says `Connection: close`. An idle keep-alive connection is
+    // closed only after a grace period: its client may already be sending the next request,
+    // which is then answered (and closed) instead of meeting a reset.
+    const DRAIN_GRACE: Duration = Duration::from_secs(1);
+    let mut drain_at = drain.borrow().then(Instant::now);
+    let sleep = tokio::time::sleep(if drain_at.is_some() {
+        DRAIN_GRACE
+    } else {
+        header_timeout
+    });
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            res = &mut conn => {
+                if let Err(e) = res
+                    && !e.is_incomplete_message() {
+                    tracing::debug!("connection from {peer}: {e}");
+                }
+                return;
+            }
+            changed = drain.changed(), if drain_at.is_none() => {
+                if changed.is_err() || *drain.borrow() {
+                    drain_at = Some(Instant::now());
+                    sleep.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
+            }
+            () = &mut sleep => {
+                let since = state.since.get();
+                let (deadline, phase) = match (state.phase.get(), drain_at) {
+                    (Phase::Idle, Some(at)) => (since.max(at) + DRAIN_GRACE, Phase::Idle),
+                    // A fresh connection gets the header timeout to send its first request.
+                    (Phase::Idle, None) if state.requests.get() == 0 => {
+                        (since + header_timeout, Phase::Idle)
+                    }
+                    (Phase::Idle, None) => (since + keepalive_timeout, Phase::Idle),
+                    (Phase::Head, _) => (since + header_timeout, Phase::Head),
+                    (Phase::Busy, _) => {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + header_timeout);
+                        continue;
+                    }
+                };
+                if Instant::now() < deadline {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                    continue;
+                }
+                if phase == Phase::Head {
+                    // Slow client: tell it why, then close.
+                    let mut io = conn.into_parts().io.into_inner().inner;
+                    ctx.stats.request(408, 20);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        io.write_all(REQUEST_TIMEOUT_RESPONSE).await?;
+                        io.shutdown().await
+                    })
+                    .await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_and_framing_follow_the_reads() {
+        let region: &'static crate::metrics::MetricsRegion =
+            Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
+        let s = ConnState::new(region.cell(0));
+        s.on_read(b"POST / HTTP/1.1\r\nHost: x\r\nConTent-Len");
+        s.on_read(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(s.phase.get(), Phase::Head);
+        assert!(s.begin_request().ambiguous());
+        assert_eq!(s.phase.get(), Phase::Busy);
+        s.on_read(b"0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(s.pending.get());
+        s.done(0);
+        assert_eq!(s.phase.get(), Phase::Head);
+        assert!(!s.begin_request().ambiguous());
+        s.done(0);
+        assert_eq!(s.phase.get(), Phase::Idle);
+    }
+
+    #[test]
+    fn flush_waiters_are_woken_by_the_next_flush() {
+        let region: &'static crate::metrics::MetricsRegion =
+            Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
+        let s = ConnState::new(region.cell(0));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        s.want_flush();
+        assert!(s.poll_flushed(&mut cx).is_pending());
+        assert!(s.flush_waiter.borrow().is_some());
+        s.flushed.set(true);
+        assert!(s.poll_flushed(&mut cx).is_ready());
+    }
+}

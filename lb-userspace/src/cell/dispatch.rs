@@ -1,0 +1,249 @@
+//! One request on a connection: head checks, routing to a static route or a WSGI app, then
+//! the common response headers, metrics and the access log line.
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use wsgi_worker::ConnInfo;
+
+use crate::cell::access_log::Entry;
+use crate::cell::body::{Body, status_page};
+use crate::cell::conn::ConnState;
+use crate::cell::context::CellCtx;
+use crate::cell::framing::HeadFraming;
+use crate::cell::head;
+use crate::cell::router::{Handler, Match};
+use crate::cell::static_files::FileRequest;
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// What the access log needs of a request, owned (a WSGI request outlives its borrowed head).
+struct LogMeta {
+    method: http::Method,
+    target: String,
+    version: Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl LogMeta {
+    fn of<B>(req: &Request<B>) -> Self {
+        let h = req.headers();
+        LogMeta {
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_owned(),
+            version: req.version(),
+            referer: h.get(header::REFERER).cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+type Reply = Result<Response<Body>, std::convert::Infallible>;
+
+/// Static answers are ready at once; WSGI answers come from a Python thread.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "unboxed on purpose: the static path stays free of allocations"
+)]
+pub enum Handled {
+    Ready(Option<Reply>),
+    Wsgi(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+impl Future for Handled {
+    type Output = Reply;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        match &mut *self {
+            Handled::Ready(r) => Poll::Ready(r.take().expect("polled after completion")),
+            Handled::Wsgi(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+pub fn handle(
+    ctx: &Rc<CellCtx>,
+    state: &Rc<ConnState>,
+    conn: &Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Handled {
+    let start = Instant::now();
+    let framing = state.begin_request();
+    let method = crate::metrics::method_index(req.method());
+    match route(ctx, &req, framing) {
+        Routed::Ready(resp, close, metrics_route) => {
+            let mark = Mark {
+                route: metrics_route as u16,
+                method: method as u8,
+                start,
+            };
+            let resp = finish(ctx, state, &conn.remote_addr, mark, resp, close, || {
+                LogMeta::of(&req)
+            });
+            Handled::Ready(Some(Ok(resp)))
+        }
+        Routed::Wsgi(id, path_info, metrics_route) => {
+            let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
+            let (parts, body) = req.into_parts();
+            let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
+            let mark = Mark {
+                route: metrics_route as u16,
+                method: method as u8,
+                start,
+            };
+            Handled::Wsgi(Box::pin(async move {
+                let remote = conn.remote_addr.clone();
+                let (resp, close) =
+                    crate::cell::wsgi::call(ctx.clone(), id, parts, body, path_info, conn).await;
+                let mut meta = meta;
+                Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
+                    meta.take().expect("logged once")
+                }))
+            }))
+        }
+    }
+}
+
+/// What the request-duration histogram needs of a request, kept until its body is done.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    pub route: u16,
+    pub method: u8,
+    pub start: Instant,
+}
+
+/// Common response headers, metrics and the access log line.
+fn finish(
+    ctx: &Rc<CellCtx>,
+    state: &Rc<ConnState>,
+    remote: &str,
+    mark: Mark,
+    mut resp: Response<Body>,
+    close: bool,
+    meta: impl FnOnce() -> LogMeta,
+) -> Response<Body> {
+    if close || ctx.draining.get() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("portico"));
+    let start = mark.start;
+    let status = resp.status().as_u16();
+    let sent = resp.body().len();
+    ctx.stats.request(status, sent);
+    if ctx.histograms {
+        state.mark.set(Some((mark, status, sent)));
+    }
+    if ctx.log.enabled() {
+        let m = meta();
+        let log = move |ctx: &CellCtx, remote: &str, body_bytes: u64| {
+            ctx.log.log(&Entry {
+                remote,
+                method: m.method.as_str(),
+                target: &m.target,
+                version: version_str(m.version),
+                status,
+                body_bytes,
+                referer: m.referer.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: m.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                duration_s: start.elapsed().as_secs_f64(),
+            })
+        };
+        if resp.body().is_stream() {
+            // A streamed body's size is known at its end: log then, like nginx.
+            let (ctx, remote) = (ctx.clone(), remote.to_owned());
+            resp.body_mut()
+                .set_on_end(Box::new(move |bytes| log(&ctx, &remote, bytes)));
+        } else {
+            log(ctx, remote, sent);
+        }
+    }
+    if let Some(r) = resp.body_mut().take_file_region() {
+        state.regions.borrow_mut().push(r);
+    }
+    resp.body_mut().set_on_done(state.clone());
+    resp
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per request and matched at once; boxing would allocate"
+)]
+enum Routed {
+    /// The response, whether to close, and the route's metrics index.
+    Ready(Response<Body>, bool, usize),
+    /// A WSGI route id, the raw PATH_INFO below its mount point, and the route's metrics index.
+    Wsgi(usize, String, usize),
+}
+
+/// Applies the head checks, then routes. Returns the response and whether to close after it.
+fn route(ctx: &CellCtx, req: &Request<Incoming>, framing: HeadFraming) -> Routed {
+    if let Err(refused) = head::check(req, framing, &ctx.limits) {
+        return Routed::Ready(status_page(refused.status), refused.close, 0);
+    }
+    let path = req.uri().path();
+    // A request body we will not read must not be parsed as the next request.
+    let unread_body = head::has_body(req);
+    let mut metrics_route = 0;
+    let resp = match ctx.router.find(path) {
+        Match::Route(id, r, rest) => match &r.handler {
+            Handler::Wsgi(_) => {
+                let path_info = if r.prefix.ends_with('/') {
+                    format!("/{rest}")
+                } else {
+                    rest.to_owned()
+                };
+                return Routed::Wsgi(id, path_info, r.metrics_index);
+            }
+            Handler::Static(route) => {
+                metrics_route = r.metrics_index;
+                crate::cell::static_files::serve(
+                    &ctx.cache,
+                    id,
+                    route,
+                    FileRequest {
+                        method: req.method(),
+                        headers: req.headers(),
+                        path,
+                        query: req.uri().query(),
+                        rel_raw: rest,
+                    },
+                )
+            }
+        },
+        Match::AddSlash(r) => {
+            metrics_route = r.metrics_index;
+            let mut resp = status_page(StatusCode::MOVED_PERMANENTLY);
+            let mut loc = r.prefix.clone();
+            if let Some(q) = req.uri().query() {
+                loc.push('?');
+                loc.push_str(q);
+            }
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        Match::None => status_page(StatusCode::NOT_FOUND),
+    };
+    Routed::Ready(resp, unread_body, metrics_route)
+}
+

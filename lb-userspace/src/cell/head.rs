@@ -1,0 +1,211 @@
+//! Checks on a request head before it is routed: what hyper leaves to the server (RFC 9112
+//! framing ambiguities, Host rules, target bytes) and the configured limits. A refused
+//! request never reaches an application.
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, StatusCode, Version};
+
+use crate::cell::framing::HeadFraming;
+use crate::config::LimitsConfig;
+
+/// A refused request: the status to answer and whether to close the connection after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub close: bool,
+}
+
+impl Refusal {
+    fn bad_request() -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            close: true,
+        }
+    }
+}
+
+/// Fields that must appear at most once: frameworks read one value, and two `Host`s are an
+/// error by RFC 9112 section 3.2 (gunicorn refuses the same set).
+const SINGLETONS: [HeaderName; 3] = [
+    header::HOST,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+];
+
+/// Applies every head check, cheapest first.
+pub fn check<B>(
+    req: &Request<B>,
+    framing: HeadFraming,
+    limits: &LimitsConfig,
+) -> Result<(), Refusal> {
+    if framing.ambiguous() {
+        // Request smuggling shape (RFC 9112 section 6.3): refuse and close.
+        return Err(Refusal::bad_request());
+    }
+    let headers = req.headers();
+    if req.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Err(Refusal::bad_request());
+    }
+    if let Some(name) = repeated_singleton(headers) {
+        tracing::debug!("refused: repeated {name} field");
+        return Err(Refusal::bad_request());
+    }
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if !visible_ascii(target.as_bytes())
+        || !visible_ascii(req.uri().authority().map_or("", |a| a.as_str()).as_bytes())
+    {
+        // Raw UTF-8 or control bytes: clients must percent-encode them (RFC 3986).
+        return Err(Refusal::bad_request());
+    }
+    if target.len() as u64 > limits.max_uri_length.0 {
+        return Err(Refusal {
+            status: StatusCode::URI_TOO_LONG,
+            close: true,
+        });
+    }
+    let too_large = Refusal {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        close: true,
+    };
+    if headers.len() as i64 > limits.max_headers {
+        return Err(too_large);
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes as u64 > limits.max_header_size.0 {
+        return Err(too_large);
+    }
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limits.max_body_size.0
+    {
+        return Err(Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            close: true,
+        });
+    }
+    if !req.uri().path().starts_with('/') {
+        // Asterisk-form targets are not served here.
+        return Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            close: false,
+        });
+    }
+    Ok(())
+}
+
+fn repeated_singleton(headers: &HeaderMap) -> Option<&'static str> {
+    SINGLETONS.iter().find_map(|name| {
+        let mut values = headers.get_all(name).iter();
+        values.next()?;
+        values.next().map(|_| name.as_str())
+    })
+}
+
+/// Every byte is visible ASCII (VCHAR, 0x21..=0x7E).
+fn visible_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Whether the request has a body that the server must read or discard before the next
+/// request on the connection.
+pub fn has_body<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig::default()
+    }
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(target);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("valid test request")
+    }
+
+    fn status(r: &Request<()>, framing: HeadFraming) -> Option<u16> {
+        check(r, framing, &limits()).err().map(|e| e.status.as_u16())
+    }
+
+    #[test]
+    fn a_plain_request_passes() {
+        let r = req("/a?b=c", &[("host", "x"), ("content-type", "text/plain")]);
+        assert_eq!(status(&r, HeadFraming::default()), None);
+    }
+
+    #[test]
+    fn cl_with_te_is_refused_and_closed() {
+        let r = req("/", &[("host", "x")]);
+        let both = HeadFraming {
+            content_length: true,
+            transfer_encoding: true,
+        };
+        assert_eq!(check(&r, both, &limits()), Err(Refusal::bad_request()));
+    }
+
+    #[test]
+    fn repeated_singletons_are_refused() {
+        for name in ["host", "content-type", "content-length"] {
+            let r = req("/", &[("host", "x"), (name, "1"), (name, "1")]);
+            assert_eq!(status(&r, HeadFraming::default()), Some(400), "{name}");
+        }
+        // Other fields may repeat.
+        let r = req("/", &[("host", "x"), ("accept", "a"), ("accept", "b")]);
+        assert_eq!(status(&r, HeadFraming::default()), None);
+    }
+
+    #[test]
+    fn missing_host_on_http11_is_refused() {
+        assert_eq!(status(&req("/", &[]), HeadFraming::default()), Some(400));
+    }
+
+    #[test]
+    fn targets_outside_visible_ascii_are_refused() {
+        for raw in [&b"/caf\xc3\xa9"[..], b"/a\x7fb"] {
+            // http::Uri takes these bytes as they come on the wire.
+            let uri = http::Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(raw));
+            let Ok(uri) = uri else { continue };
+            let r = Request::builder()
+                .uri(uri)
+                .header("host", "x")
+                .body(())
+                .expect("request");
+            assert_eq!(status(&r, HeadFraming::default()), Some(400), "{raw:?}");
+        }
+        assert!(!visible_ascii(b"/a b"));
+        assert!(!visible_ascii("/é".as_bytes()));
+        assert!(visible_ascii(b"/caf%C3%A9?q=1&r=~"));
+    }
+
+    #[test]
+    fn limits_apply() {
+        let long = format!("/{}", "a".repeat(9000));
+        assert_eq!(
+            status(&req(&long, &[("host", "x")]), HeadFraming::default()),
+            Some(414)
+        );
+        let r = req("/", &[("host", "x"), ("content-length", "99999999999")]);
+        assert_eq!(status(&r, HeadFraming::default()), Some(413));
+        // Asterisk-form (OPTIONS *) is not served here.
+        let r = req("*", &[("host", "x")]);
+        assert_eq!(
+            check(&r, HeadFraming::default(), &limits()),
+            Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                close: false
+            })
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! A cell: one process pinned to one core, one current-thread tokio runtime, hyper on the
+//! listeners the master handed down. Stops accepting on SIGTERM and drains; exits at once on SIGQUIT.
+mod accept;
+pub mod access_log;
+pub mod body;
+pub mod conn;
+pub mod context;
+pub mod dispatch;
+pub mod framing;
+pub mod head;
+mod recycling;
+pub mod router;
+pub mod static_files;
+pub mod wsgi;
+use std::cell::Cell;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+
+use crate::cell::access_log::AccessLog;
+use crate::cell::context::CellCtx;
+use crate::cell::router::Router;
+use crate::config::{Config, ListenAddr};
+use crate::metrics::MetricsRegion;
+use crate::proto::{EXIT_APP, FdLayout, env};
+
+pub fn run() -> anyhow::Result<()> {
+    // If the master dies, so do we: cells never outlive the process that owns the listeners.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("prctl(PR_SET_PDEATHSIG)")?;
+    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        bail!("master is gone");
+    }
+    let index: usize = std::env::var(env::INDEX)
+        .context("PORTICO_CELL_INDEX")?
+        .parse()?;
+    let cpu: usize = std::env::var(env::CPU)
+        .context("PORTICO_CELL_CPU")?
+        .parse()?;
+    let cells: usize = std::env::var(env::CELLS)
+        .context("PORTICO_CELLS")?
+        .parse()?;
+    let cfg: Config =
+        serde_json::from_str(&std::env::var(env::CONFIG).context("PORTICO_CELL_CONFIG")?)
+            .context("cell configuration from the master")?;
+    crate::init_logging(&cfg.log.level);
+
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::warn!(cell = index, "could not pin to CPU {cpu}: {e}");
+    }
+
+    let layout = FdLayout {
+        listeners: cfg.server.listen.len(),
+    };
+    let mut fds = Vec::with_capacity(layout.listeners);
+    for i in 0..layout.listeners {
+        fds.push(crate::sys::inherited_fd(layout.listener(i))?);
+    }
+    let metrics = MetricsRegion::open(crate::sys::inherited_fd(layout.metrics())?)?;
+    let control = crate::sys::inherited_fd(layout.control())?;
+    let load = if std::env::var_os(env::LOAD_MAP).is_some() {
+        let fd = crate::sys::inherited_fd(layout.load_map())?;
+        Some(crate::ebpf::cell_load::CellLoadEntry::map(&fd, index)?)
+    } else {
+        None
+    };
+    // The region lives as long as the process.
+    let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
+
+    if cfg.has_wsgi()
+        && let Err(e) = crate::sys::set_batch_scheduling()
+    {
+        tracing::debug!(cell = index, "{e}");
+    }
+    // The apps are imported before the cell reports ready: a cell that cannot import never
+    // takes a connection, and the master backs off before trying again.
+    let observe = cfg.metrics.enabled.then(|| metrics.cell(index));
+    let pools = match crate::cell::wsgi::start_pools(&cfg, cells, observe) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(cell = index, "{e}");
+            std::process::exit(EXIT_APP);
+        }
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, serve(index, cfg, fds, metrics, control, pools, load))
+}
+
+/// `portico app-check`: imports every WSGI app once, in this throw-away process, so a broken
+/// app stops `portico serve` with its traceback before anything is bound.
+pub fn app_check() -> i32 {
+    let cfg: Config = match std::env::var(env::CONFIG)
+        .map_err(anyhow::Error::from)
+        .and_then(|j| serde_json::from_str(&j).map_err(anyhow::Error::from))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portico app-check: {e:#}");
+            return 1;
+        }
+    };
+    match crate::cell::wsgi::start_pools(&cfg, 1, None) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            EXIT_APP
+        }
+    }
+}
+
+async fn serve(
+    index: usize,
+    cfg: Config,
+    fds: Vec<OwnedFd>,
+    metrics: &'static MetricsRegion,
+    control: OwnedFd,
+    pools: Vec<Option<crate::cell::wsgi::WsgiRoute>>,
+    load: Option<crate::ebpf::cell_load::CellLoadEntry>,
+) -> anyhow::Result<()> {
+    let log =
+        AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
+    let ctx = Rc::new(CellCtx::new(
+        Router::new(&cfg.routes, pools),
+        cfg.limits.clone(),
+        metrics.cell(index),
+        log,
+        control,
+        recycling::max_requests(&cfg),
+        cfg.metrics.enabled,
+        load,
+    ));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let active = Rc::new(Cell::new(0usize));
+    let idle = Rc::new(Notify::new());
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    // Reloads are the master's business.
+    let _hup = signal(SignalKind::hangup())?;
+
+    if ctx.load.is_some() {
+        let tcp = cfg
+            .server
+            .listen
+            .iter()
+            .zip(&fds)
+            .filter(|(a, _)| matches!(a, ListenAddr::Tcp(_)))
+            .map(|(_, fd)| fd.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .context("dup a listener for the pending count")?;
+        tokio::task::spawn_local(reconcile_pending(ctx.clone(), tcp, drain_rx.clone()));
+    }
+    for (addr, fd) in cfg.server.listen.iter().zip(fds) {
+        let accept = accept::Acceptor {
+            ctx: ctx.clone(),
+            drain: drain_rx.clone(),
+            active: active.clone(),
+            idle: idle.clone(),
+        };
+        match addr {
+            ListenAddr::Tcp(_) => {
+                let std = std::net::TcpListener::from(fd);
+                std.set_nonblocking(true)?;
+                let l = TcpListener::from_std(std)?;
+                tokio::task::spawn_local(accept.tcp(l));
+            }
+            ListenAddr::Unix(_) => {
+                let std = std::os::unix::net::UnixListener::from(fd);
+                std.set_nonblocking(true)?;
+                let l = UnixListener::from_std(std)?;
+                tokio::task::spawn_local(accept.unix(l));
+            }
+        }
+    }
+    // Tell the master we are accepting (the pipe stays open for recycle requests).
+    if let Some(fd) = ctx.control.borrow().as_ref() {
+        let _ = rustix::io::write(fd, &[crate::proto::READY]);
+    }
+    tokio::task::spawn_local(recycling::watch(ctx.clone(), cfg.clone()));
+    tokio::task::spawn_local(recycling::publish_wsgi_gauges(ctx.clone()));
+    tracing::debug!(cell = index, pid = std::process::id(), "cell ready");
+
+    let flusher = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                ctx.log.flush();
+            }
+        })
+    };
+
+    let immediate = tokio::select! {
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        _ = quit.recv() => true,
+    };
+    if immediate {
+        ctx.log.flush();
+        std::process::exit(0);
+    }
+    // Graceful: stop accepting, let in-flight requests finish, close idle keep-alives.
+    ctx.draining.set(true);
+    let _ = drain_tx.send(true);
+    let deadline = tokio::time::sleep(cfg.server.shutdown_timeout.0);
+    tokio::pin!(deadline);
+    loop {
+        if active.get() == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = idle.notified() => {}
+            _ = &mut deadline => {
+                tracing::warn!(cell = index, "shutdown_timeout reached with {} connection(s) open", active.get());
+                break;
+            }
+            _ = quit.recv() => break,
+        }
+    }
+    flusher.abort();
+    ctx.log.flush();
+    Ok(())
+}
+
+/// Every 100 ms, sets the cell's pending load to its TCP listeners' accept queues, so counts
+/// of connections that never arrived (a SYN without its ACK) last no longer than that.
+/// Stops when the cell drains, closing its copies of the listeners.
+async fn reconcile_pending(ctx: Rc<CellCtx>, tcp: Vec<OwnedFd>, mut drain: watch::Receiver<bool>) {
+    use std::os::fd::AsFd as _;
+    let Some(load) = &ctx.load else { return };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = drain.changed() => return,
+        }
+        let queued: u64 = tcp
+            .iter()
+            .filter_map(|fd| crate::sys::listen_queue_len(fd.as_fd()).ok())
+            .map(u64::from)
+            .sum();
+        load.reconcile_pending(queued);
+    }
+}
+
