@@ -93,13 +93,12 @@ impl Config {
             Some(p) => Config::load(p)?,
             None => (Config::default(), Vec::new()),
         };
+        // A value the file got wrong was left out; validate() finding its default wanting (a
+        // required `static.root`) would only say the same thing again.
         let dropped: Vec<String> = errors.iter().map(|e| e.key.clone()).collect();
         errors.extend(cfg.apply(overrides));
         if let Err(e) = cfg.validate() {
-            errors.extend(
-                e.0.into_iter()
-                    .filter(|v| !dropped.iter().any(|d| follows_from(&v.key, d))),
-            );
+            errors.extend(e.0.into_iter().filter(|v| !dropped.contains(&v.key)));
         }
         if errors.is_empty() {
             Ok(cfg)
@@ -118,16 +117,6 @@ impl Config {
             _ => PathBuf::from("."),
         }
     }
-}
-
-/// Whether a validate() complaint about `key` is only the echo of the file's bad value at
-/// `dropped` having been left out (`static.root` "is required" after `root = 5`; an empty
-/// `listen` after its only element was refused).
-fn follows_from(key: &str, dropped: &str) -> bool {
-    dropped == key
-        || dropped
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.starts_with('['))
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
@@ -168,7 +157,7 @@ fn lenient<T: DeserializeOwned>(
             // A required key refused above was already reported under its own path.
             let echo = missing_field(&e).is_some_and(|f| {
                 let key = join(path, f);
-                bad[before..].iter().any(|(k, _)| follows_from(&key, k))
+                bad[before..].iter().any(|(k, _)| *k == key)
             });
             if !echo {
                 bad.push((path.to_string(), e.message().trim().to_string()));
@@ -230,27 +219,34 @@ fn sift(
                 bad.push((path.to_string(), e));
                 return None;
             }
+            // Each element is tried alone (a list's elements do not depend on each other), which
+            // keeps a long blocklist with one bad entry linear rather than quadratic.
+            let all = items.len();
             let mut kept = Vec::new();
             for (i, v) in items.into_iter().enumerate() {
-                let mut candidate = kept.clone();
-                candidate.push(v.clone());
-                let why = match fits(&Value::Array(candidate)) {
+                let why = match fits(&Value::Array(vec![v.clone()])) {
                     Ok(()) => {
                         kept.push(v);
                         continue;
                     }
                     Err(e) => e,
                 };
-                let mut fits_here = |c: &Value| {
-                    let mut a = kept.clone();
-                    a.push(c.clone());
-                    fits(&Value::Array(a))
-                };
+                let mut fits_here = |c: &Value| fits(&Value::Array(vec![c.clone()]));
                 if let Some(good) = sift(v, &format!("{path}[{i}]"), why, &mut fits_here, bad) {
                     kept.push(good);
                 }
             }
-            Some(Value::Array(kept))
+            if kept.is_empty() && all > 0 {
+                // Nothing left: the default list (e.g. the default listen address) stays, rather
+                // than an empty one that validate() would report as a problem of its own.
+                return None;
+            }
+            let kept = Value::Array(kept);
+            if let Err(e) = fits(&kept) {
+                bad.push((path.to_string(), e));
+                return None;
+            }
+            Some(kept)
         }
         _ => {
             bad.push((path.to_string(), why));
@@ -518,8 +514,8 @@ mod tests {
         .unwrap();
         let err = Config::resolve(Some(&path), &Overrides::default()).unwrap_err();
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
-        // `server.listen` (now empty) and `route[0].static.root` (now unset) are echoes of the
-        // values refused, not problems of their own.
+        // `route[0].static.root` "is required" would echo the value refused; `listen` keeps its
+        // default rather than becoming an empty list.
         assert_eq!(
             keys,
             ["server.listen[0]", "route[0].static.root", "server.workers"],
@@ -529,12 +525,29 @@ mod tests {
     }
 
     #[test]
-    fn follows_from_only_matches_the_key_or_its_elements() {
-        assert!(follows_from("server.listen", "server.listen[0]"));
-        assert!(follows_from("route[0].static.root", "route[0].static.root"));
-        assert!(!follows_from("route[0]", "route[0].static"));
-        assert!(!follows_from("server.listen", "server.listen_x"));
+    fn a_long_list_with_one_bad_entry_keeps_the_rest() {
+        let mut list: Vec<String> = (0..16384)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        list[9000] = "false".into();
+        let text = format!(
+            "[ebpf.xdp]\ninterface = \"lo\"\nblocklist = [{}]\n",
+            list.join(",")
+        );
+        let (cfg, errors) = lenient_keys(&text);
+        assert_eq!(keys(&errors), ["ebpf.xdp.blocklist[9000]"]);
+        let x = cfg.ebpf.xdp.unwrap();
+        assert_eq!(x.blocklist.len(), 16383);
+        assert_eq!(x.interface, "lo");
+    }
+
+    #[test]
+    fn key_paths() {
         assert_eq!(join("", "a"), "a");
         assert_eq!(join("a", "b.c"), "a.\"b.c\"");
+        assert_eq!(
+            join("route[0].wsgi.environ", "X_Y-1"),
+            "route[0].wsgi.environ.X_Y-1"
+        );
     }
 }
