@@ -72,6 +72,62 @@ fn check_lists_every_problem() {
     );
 }
 
+/// Issue 10: a bad value hides neither the others in its table nor the validate() problems of
+/// the good ones; each gets its own line with the file and its key path. Issue 2: a huge
+/// duration is one of those lines, not a panic.
+#[test]
+fn check_reports_each_bad_value_on_its_own_line() {
+    let s = Site::new();
+    s.file(
+        "bad.toml",
+        br#"
+[server]
+listen = ["not-an-address"]
+workers = -3
+shutdown_timeout = 1e30
+
+[ebpf.xdp]
+interface = "lo"
+mode = "turbo"
+
+[[route]]
+prefix = "/app/"
+wsgi = { app = "site:app", threads = "many", request_timeout = 1e30, colour = "blue" }
+"#,
+    );
+    let path = s.root("bad.toml");
+    let out = Command::new(portico_bin())
+        .args(["check", "-c", &path])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for key in [
+        "server.listen[0]",
+        "server.workers",
+        "server.shutdown_timeout",
+        "ebpf.xdp.mode",
+        "route[0].wsgi.threads",
+        "route[0].wsgi.request_timeout",
+        "route[0].wsgi.colour",
+    ] {
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(&format!(": {key}: ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{key} not on exactly one line:\n{err}");
+        assert!(
+            lines[0].contains(&format!("{path}: {key}: ")),
+            "{key} without the file:\n{err}"
+        );
+    }
+    assert!(
+        !err.lines().any(|l| l.contains(": server.listen: ")),
+        "the refused address is not also reported as an empty list:\n{err}"
+    );
+}
+
 #[test]
 fn serve_with_bad_config_binds_nothing() {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,0 +1,204 @@
+//! Command-line flags that override the file (`portico serve APP --listen ... --static ...`).
+use std::path::{Path, PathBuf};
+
+use super::ConfigError;
+use super::schema::{Config, RouteConfig, StaticConfig, SteeringPolicy, Workers, WsgiConfig};
+use super::units::{Dur, parse_duration};
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub app: Option<String>,
+    /// `--threads`, `--request-timeout`, `--max-requests`, `--reload`, `--python-path`,
+    /// `--venv`: applied to the app given as APP.
+    pub threads: Option<i64>,
+    pub request_timeout: Option<String>,
+    pub max_requests: Option<u64>,
+    pub reload: bool,
+    pub python_path: Vec<PathBuf>,
+    pub venv: Option<PathBuf>,
+    pub listen: Vec<String>,
+    pub statics: Vec<String>,
+    pub workers: Option<String>,
+    pub admin: Option<String>,
+    pub chdir: Option<PathBuf>,
+    pub access_log: Option<String>,
+    pub log_format: Option<String>,
+    pub steering: Option<SteeringPolicy>,
+}
+
+impl Config {
+    /// Applies command-line overrides; values that do not parse become errors.
+    pub fn apply(&mut self, o: &Overrides) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError {
+                source: "command line".into(),
+                key: key.into(),
+                message,
+            })
+        };
+        if let Some(app) = &o.app {
+            let mut w = WsgiConfig::default();
+            match app.parse::<wsgi_worker::AppSpec>() {
+                Err(e) => bad("APP", e.to_string()),
+                Ok(wsgi_worker::AppSpec::Script(p)) => w.script = Some(absolute(&p)),
+                Ok(_) => w.app = Some(app.clone()),
+            }
+            if let Some(t) = o.threads {
+                w.threads = t;
+            }
+            if let Some(t) = &o.request_timeout {
+                match parse_duration(t) {
+                    Ok(d) => w.request_timeout = Dur(d),
+                    Err(e) => bad("--request-timeout", e),
+                }
+            }
+            if let Some(m) = o.max_requests {
+                w.max_requests = m;
+            }
+            w.reload = o.reload;
+            w.python_path = o.python_path.iter().map(|p| absolute(p)).collect();
+            w.venv = o.venv.as_deref().map(absolute);
+            if w.chdir.is_none() && self.server.chdir.is_none() && o.chdir.is_none() {
+                // Like gunicorn: the app is imported from the directory portico was started in.
+                w.chdir = std::env::current_dir().ok();
+            }
+            self.routes.retain(|r| r.prefix != "/");
+            self.routes.push(RouteConfig {
+                prefix: "/".into(),
+                static_files: None,
+                wsgi: Some(w),
+            });
+        } else if o.threads.is_some()
+            || o.request_timeout.is_some()
+            || o.max_requests.is_some()
+            || o.reload
+            || !o.python_path.is_empty()
+            || o.venv.is_some()
+        {
+            bad(
+                "APP",
+                "--threads, --request-timeout, --max-requests, --reload, --python-path and --venv apply to an APP given on the command line".into(),
+            );
+        }
+        if !o.listen.is_empty() {
+            let mut listen = Vec::new();
+            for l in &o.listen {
+                match l.parse() {
+                    Ok(a) => listen.push(a),
+                    Err(e) => bad("--listen", e),
+                }
+            }
+            self.server.listen = listen;
+        }
+        for s in &o.statics {
+            match s.split_once('=') {
+                Some((prefix, dir)) if !prefix.is_empty() && !dir.is_empty() => {
+                    let root = absolute(Path::new(dir));
+                    self.routes.retain(|r| r.prefix != prefix);
+                    self.routes.push(RouteConfig {
+                        prefix: prefix.to_string(),
+                        static_files: Some(StaticConfig {
+                            root,
+                            ..StaticConfig::default()
+                        }),
+                        wsgi: None,
+                    });
+                }
+                _ => bad(
+                    "--static",
+                    format!("{s:?} is not PREFIX=DIR (e.g. /static/=./static)"),
+                ),
+            }
+        }
+        if let Some(w) = &o.workers {
+            match w.as_str() {
+                "auto" => self.server.workers = Workers::Auto,
+                n => match n.parse::<i64>() {
+                    Ok(n) => self.server.workers = Workers::Count(n),
+                    Err(_) => bad("--workers", format!("{w:?} is not a number or \"auto\"")),
+                },
+            }
+        }
+        if let Some(p) = o.steering {
+            self.ebpf.steering = p;
+        }
+        if let Some(a) = &o.admin {
+            self.server.admin = a.clone();
+        }
+        if let Some(c) = &o.chdir {
+            self.server.chdir = Some(c.clone());
+        }
+        if let Some(l) = &o.access_log {
+            self.log.access_log = l.clone();
+        }
+        if let Some(f) = &o.log_format {
+            match f.parse() {
+                Ok(f) => self.log.format = f,
+                Err(e) => bad("--log-format", e),
+            }
+        }
+        errors
+    }
+}
+
+/// A command-line path made absolute against the current directory.
+fn absolute(p: &Path) -> PathBuf {
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides {
+            listen: vec!["127.0.0.1:0".into(), "unix:/tmp/x.sock".into()],
+            statics: vec!["/s/=.".into(), "broken".into()],
+            workers: Some("3".into()),
+            admin: Some("off".into()),
+            log_format: Some("xml".into()),
+            ..Default::default()
+        });
+        assert_eq!(cfg.server.listen.len(), 2);
+        assert_eq!(cfg.server.workers, Workers::Count(3));
+        assert_eq!(cfg.server.admin, "off");
+        assert_eq!(cfg.routes.len(), 1);
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["--static", "--log-format"]);
+    }
+
+    #[test]
+    fn app_mounts_a_wsgi_route_at_root() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides {
+            app: Some("site.wsgi:application".into()),
+            threads: Some(8),
+            request_timeout: Some("5s".into()),
+            ..Default::default()
+        });
+        assert!(errs.is_empty(), "{errs:?}");
+        let w = cfg.routes[0].wsgi.as_ref().unwrap();
+        assert_eq!(cfg.routes[0].prefix, "/");
+        assert_eq!(w.app.as_deref(), Some("site.wsgi:application"));
+        assert_eq!(w.threads, 8);
+        assert_eq!(w.request_timeout.0, Duration::from_secs(5));
+        let errs = Config::default().apply(&Overrides {
+            app: Some("not an app".into()),
+            ..Default::default()
+        });
+        assert_eq!(errs.len(), 1);
+        let errs = Config::default().apply(&Overrides {
+            threads: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(errs.len(), 1, "WSGI flags without APP are refused");
+    }
+}
