@@ -101,8 +101,9 @@ fn exposition_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        println!(
-            "SKIP exposition_passes_promtool: promtool not installed (cargo xtask test installs it)"
+        skip(
+            "exposition_passes_promtool",
+            "promtool not installed (cargo xtask test installs it)",
         );
         return;
     };
@@ -155,7 +156,11 @@ fn openmetrics_when_the_scraper_asks_for_it() {
 
     // The reference client's strict OpenMetrics parser accepts every line.
     let Some(venv) = test_venv() else {
-        println!("SKIP openmetrics parser check: no test venv (cargo xtask test creates it)");
+        skip_part(
+            "openmetrics_when_the_scraper_asks_for_it",
+            "strict parser check",
+            "no test venv (cargo xtask test creates it)",
+        );
         return;
     };
     let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nprint(sum(1 for _ in parse(sys.stdin.read())))\n";
