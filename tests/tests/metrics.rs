@@ -30,8 +30,13 @@ fn request_histograms_by_route_and_wsgi_timings() {
     }
     assert_eq!(get(p.addr, "/static/missing").unwrap().status, 404);
     assert_eq!(get(p.addr, "/boom").unwrap().status, 500);
+    // Every counter asserted below is recorded after the response leaves: wait for all of them.
     let m = p.wait_metrics(Duration::from_secs(5), |m| {
+        let at_least = |series: &str, n: f64| metric_value(m, series).unwrap_or(0.0) >= n;
         metric_sum(m, "http_server_request_duration_seconds_count{") >= 22.0
+            && at_least("portico_wsgi_queue_wait_seconds_count{route=\"/\"}", 11.0)
+            && at_least("portico_wsgi_app_duration_seconds_count{route=\"/\"}", 11.0)
+            && at_least("portico_wsgi_app_exceptions_total{route=\"/\"}", 1.0)
     });
     let static_ok = "http_server_request_duration_seconds_count{route=\"/static/\",method=\"GET\",status_class=\"2xx\"}";
     assert_eq!(metric_value(&m, static_ok), Some(10.0), "{m}");

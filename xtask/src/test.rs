@@ -205,7 +205,9 @@ struct Tally {
 impl Tally {
     fn line(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("test result: ") {
-            self.abandon_current();
+            // The binary went on to its result: an outcome not found (glued to output that
+            // did not end its line) is in these counts anyway.
+            self.forget_current();
             self.add_result(rest);
         } else if let Some((name, after)) = line
             .strip_prefix("test ")
@@ -213,7 +215,7 @@ impl Tally {
         {
             // `test <name> ... ok` (whole result), or a start followed on the same line by the
             // test's first output (single-threaded --nocapture).
-            self.abandon_current();
+            self.forget_current();
             self.current = Some(name.to_string());
             self.body(after);
         } else if is_running_line(line) {
@@ -253,7 +255,13 @@ impl Tally {
         }
     }
 
-    /// A test that started but printed no outcome before its binary moved on or ended.
+    fn forget_current(&mut self) {
+        self.current = None;
+        self.pending.clear();
+    }
+
+    /// A test that started but printed no outcome before its binary ended (a new binary
+    /// starts, or the run ends): the binary crashed under it.
     fn abandon_current(&mut self) {
         if let Some(name) = self.current.take() {
             self.crashed.push(name);
@@ -504,6 +512,18 @@ mod tests {
         assert!(is_running_line("running 1 test"));
         assert!(!is_running_line("running load for 3 s"));
         assert_eq!(last_line(&t), "1 passed, 1 failed, 0 skipped");
+    }
+
+    #[test]
+    fn an_outcome_glued_to_output_is_not_a_crash() {
+        let t = tally(
+            "running 2 tests\n\
+             test a ... progress...ok\n\
+             test b ... ok\n\
+             test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n",
+        );
+        assert!(t.crashed.is_empty());
+        assert_eq!(last_line(&t), "2 passed, 0 failed, 0 skipped");
     }
 
     #[test]
