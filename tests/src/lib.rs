@@ -29,6 +29,64 @@ pub fn portico_bin() -> PathBuf {
     bin
 }
 
+/// Prints the marker `cargo xtask test` counts as a skipped test, `SKIP <test>: <reason>`; the
+/// caller returns right after. `test` is the test function's name (checked against the name
+/// libtest runs it under, which is the test thread's name).
+pub fn skip(test: &str, reason: &str) {
+    check_test_name(test);
+    println!("SKIP {test}: {reason}");
+}
+
+/// Prints the marker of a skipped part, `SKIP-PART <test> (<part>): <reason>`: the test ran
+/// its main part and goes on (or returns) with a pass; the summary of `cargo xtask test` lists
+/// the part it left out.
+pub fn skip_part(test: &str, part: &str, reason: &str) {
+    check_test_name(test);
+    println!("SKIP-PART {test} ({part}): {reason}");
+}
+
+/// A marker must name the test that prints it, or the summary cannot attribute it.
+fn check_test_name(test: &str) {
+    assert!(
+        !test.is_empty() && !test.contains(char::is_whitespace),
+        "a skip marker names its test function: {test:?}"
+    );
+    let current = std::thread::current();
+    if let Some(running) = current.name().filter(|n| *n != "main") {
+        assert!(
+            running == test || running.ends_with(&format!("::{test}")),
+            "skip marker for {test:?} printed by test {running:?}"
+        );
+    }
+}
+
+/// Polls `cond` until it holds (true) or `within` has passed (false).
+pub fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` until it holds; panics with `what` when `within` passes first.
+pub fn wait_until(within: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(within, cond),
+        "timed out after {within:?}: {what}"
+    );
+}
+
+/// Is process `pid` gone (no /proc entry: exited and reaped)?
+pub fn process_gone(pid: i32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// A running portico with its captured output.
 pub struct Portico {
     pub child: Child,
@@ -193,6 +251,22 @@ impl Portico {
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a line of stderr contains `needle`; panics with the log after `within`.
+    pub fn wait_stderr(&self, within: Duration, needle: &str) {
+        let seen = poll_until(within, || {
+            self.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+        });
+        assert!(
+            seen,
+            "no {needle:?} in the log within {within:?}:\n{}",
+            self.stderr_text()
+        );
     }
 
     /// PIDs of the cell processes (children of the master).

@@ -8,8 +8,9 @@ use portico_tests::*;
 fn venv_or_skip(test: &str) -> Option<PathBuf> {
     let v = test_venv();
     if v.is_none() {
-        println!(
-            "SKIP {test}: no test virtualenv (run `cargo xtask test`, which creates .venv with Flask and Django)"
+        skip(
+            test,
+            "no test virtualenv (run `cargo xtask test`, which creates .venv with Flask and Django)",
         );
     }
     v

@@ -104,7 +104,8 @@ fn idle_keepalive_is_closed() {
     let (_s, p) = server();
     let mut c = Conn::open(p.addr).unwrap();
     assert_eq!(c.request("GET", "/a.txt", &[]).unwrap().status, 200);
-    // Within the idle timeout the connection is reused.
+    // Within the idle timeout the connection is reused: idling for a while (bounded, well
+    // under keepalive_timeout = 2s) is the scenario itself.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.request("GET", "/a.txt", &[]).unwrap().status, 200);
     let t = Instant::now();
@@ -124,6 +125,7 @@ fn trickled_complete_request_is_served() {
     let mut c = Conn::open(p.addr).unwrap();
     for b in b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n".chunks(8) {
         c.stream.write_all(b).unwrap();
+        // The trickle itself: 5 chunks 50 ms apart, inside header_timeout = 1s.
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(c.read_response("GET").unwrap().status, 200);

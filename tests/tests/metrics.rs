@@ -30,8 +30,13 @@ fn request_histograms_by_route_and_wsgi_timings() {
     }
     assert_eq!(get(p.addr, "/static/missing").unwrap().status, 404);
     assert_eq!(get(p.addr, "/boom").unwrap().status, 500);
+    // Every counter asserted below is recorded after the response leaves: wait for all of them.
     let m = p.wait_metrics(Duration::from_secs(5), |m| {
+        let at_least = |series: &str, n: f64| metric_value(m, series).unwrap_or(0.0) >= n;
         metric_sum(m, "http_server_request_duration_seconds_count{") >= 22.0
+            && at_least("portico_wsgi_queue_wait_seconds_count{route=\"/\"}", 11.0)
+            && at_least("portico_wsgi_app_duration_seconds_count{route=\"/\"}", 11.0)
+            && at_least("portico_wsgi_app_exceptions_total{route=\"/\"}", 1.0)
     });
     let static_ok = "http_server_request_duration_seconds_count{route=\"/static/\",method=\"GET\",status_class=\"2xx\"}";
     assert_eq!(metric_value(&m, static_ok), Some(10.0), "{m}");
@@ -101,8 +106,9 @@ fn exposition_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        println!(
-            "SKIP exposition_passes_promtool: promtool not installed (cargo xtask test installs it)"
+        skip(
+            "exposition_passes_promtool",
+            "promtool not installed (cargo xtask test installs it)",
         );
         return;
     };
@@ -155,7 +161,11 @@ fn openmetrics_when_the_scraper_asks_for_it() {
 
     // The reference client's strict OpenMetrics parser accepts every line.
     let Some(venv) = test_venv() else {
-        println!("SKIP openmetrics parser check: no test venv (cargo xtask test creates it)");
+        skip_part(
+            "openmetrics_when_the_scraper_asks_for_it",
+            "strict parser check",
+            "no test venv (cargo xtask test creates it)",
+        );
         return;
     };
     let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nprint(sum(1 for _ in parse(sys.stdin.read())))\n";

@@ -105,8 +105,10 @@ fn shipped_rules_config_and_dashboard_are_valid_and_use_real_series() {
     for path in ["/", "/slow", "/static/a.txt"] {
         get(p.addr, path).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let m = p.metrics();
+    // Cells count a request after its bytes leave: wait until all three are in.
+    let m = p.wait_metrics(Duration::from_secs(5), |m| {
+        metric_sum(m, "portico_cell_requests_total{") >= 3.0
+    });
     let have_series = exported(&m);
     let ebpf = metric_value(&m, "portico_ebpf_enabled") == Some(1.0);
     for name in names_in(&dashboard).union(&names_in(&alerts)) {
@@ -120,7 +122,11 @@ fn shipped_rules_config_and_dashboard_are_valid_and_use_real_series() {
     }
 
     if !have("promtool") {
-        println!("SKIP promtool checks: promtool not installed (cargo xtask test installs it)");
+        skip_part(
+            "shipped_rules_config_and_dashboard_are_valid_and_use_real_series",
+            "promtool checks",
+            "promtool not installed (cargo xtask test installs it)",
+        );
         return;
     }
     promtool(&["check", "rules", "alerts.yml"]);
@@ -175,8 +181,9 @@ fn scalar(body: &str) -> Option<f64> {
 #[test]
 fn real_prometheus_scrapes_portico_under_load() {
     if !have("prometheus") {
-        println!(
-            "SKIP real_prometheus_scrapes_portico_under_load: prometheus not installed (cargo xtask test installs it)"
+        skip(
+            "real_prometheus_scrapes_portico_under_load",
+            "prometheus not installed (cargo xtask test installs it)",
         );
         return;
     }

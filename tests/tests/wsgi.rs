@@ -1,6 +1,5 @@
 //! WSGI end to end: PEP 3333 details, uploads, streaming, errors, timeouts, recycling, reload.
 use std::io::Write as _;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -529,9 +528,15 @@ fn wsgi_full_queue_gives_503_with_retry_after() {
     );
     let addr = p.addr;
     let busy = std::thread::spawn(move || get(addr, "/slow?2").unwrap().status);
-    std::thread::sleep(Duration::from_millis(300));
+    // The gauges are published five times a second: the slow request holds the only thread,
+    // then the next one waits in the queue.
+    p.wait_metrics(Duration::from_secs(2), |m| {
+        metric_sum(m, "portico_wsgi_threads_busy{") >= 1.0
+    });
     let queued = std::thread::spawn(move || get(addr, "/hello").unwrap().status);
-    std::thread::sleep(Duration::from_millis(300));
+    p.wait_metrics(Duration::from_secs(2), |m| {
+        metric_sum(m, "portico_wsgi_queue_depth{") >= 1.0
+    });
     let r = get(p.addr, "/hello").unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -645,8 +650,14 @@ fn wsgi_reload_replaces_cells_when_sources_change() {
     site.file("portico.toml", cfg.as_bytes());
     let p = Portico::start(&["-c", &site.root("portico.toml")]);
     assert_eq!(get(p.addr, "/").unwrap().text(), "v1");
-    std::thread::sleep(Duration::from_millis(1100));
-    site.file("app/greet.py", b"WORD = 'v2'\n");
+    let greet = site.file("app/greet.py", b"WORD = 'v2'\n");
+    // Cells compare modification times: make the edit's one differ whatever the file system's
+    // timestamp granularity (instead of sleeping past it).
+    std::fs::File::options()
+        .write(true)
+        .open(&greet)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = get(p.addr, "/").unwrap();
@@ -801,18 +812,13 @@ fn wsgi_validator_sees_no_violation() {
     assert_eq!(r.body, VALIDATED.as_bytes());
     let r = c.request("HEAD", "/", &[]).unwrap();
     assert_eq!(r.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    p.wait_stderr(Duration::from_secs(5), "via errors");
     let log = p.stderr_text();
     assert!(
         !log.contains("AssertionError") && !log.contains("WSGIWarning"),
         "{log}"
     );
     assert!(log.contains("via errors"));
-}
-
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
 }
 
 #[test]
@@ -851,7 +857,9 @@ fn static_routes_are_never_blocked_by_python_work() {
     let addr = p.addr;
     // The only Python thread of the only cell is busy for ~3 s.
     let slow = std::thread::spawn(move || get(addr, "/slow?3").unwrap().status);
-    std::thread::sleep(Duration::from_millis(300));
+    p.wait_metrics(Duration::from_secs(2), |m| {
+        metric_sum(m, "portico_wsgi_threads_busy{") >= 1.0
+    });
     for _ in 0..20 {
         let t = Instant::now();
         let r = get(p.addr, "/static/a.txt").unwrap();

@@ -1,0 +1,158 @@
+//! `cargo xtask setup`: toolchain parts (nightly rust-src, bpf-linker), Debian packages and the
+//! project's Python virtualenv. Idempotent: each step checks first and does nothing when done.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+
+use crate::process::{output, run, which};
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Debian packages the test suite needs: network namespaces for the eBPF tests (and ethtool to
+/// turn off a veth's checksum offload), promtool (from `prometheus`) for the metrics checks,
+/// headless Chromium for the status page.
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
+    ("prometheus", "promtool"),
+    ("chromium", "chromium"),
+];
+/// Debian packages the benchmarks need (libev-dev: bjoern builds against it).
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("libev-dev", "/usr/include/ev.h"),
+];
+/// Python packages the end-to-end tests need, in the project's venv (`.venv`)
+/// (prometheus-client: its strict OpenMetrics parser checks the exposition).
+pub const TEST_PY: &[&str] = &["flask>=3,<4", "django>=5,<6", "prometheus-client>=0.20,<1"];
+/// Python packages for the WSGI bench: the peers.
+pub const BENCH_PY: &[&str] = &[
+    "gunicorn>=23",
+    "granian>=2,<3",
+    "uwsgi>=2.0.28",
+    "bjoern>=3.2",
+];
+
+/// Idempotent: each step checks first and does nothing when already done.
+pub fn setup(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask setup: adding rust-src to the nightly toolchain");
+        let toolchains =
+            output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+        if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))?;
+        }
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION}");
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    setup_packages(packages)
+}
+
+/// The project's virtualenv (`.venv`, from the `python3` on PATH) with `packages` installed;
+/// pip runs only when the list changed since the last install.
+pub fn setup_venv(root: &Path, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("xtask: creating {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("creating the test virtualenv (python3 -m venv)")?;
+    }
+    let mut wanted: Vec<&str> = packages.to_vec();
+    wanted.sort_unstable();
+    let marker = venv.join(format!("portico-{}.txt", short_hash(&wanted.join("\n"))));
+    if !marker.exists() {
+        eprintln!("xtask: pip install {}", wanted.join(" "));
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(&wanted))
+        .context("installing Python packages into .venv")?;
+        std::fs::write(&marker, wanted.join("\n"))?;
+    }
+    Ok(venv)
+}
+
+fn short_hash(s: &str) -> String {
+    // FNV-1a: stable across runs (the marker names a package list).
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+pub fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, bin)| which(bin).is_none())
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing Debian packages {missing:?}");
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["update", "-qq"]))?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run(&mut install)?;
+    if missing.contains(&"prometheus") {
+        // Only its tools are wanted: a packaged server started by systemd would hold :9090.
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "prometheus"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
