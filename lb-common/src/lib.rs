@@ -167,11 +167,11 @@ pub type V6Addr = [u8; 16];
 mod user {
     // SAFETY (all three): repr(C), only u32/u64 fields laid out without padding, and every
     // bit pattern is a valid value.
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya reads map values as plain bytes")]
     unsafe impl aya::Pod for super::CpuCell {}
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya reads map values as plain bytes")]
     unsafe impl aya::Pod for super::XdpCount {}
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya reads map values as plain bytes")]
     unsafe impl aya::Pod for super::SynBucket {}
 }
 
@@ -181,12 +181,12 @@ mod tests {
 
     #[test]
     fn shared_types_have_no_padding() {
-        assert_eq!(core::mem::size_of::<CpuCell>(), 8);
-        assert_eq!(core::mem::align_of::<CpuCell>(), 4);
-        assert_eq!(core::mem::size_of::<XdpCount>(), 16);
-        assert_eq!(core::mem::size_of::<SynBucket>(), 16);
+        assert_eq!(size_of::<CpuCell>(), 8);
+        assert_eq!(align_of::<CpuCell>(), 4);
+        assert_eq!(size_of::<XdpCount>(), 16);
+        assert_eq!(size_of::<SynBucket>(), 16);
         // Cells map CELL_LOAD as consecutive u64 words.
-        assert_eq!(core::mem::size_of::<CellLoad>(), 3 * 8);
+        assert_eq!(size_of::<CellLoad>(), 3 * 8);
     }
 
     #[test]

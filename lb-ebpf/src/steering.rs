@@ -5,7 +5,10 @@
 #![no_main]
 // The BPF target has no CAS, so no `AtomicU64::fetch_add`: the intrinsic lowers to BPF_ATOMIC add.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics is the only atomic add the BPF target has"
+)]
 
 use aya_ebpf::{
     Global,

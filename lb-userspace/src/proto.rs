@@ -34,10 +34,11 @@ pub struct FdLayout {
 
 impl FdLayout {
     pub fn listener(self, i: usize) -> i32 {
+        assert!(i < self.listeners, "listener {i} of {}", self.listeners);
         FIRST_FD + i32::try_from(i).expect("few listeners")
     }
     pub fn metrics(self) -> i32 {
-        self.listener(self.listeners)
+        FIRST_FD + i32::try_from(self.listeners).expect("few listeners")
     }
     pub fn control(self) -> i32 {
         self.metrics() + 1
@@ -123,7 +124,13 @@ mod tests {
     fn descriptors_follow_the_listeners() {
         let l = FdLayout { listeners: 2 };
         assert_eq!(
-            (l.listener(0), l.listener(1), l.metrics(), l.control(), l.load_map()),
+            (
+                l.listener(0),
+                l.listener(1),
+                l.metrics(),
+                l.control(),
+                l.load_map()
+            ),
             (3, 4, 5, 6, 7)
         );
     }

@@ -39,7 +39,7 @@ pub struct SharedCounters {
 impl SharedCounters {
     /// Maps `count` u64 counters from `file` (which must be at least `count * 8` bytes).
     pub fn map(file: &File, count: usize) -> Result<Self, SysError> {
-        let bytes = count * std::mem::size_of::<u64>();
+        let bytes = count * size_of::<u64>();
         let meta = file.metadata().map_err(err("fstat(metrics memfd)"))?;
         if (meta.len() as usize) < bytes {
             return Err(SysError {
@@ -60,7 +60,7 @@ impl SharedCounters {
     /// The counters as atomics.
     pub fn all(&self) -> &[AtomicU64] {
         let ptr = self.map.as_ptr() as *const AtomicU64;
-        debug_assert_eq!(ptr.align_offset(std::mem::align_of::<AtomicU64>()), 0);
+        debug_assert_eq!(ptr.align_offset(align_of::<AtomicU64>()), 0);
         // SAFETY: the mapping is page aligned, `len * 8` bytes long and lives as long as `self`;
         // AtomicU64 has the size and alignment of u64 and every bit pattern is valid. All
         // processes touch it only through atomics.
@@ -71,7 +71,7 @@ impl SharedCounters {
 /// Maps an mmapable BPF array as `entries` u64 words (the steering program's CELL_LOAD) for
 /// the life of the process: the cell publishes its load with one atomic add, no syscall.
 pub fn map_bpf_u64_array(fd: &OwnedFd, entries: usize) -> Result<&'static [AtomicU64], SysError> {
-    let bytes = entries * std::mem::size_of::<u64>();
+    let bytes = entries * size_of::<u64>();
     // SAFETY: MAP_SHARED mapping of a BPF_F_MMAPABLE array map, which cannot shrink; the
     // mapping is leaked, so it lives as long as the process.
     let map = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(fd) }
@@ -121,7 +121,7 @@ pub fn listen_queue_len(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: the buffer and its length describe `info`, which outlives the call.
     let rc = unsafe {
         libc::getsockopt(

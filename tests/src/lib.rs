@@ -2,8 +2,14 @@
 //! addresses it logs, and speaks raw HTTP/1.1 to it (so malformed requests can be sent too).
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod http;
+mod netns;
+
+pub use http::{Conn, Response, get, raw, raw_request, request};
+pub use netns::Netns;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -88,6 +94,7 @@ pub fn process_gone(pid: i32) -> bool {
 }
 
 /// A running portico with its captured output.
+#[derive(Debug)]
 pub struct Portico {
     pub child: Child,
     pub addr: SocketAddr,
@@ -122,7 +129,7 @@ impl Portico {
     /// process's reach (another network namespace).
     pub fn launch(mut cmd: Command, args: &[&str], wait_health: bool) -> Portico {
         let mut full: Vec<String> = vec!["serve".into()];
-        full.extend(args.iter().map(|s| s.to_string()));
+        full.extend(args.iter().map(ToString::to_string));
         if !args.contains(&"--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }
@@ -316,217 +323,8 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// A parsed HTTP response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One client connection that can send several requests (keep-alive, pipelining).
-pub struct Conn {
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            buf: Vec::new(),
-        })
-    }
-
-    pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(raw)
-    }
-
-    /// Reads one response to a request with `method` (HEAD has no body).
-    pub fn read_response(&mut self, method: &str) -> std::io::Result<Response> {
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            self.fill()?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| {
-                l.split_once(':')
-                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            })
-            .collect();
-        let resp = Response {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let no_body =
-            method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status);
-        let chunked = resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let body = if no_body {
-            Vec::new()
-        } else if chunked {
-            self.read_chunked()?
-        } else if let Some(len) = resp
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            while self.buf.len() < len {
-                self.fill()?;
-            }
-            self.buf.drain(..len).collect()
-        } else {
-            // Read to EOF.
-            loop {
-                match self.fill() {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            std::mem::take(&mut self.buf)
-        };
-        Ok(Response { body, ..resp })
-    }
-
-    fn read_line(&mut self) -> std::io::Result<String> {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            self.fill()?;
-        }
-    }
-
-    /// A chunked body (RFC 9112 section 7.1), trailers skipped.
-    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.read_line()?;
-            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
-            if size == 0 {
-                while !self.read_line()?.is_empty() {}
-                return Ok(body);
-            }
-            while self.buf.len() < size + 2 {
-                self.fill()?;
-            }
-            body.extend(self.buf.drain(..size));
-            self.buf.drain(..2);
-        }
-    }
-
-    /// Reads the head of a response and then only the first `n` body bytes that arrive.
-    pub fn read_some(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            self.fill()?;
-        }
-        Ok(self.buf.drain(..).collect())
-    }
-
-    fn fill(&mut self) -> std::io::Result<()> {
-        let mut tmp = [0u8; 65536];
-        let n = self.stream.read(&mut tmp)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(())
-    }
-
-    /// True when the server has closed the connection (EOF) within `within`.
-    pub fn closed_within(&mut self, within: Duration) -> bool {
-        self.stream.set_read_timeout(Some(within)).unwrap();
-        let mut tmp = [0u8; 1024];
-        loop {
-            match self.stream.read(&mut tmp) {
-                Ok(0) => return true,
-                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> std::io::Result<Response> {
-        self.send(raw_request(method, path, headers).as_bytes())?;
-        self.read_response(method)
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut s = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str("\r\n");
-    s
-}
-
-/// One request on a fresh connection.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<Response> {
-    Conn::open(addr)?.request(method, path, headers)
-}
-
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    request(addr, "GET", path, &[])
-}
-
-/// Sends raw bytes on a fresh connection and reads one response.
-pub fn raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
-    let mut c = Conn::open(addr)?;
-    c.send(bytes)?;
-    c.read_response("GET")
-}
-
 /// A temporary site: files relative to a fresh directory.
+#[derive(Debug)]
 pub struct Site {
     pub dir: tempfile::TempDir,
 }
@@ -572,107 +370,6 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// A network namespace for a privileged test; deleted (with its links) on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    /// `portico-<tag>-<pid>`, with loopback up. None when `ip netns add` fails.
-    pub fn create(tag: &str) -> Option<Netns> {
-        let name = format!("portico-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    /// `ip -n NS ARGS`; panics when it fails.
-    pub fn ip(&self, args: &[&str]) {
-        let st = Command::new("ip")
-            .arg("-n")
-            .arg(&self.0)
-            .args(args)
-            .status()
-            .expect("run ip");
-        assert!(st.success(), "ip -n {} {args:?} failed", self.0);
-    }
-
-    /// A command that runs `program` inside the namespace.
-    pub fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program);
-        c
-    }
-
-    /// Runs `f` on a thread that joined the namespace (and is pinned to `cpu`, if given).
-    pub fn run<T: Send + 'static>(
-        &self,
-        cpu: Option<usize>,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        self.spawn(cpu, f)
-            .join()
-            .expect("namespace thread panicked")
-    }
-
-    /// Like `run`, without waiting.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        cpu: Option<usize>,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).expect("open netns");
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&fd),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .expect("setns");
-            if let Some(cpu) = cpu {
-                let mut set = rustix::thread::CpuSet::new();
-                set.set(cpu);
-                rustix::thread::sched_setaffinity(None, &set).expect("pin thread");
-            }
-            f()
-        })
-    }
-
-    /// Scrapes `/metrics` of an admin endpoint inside the namespace.
-    pub fn scrape(&self, admin: SocketAddr) -> String {
-        self.run(None, move || {
-            get(admin, "/metrics").map(|r| r.text()).unwrap_or_default()
-        })
-    }
-
-    /// Waits until `cells` cells report up through an admin endpoint inside the namespace.
-    pub fn wait_cells_up(&self, p: &Portico, cells: usize) -> String {
-        let admin = p.admin.expect("admin");
-        for _ in 0..400 {
-            let m = self.scrape(admin);
-            if (0..cells)
-                .all(|i| metric_value(&m, &format!("portico_cell_up{{cell=\"{i}\"}}")) == Some(1.0))
-            {
-                return m;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("cells never came up:\n{}", p.stderr_text());
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// Difference of one series between two scrapes (absent = 0).
 pub fn delta(after: &str, before: &str, series: &str) -> f64 {
     metric_value(after, series).unwrap_or(0.0) - metric_value(before, series).unwrap_or(0.0)
@@ -680,5 +377,5 @@ pub fn delta(after: &str, before: &str, series: &str) -> f64 {
 
 /// CPUs this test may use.
 pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

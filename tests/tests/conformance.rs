@@ -55,7 +55,10 @@ fn wait_stderr(p: &Portico, needle: &str) -> String {
         if log.contains(needle) {
             return log;
         }
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -78,8 +81,7 @@ fn exchange(p: &Portico, raw: &[u8], half_close: bool) -> (Option<Response>, boo
 }
 
 fn chunked_post(body: &[u8]) -> Vec<u8> {
-    let mut raw =
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut raw = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     raw.extend_from_slice(body);
     raw
 }
@@ -94,7 +96,7 @@ fn malformed_chunked_bodies_are_400_and_never_reach_the_app() {
         &chunked_post(b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"),
         false,
     );
-    assert_eq!(r.as_ref().map(|r| r.text()), Some("hello world".into()));
+    assert_eq!(r.as_ref().map(Response::text), Some("hello world".into()));
     let before = calls(&p);
     let cases: &[(&str, &[u8])] = &[
         ("signed size", b"+5\r\nhello\r\n0\r\n\r\n"),

@@ -119,10 +119,11 @@ fn five_reloads_under_keepalive_load_fail_no_request() {
     site.file("p.toml", cfg.as_bytes());
     let p = Portico::start(&["-c", &site.root("p.toml")]);
     let load = KeepAliveLoad::start(p.addr, 4);
-    wait_for(&p, Duration::from_secs(10), "load starting", || load.ok() > 0);
-    let reloads = |p: &Portico| {
-        metric_sum(&p.metrics(), "portico_cell_restarts_total{cell=") as u64
-    };
+    wait_for(&p, Duration::from_secs(10), "load starting", || {
+        load.ok() > 0
+    });
+    let reloads =
+        |p: &Portico| metric_sum(&p.metrics(), "portico_cell_restarts_total{cell=") as u64;
     for round in 1..=5u64 {
         let before = load.ok();
         p.signal(Signal::HUP);
@@ -130,9 +131,12 @@ fn five_reloads_under_keepalive_load_fail_no_request() {
         wait_for(&p, Duration::from_secs(30), "the reload", || {
             reloads(&p) >= 2 * round
         });
-        wait_for(&p, Duration::from_secs(10), "requests after the reload", || {
-            load.ok() > before
-        });
+        wait_for(
+            &p,
+            Duration::from_secs(10),
+            "requests after the reload",
+            || load.ok() > before,
+        );
     }
     let (ok, failed) = load.finish();
     assert_eq!(
@@ -143,7 +147,10 @@ fn five_reloads_under_keepalive_load_fail_no_request() {
         p.stderr_text()
     );
     assert_eq!(
-        metric_sum(&p.metrics(), "portico_cell_restarts_total{cell=\"0\",reason=\"reload\"}"),
+        metric_sum(
+            &p.metrics(),
+            "portico_cell_restarts_total{cell=\"0\",reason=\"reload\"}"
+        ),
         5.0
     );
 }

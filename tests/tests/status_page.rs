@@ -108,11 +108,7 @@ fn status_page_renders_and_refreshes_under_load() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        std::fs::metadata(&shot)
-            .map(|m| m.len() > 1000)
-            .unwrap_or(false)
-    );
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
     println!("status page screenshot: {}", shot.display());
 
     stop.store(true, Ordering::Relaxed);

@@ -65,7 +65,7 @@ impl Cidr {
     }
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
         match (self.addr, ip) {
@@ -123,7 +123,7 @@ pub fn forwarded(h: &HeaderMap, conn: &ConnInfo, trusted: &[Cidr]) -> Forwarded 
     }
     for hop in hops.iter().rev() {
         match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) if is_trusted(ip) => {}
             Ok(ip) => {
                 f.remote_addr = Some(ip.to_string());
                 break;

@@ -11,6 +11,7 @@ use crate::response::{self, BodyOut, Head, Piece, Reply};
 
 /// Where a request body comes from: the cell pumps it from the socket only once the app asks
 /// (so `Expect: 100-continue` is answered only when the body is wanted).
+#[derive(Debug)]
 pub struct BodySource {
     pub want: Option<oneshot::Sender<()>>,
     pub rx: mpsc::Receiver<Result<Bytes, String>>,
@@ -33,6 +34,7 @@ impl BodySource {
 
 /// `wsgi.input`: streams the body; reads past the end return b"".
 #[pyclass(module = "portico")]
+#[derive(Debug)]
 pub struct Input {
     source: Option<BodySource>,
     buf: BytesMut,
@@ -195,6 +197,7 @@ impl Input {
 
 /// `wsgi.errors`: text written here goes to the error log, a line at a time.
 #[pyclass(module = "portico")]
+#[derive(Debug)]
 pub struct ErrorStream {
     pending: String,
 }
@@ -244,6 +247,7 @@ impl ErrorStream {
 const STREAM_DEPTH: usize = 8;
 
 /// The response side of one request: the head set by start_response, then the body.
+#[derive(Debug)]
 pub struct Responder {
     reply: Option<oneshot::Sender<Reply>>,
     head: Option<Head>,
@@ -353,6 +357,7 @@ impl Responder {
 
 /// `start_response(status, headers, exc_info=None)`, which returns `write`.
 #[pyclass(module = "portico")]
+#[derive(Debug)]
 pub struct StartResponse {
     pub responder: Responder,
 }

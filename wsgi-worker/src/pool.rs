@@ -49,6 +49,7 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 }
 
 /// One request for the app.
+#[derive(Debug)]
 pub struct Job {
     pub method: Method,
     pub uri: Uri,
@@ -103,6 +104,15 @@ pub struct Pool {
     next_id: AtomicU64,
     watchdog: std::sync::mpsc::Sender<(u64, String)>,
     sources: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.threads())
+            .field("queued", &self.queued())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pool {
@@ -431,9 +441,7 @@ mod tests {
     fn import_errors_carry_the_traceback() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("unit_broken.py"), "x = (\n").unwrap();
-        let err = Pool::start(settings(dir.path(), "unit_broken"))
-            .err()
-            .expect("import fails");
+        let err = Pool::start(settings(dir.path(), "unit_broken")).expect_err("import fails");
         let text = err.to_string();
         assert!(
             text.contains("SyntaxError") && text.contains("unit_broken.py"),

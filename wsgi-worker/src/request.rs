@@ -139,13 +139,11 @@ pub fn run(py: Python<'_>, app: &Py<PyAny>, job: Job, c: &mut Consts, s: &Settin
         reply,
         ..
     } = job;
-    let input = match Py::new(py, Input::new(body)) {
-        Ok(i) => i,
-        Err(_) => return false,
+    let Ok(input) = Py::new(py, Input::new(body)) else {
+        return false;
     };
-    let sr = match Py::new(py, StartResponse::new(reply)) {
-        Ok(s) => s,
-        Err(_) => return false,
+    let Ok(sr) = Py::new(py, StartResponse::new(reply)) else {
+        return false;
     };
     let req = Req {
         method: &method,
@@ -192,7 +190,10 @@ struct Req<'a> {
 /// client). An exception that comes from the request body failing while the app read it
 /// (broken framing, too large) is the client's error: one line, no traceback, and false (not an app error).
 fn report(py: Python<'_>, e: &PyErr, req: &Req<'_>) -> bool {
-    let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
     if req.input.borrow(py).body_failed() {
         tracing::info!(
             "client error on {} {target}: the request body could not be read ({}); answered 4xx",
@@ -322,7 +323,10 @@ fn build_environ<'py>(
     if let Some(q) = r.uri.query() {
         env.set_item(&k.query_string, q)?;
     }
-    let raw = r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let raw = r
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
     let raw = PyString::new(py, raw);
     env.set_item(&k.request_uri, &raw)?;
     env.set_item(&k.raw_uri, &raw)?;
@@ -371,7 +375,10 @@ fn build_environ<'py>(
             continue;
         };
         let mut values = r.headers.get_all(name).iter();
-        let first = values.next().map(|v| v.as_bytes()).unwrap_or_default();
+        let first = values
+            .next()
+            .map(http::HeaderValue::as_bytes)
+            .unwrap_or_default();
         let value = match values.next() {
             None => objects::native(py, first),
             Some(second) => {
@@ -404,4 +411,3 @@ fn build_environ<'py>(
     env.set_item(&k.server_port, port)?;
     Ok(env)
 }
-

@@ -6,6 +6,7 @@
 
 mod bench;
 mod compile;
+mod layout;
 mod process;
 mod run;
 mod setup;
@@ -33,8 +34,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run clippy and the whole test suite (unit and end-to-end), then print the counts.
+    /// Run the layout check, clippy and the whole test suite (unit and end-to-end), then
+    /// print the counts.
     Test,
+    /// Check lb-userspace's module graph (no import cycle, master and cell apart) and that no
+    /// source file passes 600 lines.
+    Layout,
     /// Benchmarks against peers, started side by side in the same run.
     Bench {
         /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern),
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(setup::TEST_PACKAGES),
         Cmd::Run { args } => run::run(&root, &args),
         Cmd::Test => test::test(&root),
+        Cmd::Layout => layout::check(&root),
         Cmd::Bench {
             which,
             duration,

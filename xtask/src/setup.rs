@@ -152,7 +152,5 @@ pub fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 fn is_root() -> bool {
-    output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }

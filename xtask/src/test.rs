@@ -1,4 +1,4 @@
-//! `cargo xtask test`: clippy, then every unit test and the end-to-end suite, then honest counts.
+//! `cargo xtask test`: the layout check, clippy, then every unit test and the end-to-end suite, then honest counts.
 //!
 //! Both `cargo test` runs stream their output to the terminal as it comes; their stdout (where
 //! libtest writes) is also parsed as it passes: the `test result:` lines give the counts, and
@@ -18,6 +18,8 @@ use crate::{compile, setup};
 pub fn test(root: &Path) -> anyhow::Result<()> {
     setup::setup(setup::TEST_PACKAGES)?;
     let venv = setup::setup_venv(root, setup::TEST_PY)?;
+    // The module graph and file sizes: instant, and the first thing a refactor breaks.
+    crate::layout::check(root)?;
     // Lints first: the quickest failure. `--release`, like the build and the tests, so the
     // proc-macros and build-script runs (lb-userspace's builds the eBPF objects) are shared
     // with them instead of being built a second time for the dev profile. lb-ebpf only builds

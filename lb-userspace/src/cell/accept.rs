@@ -38,7 +38,7 @@ impl Acceptor {
                         local_addr: local.map(|l| l.ip().to_string()).unwrap_or_default(),
                         local_port: local.map_or(0, |l| l.port()),
                     };
-                    self.spawn(stream, info)
+                    self.spawn(stream, info);
                 }
                 Err(e) => self.accept_error(e).await,
             }

@@ -66,8 +66,7 @@ impl AccessLog {
         let mut s = sink.borrow_mut();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_secs());
         if s.clock.0 != now {
             s.clock = (now, combined_time(now), iso_time(now));
         }

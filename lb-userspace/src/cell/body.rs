@@ -190,7 +190,11 @@ impl Body {
 
     /// Ends a body that cannot reach its length: once the bytes already given have left
     /// hyper's buffer, an error makes hyper close the connection.
-    fn poll_abort(&mut self, cx: &mut Context<'_>, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_abort(
+        &mut self,
+        cx: &mut Context<'_>,
+        why: &'static str,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if let Some(hooks) = &self.on_done {
             if !self.aborting {
                 self.aborting = true;

@@ -1,12 +1,11 @@
 //! One HTTP/1.1 connection in a cell: hyper for the protocol, plus what hyper leaves to us:
 //! header-read (408) and keep-alive idle timeouts, request framing seen on the raw bytes,
 //! sendfile for file regions, and a graceful close when the cell drains.
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
@@ -14,117 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use wsgi_worker::ConnInfo;
 
-use crate::cell::body::{ConnHooks, FileRegion};
+use crate::cell::conn_state::{ConnState, Phase};
 use crate::cell::context::CellCtx;
-use crate::cell::dispatch::{Mark, handle};
-use crate::cell::framing::{FramingTracker, HeadFraming};
+use crate::cell::dispatch::handle;
 use crate::metrics::CellStats;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Between requests: nothing of the next head received yet.
-    Idle,
-    /// Part of a request head received.
-    Head,
-    /// A request is being answered.
-    Busy,
-}
-
-/// Connection state shared by the IO wrapper, the service and the response body.
-pub struct ConnState {
-    phase: Cell<Phase>,
-    since: Cell<Instant>,
-    /// Bytes arrived while Busy (a pipelined next request).
-    pending: Cell<bool>,
-    /// Request boundaries on the raw bytes (hyper merges CL+TE silently; we refuse it).
-    framing: RefCell<FramingTracker>,
-    requests: Cell<u64>,
-    /// Response chunks that are mapped file regions still to be written (sent with sendfile).
-    pub regions: RefCell<Vec<FileRegion>>,
-    /// The request being answered (route, method, start), its status and known body bytes:
-    /// observed when its body is done.
-    pub mark: Cell<Option<(Mark, u16, u64)>>,
-    stats: CellStats<'static>,
-    /// hyper flushed everything written so far (its buffer is empty): set on each flush of
-    /// the socket after a write, and cleared by `ConnHooks::poll_flushed` asking again.
-    flushed: Cell<bool>,
-    flush_waiter: RefCell<Option<Waker>>,
-}
-
-impl ConnState {
-    pub fn new(stats: CellStats<'static>) -> Self {
-        ConnState {
-            phase: Cell::new(Phase::Idle),
-            since: Cell::new(Instant::now()),
-            pending: Cell::new(false),
-            framing: RefCell::new(FramingTracker::default()),
-            requests: Cell::new(0),
-            regions: RefCell::new(Vec::new()),
-            mark: Cell::new(None),
-            stats,
-            flushed: Cell::new(false),
-            flush_waiter: RefCell::new(None),
-        }
-    }
-
-    fn on_read(&self, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        match self.phase.get() {
-            Phase::Idle => {
-                self.phase.set(Phase::Head);
-                self.since.set(Instant::now());
-            }
-            Phase::Head => {}
-            Phase::Busy => self.pending.set(true),
-        }
-        self.framing.borrow_mut().feed(data);
-    }
-
-    /// The service got a request head; returns how that head framed its body.
-    pub fn begin_request(&self) -> HeadFraming {
-        // Regions of earlier responses that were not sent by sendfile (HEAD, or still queued in
-        // hyper): from now on their bytes are written as ordinary memory.
-        self.regions.borrow_mut().clear();
-        self.phase.set(Phase::Busy);
-        self.pending.set(false);
-        self.requests.set(self.requests.get() + 1);
-        self.framing.borrow_mut().next_head()
-    }
-}
-
-impl ConnHooks for ConnState {
-    fn done(&self, streamed: u64) {
-        if let Some((m, status, body)) = self.mark.take() {
-            self.stats.observe_request(
-                m.route as usize,
-                m.method as usize,
-                status,
-                m.start.elapsed().as_nanos() as u64,
-                body + streamed,
-            );
-        }
-        self.since.set(Instant::now());
-        self.phase.set(if self.pending.get() {
-            Phase::Head
-        } else {
-            Phase::Idle
-        });
-    }
-
-    fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.flushed.get() {
-            return Poll::Ready(());
-        }
-        *self.flush_waiter.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    fn want_flush(&self) {
-        self.flushed.set(false);
-    }
-}
 
 /// The socket as hyper sees it, reporting each read to the connection state.
 struct TrackedIo<S> {
@@ -371,44 +263,5 @@ pub async fn serve_connection<S>(
                 return;
             }
         }
-    }
-}
-
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phases_and_framing_follow_the_reads() {
-        let region: &'static crate::metrics::MetricsRegion =
-            Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
-        let s = ConnState::new(region.cell(0));
-        s.on_read(b"POST / HTTP/1.1\r\nHost: x\r\nConTent-Len");
-        s.on_read(b"gth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(s.phase.get(), Phase::Head);
-        assert!(s.begin_request().ambiguous());
-        assert_eq!(s.phase.get(), Phase::Busy);
-        s.on_read(b"0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(s.pending.get());
-        s.done(0);
-        assert_eq!(s.phase.get(), Phase::Head);
-        assert!(!s.begin_request().ambiguous());
-        s.done(0);
-        assert_eq!(s.phase.get(), Phase::Idle);
-    }
-
-    #[test]
-    fn flush_waiters_are_woken_by_the_next_flush() {
-        let region: &'static crate::metrics::MetricsRegion =
-            Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
-        let s = ConnState::new(region.cell(0));
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        s.want_flush();
-        assert!(s.poll_flushed(&mut cx).is_pending());
-        assert!(s.flush_waiter.borrow().is_some());
-        s.flushed.set(true);
-        assert!(s.poll_flushed(&mut cx).is_ready());
     }
 }

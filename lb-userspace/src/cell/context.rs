@@ -36,6 +36,10 @@ pub struct CellCtx {
 }
 
 impl CellCtx {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, in the cell's startup; each argument is a separate part"
+    )]
     pub fn new(
         router: Router,
         limits: LimitsConfig,
@@ -86,4 +90,3 @@ impl CellCtx {
         }
     }
 }
-

@@ -14,7 +14,7 @@ use wsgi_worker::ConnInfo;
 
 use crate::cell::access_log::Entry;
 use crate::cell::body::{Body, status_page};
-use crate::cell::conn::ConnState;
+use crate::cell::conn_state::{ConnState, Mark};
 use crate::cell::context::CellCtx;
 use crate::cell::framing::HeadFraming;
 use crate::cell::head;
@@ -46,8 +46,7 @@ impl LogMeta {
             target: req
                 .uri()
                 .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
+                .map_or("/", http::uri::PathAndQuery::as_str)
                 .to_owned(),
             version: req.version(),
             referer: h.get(header::REFERER).cloned(),
@@ -121,14 +120,6 @@ pub fn handle(
     }
 }
 
-/// What the request-duration histogram needs of a request, kept until its body is done.
-#[derive(Debug, Clone, Copy)]
-pub struct Mark {
-    pub route: u16,
-    pub method: u8,
-    pub start: Instant,
-}
-
 /// Common response headers, metrics and the access log line.
 fn finish(
     ctx: &Rc<CellCtx>,
@@ -165,7 +156,7 @@ fn finish(
                 referer: m.referer.as_ref().and_then(|v| v.to_str().ok()),
                 user_agent: m.user_agent.as_ref().and_then(|v| v.to_str().ok()),
                 duration_s: start.elapsed().as_secs_f64(),
-            })
+            });
         };
         if resp.body().is_stream() {
             // A streamed body's size is known at its end: log then, like nginx.
@@ -246,4 +237,3 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, framing: HeadFraming) -> Routed
     };
     Routed::Ready(resp, unread_body, metrics_route)
 }
-

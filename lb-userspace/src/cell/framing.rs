@@ -11,21 +11,37 @@ const LINE_KEEP: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// In a request head: `lines` lines seen so far.
-    Head { lines: u32 },
+    Head {
+        lines: u32,
+    },
     /// Skipping `left` bytes of a Content-Length body.
-    Length { left: u64 },
+    Length {
+        left: u64,
+    },
     /// Chunked body: reading a chunk-size line (`size` so far, `digits` read).
-    ChunkSize { size: u64, digits: u32 },
+    ChunkSize {
+        size: u64,
+        digits: u32,
+    },
     /// After the size: whitespace or an extension, up to CR.
-    ChunkExt { size: u64 },
+    ChunkExt {
+        size: u64,
+    },
     /// CR seen after the size line; LF expected.
-    ChunkSizeLf { size: u64 },
+    ChunkSizeLf {
+        size: u64,
+    },
     /// Chunk data: `left` bytes to skip, then CRLF.
-    ChunkData { left: u64 },
+    ChunkData {
+        left: u64,
+    },
     ChunkDataCr,
     ChunkDataLf,
     /// After the last chunk: trailer lines until an empty one.
-    Trailer { empty: bool, cr: bool },
+    Trailer {
+        empty: bool,
+        cr: bool,
+    },
     /// Framing hyper also refuses (the connection ends): nothing more is tracked.
     Broken,
 }
@@ -207,7 +223,13 @@ impl FramingTracker {
             (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
             (State::ChunkDataLf, b'\n') => State::ChunkSize { size: 0, digits: 0 },
             (State::Trailer { empty, .. }, b'\r') => State::Trailer { empty, cr: true },
-            (State::Trailer { empty: true, cr: true }, b'\n') => State::Head { lines: 0 },
+            (
+                State::Trailer {
+                    empty: true,
+                    cr: true,
+                },
+                b'\n',
+            ) => State::Head { lines: 0 },
             (State::Trailer { cr: true, .. }, b'\n') => State::Trailer {
                 empty: true,
                 cr: false,

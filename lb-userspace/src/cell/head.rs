@@ -25,11 +25,7 @@ impl Refusal {
 
 /// Fields that must appear at most once: frameworks read one value, and two `Host`s are an
 /// error by RFC 9112 section 3.2 (gunicorn refuses the same set).
-const SINGLETONS: [HeaderName; 3] = [
-    header::HOST,
-    header::CONTENT_TYPE,
-    header::CONTENT_LENGTH,
-];
+const SINGLETONS: [HeaderName; 3] = [header::HOST, header::CONTENT_TYPE, header::CONTENT_LENGTH];
 
 /// Applies every head check, cheapest first.
 pub fn check<B>(
@@ -136,7 +132,9 @@ mod tests {
     }
 
     fn status(r: &Request<()>, framing: HeadFraming) -> Option<u16> {
-        check(r, framing, &limits()).err().map(|e| e.status.as_u16())
+        check(r, framing, &limits())
+            .err()
+            .map(|e| e.status.as_u16())
     }
 
     #[test]

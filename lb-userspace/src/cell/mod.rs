@@ -4,6 +4,7 @@ mod accept;
 pub mod access_log;
 pub mod body;
 pub mod conn;
+pub mod conn_state;
 pub mod context;
 pub mod dispatch;
 pub mod framing;
@@ -82,7 +83,7 @@ pub fn run() -> anyhow::Result<()> {
     // The apps are imported before the cell reports ready: a cell that cannot import never
     // takes a connection, and the master backs off before trying again.
     let observe = cfg.metrics.enabled.then(|| metrics.cell(index));
-    let pools = match crate::cell::wsgi::start_pools(&cfg, cells, observe) {
+    let pools = match wsgi::start_pools(&cfg, cells, observe) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(cell = index, "{e}");
@@ -111,7 +112,7 @@ pub fn app_check() -> i32 {
             return 1;
         }
     };
-    match crate::cell::wsgi::start_pools(&cfg, 1, None) {
+    match wsgi::start_pools(&cfg, 1, None) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("{e}");
@@ -126,7 +127,7 @@ async fn serve(
     fds: Vec<OwnedFd>,
     metrics: &'static MetricsRegion,
     control: OwnedFd,
-    pools: Vec<Option<crate::cell::wsgi::WsgiRoute>>,
+    pools: Vec<Option<wsgi::WsgiRoute>>,
     load: Option<crate::ebpf::cell_load::CellLoadEntry>,
 ) -> anyhow::Result<()> {
     let log =
@@ -257,4 +258,3 @@ async fn reconcile_pending(ctx: Rc<CellCtx>, tcp: Vec<OwnedFd>, mut drain: watch
         load.reconcile_pending(queued);
     }
 }
-

@@ -116,4 +116,3 @@ pub async fn watch(ctx: Rc<CellCtx>, cfg: Config) {
         }
     }
 }
-

@@ -1,8 +1,8 @@
 //! Longest-prefix routing. Prefixes without a trailing slash match on segment boundaries, so
 //! `/app` serves `/app` and `/app/x` but not `/application`.
-use crate::config::RouteConfig;
 use crate::cell::static_files::StaticRoute;
-use crate::cell::wsgi::WsgiRoute;
+use crate::cell::wsgi::route::WsgiRoute;
+use crate::config::RouteConfig;
 
 pub enum Handler {
     Static(StaticRoute),

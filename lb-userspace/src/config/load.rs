@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
+use super::error::{ConfigError, ConfigErrors};
 use super::overrides::Overrides;
 use super::schema::{Config, RouteConfig};
-use super::{ConfigError, ConfigErrors};
 
 impl Config {
     /// Parses TOML, collecting an error for every value that does not deserialize (and for each
@@ -283,8 +283,7 @@ fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let col = before
         .rsplit('\n')
         .next()
-        .map(|l| l.chars().count() + 1)
-        .unwrap_or(1);
+        .map_or(1, |l| l.chars().count() + 1);
     format!(" (line {line}, column {col})")
 }
 

@@ -1,7 +1,7 @@
 //! Command-line flags that override the file (`portico serve APP --listen ... --static ...`).
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
+use super::error::ConfigError;
 use super::schema::{Config, RouteConfig, StaticConfig, SteeringPolicy, Workers, WsgiConfig};
 use super::units::{Dur, parse_duration};
 
@@ -36,7 +36,7 @@ impl Config {
                 source: "command line".into(),
                 key: key.into(),
                 message,
-            })
+            });
         };
         if let Some(app) = &o.app {
             let mut w = WsgiConfig::default();
@@ -145,9 +145,7 @@ impl Config {
 
 /// A command-line path made absolute against the current directory.
 fn absolute(p: &Path) -> PathBuf {
-    std::env::current_dir()
-        .map(|d| d.join(p))
-        .unwrap_or_else(|_| p.to_path_buf())
+    std::env::current_dir().map_or_else(|_| p.to_path_buf(), |d| d.join(p))
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use super::error::{ConfigError, ConfigErrors};
 use super::schema::{Config, EbpfConfig, EbpfMode, Workers, WsgiConfig};
 use super::units::parse_cidr;
-use super::{ConfigError, ConfigErrors};
 
 impl Config {
     /// Checks every value and makes paths absolute. Returns every problem found.
@@ -13,15 +13,14 @@ impl Config {
         let source = self
             .origin
             .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "command line".into());
+            .map_or_else(|| "command line".into(), |p| p.display().to_string());
         let mut errors = Vec::new();
         let mut bad = |key: String, message: String| {
             errors.push(ConfigError {
                 source: source.clone(),
                 key,
                 message,
-            })
+            });
         };
 
         if let Some(c) = &self.server.chdir

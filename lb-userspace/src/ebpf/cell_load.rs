@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use lb_common::steering::LOAD_PER_WSGI_REQUEST;
 
 /// Words of one `lb_common::CellLoad` entry, in field order.
-const WORDS: usize = std::mem::size_of::<lb_common::CellLoad>() / 8;
+const WORDS: usize = size_of::<lb_common::CellLoad>() / 8;
 const OPEN: usize = 0;
 const PENDING: usize = 1;
 const OLDEST_NS: usize = 2;

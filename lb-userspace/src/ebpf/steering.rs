@@ -8,7 +8,9 @@ use aya::programs::SkReuseport;
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{CpuCell, MAX_CELLS, MAX_CPUS, names, steering};
 
-use crate::ebpf::{EbpfError, PinDir, STEERING_OBJ, load_program, map_err, map_mut, map_ref};
+use crate::ebpf::loader::{
+    EbpfError, PinDir, STEERING_OBJ, load_program, map_err, map_mut, map_ref,
+};
 use crate::metrics::SteeringSnapshot;
 
 /// Attached steering, kept in step with the cells by the master.

@@ -96,4 +96,3 @@ pub fn setup_ebpf(
         }
     }
 }
-

@@ -159,7 +159,7 @@ impl Master {
             .steering
             .borrow()
             .as_ref()
-            .and_then(|s| s.load_map())
+            .and_then(super::ebpf::steering::Steering::load_map)
         {
             Some(fd) => Some(fd.try_clone_to_owned().context("dup CELL_LOAD map fd")?),
             None => None,
@@ -180,7 +180,7 @@ impl Master {
         let tx = self.events.clone();
         tokio::task::spawn_local(async move {
             let how = match child.wait().await {
-                Ok(st) => describe(&st),
+                Ok(st) => describe(st),
                 Err(e) => e.to_string(),
             };
             let _ = tx.send(Event::Exited { pid, how });
@@ -467,7 +467,7 @@ impl Master {
     }
 }
 
-fn describe(st: &ExitStatus) -> String {
+fn describe(st: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("exit code {c}"),
@@ -491,10 +491,9 @@ pub fn usable_cpus() -> Vec<usize> {
                 .collect();
             if cpus.is_empty() { vec![0] } else { cpus }
         }
-        Err(_) => (0..std::thread::available_parallelism()
-            .map(std::num::NonZero::get)
-            .unwrap_or(1))
-            .collect(),
+        Err(_) => {
+            (0..std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).collect()
+        }
     }
 }
 

@@ -40,7 +40,7 @@ impl MasterState {
         }
         EbpfSnapshot {
             steering: st.as_ref().map(|s| s.snapshot(cells)).unwrap_or_default(),
-            xdp: xdp.as_ref().map(|x| x.snapshot()).unwrap_or_default(),
+            xdp: xdp.as_ref().map(XdpGuard::snapshot).unwrap_or_default(),
             map_entries,
         }
     }

@@ -46,7 +46,7 @@ impl Format {
                         .as_deref()
                         .is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
                 {
-                    om = om.max(q)
+                    om = om.max(q);
                 }
                 "text/plain" | "text/*" | "*/*" => text = text.max(q),
                 _ => {}

@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 
 use super::exposition::Format;
-use super::{
-    BOUNDS_NS, CLASSES, EbpfSnapshot, HIST_LEN, MAX_ROUTES, METHODS, MetricsRegion,
-    ProcSnapshot, cell_counter, route_counter,
+use super::region::{
+    BOUNDS_NS, CLASSES, HIST_LEN, MAX_ROUTES, METHODS, MetricsRegion, cell_counter, route_counter,
 };
+use super::snapshot::{EbpfSnapshot, ProcSnapshot};
 
 /// Renders the exposition for `cells` cells in `format`.
 pub fn render(
@@ -326,10 +326,10 @@ fn listen_families(out: &mut Families, procs: &ProcSnapshot) {
     );
 }
 
-fn gauge_metric(pairs: &[(&str, &str)], v: f64) -> prometheus::proto::Metric {
+fn gauge_metric(pairs: &[(&str, &str)], v: f64) -> Metric {
     let mut g = prometheus::proto::Gauge::default();
     g.set_value(v);
-    let mut m = prometheus::proto::Metric::default();
+    let mut m = Metric::default();
     m.set_label(labels(pairs));
     m.set_gauge(g);
     m
@@ -360,7 +360,7 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<prometheus::proto::LabelPair> {
         .collect()
 }
 
-fn histogram_metric(pairs: &[(&str, &str)], h: &[u64; HIST_LEN]) -> prometheus::proto::Metric {
+fn histogram_metric(pairs: &[(&str, &str)], h: &[u64; HIST_LEN]) -> Metric {
     use prometheus::proto::{Bucket, Histogram, Metric};
     let mut buckets = Vec::with_capacity(BOUNDS_NS.len());
     let mut cumulative = 0;
@@ -381,22 +381,17 @@ fn histogram_metric(pairs: &[(&str, &str)], h: &[u64; HIST_LEN]) -> prometheus::
     m
 }
 
-fn scalar_metric(pairs: &[(&str, &str)], v: f64) -> prometheus::proto::Metric {
+fn scalar_metric(pairs: &[(&str, &str)], v: f64) -> Metric {
     let mut c = prometheus::proto::Counter::default();
     c.set_value(v);
-    let mut m = prometheus::proto::Metric::default();
+    let mut m = Metric::default();
     m.set_label(labels(pairs));
     m.set_counter(c);
     m
 }
 
-fn family(
-    name: &str,
-    help: &str,
-    kind: prometheus::proto::MetricType,
-    metrics: Vec<prometheus::proto::Metric>,
-) -> prometheus::proto::MetricFamily {
-    let mut f = prometheus::proto::MetricFamily::default();
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
     f.set_name(name.into());
     f.set_help(help.into());
     f.set_field_type(kind);
@@ -410,7 +405,7 @@ pub fn route_families(
     region: &MetricsRegion,
     cells: usize,
     routes: &[String],
-) -> Vec<prometheus::proto::MetricFamily> {
+) -> Vec<MetricFamily> {
     use prometheus::proto::MetricType;
     let (mut durations, mut requests, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut waits, mut runs, mut raised) = (Vec::new(), Vec::new(), Vec::new());
@@ -538,7 +533,7 @@ mod tests {
             &EbpfSnapshot::default(),
             &["/".into()],
             &procs,
-            crate::metrics::exposition::Format::Prometheus,
+            Format::Prometheus,
         )
         .unwrap();
         assert!(

@@ -50,4 +50,3 @@ pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
         (utime + stime) / ticks,
     ))
 }
-

@@ -85,7 +85,7 @@ pub(super) fn bench_metrics(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let max = times.iter().cloned().fold(0.0, f64::max);
+    let max = times.iter().copied().fold(0.0, f64::max);
     let line = format!(
         "| scrape of 64 cells (ms, median / max of 30) | {:.2} | {max:.2} | |\n",
         median(times)

@@ -114,9 +114,7 @@ impl BenchOpts {
     /// connections start on every CPU).
     fn workers_and_threads(&self) -> (usize, usize) {
         let workers = self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
         (workers, self.threads.unwrap_or(workers))
     }

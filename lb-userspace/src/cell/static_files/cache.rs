@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::HeaderValue;
 
-use super::StaticRoute;
 use super::path::RelPath;
+use super::route::StaticRoute;
 
 /// Files up to this size are read into memory; larger ones are memory-mapped.
 const INLINE_MAX: u64 = 256 * 1024;
@@ -24,7 +24,6 @@ const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 const MAX_ENTRIES: usize = 16 * 1024;
 /// Most bytes of in-memory file contents per cell; past it the cache starts over.
 const MAX_INLINE_BYTES: u64 = 256 << 20;
-
 
 /// Content coding of a precompressed sibling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +96,8 @@ pub enum Found {
     Redirect,
     /// A directory with no index file (no listings).
     Forbidden,
-    NotFound,
+    /// Nothing servable there.
+    Missing,
 }
 
 #[derive(Debug)]
@@ -108,12 +108,15 @@ struct CachedLookup {
     checked_at: Instant,
 }
 
+/// Cached lookups of one route (and trailing-slash form), by path below the root.
+type Lookups = HashMap<Vec<u8>, CachedLookup>;
+
 /// Per-cell open-file and metadata cache (cells are single-threaded, so no locks).
 #[derive(Debug, Default)]
 pub struct FileCache {
     /// (route, trailing slash) -> path -> lookup: a hit looks the path up by reference, no
     /// allocation.
-    lookups: RefCell<HashMap<(usize, bool), HashMap<Vec<u8>, CachedLookup>>>,
+    lookups: RefCell<HashMap<(usize, bool), Lookups>>,
     entries: std::cell::Cell<usize>,
     inline_bytes: std::cell::Cell<u64>,
 }
@@ -132,13 +135,9 @@ impl FileCache {
                     return hit.found.clone();
                 }
                 if let (Found::File(f), Some(p)) = (&hit.found, &hit.checked_path)
-                    && std::fs::metadata(p)
-                        .map(|m| Ident::of(&m) == f.ident)
-                        .unwrap_or(false)
+                    && std::fs::metadata(p).is_ok_and(|m| Ident::of(&m) == f.ident)
                     && f.variants.iter().all(|(c, v)| {
-                        std::fs::metadata(sibling(p, *c))
-                            .map(|m| Ident::of(&m) == v.ident)
-                            .unwrap_or(false)
+                        std::fs::metadata(sibling(p, *c)).is_ok_and(|m| Ident::of(&m) == v.ident)
                     })
                 {
                     hit.checked_at = now;
@@ -146,7 +145,7 @@ impl FileCache {
                 }
             }
         }
-        let (found, checked_path) = self.load(route, rel);
+        let (found, checked_path) = Self::load(route, rel);
         let mut lookups = self.lookups.borrow_mut();
         if self.entries.get() >= MAX_ENTRIES || self.inline_bytes.get() > MAX_INLINE_BYTES {
             lookups.clear();
@@ -174,17 +173,17 @@ impl FileCache {
         found
     }
 
-    fn load(&self, route: &StaticRoute, rel: &RelPath) -> (Found, Option<PathBuf>) {
+    fn load(route: &StaticRoute, rel: &RelPath) -> (Found, Option<PathBuf>) {
         let joined = route.root.join(std::ffi::OsStr::from_bytes(&rel.path));
         // canonicalize resolves symlinks; anything that lands outside the root is not there.
         let Ok(real) = joined.canonicalize() else {
-            return (Found::NotFound, None);
+            return (Found::Missing, None);
         };
         if !real.starts_with(&route.root) {
-            return (Found::NotFound, None);
+            return (Found::Missing, None);
         }
         let Ok(meta) = std::fs::metadata(&real) else {
-            return (Found::NotFound, None);
+            return (Found::Missing, None);
         };
         if meta.is_dir() {
             if !rel.trailing_slash {
@@ -202,11 +201,11 @@ impl FileCache {
             return (Found::Forbidden, None);
         }
         if rel.trailing_slash {
-            return (Found::NotFound, None);
+            return (Found::Missing, None);
         }
         match open_entry(&real, route.precompressed) {
             Some(e) => (Found::File(Rc::new(e)), Some(real)),
-            None => (Found::NotFound, None),
+            None => (Found::Missing, None),
         }
     }
 }
@@ -261,10 +260,7 @@ fn open_one(path: &Path, content_type: HeaderValue) -> Option<FileEntry> {
         Bytes::from_owner(crate::sys::map_file(&file, len as usize).ok()?)
     };
     let mtime = meta.modified().ok()?;
-    let mtime_secs = mtime
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mtime_secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ident = Ident::of(&meta);
     // Strong validator from version identity, like nginx: mtime (ns) and size.
     let etag = format!("\"{:x}-{:x}\"", ident.mtime_ns as u64, len);
@@ -315,12 +311,11 @@ mod tests {
             content_type_for(Path::new("a.html")),
             "text/html; charset=utf-8"
         );
-        assert_eq!(
+        assert!(
             content_type_for(Path::new("a.js"))
                 .to_str()
                 .unwrap()
-                .ends_with("charset=utf-8"),
-            true
+                .ends_with("charset=utf-8")
         );
         assert_eq!(content_type_for(Path::new("a.png")), "image/png");
         assert_eq!(

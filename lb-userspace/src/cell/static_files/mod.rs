@@ -4,10 +4,10 @@ mod cache;
 mod conditional;
 pub mod path;
 pub mod range;
+mod route;
 
-use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,42 +15,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 use crate::cell::body::Body;
-use crate::config::StaticConfig;
 
 pub use cache::FileCache;
 use cache::{Coding, FileEntry, Found};
 use conditional::{etag_list_matches, http_date_secs, if_range_allows};
 use path::{PathRefusal, RelPath, resolve_rel};
 use range::{RangeOutcome, parse_ranges};
-
-
-/// One static route, with its header values computed once.
-#[derive(Debug)]
-pub struct StaticRoute {
-    pub root: PathBuf,
-    pub cache_control: Option<HeaderValue>,
-    pub expires: Option<Duration>,
-    pub index: Vec<String>,
-    pub precompressed: bool,
-}
-
-impl StaticRoute {
-    pub fn new(cfg: &StaticConfig) -> Self {
-        let cache_control = match (&cfg.cache_control, cfg.expires) {
-            (Some(cc), _) => HeaderValue::from_str(cc).ok(),
-            (None, Some(e)) => HeaderValue::from_str(&format!("max-age={}", e.0.as_secs())).ok(),
-            (None, None) => None,
-        };
-        Self {
-            root: cfg.root.clone(),
-            cache_control,
-            expires: cfg.expires.map(|d| d.0),
-            index: cfg.index.clone(),
-            precompressed: cfg.precompressed,
-        }
-    }
-}
-
+pub use route::StaticRoute;
 
 /// What the HTTP layer needs from a request to serve a file.
 pub struct FileRequest<'a> {
@@ -87,7 +58,7 @@ pub fn serve(
     };
     let file = match cache.lookup(route_id, route, &rel) {
         Found::File(f) => f,
-        Found::NotFound => return simple(StatusCode::NOT_FOUND),
+        Found::Missing => return simple(StatusCode::NOT_FOUND),
         Found::Forbidden => return simple(StatusCode::FORBIDDEN),
         Found::Redirect => {
             let mut loc = String::with_capacity(req.path.len() + 2);
@@ -148,8 +119,7 @@ pub fn accepts(accept_encoding: &str, token: &str) -> bool {
                     .strip_prefix("q=")
                     .or_else(|| p.trim().strip_prefix("Q="))
             })
-            .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
-            .unwrap_or(1.0);
+            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
         if name.eq_ignore_ascii_case(token) {
             return q > 0.0;
         }

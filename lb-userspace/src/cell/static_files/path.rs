@@ -52,7 +52,7 @@ pub fn resolve_rel(raw: &str) -> Result<RelPath, PathRefusal> {
     let mut out = Vec::with_capacity(decoded.len());
     for seg in decoded.split(|&b| b == b'/') {
         match seg {
-            b"" | b"." => continue,
+            b"" | b"." => {}
             b".." => return Err(PathRefusal::BadRequest),
             s if s[0] == b'.' => return Err(PathRefusal::NotFound),
             s => {

@@ -3,6 +3,9 @@
 //! comes back as a whole body, a stream, or a file the cell maps itself.
 mod request_body;
 mod response;
+pub mod route;
+
+pub use route::WsgiRoute;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -21,15 +24,6 @@ use crate::cell::context::CellCtx;
 use crate::config::{Config, WsgiConfig};
 use crate::metrics::CellStats;
 use crate::proto::Recycle;
-
-/// One WSGI route as a cell runs it.
-pub struct WsgiRoute {
-    pub pool: Pool,
-    pub request_timeout: Duration,
-    pub grace: Duration,
-    pub queue_timeout: Duration,
-    pub allow_ranges: bool,
-}
 
 /// Records a route's queue wait and app time into the cell's shared metrics.
 #[derive(Debug)]
@@ -90,8 +84,10 @@ pub fn start_pools(
             Some(w) => Some(WsgiRoute {
                 pool: Pool::start(wsgi_worker::Settings {
                     observer: stats.map(|stats| {
-                        Arc::new(RouteObserver { stats, route: i + 1 })
-                            as Arc<dyn wsgi_worker::Observer>
+                        Arc::new(RouteObserver {
+                            stats,
+                            route: i + 1,
+                        }) as Arc<dyn wsgi_worker::Observer>
                     }),
                     ..settings(w, &r.prefix, cells > 1)
                 })?,
@@ -128,17 +124,12 @@ pub async fn call(
     };
     let is_head = parts.method == http::Method::HEAD;
     let failed: request_body::BodyFailure = Rc::new(Cell::new(None));
-    let source = match request_body::source(
-        &parts.headers,
-        body,
-        ctx.limits.max_body_size.0,
-        &failed,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(status) => return (status_page(status), true),
-    };
+    let source =
+        match request_body::source(&parts.headers, body, ctx.limits.max_body_size.0, &failed).await
+        {
+            Ok(s) => s,
+            Err(status) => return (status_page(status), true),
+        };
     let range = if w.allow_ranges {
         parts
             .headers
@@ -172,7 +163,8 @@ pub async fn call(
     let id = match w.pool.submit(job) {
         Ok(id) => id,
         Err(SubmitError::QueueFull) => {
-            ctx.stats.add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
+            ctx.stats
+                .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
             return (unavailable(), false);
         }
         Err(SubmitError::Closed) => return (status_page(StatusCode::SERVICE_UNAVAILABLE), true),
@@ -207,7 +199,8 @@ pub async fn call(
             retry_after,
         }) => {
             if retry_after {
-                ctx.stats.add(crate::metrics::cell_counter::WSGI_QUEUE_TIMEOUTS, 1);
+                ctx.stats
+                    .add(crate::metrics::cell_counter::WSGI_QUEUE_TIMEOUTS, 1);
                 (unavailable(), false)
             } else {
                 (status_page(status), false)
@@ -247,7 +240,10 @@ struct Request {
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let target = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let target = self
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
         write!(f, "{} {target}", self.method)
     }
 }
@@ -273,4 +269,3 @@ fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64, what: Request) {
         }
     });
 }
-

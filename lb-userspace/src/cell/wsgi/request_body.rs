@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
 use http::StatusCode;
+use http::header::{self, HeaderMap};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
@@ -80,7 +80,9 @@ async fn preread(body: &mut Incoming, max: u64) -> Result<(Bytes, bool), StatusC
             client_error(&e);
             StatusCode::BAD_REQUEST
         })?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         // One frame is kept as it came (no copy); a second one starts the buffer.
         match only.take() {
             None if buf.is_empty() => only = Some(data),

@@ -12,7 +12,9 @@ use lb_common::{MAX_CPUS, V4Addr, V6Addr, XdpCount, names, xdp};
 use wsgi_worker::Cidr;
 
 use crate::config::XdpConfig;
-use crate::ebpf::{EbpfError, PinDir, XDP_OBJ, load_program, map_err, map_mut, program_mut};
+use crate::ebpf::loader::{
+    EbpfError, PinDir, XDP_OBJ, load_program, map_err, map_mut, program_mut,
+};
 use crate::metrics::XdpSnapshot;
 
 /// CPUMAP queue per CPU (frames waiting for that CPU's stack).
@@ -327,7 +329,7 @@ fn is_busy(e: &ProgramError) -> bool {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
         _ => None,
     };
-    matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+    matches!(code, Some(libc::EBUSY | libc::EEXIST))
         || e.to_string().contains("Device or resource busy")
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::master::state::MasterState;
-use crate::metrics::{BOUNDS_NS, CLASSES, HIST_LEN, METHODS, ROUTE_BLOCKS, cell_counter, route_counter};
+use crate::metrics::{
+    BOUNDS_NS, CLASSES, HIST_LEN, METHODS, ROUTE_BLOCKS, cell_counter, route_counter,
+};
 
 /// Seconds of history kept (the window of the page's latency numbers and sparklines).
 pub const WINDOW: usize = 60;

@@ -1,0 +1,220 @@
+//! The shared-memory region: its fixed layout (per-cell counters, then per-route
+//! histograms) and the views the master and the cells read and write it through.
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::sys::{SharedCounters, SysError};
+
+/// u64 counters reserved for each cell (fixed layout; unused ones stay zero).
+pub const COUNTERS_PER_CELL: usize = 32;
+
+/// Counter indices inside a cell's block.
+pub mod cell_counter {
+    /// 1 while the cell is ready to serve (written by the master).
+    pub const UP: usize = 0;
+    pub const PID: usize = 1;
+    pub const REQUESTS: usize = 2;
+    pub const CONNECTIONS_ACCEPTED: usize = 3;
+    pub const CONNECTIONS_ACTIVE: usize = 4;
+    /// 1xx..5xx: STATUS_1XX + class - 1.
+    pub const STATUS_1XX: usize = 5;
+    pub const RESPONSE_BODY_BYTES: usize = 10;
+    pub const RESTARTS_CRASH: usize = 11;
+    pub const RESTARTS_RELOAD: usize = 12;
+    /// Recycles by reason, in `proto::Recycle::ALL` order (6 counters).
+    pub const RESTARTS_RECYCLE: usize = 13;
+    /// WSGI requests refused with 503: queue full, waited past queue_timeout.
+    pub const WSGI_QUEUE_FULL: usize = 19;
+    pub const WSGI_QUEUE_TIMEOUTS: usize = 20;
+    /// WSGI requests answered 504 after request_timeout.
+    pub const WSGI_REQUEST_TIMEOUTS: usize = 21;
+    /// Response body bytes the cell sent with sendfile(2) (part of RESPONSE_BODY_BYTES).
+    pub const SENDFILE_BYTES: usize = 22;
+    /// WSGI gauges the cell publishes five times a second.
+    pub const WSGI_QUEUE_DEPTH: usize = 23;
+    pub const WSGI_THREADS_BUSY: usize = 24;
+    pub const WSGI_THREADS: usize = 25;
+}
+
+/// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in
+/// microseconds, so the sub-millisecond buckets carry information).
+pub const BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+/// One histogram: a count per bucket (the last one is +Inf), then the sum in nanoseconds.
+pub const HIST_LEN: usize = BOUNDS_NS.len() + 2;
+/// The `method` label: common methods by name, the rest as OTHER (bounded).
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Most routes a configuration may have (their histograms live at fixed offsets).
+pub const MAX_ROUTES: usize = 63;
+/// Route block 0 counts requests no route matched; configuration route i uses block i + 1.
+pub const ROUTE_BLOCKS: usize = MAX_ROUTES + 1;
+
+/// Offsets inside one route's block.
+pub mod route_counter {
+    use crate::metrics::region::{CLASSES, HIST_LEN, METHODS};
+    /// Request duration histograms, by method and status class.
+    pub const REQUEST_HIST: usize = 0;
+    pub const BODY_BYTES: usize = METHODS.len() * CLASSES.len() * HIST_LEN;
+    /// WSGI: time from the request being ready to the app being called, and the app's run.
+    pub const QUEUE_WAIT_HIST: usize = BODY_BYTES + 1;
+    pub const APP_HIST: usize = QUEUE_WAIT_HIST + HIST_LEN;
+    pub const APP_EXCEPTIONS: usize = APP_HIST + HIST_LEN;
+    pub const LEN: usize = APP_EXCEPTIONS + 1;
+}
+
+/// Method label index for `m`.
+pub fn method_index(m: &http::Method) -> usize {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|n| *n == m.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+fn hist_observe(h: &[AtomicU64], ns: u64) {
+    let i = BOUNDS_NS
+        .iter()
+        .position(|b| ns <= *b)
+        .unwrap_or(BOUNDS_NS.len());
+    h[i].fetch_add(1, Relaxed);
+    h[HIST_LEN - 1].fetch_add(ns, Relaxed);
+}
+
+const CELL_AREA: usize = lb_common::MAX_CELLS as usize * COUNTERS_PER_CELL;
+const ROUTE_AREA_PER_CELL: usize = ROUTE_BLOCKS * route_counter::LEN;
+const TOTAL_COUNTERS: usize = CELL_AREA + lb_common::MAX_CELLS as usize * ROUTE_AREA_PER_CELL;
+
+/// The whole shared region: per-cell counters, then per-cell route histograms. The memfd is
+/// sparse: only the pages of cells and routes in use are ever touched.
+pub struct MetricsRegion {
+    counters: SharedCounters,
+    file: File,
+}
+
+impl MetricsRegion {
+    /// Master side: a new zeroed region for `lb_common::MAX_CELLS` cells.
+    pub fn create() -> anyhow::Result<Self> {
+        let fd = rustix::fs::memfd_create("portico-metrics", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| SysError {
+                op: "memfd_create(portico-metrics)",
+                source: e.into(),
+            })?;
+        let file = File::from(fd);
+        file.set_len((TOTAL_COUNTERS * 8) as u64)
+            .map_err(|e| SysError {
+                op: "ftruncate(portico-metrics)",
+                source: e,
+            })?;
+        Self::from_file(file)
+    }
+
+    /// Cell side: the region handed down by the master.
+    pub fn open(fd: OwnedFd) -> anyhow::Result<Self> {
+        Self::from_file(File::from(fd))
+    }
+
+    fn from_file(file: File) -> anyhow::Result<Self> {
+        let counters = SharedCounters::map(&file, TOTAL_COUNTERS)?;
+        Ok(Self { counters, file })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// One cell's block.
+    pub fn cell(&self, index: usize) -> CellStats<'_> {
+        let all = self.counters.all();
+        let start = index * COUNTERS_PER_CELL;
+        let rstart = CELL_AREA + index * ROUTE_AREA_PER_CELL;
+        CellStats {
+            s: &all[start..start + COUNTERS_PER_CELL],
+            routes: &all[rstart..rstart + ROUTE_AREA_PER_CELL],
+        }
+    }
+}
+
+/// A view of one cell's counters.
+#[derive(Clone, Copy)]
+pub struct CellStats<'a> {
+    s: &'a [AtomicU64],
+    routes: &'a [AtomicU64],
+}
+
+impl std::fmt::Debug for CellStats<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CellStats")
+    }
+}
+
+impl CellStats<'_> {
+    pub fn get(&self, counter: usize) -> u64 {
+        self.s[counter].load(Relaxed)
+    }
+    pub fn set(&self, counter: usize, v: u64) {
+        self.s[counter].store(v, Relaxed);
+    }
+    pub fn add(&self, counter: usize, v: u64) {
+        self.s[counter].fetch_add(v, Relaxed);
+    }
+    pub fn connection_opened(&self) {
+        self.add(cell_counter::CONNECTIONS_ACCEPTED, 1);
+        self.add(cell_counter::CONNECTIONS_ACTIVE, 1);
+    }
+    pub fn connection_closed(&self) {
+        self.s[cell_counter::CONNECTIONS_ACTIVE].fetch_sub(1, Relaxed);
+    }
+    /// One route's block (`route`: 0 = no route, else config index + 1).
+    pub fn route(&self, route: usize) -> &[AtomicU64] {
+        let r = route.min(ROUTE_BLOCKS - 1) * route_counter::LEN;
+        &self.routes[r..r + route_counter::LEN]
+    }
+    /// A finished request (its body handed to the socket): duration and body bytes by route.
+    pub fn observe_request(&self, route: usize, method: usize, status: u16, ns: u64, body: u64) {
+        let r = self.route(route);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let h = route_counter::REQUEST_HIST + (method * CLASSES.len() + class) * HIST_LEN;
+        hist_observe(&r[h..h + HIST_LEN], ns);
+        r[route_counter::BODY_BYTES].fetch_add(body, Relaxed);
+    }
+    pub fn observe_queue_wait(&self, route: usize, ns: u64) {
+        let h = route_counter::QUEUE_WAIT_HIST;
+        hist_observe(&self.route(route)[h..h + HIST_LEN], ns);
+    }
+    pub fn observe_app(&self, route: usize, ns: u64, raised: bool) {
+        let r = self.route(route);
+        hist_observe(
+            &r[route_counter::APP_HIST..route_counter::APP_HIST + HIST_LEN],
+            ns,
+        );
+        if raised {
+            r[route_counter::APP_EXCEPTIONS].fetch_add(1, Relaxed);
+        }
+    }
+    /// One finished request: status class and body bytes.
+    pub fn request(&self, status: u16, body_bytes: u64) {
+        self.add(cell_counter::REQUESTS, 1);
+        let class = (status / 100).clamp(1, 5) as usize;
+        self.add(cell_counter::STATUS_1XX + class - 1, 1);
+        self.add(cell_counter::RESPONSE_BODY_BYTES, body_bytes);
+    }
+}
