@@ -443,7 +443,7 @@ mod tests {
             forbidden("master", "cell::conn"),
             Some("master and cell meet only through proto (and what both use)")
         );
-        assert_eq!(forbidden("metrics", "master::state").is_some(), true);
+        assert!(forbidden("metrics", "master::state").is_some());
         assert_eq!(forbidden("cell::wsgi", "metrics"), None);
     }
 
