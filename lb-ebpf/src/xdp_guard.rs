@@ -222,7 +222,7 @@ fn spread(src: &V6Addr, t: &Tcp) -> Option<u32> {
 fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, ()> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
+    if start + off + size_of::<T>() > end {
         return Err(());
     }
     Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })

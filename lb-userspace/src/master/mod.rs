@@ -159,7 +159,7 @@ impl Master {
             .steering
             .borrow()
             .as_ref()
-            .and_then(super::ebpf::steering::Steering::load_map)
+            .and_then(crate::ebpf::Steering::load_map)
         {
             Some(fd) => Some(fd.try_clone_to_owned().context("dup CELL_LOAD map fd")?),
             None => None,
