@@ -38,9 +38,13 @@ def application(environ, start_response):
 "#;
 
 fn serve(site: &Site, workers: &str) -> Portico {
+    serve_with(site, workers, "")
+}
+
+fn serve_with(site: &Site, workers: &str, wsgi_extra: &str) -> Portico {
     site.file("app/app.py", APP.as_bytes());
     let cfg = format!(
-        "[server]\nworkers = {workers}\n[[route]]\nprefix = \"/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\" }}\n",
+        "[server]\nworkers = {workers}\n[[route]]\nprefix = \"/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\"{wsgi_extra} }}\n",
         site.root("app")
     );
     site.file("p.toml", cfg.as_bytes());
@@ -129,6 +133,20 @@ fn malformed_chunked_bodies_are_400_and_never_reach_the_app() {
         "framing errors are client errors, not app errors:\n{}",
         p.stderr_text()
     );
+}
+
+#[test]
+fn a_small_body_that_never_finishes_is_408_without_the_app() {
+    let site = Site::new();
+    let p = serve_with(&site, "1", ", request_timeout = \"1s\"");
+    let before = calls(&p);
+    let mut c = Conn::open(p.addr).unwrap();
+    // Half a chunked body, then nothing: the pre-read gives up after request_timeout.
+    c.send(&chunked_post(b"5\r\nhel")).unwrap();
+    let r = c.read_response("POST").unwrap();
+    assert_eq!(r.status, 408);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert_eq!(calls(&p), before);
 }
 
 #[test]

@@ -223,6 +223,15 @@ fn wsgi_reload_replaces_cells_when_sources_change() {
         assert!(Instant::now() < deadline, "still serving the old code");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Both cells were replaced, and counted under the reason that says why.
+    let reason = "portico_cell_restarts_total{cell=\"0\",reason=\"source_change\"}";
+    let text = p.wait_metrics(Duration::from_secs(20), |m| {
+        metric_sum(
+            m,
+            "portico_cell_restarts_total{cell=\"1\",reason=\"source_change\"}",
+        ) >= 1.0
+    });
+    assert_eq!(metric_value(&text, reason), Some(1.0), "{text}");
 }
 
 /// `portico serve APP` in the site's directory must fail; returns its stderr.

@@ -29,7 +29,7 @@ pub trait ConnHooks {
 pub struct Body {
     chunks: VecDeque<Bytes>,
     remaining: u64,
-    on_done: Option<std::rc::Rc<dyn ConnHooks>>,
+    hooks: Option<std::rc::Rc<dyn ConnHooks>>,
     stream: Option<Box<Stream>>,
     sendfile: Option<FileRegion>,
     /// Called with the bytes sent when a streamed body ends (the access log line).
@@ -92,7 +92,7 @@ impl Body {
         Body {
             chunks: VecDeque::new(),
             remaining: 0,
-            on_done: None,
+            hooks: None,
             stream: None,
             sendfile: None,
             on_end: None,
@@ -109,7 +109,7 @@ impl Body {
         Body {
             chunks,
             remaining: 0,
-            on_done: None,
+            hooks: None,
             stream: Some(Box::new(s)),
             sendfile: None,
             on_end: None,
@@ -129,7 +129,7 @@ impl Body {
         Body {
             chunks,
             remaining,
-            on_done: None,
+            hooks: None,
             stream: None,
             sendfile: None,
             on_end: None,
@@ -142,7 +142,7 @@ impl Body {
         Body {
             chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
             remaining,
-            on_done: None,
+            hooks: None,
             stream: None,
             sendfile: None,
             on_end: None,
@@ -178,8 +178,8 @@ impl Body {
     pub fn set_on_end(&mut self, f: Box<dyn FnOnce(u64)>) {
         self.on_end = Some(f);
     }
-    pub fn set_on_done(&mut self, f: std::rc::Rc<dyn ConnHooks>) {
-        self.on_done = Some(f);
+    pub fn set_hooks(&mut self, f: std::rc::Rc<dyn ConnHooks>) {
+        self.hooks = Some(f);
     }
     /// Announces `declared` bytes (more than this body has): see `short_of`.
     pub fn short_of(mut self, declared: u64) -> Self {
@@ -195,7 +195,7 @@ impl Body {
         cx: &mut Context<'_>,
         why: &'static str,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if let Some(hooks) = &self.on_done {
+        if let Some(hooks) = &self.hooks {
             if !self.aborting {
                 self.aborting = true;
                 hooks.want_flush();
@@ -219,7 +219,7 @@ impl Drop for Body {
                 f(s.sent);
             }
         }
-        if let Some(f) = self.on_done.take() {
+        if let Some(f) = self.hooks.take() {
             f.done(streamed);
         }
     }

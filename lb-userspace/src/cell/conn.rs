@@ -119,6 +119,7 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.state.unflushed.set(true);
         if let Some(r) = self.try_sendfile(cx, buf) {
             return r;
         }
@@ -129,6 +130,7 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.state.unflushed.set(true);
         if !self.state.regions.borrow().is_empty() {
             // Write the slices before the first mapped region normally, the region by sendfile.
             let first = bufs.iter().position(|b| {
@@ -155,6 +157,10 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
         if let Poll::Ready(Ok(())) = r {
             // hyper flushes the socket only once its own buffer is written out.
             self.state.flushed.set(true);
+            if self.state.unflushed.replace(false) && self.state.phase.get() == Phase::Idle {
+                // The last response's tail just left: idle from now on.
+                self.state.since.set(Instant::now());
+            }
             if let Some(w) = self.state.flush_waiter.borrow_mut().take() {
                 w.wake();
             }
@@ -233,7 +239,12 @@ pub async fn serve_connection<S>(
             }
             () = &mut sleep => {
                 let since = state.since.get();
-                let (deadline, phase) = match (state.phase.get(), drain_at) {
+                // A response still being written is not idle, whatever its body's state.
+                let current = match state.phase.get() {
+                    Phase::Idle if state.unflushed.get() => Phase::Busy,
+                    p => p,
+                };
+                let (deadline, phase) = match (current, drain_at) {
                     (Phase::Idle, Some(at)) => (since.max(at) + DRAIN_GRACE, Phase::Idle),
                     // A fresh connection gets the header timeout to send its first request.
                     (Phase::Idle, None) if state.requests.get() == 0 => {
@@ -242,7 +253,10 @@ pub async fn serve_connection<S>(
                     (Phase::Idle, None) => (since + keepalive_timeout, Phase::Idle),
                     (Phase::Head, _) => (since + header_timeout, Phase::Head),
                     (Phase::Busy, _) => {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + header_timeout);
+                        // Look again soon while draining: an answer that went out without
+                        // `Connection: close` leaves an idle connection to close after the grace.
+                        let again = if drain_at.is_some() { DRAIN_GRACE } else { header_timeout };
+                        sleep.as_mut().reset(tokio::time::Instant::now() + again);
                         continue;
                     }
                 };

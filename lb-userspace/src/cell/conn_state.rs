@@ -41,10 +41,13 @@ pub struct ConnState {
     /// observed when its body is done.
     pub mark: Cell<Option<(Mark, u16, u64)>>,
     pub stats: CellStats<'static>,
-    /// hyper flushed everything written so far (its buffer is empty): set on each flush of
-    /// the socket after a write, and cleared by `ConnHooks::poll_flushed` asking again.
+    /// hyper's buffer was empty at the last socket flush: set by every successful flush,
+    /// cleared by `ConnHooks::want_flush`.
     pub flushed: Cell<bool>,
     pub flush_waiter: RefCell<Option<Waker>>,
+    /// hyper is writing: bytes of a response it already took (the body may be done) have not
+    /// all reached the socket. Such a connection is not idle yet.
+    pub unflushed: Cell<bool>,
 }
 
 impl ConnState {
@@ -60,6 +63,7 @@ impl ConnState {
             stats,
             flushed: Cell::new(false),
             flush_waiter: RefCell::new(None),
+            unflushed: Cell::new(false),
         }
     }
 

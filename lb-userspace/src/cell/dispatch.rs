@@ -170,7 +170,7 @@ fn finish(
     if let Some(r) = resp.body_mut().take_file_region() {
         state.regions.borrow_mut().push(r);
     }
-    resp.body_mut().set_on_done(state.clone());
+    resp.body_mut().set_hooks(state.clone());
     resp
 }
 

@@ -4,9 +4,12 @@
 //! header names are looked for in header blocks only, pipelined requests included.
 use std::collections::VecDeque;
 
-/// The longest header line prefix kept across reads (enough for the names we look for and a
-/// Content-Length value); longer lines are only checked on their start.
+/// The longest prefix of a header line that is kept (enough for the names we look for);
+/// longer lines are checked on their start only.
 const LINE_KEEP: usize = 256;
+/// A Content-Length line is kept whole up to this (hyper accepts any number of leading zeros
+/// and spaces, and a truncated value would put the tracker out of step).
+const LENGTH_LINE_KEEP: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -42,7 +45,8 @@ enum State {
         empty: bool,
         cr: bool,
     },
-    /// Framing hyper also refuses (the connection ends): nothing more is tracked.
+    /// Framing hyper also refuses (the connection ends), or a Content-Length line longer than
+    /// `LENGTH_LINE_KEEP`: nothing more is tracked.
     Broken,
 }
 
@@ -150,7 +154,15 @@ impl FramingTracker {
     }
 
     fn keep(&mut self, part: &[u8]) {
-        let room = LINE_KEEP.saturating_sub(self.line.len());
+        const NAME: &[u8] = b"content-length";
+        let mut room = LINE_KEEP.saturating_sub(self.line.len());
+        let seen = self.line.len().min(NAME.len());
+        let more = part.len().min(NAME.len() - seen);
+        if self.line[..seen].eq_ignore_ascii_case(&NAME[..seen])
+            && part[..more].eq_ignore_ascii_case(&NAME[seen..seen + more])
+        {
+            room = LENGTH_LINE_KEEP.saturating_sub(self.line.len());
+        }
         self.line.extend_from_slice(&part[..part.len().min(room)]);
     }
 
@@ -313,6 +325,19 @@ mod tests {
         assert_eq!(t.next_head(), CL);
         assert_eq!(t.next_head(), BOTH);
         assert_eq!(t.next_head(), HeadFraming::default());
+    }
+
+    #[test]
+    fn a_long_content_length_value_is_read_whole() {
+        // Leading zeros past LINE_KEEP: hyper reads 5; so must the tracker.
+        let zeros = "0".repeat(LINE_KEEP * 2);
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {zeros}5\r\n\r\n");
+        let h = heads(&[
+            head.as_bytes(),
+            b"x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]);
+        assert_eq!(h, vec![CL, BOTH]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Refusal {
 /// error by RFC 9112 section 3.2 (gunicorn refuses the same set).
 const SINGLETONS: [HeaderName; 3] = [header::HOST, header::CONTENT_TYPE, header::CONTENT_LENGTH];
 
-/// Applies every head check, cheapest first.
+/// Applies every head check; the smuggling and Host checks first.
 pub fn check<B>(
     req: &Request<B>,
     framing: HeadFraming,

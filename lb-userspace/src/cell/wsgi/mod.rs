@@ -1,5 +1,6 @@
 //! WSGI routes in a cell: the bridge between hyper (this thread) and the route's pool of Python
-//! threads. The request body is pumped from the socket only when the app reads it; the response
+//! threads. A request body up to 64 KiB is read before the app runs; a larger one, or one sent
+//! with `Expect: 100-continue`, is pumped from the socket as the app reads it. The response
 //! comes back as a whole body, a stream, or a file the cell maps itself.
 mod request_body;
 mod response;
@@ -124,9 +125,9 @@ pub async fn call(
     };
     let is_head = parts.method == http::Method::HEAD;
     let failed: request_body::BodyFailure = Rc::new(Cell::new(None));
+    let max = ctx.limits.max_body_size.0;
     let source =
-        match request_body::source(&parts.headers, body, ctx.limits.max_body_size.0, &failed).await
-        {
+        match request_body::source(&parts.headers, body, max, w.request_timeout, &failed).await {
             Ok(s) => s,
             Err(status) => return (status_page(status), true),
         };
@@ -169,7 +170,8 @@ pub async fn call(
         }
         Err(SubmitError::Closed) => return (status_page(StatusCode::SERVICE_UNAVAILABLE), true),
     };
-    // The deadline covers the run, not the wait in the queue (that has queue_timeout).
+    // The deadline counts from submission; it is extended only while the job is still queued
+    // (the queue has queue_timeout).
     let started = tokio::time::Instant::now();
     let mut deadline = started + w.request_timeout;
     let queue_deadline = started + w.queue_timeout + Duration::from_millis(50);
@@ -230,8 +232,6 @@ fn unavailable() -> Response<Body> {
     r
 }
 
-/// A request ran past request_timeout: interrupt it, and recycle the cell if it does not return
-/// within the grace period.
 /// Names a request in log lines.
 struct Request {
     method: http::Method,
@@ -248,6 +248,8 @@ impl std::fmt::Display for Request {
     }
 }
 
+/// A request ran past request_timeout: interrupt it, and recycle the cell if it does not return
+/// within the grace period.
 fn timed_out(ctx: &Rc<CellCtx>, route: usize, id: u64, what: Request) {
     let Some(w) = ctx.router.wsgi(route) else {
         return;

@@ -3,6 +3,7 @@
 //! and any with `Expect: 100-continue`, are pumped from the socket only as the app reads.
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
@@ -25,11 +26,14 @@ const DRAIN_LIMIT: u64 = 1 << 20;
 pub type BodyFailure = Rc<Cell<Option<StatusCode>>>;
 
 /// Where the app's `wsgi.input` reads from, or the status that refuses the request (the
-/// connection then closes). `failed` is set if the body fails later, while the app reads it.
+/// connection then closes). The pre-read must end `within` (else 408: a client trickling a
+/// small body would hold the connection before any app timeout applies). `failed` is set if
+/// the body fails later, while the app reads it.
 pub async fn source(
     headers: &HeaderMap,
     mut body: Incoming,
     max: u64,
+    within: Duration,
     failed: &BodyFailure,
 ) -> Result<Option<BodySource>, StatusCode> {
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
@@ -45,7 +49,12 @@ pub async fn source(
     let read_first = !expects_continue && (chunked || length.is_some_and(|n| n <= PREREAD_LIMIT));
     let mut prefix = Bytes::new();
     if read_first {
-        let (bytes, complete) = preread(&mut body, max).await?;
+        let (bytes, complete) = tokio::time::timeout(within, preread(&mut body, max))
+            .await
+            .map_err(|_| {
+                tracing::info!("client error: request body not sent within {within:?}; 408");
+                StatusCode::REQUEST_TIMEOUT
+            })??;
         if complete {
             return Ok(Some(BodySource::ready(bytes)));
         }

@@ -1,6 +1,7 @@
 //! The supervisor: every decision about cell processes (back-off after a crash, replacing one
 //! cell at a time on reload or recycle, retiring cells when `workers` shrinks) as a sans-IO
-//! state machine. It takes events and returns actions; `master::cells` performs them.
+//! state machine. It takes events and returns actions; `Master::apply` (master/mod.rs) carries
+//! them out.
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,8 @@ pub enum Event {
     RecycleRequested { pid: u32, why: Recycle },
     /// A respawn delay chosen earlier has passed.
     RespawnDue { worker: usize, generation: u64 },
-    /// Replace every cell, one at a time (SIGHUP, or changed sources with `reload = true`).
+    /// Replace every cell, one at a time (SIGHUP; changed sources arrive as `RecycleRequested`
+    /// with `Recycle::SourceChange`).
     Reload,
 }
 
@@ -66,8 +68,11 @@ pub enum Action {
 struct Replacing {
     old_pid: u32,
     old_gen: u64,
-    /// None for a reload.
-    why: Option<Recycle>,
+    /// The restart it counts as (`Reload`, or `Recycle(SourceChange)` for a reload that
+    /// changed sources started).
+    why: Restart,
+    /// Part of a reload: a replacement that fails stops the reload.
+    by_reload: bool,
 }
 
 /// One configured worker: a CPU, and the cell process that currently serves as it.
@@ -102,6 +107,11 @@ impl Worker {
 struct Reload {
     queue: VecDeque<usize>,
     current: Option<usize>,
+    /// Workers whose cell was starting or being replaced when their turn came: that cell was
+    /// spawned with the old configuration, so it is replaced once it is ready.
+    deferred: Vec<usize>,
+    /// What the restarts count as.
+    why: Restart,
 }
 
 #[derive(Debug)]
@@ -183,7 +193,7 @@ impl Supervisor {
             w.pid = Some(rep.old_pid);
             w.generation = rep.old_gen;
             w.ready = true;
-            if rep.why.is_none() {
+            if rep.by_reload {
                 tracing::error!("reload aborted");
                 self.reload = None;
             }
@@ -212,7 +222,7 @@ impl Supervisor {
                     Vec::new()
                 }
             }
-            Event::Reload => self.start_reload(),
+            Event::Reload => self.start_reload(Restart::Reload),
         }
     }
 
@@ -239,20 +249,24 @@ impl Supervisor {
         if let Some(rep) = w.replacing.take() {
             // The replacement accepts on the same listener; now the old one may drain.
             out.push(Action::Drain { pid: rep.old_pid });
-            let why = match rep.why {
-                None => Restart::Reload,
-                Some(r) => {
-                    tracing::info!(cell = worker, "cell recycled ({})", r.label());
-                    Restart::Recycle(r)
-                }
-            };
-            out.push(Action::Restarted { worker, why });
+            if !rep.by_reload
+                && let Restart::Recycle(r) = rep.why
+            {
+                tracing::info!(cell = worker, "cell recycled ({})", r.label());
+            }
+            out.push(Action::Restarted {
+                worker,
+                why: rep.why,
+            });
             if let Some(r) = &mut self.reload
                 && r.current == Some(worker)
             {
                 r.current = None;
-                out.extend(self.reload_step());
             }
+        }
+        // The next cell of a reload (this one, if its turn came while it was starting).
+        if self.reload.as_ref().is_some_and(|r| r.current.is_none()) {
+            out.extend(self.reload_step());
         }
         out
     }
@@ -267,10 +281,10 @@ impl Supervisor {
         }
         if why == Recycle::SourceChange {
             tracing::info!("reload: a Python source file changed");
-            return self.start_reload();
+            return self.start_reload(Restart::Recycle(Recycle::SourceChange));
         }
         tracing::info!(cell = worker, pid, "recycling: {}", why.label());
-        self.replace(worker, Some(why))
+        self.replace(worker, Restart::Recycle(why), false)
     }
 
     fn exited(&mut self, pid: u32, how: &str, now: Instant) -> Vec<Action> {
@@ -314,7 +328,7 @@ impl Supervisor {
                 worker,
                 pid: rep.old_pid,
             });
-            if rep.why.is_none() {
+            if rep.by_reload {
                 tracing::error!("reload aborted");
                 self.reload = None;
             }
@@ -353,7 +367,7 @@ impl Supervisor {
     }
 
     /// Starts a replacement cell for `worker`; the old one drains once the new one is ready.
-    fn replace(&mut self, worker: usize, why: Option<Recycle>) -> Vec<Action> {
+    fn replace(&mut self, worker: usize, why: Restart, by_reload: bool) -> Vec<Action> {
         let w = &mut self.workers[worker];
         let Some(old_pid) = w.pid else {
             return Vec::new();
@@ -362,6 +376,7 @@ impl Supervisor {
             old_pid,
             old_gen: w.generation,
             why,
+            by_reload,
         });
         vec![
             Action::Steer {
@@ -372,7 +387,7 @@ impl Supervisor {
         ]
     }
 
-    fn start_reload(&mut self) -> Vec<Action> {
+    fn start_reload(&mut self, why: Restart) -> Vec<Action> {
         if self.reload.is_some() {
             tracing::warn!("reload ignored: a reload is already in progress");
             return Vec::new();
@@ -384,27 +399,54 @@ impl Supervisor {
         self.reload = Some(Reload {
             queue: (0..self.workers.len()).collect(),
             current: None,
+            deferred: Vec::new(),
+            why,
         });
         self.reload_step()
     }
 
+    /// Starts the next replacement of a reload, unless one is in progress.
     fn reload_step(&mut self) -> Vec<Action> {
-        loop {
-            let Some(r) = &mut self.reload else {
-                return Vec::new();
-            };
-            let Some(worker) = r.queue.pop_front() else {
-                tracing::info!("reload complete");
-                self.reload = None;
-                return Vec::new();
-            };
-            let w = &self.workers[worker];
-            if w.pid.is_some() && w.ready && w.replacing.is_none() {
-                r.current = Some(worker);
-                return self.replace(worker, None);
+        let workers = &self.workers;
+        let Some(r) = &mut self.reload else {
+            return Vec::new();
+        };
+        if r.current.is_some() {
+            return Vec::new();
+        }
+        let serving = |w: &Worker| w.pid.is_some() && w.ready && w.replacing.is_none();
+        // A cell that died meanwhile respawns with the new configuration anyway.
+        r.deferred
+            .retain(|&i| workers.get(i).is_some_and(|w| w.pid.is_some()));
+        let mut next = r
+            .deferred
+            .iter()
+            .position(|&i| serving(&workers[i]))
+            .map(|pos| r.deferred.remove(pos));
+        while next.is_none() {
+            let Some(i) = r.queue.pop_front() else { break };
+            let w = &workers[i];
+            if serving(w) {
+                next = Some(i);
+            } else if w.pid.is_some() {
+                // Starting or being replaced: spawned with the old configuration.
+                r.deferred.push(i);
             }
-            // A cell that is down, starting or being replaced picks up the new configuration
-            // when its replacement spawns.
+            // A cell that is down picks up the new configuration when it respawns.
+        }
+        match next {
+            Some(worker) => {
+                r.current = Some(worker);
+                let why = r.why;
+                self.replace(worker, why, true)
+            }
+            None => {
+                if r.deferred.is_empty() {
+                    tracing::info!("reload complete");
+                    self.reload = None;
+                }
+                Vec::new()
+            }
         }
     }
 
@@ -432,6 +474,10 @@ impl Supervisor {
             self.workers.truncate(cells);
             if let Some(r) = &mut self.reload {
                 r.queue.retain(|&w| w < cells);
+                r.deferred.retain(|&w| w < cells);
+                if r.current.is_some_and(|w| w >= cells) {
+                    r.current = None;
+                }
             }
         } else {
             for (worker, &cpu) in new_cpus.iter().enumerate().skip(old) {

@@ -428,3 +428,67 @@ fn shutdown_forgets_children() {
     assert_eq!(s.forget(100), Some(0));
     assert_eq!(s.forget(100), None);
 }
+
+#[test]
+fn reload_replaces_a_starting_cell_once_it_is_ready() {
+    let (mut s, now) = running(false);
+    // Worker 0 crashed and is starting again (spawned, not ready) when the reload begins:
+    // it was spawned with the old configuration, so it is replaced after it is ready.
+    s.handle(
+        Event::Exited {
+            pid: 100,
+            how: String::new(),
+        },
+        now,
+    );
+    s.spawned(0, 140, now);
+    let acts = s.handle(Event::Reload, now);
+    assert_eq!(
+        acts,
+        vec![
+            Action::Steer {
+                worker: 1,
+                live: false
+            },
+            Action::Spawn { worker: 1 }
+        ]
+    );
+    s.spawned(1, 141, now);
+    // Worker 0 becomes ready while worker 1 is being replaced: it waits its turn.
+    let acts = s.handle(Event::Ready { pid: 140 }, now);
+    assert!(!acts.contains(&Action::Spawn { worker: 0 }));
+    let acts = s.handle(Event::Ready { pid: 141 }, now);
+    assert!(acts.contains(&Action::Drain { pid: 101 }));
+    assert_eq!(
+        &acts[acts.len() - 2..],
+        &[
+            Action::Steer {
+                worker: 0,
+                live: false
+            },
+            Action::Spawn { worker: 0 }
+        ]
+    );
+    s.spawned(0, 142, now);
+    let acts = s.handle(Event::Ready { pid: 142 }, now);
+    assert!(acts.contains(&Action::Drain { pid: 140 }));
+    assert!(!s.reloading());
+}
+
+#[test]
+fn a_reload_for_changed_sources_counts_as_source_change() {
+    let (mut s, now) = running(false);
+    s.handle(
+        Event::RecycleRequested {
+            pid: 100,
+            why: Recycle::SourceChange,
+        },
+        now,
+    );
+    s.spawned(0, 150, now);
+    let acts = s.handle(Event::Ready { pid: 150 }, now);
+    assert!(acts.contains(&Action::Restarted {
+        worker: 0,
+        why: Restart::Recycle(Recycle::SourceChange)
+    }));
+}
