@@ -180,9 +180,9 @@ fn took(cell: u32, result: u32) {
 
 #[inline(always)]
 fn count(index: u32) {
-    if let Some(slot) = STEERING_COUNTERS.get_ptr_mut(index) {
-        // Per-CPU slot: no other writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
+    if let Some(counter) = STEERING_COUNTERS.get_ptr_mut(index) {
+        // Per-CPU counter: no other writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
     }
 }
 

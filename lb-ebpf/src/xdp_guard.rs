@@ -64,7 +64,7 @@ pub fn xdp_guard(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (action, counter) = try_guard(&ctx).unwrap_or((xdp_action::XDP_PASS, act::PASS));
     if let Some(c) = XDP_COUNTERS.get_ptr_mut(counter) {
-        // Per-CPU slot: no other writer on this CPU while the program runs.
+        // Per-CPU counter: no other writer on this CPU while the program runs.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len;

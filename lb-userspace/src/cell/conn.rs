@@ -202,7 +202,7 @@ pub async fn serve_connection<S>(
         .keep_alive(true)
         .half_close(false)
         .max_buf_size(max_head);
-    // hyper keeps up to 100 header slots on the stack; we count against `max_headers` ourselves
+    // hyper parses up to 100 headers on the stack; we count against `max_headers` ourselves
     // (so the client gets its 431) and only widen hyper's table when the limit is higher.
     if limits.max_headers > 100 {
         builder.max_headers(limits.max_headers as usize + 1);

@@ -111,17 +111,16 @@ impl FramingTracker {
                     self.keep(data);
                     return data.len();
                 };
-                self.keep(&data[..nl]);
-                let line = std::mem::take(&mut self.line);
-                let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                if line.is_empty() {
-                    // Empty lines before a request line are skipped, as httparse does.
-                    if lines > 0 {
-                        self.end_head();
-                    }
+                if self.line.is_empty() {
+                    // The whole line is in this read (the usual case): no copy.
+                    self.head_line(&data[..nl], lines);
                 } else {
-                    self.header_line(line, lines);
-                    self.state = State::Head { lines: lines + 1 };
+                    self.keep(&data[..nl]);
+                    let line = std::mem::take(&mut self.line);
+                    self.head_line(&line, lines);
+                    // Keep the buffer's capacity for the next carried line.
+                    self.line = line;
+                    self.line.clear();
                 }
                 nl + 1
             }
@@ -149,6 +148,22 @@ impl FramingTracker {
             _ => {
                 self.chunk_byte(data[0]);
                 1
+            }
+        }
+    }
+
+    /// One line of a head (without its LF).
+    fn head_line(&mut self, line: &[u8], lines: u32) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            // Empty lines before a request line are skipped, as httparse does.
+            if lines > 0 {
+                self.end_head();
+            }
+        } else {
+            self.header_line(line, lines);
+            if let State::Head { .. } = self.state {
+                self.state = State::Head { lines: lines + 1 };
             }
         }
     }

@@ -119,9 +119,9 @@ impl Config {
     }
 }
 
-fn set<T>(slot: &mut T, value: Option<T>) {
+fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
-        *slot = v;
+        *field = v;
     }
 }
 

@@ -1,5 +1,5 @@
 //! Loader for the `steering` sk_reuseport program: one instance per TCP listen address (a
-//! REUSEPORT_SOCKARRAY only holds one reuseport group, index = cell); the other maps are pinned
+//! REUSEPORT_SOCKARRAY only holds one reuseport group; slot = cell); the other maps are pinned
 //! and shared by every instance. The master keeps the maps in step with the cells.
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -18,9 +18,9 @@ use crate::metrics::SteeringSnapshot;
 pub trait SteeringMaps {
     /// Reuseport groups (one per TCP listen address).
     fn groups(&self) -> usize;
-    /// Group `group`'s CELL_SOCKETS entry `cell` = the listener `fd`.
+    /// Group `group`'s CELL_SOCKETS slot `cell` = the listener `fd`.
     fn set_socket(&mut self, group: usize, cell: u32, fd: BorrowedFd<'_>) -> Result<(), EbpfError>;
-    /// Empties group `group`'s CELL_SOCKETS entry `cell` (an empty one is fine).
+    /// Empties group `group`'s CELL_SOCKETS slot `cell` (an empty one is fine).
     fn clear_socket(&mut self, group: usize, cell: u32) -> Result<(), EbpfError>;
     fn set_cpu_cell(&mut self, cpu: u32, entry: CpuCell) -> Result<(), EbpfError>;
     /// LIVE_CELLS word `index` (0: the count; then the live cells).
@@ -59,7 +59,7 @@ impl SteeringMaps for KernelMaps {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(())
             }
-            Err(e) => Err(map_err("clear a CELL_SOCKETS entry")(e)),
+            Err(e) => Err(map_err("clear a CELL_SOCKETS slot")(e)),
         }
     }
 
@@ -109,8 +109,8 @@ pub struct Steering<M: SteeringMaps = KernelMaps> {
 
 impl Steering<KernelMaps> {
     /// Loads and attaches `policy` for every group; `groups[g][cell]` is cell `cell`'s listener
-    /// for TCP address `g`, `cpus[cell]` its CPU. Every entry starts empty: the master fills a
-    /// cell's entry when that cell reports ready.
+    /// for TCP address `g`, `cpus[cell]` its CPU. Every slot starts empty: the master fills a
+    /// cell's slot when that cell reports ready.
     pub fn attach(
         groups: &[Vec<BorrowedFd<'_>>],
         cpus: &[usize],
