@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 mod http;
+mod load;
 mod netns;
 
 pub use http::{Conn, Response, get, raw, raw_request, request};
+pub use load::{Load, Target};
 pub use netns::Netns;
 
 use std::io::{BufRead, BufReader, Read};

@@ -23,91 +23,8 @@ fn config(s: &Site, cache: &str) {
     s.file("p.toml", cfg.as_bytes());
 }
 
-/// Clients doing one request per new connection until `stop`, counting outcomes.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: std::net::SocketAddr, clients: usize, keepalive: bool) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    let mut conn: Option<Conn> = None;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let c = match conn.as_mut() {
-                            Some(c) => c,
-                            None => match Conn::open(addr) {
-                                Ok(c) => conn.insert(c),
-                                Err(e) => {
-                                    eprintln!("connect failed: {e}");
-                                    failed.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                            },
-                        };
-                        match c.request("GET", "/a.txt", &[]) {
-                            Ok(r) if r.status == 200 && r.body == b"payload" => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                if !keepalive || r.header("connection") == Some("close") {
-                                    conn = None;
-                                }
-                            }
-                            Ok(r) => {
-                                eprintln!("bad response {}", r.status);
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                conn = None;
-                            }
-                            Err(e) => {
-                                eprintln!("request failed: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                conn = None;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
-    }
-
-    /// Waits until the clients have had `n` more answers than `since` (the load is running).
-    fn wait_ok(&self, since: u64, n: u64) {
-        wait_until(
-            Duration::from_secs(20),
-            &format!("the load got {n} answers"),
-            || self.ok.load(Ordering::Relaxed) >= since + n,
-        );
-    }
-
-    fn ok_so_far(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
+/// What the load asks for.
+const PAYLOAD: &[Target] = &[("/a.txt", b"payload")];
 
 #[test]
 fn graceful_shutdown_finishes_in_flight_requests() {
@@ -121,7 +38,7 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let mut first = [0u8; 1024];
     slow.stream.read_exact(&mut first).unwrap();
     // And requests under load keep succeeding until the server stops taking them.
-    let load = Load::start(p.addr, 4, true);
+    let load = Load::start(p.addr, 4, true, PAYLOAD);
     load.wait_ok(0, 20);
     p.signal(Signal::TERM);
     // The load runs on until the master has begun the graceful stop.
@@ -226,7 +143,7 @@ fn sighup_reload_under_load_refuses_nothing() {
     );
     let old_cells = p.cell_pids();
     assert_eq!(old_cells.len(), 2);
-    let load = Load::start(p.addr, 4, false);
+    let load = Load::start(p.addr, 4, false, PAYLOAD);
     load.wait_ok(0, 20);
     config(&s, "max-age=2");
     p.signal(Signal::HUP);
@@ -270,7 +187,7 @@ fn killed_cell_is_respawned_and_clients_keep_going() {
     config(&s, "no-cache");
     let p = Portico::start(&["-c", &s.root("p.toml")]);
     let clients = 4;
-    let load = Load::start(p.addr, clients, false);
+    let load = Load::start(p.addr, clients, false, PAYLOAD);
     load.wait_ok(0, 20);
     let victim = p.cell_pids()[0];
     rustix::process::kill_process(

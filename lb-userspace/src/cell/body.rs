@@ -88,17 +88,21 @@ impl Stream {
 }
 
 impl Body {
-    pub fn empty() -> Self {
+    /// The one constructor: whole chunks (`remaining` bytes), or a stream after them.
+    fn from_parts(chunks: VecDeque<Bytes>, remaining: u64, stream: Option<Box<Stream>>) -> Self {
         Body {
-            chunks: VecDeque::new(),
-            remaining: 0,
+            chunks,
+            remaining,
             hooks: None,
-            stream: None,
+            stream,
             sendfile: None,
             on_end: None,
             short_of: None,
             aborting: false,
         }
+    }
+    pub fn empty() -> Self {
+        Body::from_parts(VecDeque::new(), 0, None)
     }
     /// A streamed body: `first`, then whatever arrives on the stream's channel.
     pub fn stream(first: Bytes, mut s: Stream) -> Self {
@@ -106,16 +110,7 @@ impl Body {
         if let Some(b) = s.take(first) {
             chunks.push_back(b);
         }
-        Body {
-            chunks,
-            remaining: 0,
-            hooks: None,
-            stream: Some(Box::new(s)),
-            sendfile: None,
-            on_end: None,
-            short_of: None,
-            aborting: false,
-        }
+        Body::from_parts(chunks, 0, Some(Box::new(s)))
     }
     pub fn is_stream(&self) -> bool {
         self.stream.is_some()
@@ -126,29 +121,12 @@ impl Body {
         if !b.is_empty() {
             chunks.push_back(b);
         }
-        Body {
-            chunks,
-            remaining,
-            hooks: None,
-            stream: None,
-            sendfile: None,
-            on_end: None,
-            short_of: None,
-            aborting: false,
-        }
+        Body::from_parts(chunks, remaining, None)
     }
     pub fn many(chunks: Vec<Bytes>) -> Self {
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        Body {
-            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
-            remaining,
-            hooks: None,
-            stream: None,
-            sendfile: None,
-            on_end: None,
-            short_of: None,
-            aborting: false,
-        }
+        let chunks = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        Body::from_parts(chunks, remaining, None)
     }
     /// Bytes this body will send.
     pub fn len(&self) -> u64 {

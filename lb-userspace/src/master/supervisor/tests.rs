@@ -5,6 +5,17 @@ fn t0() -> Instant {
     Instant::now()
 }
 
+/// A cell process ended (how does not matter to the decisions).
+fn exit(s: &mut Supervisor, pid: u32, now: Instant) -> Vec<Action> {
+    s.handle(
+        Event::Exited {
+            pid,
+            how: String::new(),
+        },
+        now,
+    )
+}
+
 /// Two workers, both spawned (pids 100, 101) and ready.
 fn running(steering: bool) -> (Supervisor, Instant) {
     let now = t0();
@@ -118,13 +129,7 @@ fn crash_backs_off_doubling_and_resets_after_a_stable_run() {
     assert_eq!(s.workers[0].backoff, BACKOFF_MAX);
     // A cell that lived past STABLE_AFTER respawns at once, back-off reset.
     s.spawned(0, 300, now);
-    let acts = s.handle(
-        Event::Exited {
-            pid: 300,
-            how: String::new(),
-        },
-        now + STABLE_AFTER,
-    );
+    let acts = exit(&mut s, 300, now + STABLE_AFTER);
     assert!(acts.contains(&Action::RespawnAfter {
         worker: 0,
         generation: s.workers[0].generation,
@@ -136,13 +141,7 @@ fn crash_backs_off_doubling_and_resets_after_a_stable_run() {
 #[test]
 fn a_stale_respawn_timer_does_nothing() {
     let (mut s, now) = running(false);
-    s.handle(
-        Event::Exited {
-            pid: 100,
-            how: String::new(),
-        },
-        now,
-    );
+    exit(&mut s, 100, now);
     let stale = s.workers[0].generation;
     s.spawned(0, 150, now);
     assert!(
@@ -160,22 +159,10 @@ fn a_stale_respawn_timer_does_nothing() {
 #[test]
 fn crash_with_steering_rebinds_only_when_another_cell_is_live() {
     let (mut s, now) = running(true);
-    let acts = s.handle(
-        Event::Exited {
-            pid: 100,
-            how: String::new(),
-        },
-        now,
-    );
+    let acts = exit(&mut s, 100, now);
     assert!(acts.contains(&Action::Rebind { worker: 0 }));
     // Now worker 1 dies too: no live cell to migrate to, keep its listener and queue.
-    let acts = s.handle(
-        Event::Exited {
-            pid: 101,
-            how: String::new(),
-        },
-        now,
-    );
+    let acts = exit(&mut s, 101, now);
     assert!(!acts.contains(&Action::Rebind { worker: 1 }));
 }
 
@@ -242,16 +229,7 @@ fn recycle_replaces_then_drains_the_old_cell_when_the_new_one_is_ready() {
         ]
     );
     // The old cell's exit is a drained cell, not a crash.
-    assert!(
-        s.handle(
-            Event::Exited {
-                pid: 100,
-                how: String::new()
-            },
-            now
-        )
-        .is_empty()
-    );
+    assert!(exit(&mut s, 100, now).is_empty());
 }
 
 #[test]
@@ -276,13 +254,7 @@ fn a_replacement_that_dies_leaves_the_old_cell_serving() {
     }));
     assert!(!s.reloading(), "a failed reload stops");
     // The old cell is current again: its crash is a crash.
-    let acts = s.handle(
-        Event::Exited {
-            pid: 100,
-            how: String::new(),
-        },
-        now,
-    );
+    let acts = exit(&mut s, 100, now);
     assert!(acts.contains(&Action::Restarted {
         worker: 0,
         why: Restart::Crash
@@ -345,13 +317,7 @@ fn reload_replaces_one_cell_at_a_time() {
 #[test]
 fn reload_skips_cells_that_are_down() {
     let (mut s, now) = running(false);
-    s.handle(
-        Event::Exited {
-            pid: 100,
-            how: String::new(),
-        },
-        now,
-    );
+    exit(&mut s, 100, now);
     let acts = s.handle(Event::Reload, now);
     assert_eq!(
         acts,
@@ -399,16 +365,7 @@ fn shrinking_retires_the_cells_above_the_count() {
     );
     assert_eq!(s.workers(), 1);
     // The retired cell's exit is not a crash and spawns nothing.
-    assert!(
-        s.handle(
-            Event::Exited {
-                pid: 101,
-                how: String::new()
-            },
-            now
-        )
-        .is_empty()
-    );
+    assert!(exit(&mut s, 101, now).is_empty());
     assert_eq!(s.children().count(), 1);
 }
 
@@ -434,13 +391,7 @@ fn reload_replaces_a_starting_cell_once_it_is_ready() {
     let (mut s, now) = running(false);
     // Worker 0 crashed and is starting again (spawned, not ready) when the reload begins:
     // it was spawned with the old configuration, so it is replaced after it is ready.
-    s.handle(
-        Event::Exited {
-            pid: 100,
-            how: String::new(),
-        },
-        now,
-    );
+    exit(&mut s, 100, now);
     s.spawned(0, 140, now);
     let acts = s.handle(Event::Reload, now);
     assert_eq!(
