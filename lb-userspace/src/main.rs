@@ -82,6 +82,9 @@ struct ServeArgs {
     /// Static route, `PREFIX=DIR` (repeatable).
     #[arg(long = "static", value_name = "PREFIX=DIR")]
     statics: Vec<String>,
+    /// Proxy route, `PREFIX=URL` with URL `http://host:port[/path]` or `unix:/path` (repeatable).
+    #[arg(long = "proxy", value_name = "PREFIX=URL")]
+    proxies: Vec<String>,
     /// Number of cells, or `auto` (one per usable CPU).
     #[arg(long)]
     workers: Option<String>,
@@ -234,6 +237,7 @@ fn main() -> ExitCode {
                 app: a.app,
                 listen: a.listen,
                 statics: a.statics,
+                proxies: a.proxies,
                 workers: a.workers,
                 admin: a.admin,
                 chdir: a.chdir,

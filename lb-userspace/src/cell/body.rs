@@ -6,13 +6,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use wsgi_worker::Piece;
 
 use crate::metrics::CellStats;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use std::future::Future as _;
 
 /// What a response body asks of its connection.
@@ -40,6 +41,20 @@ pub struct Body {
     short_of: Option<u64>,
     /// The bytes given are out; an abort waits for the connection to flush them.
     aborting: bool,
+    /// A proxied response, relayed from the upstream as it arrives.
+    relay: Option<Box<Relay>>,
+}
+
+/// An upstream response body on its way through.
+pub struct Relay {
+    body: Incoming,
+    sent: u64,
+    /// Longest wait for the next bytes.
+    timeout: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Run when the body was read to its end (the connection goes back to the pool).
+    on_end: Option<Box<dyn FnOnce()>>,
+    stats: CellStats<'static>,
 }
 
 /// A body chunk that is a mapping of a file region: the connection sends it with sendfile(2)
@@ -99,7 +114,26 @@ impl Body {
             on_end: None,
             short_of: None,
             aborting: false,
+            relay: None,
         }
+    }
+    /// A proxied response body: `on_end` runs once it was read to the end.
+    pub fn relay(
+        body: Incoming,
+        timeout: std::time::Duration,
+        on_end: Box<dyn FnOnce()>,
+        stats: CellStats<'static>,
+    ) -> Self {
+        let mut b = Body::from_parts(VecDeque::new(), 0, None);
+        b.relay = Some(Box::new(Relay {
+            body,
+            sent: 0,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            on_end: Some(on_end),
+            stats,
+        }));
+        b
     }
     pub fn empty() -> Self {
         Body::from_parts(VecDeque::new(), 0, None)
@@ -113,7 +147,7 @@ impl Body {
         Body::from_parts(chunks, 0, Some(Box::new(s)))
     }
     pub fn is_stream(&self) -> bool {
-        self.stream.is_some()
+        self.stream.is_some() || self.relay.is_some()
     }
     pub fn one(b: Bytes) -> Self {
         let remaining = b.len() as u64;
@@ -188,17 +222,20 @@ impl Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        let mut streamed = 0;
-        if let Some(s) = &self.stream {
-            streamed = s.sent;
-            s.stats
-                .add(crate::metrics::cell_counter::RESPONSE_BODY_BYTES, s.sent);
+        // A streamed or relayed body's size is known now: count it, and log the request.
+        let streamed = match (&self.relay, &self.stream) {
+            (Some(r), _) => Some((r.sent, r.stats)),
+            (None, Some(s)) => Some((s.sent, s.stats)),
+            (None, None) => None,
+        };
+        if let Some((sent, stats)) = streamed {
+            stats.add(crate::metrics::cell_counter::RESPONSE_BODY_BYTES, sent);
             if let Some(f) = self.on_end.take() {
-                f(s.sent);
+                f(sent);
             }
         }
         if let Some(f) = self.hooks.take() {
-            f.done(streamed);
+            f.done(streamed.map_or(0, |(sent, _)| sent));
         }
     }
 }
@@ -219,6 +256,9 @@ impl http_body::Body for Body {
         }
         if self.aborting {
             return self.poll_abort(cx, "short response body");
+        }
+        if let Some(r) = self.relay.as_mut() {
+            return r.poll_frame(cx);
         }
         let Some(s) = self.stream.as_mut() else {
             if self.short_of.is_some() {
@@ -262,10 +302,16 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.stream.is_none() && self.short_of.is_none()
+        match &self.relay {
+            Some(r) => r.body.is_end_stream(),
+            None => self.chunks.is_empty() && self.stream.is_none() && self.short_of.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(r) = &self.relay {
+            return r.body.size_hint();
+        }
         match &self.stream {
             None => SizeHint::with_exact(self.short_of.unwrap_or(self.remaining)),
             Some(s) => match s.declared {
@@ -274,6 +320,44 @@ impl http_body::Body for Body {
                 ),
                 None => SizeHint::default(),
             },
+        }
+    }
+}
+
+impl Relay {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!("upstream response body: {e}; closing the connection");
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = self.on_end.take() {
+                    f();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if self.sleep.as_mut().poll(cx).is_ready() {
+                    tracing::warn!(
+                        "upstream response body: nothing for {:?} (read_timeout); closing",
+                        self.timeout
+                    );
+                    return Poll::Ready(Some(Err(std::io::Error::other("upstream read timeout"))));
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -306,7 +390,6 @@ pub fn status_page(status: StatusCode) -> http::Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body::Body as _;
 
     #[test]
     fn sizes_are_exact() {

@@ -57,14 +57,15 @@ impl LogMeta {
 
 type Reply = Result<Response<Body>, std::convert::Infallible>;
 
-/// Static answers are ready at once; WSGI answers come from a Python thread.
+/// Static answers are ready at once; WSGI answers come from a Python thread, proxied ones
+/// from an upstream.
 #[expect(
     clippy::large_enum_variant,
     reason = "unboxed on purpose: the static path stays free of allocations"
 )]
 pub enum Handled {
     Ready(Option<Reply>),
-    Wsgi(Pin<Box<dyn Future<Output = Reply>>>),
+    Later(Pin<Box<dyn Future<Output = Reply>>>),
 }
 
 impl Future for Handled {
@@ -72,7 +73,7 @@ impl Future for Handled {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
         match &mut *self {
             Handled::Ready(r) => Poll::Ready(r.take().expect("polled after completion")),
-            Handled::Wsgi(f) => f.as_mut().poll(cx),
+            Handled::Later(f) => f.as_mut().poll(cx),
         }
     }
 }
@@ -107,10 +108,27 @@ pub fn handle(
                 method: method as u8,
                 start,
             };
-            Handled::Wsgi(Box::pin(async move {
+            Handled::Later(Box::pin(async move {
                 let remote = conn.remote_addr.clone();
                 let (resp, close) =
                     crate::cell::wsgi::call(ctx.clone(), id, parts, body, path_info, conn).await;
+                let mut meta = meta;
+                Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
+                    meta.take().expect("logged once")
+                }))
+            }))
+        }
+        Routed::Proxy(id, metrics_route) => {
+            let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
+            let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
+            let mark = Mark {
+                route: metrics_route as u16,
+                method: method as u8,
+                start,
+            };
+            Handled::Later(Box::pin(async move {
+                let remote = conn.remote_addr.clone();
+                let (resp, close) = crate::cell::proxy::call(ctx.clone(), id, req, conn).await;
                 let mut meta = meta;
                 Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
                     meta.take().expect("logged once")
@@ -183,6 +201,8 @@ enum Routed {
     Ready(Response<Body>, bool, usize),
     /// A WSGI route id, the raw PATH_INFO below its mount point, and the route's metrics index.
     Wsgi(usize, String, usize),
+    /// A proxy route id and the route's metrics index.
+    Proxy(usize, usize),
 }
 
 /// Applies the head checks, then routes. Returns the response and whether to close after it.
@@ -204,6 +224,7 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, framing: HeadFraming) -> Routed
                 };
                 return Routed::Wsgi(id, path_info, r.metrics_index);
             }
+            Handler::Proxy(_) => return Routed::Proxy(id, r.metrics_index),
             Handler::Static(route) => {
                 metrics_route = r.metrics_index;
                 crate::cell::static_files::serve(

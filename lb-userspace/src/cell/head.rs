@@ -108,10 +108,13 @@ fn visible_ascii(bytes: &[u8]) -> bool {
 /// Whether the request has a body that the server must read or discard before the next
 /// request on the connection.
 pub fn has_body<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
+    has_body_headers(req.headers())
+}
+
+/// `has_body`, from the header fields.
+pub fn has_body_headers(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 

@@ -9,6 +9,7 @@ pub mod context;
 pub mod dispatch;
 pub mod framing;
 pub mod head;
+pub mod proxy;
 mod recycling;
 pub mod router;
 pub mod static_files;
@@ -133,7 +134,11 @@ async fn serve(
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
     let ctx = Rc::new(CellCtx::new(
-        Router::new(&cfg.routes, pools),
+        Router::new(
+            &cfg.routes,
+            pools,
+            &proxy::pool::Upstreams::new(&cfg.upstreams),
+        ),
         cfg.limits.clone(),
         metrics.cell(index),
         log,

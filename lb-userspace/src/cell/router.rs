@@ -1,5 +1,7 @@
 //! Longest-prefix routing. Prefixes without a trailing slash match on segment boundaries, so
 //! `/app` serves `/app` and `/app/x` but not `/application`.
+use crate::cell::proxy::pool::Upstreams;
+use crate::cell::proxy::route::ProxyRoute;
 use crate::cell::static_files::StaticRoute;
 use crate::cell::wsgi::route::WsgiRoute;
 use crate::config::RouteConfig;
@@ -7,6 +9,7 @@ use crate::config::RouteConfig;
 pub enum Handler {
     Static(StaticRoute),
     Wsgi(WsgiRoute),
+    Proxy(ProxyRoute),
 }
 
 pub struct Route {
@@ -31,17 +34,21 @@ pub struct Router {
 }
 
 impl Router {
-    /// `wsgi` holds the started WSGI routes, index-aligned with `cfg`.
-    pub fn new(cfg: &[RouteConfig], wsgi: Vec<Option<WsgiRoute>>) -> Self {
+    /// `wsgi` holds the started WSGI routes, index-aligned with `cfg`; `upstreams` the cell's
+    /// upstream groups.
+    pub fn new(cfg: &[RouteConfig], wsgi: Vec<Option<WsgiRoute>>, upstreams: &Upstreams) -> Self {
         let mut routes: Vec<Route> = cfg
             .iter()
             .zip(wsgi.into_iter().chain(std::iter::repeat_with(|| None)))
             .enumerate()
             .filter_map(|(i, (r, w))| {
-                let handler = match (w, &r.static_files) {
-                    (Some(w), _) => Handler::Wsgi(w),
-                    (None, Some(s)) => Handler::Static(StaticRoute::new(s)),
-                    (None, None) => return None,
+                let handler = match (w, &r.static_files, &r.proxy) {
+                    (Some(w), _, _) => Handler::Wsgi(w),
+                    (None, Some(s), _) => Handler::Static(StaticRoute::new(s)),
+                    (None, None, Some(p)) => {
+                        Handler::Proxy(ProxyRoute::new(&r.prefix, p, upstreams)?)
+                    }
+                    (None, None, None) => return None,
                 };
                 Some(Route {
                     prefix: r.prefix.clone(),
@@ -58,14 +65,22 @@ impl Router {
     pub fn wsgi(&self, id: usize) -> Option<&WsgiRoute> {
         match &self.routes.get(id)?.handler {
             Handler::Wsgi(w) => Some(w),
-            Handler::Static(_) => None,
+            Handler::Static(_) | Handler::Proxy(_) => None,
+        }
+    }
+
+    /// The proxy route with this index (as returned by `find`).
+    pub fn proxy(&self, id: usize) -> Option<&ProxyRoute> {
+        match &self.routes.get(id)?.handler {
+            Handler::Proxy(p) => Some(p),
+            Handler::Static(_) | Handler::Wsgi(_) => None,
         }
     }
 
     pub fn wsgi_routes(&self) -> impl Iterator<Item = &WsgiRoute> {
         self.routes.iter().filter_map(|r| match &r.handler {
             Handler::Wsgi(w) => Some(w),
-            Handler::Static(_) => None,
+            Handler::Static(_) | Handler::Proxy(_) => None,
         })
     }
 
@@ -96,9 +111,10 @@ mod tests {
                 prefix: p.to_string(),
                 static_files: Some(StaticConfig::default()),
                 wsgi: None,
+                proxy: None,
             })
             .collect();
-        Router::new(&cfg, Vec::new())
+        Router::new(&cfg, Vec::new(), &Upstreams::default())
     }
 
     fn hit(r: &Router, path: &str) -> Option<(String, String)> {

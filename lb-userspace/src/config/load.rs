@@ -7,6 +7,7 @@ use toml::{Table, Value};
 
 use super::error::{ConfigError, ConfigErrors};
 use super::overrides::Overrides;
+use super::proxy::UpstreamConfig;
 use super::schema::{Config, RouteConfig};
 
 impl Config {
@@ -55,9 +56,22 @@ impl Config {
                     }
                     _ => bad.push((key, "must be an array of tables ([[route]])".into())),
                 },
+                "upstream" => match value {
+                    Value::Array(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let up = lenient::<UpstreamConfig>(
+                                item,
+                                &format!("upstream[{i}]"),
+                                &mut bad,
+                            );
+                            cfg.upstreams.extend(up);
+                        }
+                    }
+                    _ => bad.push((key, "must be an array of tables ([[upstream]])".into())),
+                },
                 _ => bad.push((
                     key,
-                    "unknown section (expected server, limits, log, ebpf, metrics, route)".into(),
+                    "unknown section (expected server, limits, log, ebpf, metrics, route, upstream)".into(),
                 )),
             }
         }

@@ -8,12 +8,14 @@
 mod error;
 mod load;
 mod overrides;
+mod proxy;
 mod schema;
 mod units;
 mod validate;
 
 pub use error::ConfigErrors;
 pub use overrides::Overrides;
+pub use proxy::{ProxyConfig, Redirect, UpstreamConfig};
 pub use schema::{
     Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, RouteConfig, StaticConfig,
     SteeringPolicy, WsgiConfig, XdpConfig, XdpMode,

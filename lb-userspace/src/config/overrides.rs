@@ -2,6 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::ConfigError;
+use super::proxy::ProxyConfig;
 use super::schema::{Config, RouteConfig, StaticConfig, SteeringPolicy, Workers, WsgiConfig};
 use super::units::{Dur, parse_duration};
 
@@ -19,6 +20,8 @@ pub struct Overrides {
     pub venv: Option<PathBuf>,
     pub listen: Vec<String>,
     pub statics: Vec<String>,
+    /// `--proxy PREFIX=URL` (repeatable).
+    pub proxies: Vec<String>,
     pub workers: Option<String>,
     pub admin: Option<String>,
     pub chdir: Option<PathBuf>,
@@ -69,6 +72,7 @@ impl Config {
                 prefix: "/".into(),
                 static_files: None,
                 wsgi: Some(w),
+                proxy: None,
             });
         } else if o.threads.is_some()
             || o.request_timeout.is_some()
@@ -104,11 +108,29 @@ impl Config {
                             ..StaticConfig::default()
                         }),
                         wsgi: None,
+                        proxy: None,
                     });
                 }
                 _ => bad(
                     "--static",
                     format!("{s:?} is not PREFIX=DIR (e.g. /static/=./static)"),
+                ),
+            }
+        }
+        for s in &o.proxies {
+            match s.split_once('=') {
+                Some((prefix, url)) if !prefix.is_empty() && !url.is_empty() => {
+                    self.routes.retain(|r| r.prefix != prefix);
+                    self.routes.push(RouteConfig {
+                        prefix: prefix.to_string(),
+                        static_files: None,
+                        wsgi: None,
+                        proxy: Some(ProxyConfig::from_url(url.to_string())),
+                    });
+                }
+                _ => bad(
+                    "--proxy",
+                    format!("{s:?} is not PREFIX=URL (e.g. /api/=http://127.0.0.1:8001/)"),
                 ),
             }
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::proxy::{ProxyConfig, UpstreamConfig};
 use super::units::{Dur, ListenAddr, Size};
 
 /// `workers = "auto"` or a number.
@@ -383,6 +384,12 @@ pub struct RouteConfig {
     pub static_files: Option<StaticConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wsgi: Option<WsgiConfig>,
+    #[serde(
+        default,
+        deserialize_with = "super::proxy::deserialize_proxy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy: Option<ProxyConfig>,
 }
 
 /// The whole configuration.
@@ -396,6 +403,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
     /// Where the configuration came from (for messages and relative paths); not a key.
     #[serde(skip)]
     pub origin: Option<PathBuf>,
@@ -440,6 +449,7 @@ mod tests {
                 ..Default::default()
             }),
             wsgi: None,
+            proxy: None,
         });
         cfg.routes.push(RouteConfig {
             prefix: "/app/".into(),
@@ -451,7 +461,24 @@ mod tests {
                 trusted_proxies: vec!["10.0.0.0/8".into()],
                 ..Default::default()
             }),
+            proxy: None,
         });
+        cfg.routes.push(RouteConfig {
+            prefix: "/api/".into(),
+            static_files: None,
+            wsgi: None,
+            proxy: Some(ProxyConfig {
+                upstream: "api".into(),
+                path: Some("/".into()),
+                redirect: crate::config::Redirect::Pairs(vec![("/a".into(), "/b".into())]),
+                ..ProxyConfig::from_url(String::new())
+            }),
+        });
+        cfg.routes[2].proxy.as_mut().unwrap().url = None;
+        cfg.upstreams.push(UpstreamConfig::single(
+            "api".into(),
+            "unix:/run/api.sock".parse().unwrap(),
+        ));
         let json = serde_json::to_string(&cfg).unwrap();
         let back: Config = serde_json::from_str(&json).unwrap();
         assert_eq!(back, cfg);

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::error::{ConfigError, ConfigErrors};
+use super::proxy::{validate_proxy, validate_upstreams};
 use super::schema::{Config, EbpfConfig, EbpfMode, Workers, WsgiConfig};
 use super::units::parse_cidr;
 
@@ -150,20 +151,29 @@ impl Config {
                     format!("{:?} is used by another route", r.prefix),
                 );
             }
-            if r.wsgi.is_some() && r.static_files.is_some() {
+            let handlers = [
+                r.static_files.is_some(),
+                r.wsgi.is_some(),
+                r.proxy.is_some(),
+            ];
+            if handlers.iter().filter(|h| **h).count() > 1 {
                 bad(
                     format!("route[{i}]"),
-                    "has both `static` and `wsgi`; a route serves one of them".into(),
+                    "has more than one of `static`, `wsgi` and `proxy`; a route serves one".into(),
                 );
+            }
+            if let Some(p) = &mut r.proxy {
+                validate_proxy(p, &mut self.upstreams, &key, &mut bad);
             }
             if let Some(w) = &mut r.wsgi {
                 validate_wsgi(w, &base, &key, &mut bad);
                 optimize.insert(w.optimize);
             }
             match &mut r.static_files {
-                None if r.wsgi.is_none() => bad(
+                None if r.wsgi.is_none() && r.proxy.is_none() => bad(
                     format!("route[{i}]"),
-                    "needs `static = {{ root = ... }}` or `wsgi = {{ app = ... }}`".into(),
+                    "needs `static = {{ root = ... }}`, `wsgi = {{ app = ... }}` or `proxy = ...`"
+                        .into(),
                 ),
                 None => {}
                 Some(s) => {
@@ -199,6 +209,7 @@ impl Config {
                 }
             }
         }
+        validate_upstreams(&self.upstreams, &self.routes, &mut bad);
         if optimize.len() > 1 {
             bad(
                 "route.wsgi.optimize".into(),

@@ -1,0 +1,232 @@
+//! Proxy routes in a cell: the request goes to a server of the route's upstream group over a
+//! pooled HTTP/1.1 connection, both bodies stream (hyper's backpressure), and the response
+//! comes back with its redirects mapped to the client's URL space.
+pub mod headers;
+pub mod pool;
+pub mod rewrite;
+pub mod route;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use wsgi_worker::ConnInfo;
+
+use crate::cell::body::{Body, status_page};
+use crate::cell::context::CellCtx;
+use crate::metrics::CellStats;
+use pool::{Sender, Server, UpBody};
+use route::ProxyRoute;
+
+/// How an attempt on one connection ended.
+enum Attempt {
+    Answered(Response<Incoming>, Sender),
+    /// Nothing reached the server: the request comes back for the next try.
+    NotSent(Request<UpBody>, String),
+    /// The request (or part of it) was sent and no response came.
+    Failed(String),
+    TimedOut,
+}
+
+async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duration) -> Attempt {
+    if sender.ready().await.is_err() {
+        return Attempt::NotSent(req, "connection closed".into());
+    }
+    match tokio::time::timeout(read_timeout, sender.try_send_request(req)).await {
+        Err(_) => Attempt::TimedOut,
+        Ok(Ok(resp)) => Attempt::Answered(resp, sender),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(req) => Attempt::NotSent(req, e.error().to_string()),
+            None => Attempt::Failed(e.error().to_string()),
+        },
+    }
+}
+
+/// Runs one request through a proxy route. Returns the response and whether to close after it.
+pub async fn call(
+    ctx: Rc<CellCtx>,
+    route: usize,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> (Response<Body>, bool) {
+    let Some(r) = ctx.router.proxy(route) else {
+        return (status_page(StatusCode::NOT_FOUND), false);
+    };
+    let upstream = r.upstream.clone();
+    let (mut parts, body) = req.into_parts();
+    let target = rewrite::upstream_target(
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        &r.prefix,
+        r.path.as_deref(),
+    );
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let has_body = crate::cell::head::has_body_headers(&parts.headers);
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let trusted = conn
+        .remote_ip
+        .is_some_and(|ip| r.trusted.iter().any(|c| c.contains(ip)));
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.remote_ip,
+        &conn.remote_addr,
+        trusted,
+    );
+    for (name, template) in &r.set_headers {
+        let value = headers::expand(template, &host, &conn.remote_addr);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name.clone(), v);
+        }
+    }
+    let Ok(uri) = target.parse::<Uri>() else {
+        return (status_page(StatusCode::BAD_REQUEST), false);
+    };
+    let method = parts.method.clone();
+    let headers = parts.headers;
+    let build = |body: UpBody, server: &Server| {
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers.clone();
+        if !req.headers().contains_key(header::HOST) {
+            let fallback = match &server.addr {
+                crate::config::ListenAddr::Tcp(a) => a.to_string(),
+                crate::config::ListenAddr::Unix(_) => "localhost".into(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&fallback) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        req
+    };
+    let mut body = Some(if has_body {
+        UpBody::Client(body)
+    } else {
+        UpBody::Empty
+    });
+    let mut last_error = String::from("no server");
+    for server in upstream.order() {
+        // A pooled connection first; if it turns out closed before taking the request (the
+        // upstream's keep-alive timeout), a fresh connection to the same server.
+        let mut pooled = server.take_idle();
+        loop {
+            let reused = pooled.is_some();
+            let sender = match pooled.take() {
+                Some(s) => s,
+                None => match server.connect(upstream.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(
+                            "upstream {} server {}: connect failed: {e}",
+                            upstream.name,
+                            server.addr
+                        );
+                        last_error = e.to_string();
+                        break;
+                    }
+                },
+            };
+            let Some(b) = body.take() else {
+                return (status_page(StatusCode::BAD_GATEWAY), true);
+            };
+            let replayable = matches!(b, UpBody::Empty);
+            match attempt(sender, build(b, server), upstream.read_timeout).await {
+                Attempt::Answered(resp, sender) => {
+                    let give_back = {
+                        let upstream = upstream.clone();
+                        let addr = server.addr.clone();
+                        move || {
+                            if let Some(s) = upstream.servers.iter().find(|s| s.addr == addr) {
+                                s.give_back(sender);
+                            }
+                        }
+                    };
+                    let resp = respond(r, resp, &host, server, Box::new(give_back), ctx.stats);
+                    return (resp, false);
+                }
+                Attempt::NotSent(req, why) => {
+                    body = Some(req.into_body());
+                    last_error = why;
+                    if !reused {
+                        break;
+                    }
+                }
+                Attempt::Failed(why) if reused && replayable => {
+                    // A stale pooled connection that died under a bodiless request: again
+                    // on a fresh one.
+                    tracing::debug!(
+                        "upstream {}: pooled connection failed ({why}); retrying",
+                        upstream.name
+                    );
+                    body = Some(UpBody::Empty);
+                }
+                Attempt::Failed(why) => {
+                    tracing::warn!(
+                        "upstream {} server {}: {why}; 502",
+                        upstream.name,
+                        server.addr
+                    );
+                    return (status_page(StatusCode::BAD_GATEWAY), true);
+                }
+                Attempt::TimedOut => {
+                    tracing::warn!(
+                        "upstream {} server {}: no response within read_timeout ({:?}); 504",
+                        upstream.name,
+                        server.addr,
+                        upstream.read_timeout
+                    );
+                    return (status_page(StatusCode::GATEWAY_TIMEOUT), true);
+                }
+            }
+        }
+    }
+    tracing::warn!(
+        "upstream {}: no server answered ({last_error}); 502",
+        upstream.name
+    );
+    (status_page(StatusCode::BAD_GATEWAY), has_body)
+}
+
+/// The upstream's response as the client gets it.
+fn respond(
+    r: &ProxyRoute,
+    resp: Response<Incoming>,
+    host: &str,
+    server: &Server,
+    give_back: Box<dyn FnOnce()>,
+    stats: CellStats<'static>,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let server_authority = server.addr.to_string();
+    let hosts = [host, server_authority.as_str()];
+    let map = |v: &str| rewrite::redirect(v, &r.redirect, &r.prefix, r.path.as_deref(), &hosts);
+    if let Some(loc) = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(new) = map(loc)
+        && let Ok(v) = HeaderValue::from_str(&new)
+    {
+        parts.headers.insert(header::LOCATION, v);
+    }
+    let refresh = HeaderName::from_static("refresh");
+    if let Some(val) = parts.headers.get(&refresh).and_then(|v| v.to_str().ok())
+        && let Some(new) = rewrite::refresh(val, map)
+        && let Ok(v) = HeaderValue::from_str(&new)
+    {
+        parts.headers.insert(refresh, v);
+    }
+    let mut out = Response::new(Body::relay(body, r.upstream.read_timeout, give_back, stats));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = parts.headers;
+    out
+}
