@@ -223,6 +223,14 @@ impl Body {
 impl Drop for Body {
     fn drop(&mut self) {
         // A streamed or relayed body's size is known now: count it, and log the request.
+        if let Some(r) = self.relay.as_mut()
+            && r.body.is_end_stream()
+            && let Some(f) = r.on_end.take()
+        {
+            // Read to its end (hyper stops polling once the length is reached): the
+            // connection can serve another request.
+            f();
+        }
         let streamed = match (&self.relay, &self.stream) {
             (Some(r), _) => Some((r.sent, r.stats)),
             (None, Some(s)) => Some((s.sent, s.stats)),

@@ -69,6 +69,7 @@ impl Upstream {
 
 impl Server {
     /// A pooled connection that is still open and idle, newest first; stale ones are closed.
+    /// (One still finishing its last response is closed too: rare, and never waited on.)
     pub fn take_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
@@ -85,7 +86,8 @@ impl Server {
 
     /// Puts a connection whose last response was read to the end back in the pool.
     pub fn give_back(&self, sender: Sender) {
-        if !sender.is_ready() || sender.is_closed() {
+        // Not `is_ready`: hyper may mark the connection ready just after the body's end.
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
