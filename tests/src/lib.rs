@@ -5,10 +5,12 @@
 mod http;
 mod load;
 mod netns;
+mod upstream;
 
 pub use http::{Conn, Response, get, raw, raw_request, request};
 pub use load::{Load, Target};
 pub use netns::Netns;
+pub use upstream::{Bind, Upstream, free_port};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

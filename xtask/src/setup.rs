@@ -25,15 +25,17 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("libev-dev", "/usr/include/ev.h"),
 ];
 /// Python packages the end-to-end tests need, in the project's venv (`.venv`)
-/// (prometheus-client: its strict OpenMetrics parser checks the exposition).
-pub const TEST_PY: &[&str] = &["flask>=3,<4", "django>=5,<6", "prometheus-client>=0.20,<1"];
-/// Python packages for the WSGI bench: the peers.
-pub const BENCH_PY: &[&str] = &[
+/// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn: the
+/// upstream servers of the reverse-proxy tests).
+pub const TEST_PY: &[&str] = &[
+    "flask>=3,<4",
+    "django>=5,<6",
+    "prometheus-client>=0.20,<1",
     "gunicorn>=23",
-    "granian>=2,<3",
-    "uwsgi>=2.0.28",
-    "bjoern>=3.2",
 ];
+/// Python packages for the WSGI bench: the peers besides gunicorn (in `TEST_PY`, which the
+/// bench installs too).
+pub const BENCH_PY: &[&str] = &["granian>=2,<3", "uwsgi>=2.0.28", "bjoern>=3.2"];
 
 /// Idempotent: each step checks first and does nothing when already done.
 pub fn setup(packages: &[(&str, &str)]) -> anyhow::Result<()> {

@@ -299,11 +299,7 @@ pub fn validate_proxy(
 /// Variables a `set_headers` value may use.
 pub const PROXY_VARIABLES: [&str; 3] = ["host", "remote_addr", "scheme"];
 
-pub fn validate_upstreams(
-    upstreams: &[UpstreamConfig],
-    routes: &[crate::config::RouteConfig],
-    bad: &mut dyn FnMut(String, String),
-) {
+pub fn validate_upstreams(upstreams: &[UpstreamConfig], bad: &mut dyn FnMut(String, String)) {
     let mut names = std::collections::HashSet::new();
     for (i, u) in upstreams.iter().enumerate() {
         let key = |k: &str| format!("upstream[{i}].{k}");
@@ -329,12 +325,6 @@ pub fn validate_upstreams(
             if d.0.is_zero() {
                 bad(key(name), "must be more than 0".into());
             }
-        }
-        let used = routes
-            .iter()
-            .any(|r| r.proxy.as_ref().is_some_and(|p| p.upstream == u.name));
-        if !used {
-            tracing::debug!("upstream {:?} is not used by any route", u.name);
         }
     }
 }

@@ -209,7 +209,7 @@ impl Config {
                 }
             }
         }
-        validate_upstreams(&self.upstreams, &self.routes, &mut bad);
+        validate_upstreams(&self.upstreams, &mut bad);
         if optimize.len() > 1 {
             bad(
                 "route.wsgi.optimize".into(),

@@ -1,0 +1,116 @@
+//! Upstream servers for the reverse-proxy tests: a process listening on a loopback port or a
+//! Unix socket, waited for by polling, killed (and reaped) on drop.
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::poll_until;
+
+/// Where an upstream listens.
+#[derive(Debug, Clone)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Bind {
+    /// The address as portico's config and CLI write it (`host:port`, `unix:/path`).
+    pub fn server(&self) -> String {
+        match self {
+            Bind::Tcp(a) => a.to_string(),
+            Bind::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    /// A name for files about this upstream (its port, or its socket's file stem).
+    pub fn label(&self) -> String {
+        match self {
+            Bind::Tcp(a) => a.port().to_string(),
+            Bind::Unix(p) => p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+
+    /// Does something accept connections there now?
+    pub fn accepts(&self) -> bool {
+        match self {
+            Bind::Tcp(a) => TcpStream::connect(a).is_ok(),
+            Bind::Unix(p) => UnixStream::connect(p).is_ok(),
+        }
+    }
+}
+
+/// A loopback address nothing listens on right now (bound, then released).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// An upstream process.
+#[derive(Debug)]
+pub struct Upstream {
+    child: Child,
+    pub bind: Bind,
+    log: PathBuf,
+}
+
+impl Upstream {
+    /// Spawns `cmd` (stderr to `log`) and waits until `bind` accepts connections; panics with
+    /// the log when it does not within 20 s or the process exits first.
+    pub fn start(mut cmd: Command, bind: Bind, log: PathBuf) -> Upstream {
+        let err = std::fs::File::create(&log).expect("upstream log file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err));
+        let child = cmd.spawn().expect("spawn upstream");
+        let mut u = Upstream { child, bind, log };
+        let up = poll_until(Duration::from_secs(20), || {
+            u.bind.accepts() || matches!(u.child.try_wait(), Ok(Some(_)))
+        });
+        assert!(
+            up && u.bind.accepts(),
+            "upstream on {} never accepted:\n{}",
+            u.bind.server(),
+            u.log_text()
+        );
+        u
+    }
+
+    /// The TCP address (panics for a Unix socket).
+    pub fn addr(&self) -> SocketAddr {
+        match &self.bind {
+            Bind::Tcp(a) => *a,
+            Bind::Unix(p) => panic!("{} is a Unix socket", p.display()),
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGQUIT: gunicorn's quick shutdown (its workers included); Python's default
+            // action for other servers.
+            if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+            }
+            let gone = poll_until(Duration::from_secs(5), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            });
+            if !gone {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
