@@ -114,3 +114,48 @@ impl Drop for Upstream {
         }
     }
 }
+
+/// A keep-alive HTTP/1.1 upstream (Python's `http.server`) answering every GET with
+/// `<tag> <client port>`: which server and which connection took the request. `/slow?s=N`
+/// answers after N seconds; connections idle `idle_secs` are closed (its keep-alive timeout).
+const TAGGED_BACKEND: &str = r#"
+import http.server, socketserver, sys, time, urllib.parse
+TAG, IDLE = sys.argv[2], float(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE
+    def answer(self):
+        u = urllib.parse.urlsplit(self.path)
+        if u.path.endswith("/slow"):
+            time.sleep(float(urllib.parse.parse_qs(u.query).get("s", ["1"])[0]))
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        b = f"{TAG} {self.client_address[1]}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// Starts a `TAGGED_BACKEND` on a free port; its stderr goes to `log`.
+pub fn tagged_backend(tag: &str, idle_secs: f64, log: PathBuf) -> Upstream {
+    let addr = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        TAGGED_BACKEND,
+        &addr.port().to_string(),
+        tag,
+        &idle_secs.to_string(),
+    ]);
+    Upstream::start(cmd, Bind::Tcp(addr), log)
+}

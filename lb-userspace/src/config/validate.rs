@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::error::{ConfigError, ConfigErrors};
-use super::proxy::{validate_proxy, validate_upstreams};
+use super::proxy::validate::{validate_proxy, validate_upstreams};
 use super::schema::{Config, EbpfConfig, EbpfMode, Workers, WsgiConfig};
 use super::units::parse_cidr;
 

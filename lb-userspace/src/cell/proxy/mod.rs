@@ -1,6 +1,7 @@
 //! Proxy routes in a cell: the request goes to a server of the route's upstream group over a
 //! pooled HTTP/1.1 connection, both bodies stream (hyper's backpressure), and the response
 //! comes back with its redirects mapped to the client's URL space.
+pub mod balance;
 pub mod headers;
 pub mod pool;
 pub mod rewrite;
@@ -8,7 +9,7 @@ pub mod route;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -18,6 +19,7 @@ use wsgi_worker::ConnInfo;
 use crate::cell::body::{Body, status_page};
 use crate::cell::context::CellCtx;
 use crate::metrics::CellStats;
+use balance::Outcome;
 use pool::{Sender, Server, UpBody};
 use route::ProxyRoute;
 
@@ -112,8 +114,36 @@ pub async fn call(
     } else {
         UpBody::Empty
     });
-    let mut last_error = String::from("no server");
-    for server in upstream.order() {
+    upstream.request();
+    let idempotent = method.is_idempotent();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = String::from("no server is up");
+    // The response (or the status to answer) when a try leaves nothing more to do.
+    let mut give_up = (StatusCode::BAD_GATEWAY, has_body);
+    'servers: loop {
+        let now = Instant::now();
+        let picked = upstream
+            .balancer
+            .borrow_mut()
+            .pick(now, conn.remote_ip, &tried);
+        let Some(i) = picked else { break };
+        tried.push(i);
+        let server = &upstream.servers[i];
+        upstream.balancer.borrow_mut().started(i);
+        let failed = |why: &str| {
+            let now = Instant::now();
+            let mut b = upstream.balancer.borrow_mut();
+            b.finished(i, now, Outcome::Failed);
+            if b.went_down(i, now) {
+                tracing::warn!(
+                    "upstream {} server {}: {why}; out of the group for fail_timeout",
+                    upstream.name,
+                    server.addr
+                );
+            } else {
+                tracing::warn!("upstream {} server {}: {why}", upstream.name, server.addr);
+            }
+        };
         // A pooled connection first; if it turns out closed before taking the request (the
         // upstream's keep-alive timeout), a fresh connection to the same server.
         let mut pooled = server.take_idle();
@@ -124,39 +154,37 @@ pub async fn call(
                 None => match server.connect(upstream.connect_timeout).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(
-                            "upstream {} server {}: connect failed: {e}",
-                            upstream.name,
-                            server.addr
-                        );
-                        last_error = e.to_string();
-                        break;
+                        last_error = format!("connect failed: {e}");
+                        failed(&last_error);
+                        continue 'servers;
                     }
                 },
             };
             let Some(b) = body.take() else {
-                return (status_page(StatusCode::BAD_GATEWAY), true);
+                break 'servers;
             };
             let replayable = matches!(b, UpBody::Empty);
+            let sent_at = Instant::now();
             match attempt(sender, build(b, server), upstream.read_timeout).await {
                 Attempt::Answered(resp, sender) => {
+                    upstream.balancer.borrow_mut().finished(
+                        i,
+                        Instant::now(),
+                        Outcome::Answered(sent_at.elapsed()),
+                    );
                     let give_back = {
                         let upstream = upstream.clone();
-                        let addr = server.addr.clone();
-                        move || {
-                            if let Some(s) = upstream.servers.iter().find(|s| s.addr == addr) {
-                                s.give_back(sender);
-                            }
-                        }
+                        move || upstream.servers[i].give_back(sender)
                     };
                     let resp = respond(r, resp, &host, server, Box::new(give_back), ctx.stats);
                     return (resp, false);
                 }
                 Attempt::NotSent(req, why) => {
                     body = Some(req.into_body());
-                    last_error = why;
                     if !reused {
-                        break;
+                        last_error = why;
+                        failed(&last_error);
+                        continue 'servers;
                     }
                 }
                 Attempt::Failed(why) if reused && replayable => {
@@ -168,31 +196,38 @@ pub async fn call(
                     );
                     body = Some(UpBody::Empty);
                 }
-                Attempt::Failed(why) => {
-                    tracing::warn!(
-                        "upstream {} server {}: {why}; 502",
-                        upstream.name,
-                        server.addr
-                    );
-                    return (status_page(StatusCode::BAD_GATEWAY), true);
-                }
-                Attempt::TimedOut => {
-                    tracing::warn!(
-                        "upstream {} server {}: no response within read_timeout ({:?}); 504",
-                        upstream.name,
-                        server.addr,
-                        upstream.read_timeout
-                    );
-                    return (status_page(StatusCode::GATEWAY_TIMEOUT), true);
+                outcome => {
+                    // Sent, and no response: the next server only for a request that can be
+                    // sent again, within the retry budget.
+                    let (status, why) = match outcome {
+                        Attempt::TimedOut => (
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "no response within read_timeout ({:?})",
+                                upstream.read_timeout
+                            ),
+                        ),
+                        Attempt::Failed(why) => (StatusCode::BAD_GATEWAY, why),
+                        _ => (StatusCode::BAD_GATEWAY, "no response".into()),
+                    };
+                    failed(&why);
+                    give_up = (status, true);
+                    last_error = why;
+                    if idempotent && replayable && upstream.may_retry() {
+                        body = Some(UpBody::Empty);
+                        continue 'servers;
+                    }
+                    break 'servers;
                 }
             }
         }
     }
     tracing::warn!(
-        "upstream {}: no server answered ({last_error}); 502",
-        upstream.name
+        "upstream {}: no server answered ({last_error}); {}",
+        upstream.name,
+        give_up.0.as_u16()
     );
-    (status_page(StatusCode::BAD_GATEWAY), has_body)
+    (status_page(give_up.0), give_up.1)
 }
 
 /// The upstream's response as the client gets it.

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::balance::Balancer;
 use crate::config::{ListenAddr, UpstreamConfig};
 
 /// A pooled connection's sender.
@@ -23,11 +24,19 @@ pub type Sender = SendRequest<UpBody>;
 pub struct Upstream {
     pub name: String,
     pub servers: Vec<Server>,
-    /// Round-robin position.
-    next: Cell<usize>,
+    /// Which server is up and takes the next request.
+    pub balancer: RefCell<Balancer>,
+    /// Retries allowed: a fifth of the requests, and a few to start with.
+    retry_tokens: Cell<f64>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
+
+/// Retry tokens a request earns, the most kept, and what a retry costs (Finagle's budget):
+/// retries stay under about a fifth of the requests, so a failing group is not hit twice as
+/// hard.
+const RETRY_EARN: f64 = 0.2;
+const RETRY_CAP: f64 = 10.0;
 
 /// One server of a group, with its idle connections (most recently used last).
 #[derive(Debug)]
@@ -45,25 +54,42 @@ impl Upstream {
             servers: cfg
                 .servers
                 .iter()
-                .map(|addr| Server {
-                    addr: addr.clone(),
+                .map(|s| Server {
+                    addr: s.addr.clone(),
                     idle: RefCell::new(Vec::new()),
                     keepalive: usize::try_from(cfg.keepalive).unwrap_or(0),
                     idle_timeout: cfg.idle_timeout.0,
                 })
                 .collect(),
-            next: Cell::new(0),
+            balancer: RefCell::new(Balancer::new(
+                cfg.balance,
+                &cfg.servers
+                    .iter()
+                    .map(|s| (s.weight, s.backup))
+                    .collect::<Vec<_>>(),
+                cfg.max_fails,
+                cfg.fail_timeout.0,
+            )),
+            retry_tokens: Cell::new(RETRY_CAP),
             connect_timeout: cfg.connect_timeout.0,
             read_timeout: cfg.read_timeout.0,
         }
     }
 
-    /// The servers in the order this request tries them (round-robin start).
-    pub fn order(&self) -> impl Iterator<Item = &Server> {
-        let n = self.servers.len();
-        let start = self.next.get() % n.max(1);
-        self.next.set(start + 1);
-        (0..n).map(move |i| &self.servers[(start + i) % n])
+    /// A request arrived: it earns retry tokens.
+    pub fn request(&self) {
+        self.retry_tokens
+            .set((self.retry_tokens.get() + RETRY_EARN).min(RETRY_CAP));
+    }
+
+    /// Spends a retry token; false when the budget is used up.
+    pub fn may_retry(&self) -> bool {
+        let t = self.retry_tokens.get();
+        if t < 1.0 {
+            return false;
+        }
+        self.retry_tokens.set(t - 1.0);
+        true
     }
 }
 

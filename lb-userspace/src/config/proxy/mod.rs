@@ -3,17 +3,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub mod validate;
+
 use serde::{Deserialize, Serialize};
 
-use super::units::{Dur, ListenAddr, parse_cidr};
+use super::units::{Dur, ListenAddr};
 
 /// A group of servers the proxy routes of a cell share a connection pool for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// `host:port` or `unix:/path`, tried in turn (round-robin).
-    pub servers: Vec<ListenAddr>,
+    /// `"host:port"`, `"unix:/path"`, or `{ addr, weight, backup }`.
+    pub servers: Vec<UpstreamServer>,
+    /// Which server takes a request.
+    #[serde(default)]
+    pub balance: Balance,
     /// Idle pooled connections kept per cell and server.
     #[serde(default = "default_keepalive")]
     pub keepalive: i64,
@@ -26,6 +31,82 @@ pub struct UpstreamConfig {
     /// timeout closes them under a request.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// Failures (connect errors, timeouts, invalid responses) within `fail_timeout` that take
+    /// a server out for `fail_timeout` (0: never).
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Dur,
+}
+
+/// How a cell chooses among an upstream's servers that are up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx's).
+    #[default]
+    RoundRobin,
+    /// Fewest requests in flight per unit of weight.
+    LeastConn,
+    /// Two random choices, the lower peak-EWMA latency times load.
+    P2cEwma,
+    /// By client address (rendezvous hashing): a client keeps its server while it is up.
+    Hash,
+}
+
+/// One server of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ServerRepr")]
+pub struct UpstreamServer {
+    pub addr: ListenAddr,
+    pub weight: u32,
+    /// Used only while every other server is down.
+    pub backup: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ServerRepr {
+    Addr(ListenAddr),
+    Table(ServerTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTable {
+    addr: ListenAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_max_fails() -> u32 {
+    1
+}
+fn default_fail_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+impl TryFrom<ServerRepr> for UpstreamServer {
+    type Error = String;
+    fn try_from(r: ServerRepr) -> Result<Self, String> {
+        Ok(match r {
+            ServerRepr::Addr(addr) => UpstreamServer {
+                addr,
+                weight: 1,
+                backup: false,
+            },
+            ServerRepr::Table(t) => UpstreamServer {
+                addr: t.addr,
+                weight: t.weight,
+                backup: t.backup,
+            },
+        })
+    }
 }
 
 fn default_keepalive() -> i64 {
@@ -46,7 +127,14 @@ impl UpstreamConfig {
     pub fn single(name: String, server: ListenAddr) -> Self {
         UpstreamConfig {
             name,
-            servers: vec![server],
+            servers: vec![UpstreamServer {
+                addr: server,
+                weight: 1,
+                backup: false,
+            }],
+            balance: Balance::RoundRobin,
+            max_fails: default_max_fails(),
+            fail_timeout: default_fail_timeout(),
             keepalive: default_keepalive(),
             connect_timeout: default_connect_timeout(),
             read_timeout: default_io_timeout(),
@@ -215,120 +303,6 @@ pub fn parse_proxy_url(url: &str) -> Result<(ListenAddr, Option<String>), String
     Ok((addr, path))
 }
 
-/// A proxy route: a `url` becomes an upstream of one server (shared by routes with the same
-/// server) and the path part; the upstream must exist; headers must be valid.
-pub fn validate_proxy(
-    p: &mut ProxyConfig,
-    upstreams: &mut Vec<UpstreamConfig>,
-    key: &dyn Fn(&str) -> String,
-    bad: &mut dyn FnMut(String, String),
-) {
-    match (p.url.take(), p.upstream.is_empty()) {
-        (Some(_), false) => bad(key("proxy"), "give `upstream` or `url`, not both".into()),
-        (None, true) => bad(
-            key("proxy.upstream"),
-            "is required (the name of an [[upstream]]), or give `url`".into(),
-        ),
-        (Some(url), true) => match parse_proxy_url(&url) {
-            Err(e) => bad(key("proxy"), e),
-            Ok((server, path)) => {
-                let name = server.to_string();
-                if !upstreams.iter().any(|u| u.name == name) {
-                    upstreams.push(UpstreamConfig::single(name.clone(), server));
-                }
-                p.upstream = name;
-                if p.path.is_none() {
-                    p.path = path;
-                }
-            }
-        },
-        (None, false) => {
-            if !upstreams.iter().any(|u| u.name == p.upstream) {
-                bad(
-                    key("proxy.upstream"),
-                    format!("no [[upstream]] is named {:?}", p.upstream),
-                );
-            }
-        }
-    }
-    if let Some(path) = &p.path
-        && !path.starts_with('/')
-    {
-        bad(key("proxy.path"), format!("{path:?} must start with '/'"));
-    }
-    if let Redirect::Pairs(pairs) = &p.redirect {
-        for (j, (from, _)) in pairs.iter().enumerate() {
-            if from.is_empty() {
-                bad(
-                    key(&format!("proxy.redirect[{j}]")),
-                    "`from` cannot be empty".into(),
-                );
-            }
-        }
-    }
-    for (name, value) in &p.set_headers {
-        let k = key(&format!("proxy.set_headers.{name}"));
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            bad(k.clone(), "is not a valid header name".into());
-        }
-        let mut rest = value.as_str();
-        while let Some(i) = rest.find('$') {
-            let var: String = rest[i + 1..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !PROXY_VARIABLES.contains(&var.as_str()) {
-                bad(
-                    k.clone(),
-                    format!("unknown variable ${var} (known: $host, $remote_addr, $scheme)"),
-                );
-            }
-            rest = &rest[i + 1 + var.len()..];
-        }
-        if http::HeaderValue::from_str(value).is_err() {
-            bad(k, format!("{value:?} is not a valid header value"));
-        }
-    }
-    for (j, cidr) in p.trusted_proxies.iter().enumerate() {
-        if let Err(e) = parse_cidr(cidr) {
-            bad(key(&format!("proxy.trusted_proxies[{j}]")), e);
-        }
-    }
-}
-
-/// Variables a `set_headers` value may use.
-pub const PROXY_VARIABLES: [&str; 3] = ["host", "remote_addr", "scheme"];
-
-pub fn validate_upstreams(upstreams: &[UpstreamConfig], bad: &mut dyn FnMut(String, String)) {
-    let mut names = std::collections::HashSet::new();
-    for (i, u) in upstreams.iter().enumerate() {
-        let key = |k: &str| format!("upstream[{i}].{k}");
-        if u.name.is_empty() {
-            bad(key("name"), "is required".into());
-        } else if !names.insert(u.name.as_str()) {
-            bad(
-                key("name"),
-                format!("{:?} is used by another upstream", u.name),
-            );
-        }
-        if u.servers.is_empty() {
-            bad(key("servers"), "at least one server is needed".into());
-        }
-        if u.keepalive < 0 {
-            bad(key("keepalive"), "cannot be negative".into());
-        }
-        for (name, d) in [
-            ("connect_timeout", u.connect_timeout),
-            ("read_timeout", u.read_timeout),
-            ("idle_timeout", u.idle_timeout),
-        ] {
-            if d.0.is_zero() {
-                bad(key(name), "must be more than 0".into());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,93 +339,5 @@ mod tests {
             assert_eq!(serde_json::from_str::<Redirect>(&j).unwrap(), r);
         }
         assert!(serde_json::from_str::<Redirect>("\"sometimes\"").is_err());
-    }
-
-    fn validate(text: &str) -> (crate::config::Config, Vec<(String, String)>) {
-        let mut cfg = crate::config::Config::parse(text, "t.toml").expect("parses");
-        let errors = match cfg.validate() {
-            Ok(()) => Vec::new(),
-            Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
-        };
-        (cfg, errors)
-    }
-
-    #[test]
-    fn url_shorthands_become_upstreams() {
-        let (cfg, errors) = validate(
-            r#"
-            [[route]]
-            prefix = "/a/"
-            proxy = "http://127.0.0.1:8001/"
-            [[route]]
-            prefix = "/b/"
-            proxy = { url = "http://127.0.0.1:8001/v2/", redirect = "off" }
-            [[route]]
-            prefix = "/c"
-            proxy = "unix:/run/c.sock"
-            "#,
-        );
-        assert!(errors.is_empty(), "{errors:?}");
-        let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["127.0.0.1:8001", "unix:/run/c.sock"],
-            "one upstream per server"
-        );
-        let p = |i: usize| cfg.routes[i].proxy.as_ref().unwrap();
-        assert_eq!(
-            (p(0).upstream.as_str(), p(0).path.as_deref()),
-            ("127.0.0.1:8001", Some("/"))
-        );
-        assert_eq!(p(1).path.as_deref(), Some("/v2/"));
-        assert_eq!(p(1).redirect, Redirect::Off);
-        assert_eq!(p(2).path, None);
-        assert!(p(0).url.is_none(), "resolved before the cells see it");
-    }
-
-    #[test]
-    fn every_proxy_problem_is_reported() {
-        let (_, errors) = validate(
-            r#"
-            [[upstream]]
-            name = "app"
-            servers = []
-            keepalive = -1
-            read_timeout = 0
-            [[upstream]]
-            name = "app"
-            servers = ["127.0.0.1:1"]
-            [[route]]
-            prefix = "/a/"
-            proxy = { upstream = "nope", path = "x", set_headers = { "X-Y" = "$bogus", "bad name" = "v" }, trusted_proxies = ["10.0.0.0/99"] }
-            [[route]]
-            prefix = "/b/"
-            proxy = { upstream = "app", url = "http://127.0.0.1:2/" }
-            [[route]]
-            prefix = "/c/"
-            proxy = "https://127.0.0.1:3/"
-            [[route]]
-            prefix = "/d/"
-            proxy = "http://127.0.0.1:4/"
-            static = { root = "/tmp" }
-            "#,
-        );
-        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
-        for want in [
-            "route[0].proxy.upstream",
-            "route[0].proxy.path",
-            "route[0].proxy.set_headers.X-Y",
-            "route[0].proxy.set_headers.bad name",
-            "route[0].proxy.trusted_proxies[0]",
-            "route[1].proxy",
-            "route[2].proxy",
-            "route[3]",
-            "upstream[0].servers",
-            "upstream[0].keepalive",
-            "upstream[0].read_timeout",
-            "upstream[1].name",
-        ] {
-            assert!(keys.contains(&want), "{want} missing from {errors:#?}");
-        }
     }
 }

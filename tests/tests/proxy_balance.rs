@@ -1,0 +1,163 @@
+//! How a proxy route's upstream group shares requests: weights, backups, servers taken out
+//! after failures, hashing by client, and retries of what may be sent again.
+use portico_tests::*;
+
+/// Starts portico with `upstream` (the `[[upstream]]` body after `name`) behind `/u/`.
+fn serve(site: &Site, upstream: &str) -> Portico {
+    let cfg = format!(
+        "[server]\nworkers = 1\n[[upstream]]\nname = \"u\"\n{upstream}\n[[route]]\nprefix = \"/u/\"\nproxy = {{ upstream = \"u\", path = \"/\" }}\n"
+    );
+    site.file("p.toml", cfg.as_bytes());
+    Portico::start(&["-c", &site.root("p.toml")])
+}
+
+/// Which backends (`<tag>`) took `n` GETs of `path`.
+fn tags(p: &Portico, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = get(p.addr, path).unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.text().split(' ').next().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+fn count(v: &[String], tag: &str) -> usize {
+    v.iter().filter(|t| *t == tag).count()
+}
+
+#[test]
+fn proxy_balance_follows_weights_and_keeps_backups_for_outages() {
+    let site = Site::new();
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let c = tagged_backend("c", 30.0, site.path().join("c.log"));
+    let p = serve(
+        &site,
+        &format!(
+            "servers = [{{ addr = \"{}\", weight = 3 }}, \"{}\", {{ addr = \"{}\", backup = true }}]",
+            a.addr(),
+            b.addr(),
+            c.addr()
+        ),
+    );
+    let seen = tags(&p, "/u/x", 40);
+    assert_eq!(
+        (count(&seen, "a"), count(&seen, "b"), count(&seen, "c")),
+        (30, 10, 0)
+    );
+    // Both primaries gone: the backup serves, with no client error.
+    drop(a);
+    drop(b);
+    let seen = tags(&p, "/u/x", 10);
+    assert_eq!(count(&seen, "c"), 10, "{seen:?}");
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the outage logged",
+        || {
+            p.stderr_text()
+                .contains("out of the group for fail_timeout")
+        },
+    );
+}
+
+#[test]
+fn proxy_balance_takes_a_dead_server_out_and_loses_no_request() {
+    let site = Site::new();
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let p = serve(
+        &site,
+        &format!(
+            "servers = [\"{}\", \"{}\"]\nmax_fails = 1\nfail_timeout = \"30s\"",
+            a.addr(),
+            b.addr()
+        ),
+    );
+    assert_eq!(count(&tags(&p, "/u/x", 4), "a"), 2);
+    drop(a);
+    // Every request succeeds (the refused one goes to b), and a is tried once only.
+    let seen = tags(&p, "/u/x", 20);
+    assert_eq!(count(&seen, "b"), 20);
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal logged",
+        || p.stderr_text().contains("connect failed"),
+    );
+    let refusals = p.stderr_text().matches("connect failed").count();
+    assert_eq!(refusals, 1, "{}", p.stderr_text());
+}
+
+#[test]
+fn proxy_balance_hash_keeps_a_client_on_one_server() {
+    let site = Site::new();
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let p = serve(
+        &site,
+        &format!(
+            "servers = [\"{}\", \"{}\"]\nbalance = \"hash\"",
+            a.addr(),
+            b.addr()
+        ),
+    );
+    let seen = tags(&p, "/u/x", 10);
+    assert!(seen.iter().all(|t| *t == seen[0]), "{seen:?}");
+}
+
+#[test]
+fn proxy_balance_least_conn_and_p2c_serve() {
+    for policy in ["least-conn", "p2c-ewma"] {
+        let site = Site::new();
+        let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+        let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+        let p = serve(
+            &site,
+            &format!(
+                "servers = [\"{}\", \"{}\"]\nbalance = \"{policy}\"",
+                a.addr(),
+                b.addr()
+            ),
+        );
+        let seen = tags(&p, "/u/x", 10);
+        assert_eq!(count(&seen, "a") + count(&seen, "b"), 10, "{policy}");
+    }
+}
+
+#[test]
+fn proxy_balance_retries_a_timed_out_get_but_never_a_post() {
+    let site = Site::new();
+    // Both servers are slow: the GET is tried on each (504 after both), the POST once.
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let p = serve(
+        &site,
+        &format!(
+            "servers = [\"{}\", \"{}\"]\nread_timeout = \"1s\"\nmax_fails = 0",
+            a.addr(),
+            b.addr()
+        ),
+    );
+    let r = get(p.addr, "/u/slow?s=3").unwrap();
+    assert_eq!(r.status, 504);
+    // One line per server tried (the log reaches the test a little after the response).
+    let tries = |p: &Portico| {
+        p.stderr_text()
+            .lines()
+            .filter(|l| l.contains(" server 127.0.0.1:") && l.contains("no response within"))
+            .count()
+    };
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "both servers tried",
+        || tries(&p) >= 2,
+    );
+    let r = request(p.addr, "POST", "/u/slow?s=3", &[("Content-Length", "0")]).unwrap();
+    assert_eq!(r.status, 504);
+    wait_until(std::time::Duration::from_secs(5), "the POST tried", || {
+        tries(&p) >= 3
+    });
+    // A fast path on the same group still works, and the POST was not sent again.
+    assert_eq!(get(p.addr, "/u/x").unwrap().status, 200);
+    assert_eq!(tries(&p), 3, "{}", p.stderr_text());
+}
