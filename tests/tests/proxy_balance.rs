@@ -161,3 +161,81 @@ fn proxy_balance_retries_a_timed_out_get_but_never_a_post() {
     assert_eq!(get(p.addr, "/u/x").unwrap().status, 200);
     assert_eq!(tries(&p), 3, "{}", p.stderr_text());
 }
+
+#[test]
+fn proxy_balance_metrics_count_per_server() {
+    let site = Site::new();
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let (a_addr, b_addr) = (a.addr(), b.addr());
+    let p = serve(
+        &site,
+        &format!("servers = [\"{a_addr}\", \"{b_addr}\"]\nfail_timeout = \"30s\""),
+    );
+    drop(a);
+    assert_eq!(count(&tags(&p, "/u/x", 6), "b"), 6);
+    let series = |name: &str, server: std::net::SocketAddr, extra: &str| {
+        format!("{name}{{upstream=\"u\",server=\"{server}\"{extra}}}")
+    };
+    let text = p.wait_metrics(std::time::Duration::from_secs(5), |m| {
+        metric_value(
+            m,
+            &series(
+                "portico_upstream_requests_total",
+                b_addr,
+                ",status_class=\"2xx\"",
+            ),
+        ) == Some(6.0)
+    });
+    assert_eq!(
+        metric_value(
+            &text,
+            &series("portico_upstream_connect_errors_total", a_addr, "")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, &series("portico_upstream_server_up", a_addr, "")),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(&text, &series("portico_upstream_server_up", b_addr, "")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            &series("portico_upstream_response_header_seconds_count", b_addr, "")
+        ),
+        Some(6.0)
+    );
+    // The names and help texts pass Prometheus's own checks.
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !said.contains("portico_upstream"),
+            "promtool on the upstream series:\n{said}"
+        );
+    } else {
+        skip_part(
+            "proxy_balance_metrics_count_per_server",
+            "promtool",
+            "promtool not installed (cargo xtask test installs it)",
+        );
+    }
+}

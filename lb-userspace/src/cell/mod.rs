@@ -137,7 +137,7 @@ async fn serve(
         Router::new(
             &cfg.routes,
             pools,
-            &proxy::pool::Upstreams::new(&cfg.upstreams),
+            &proxy::pool::Upstreams::new(&cfg.upstreams, metrics.cell(index)),
         ),
         cfg.limits.clone(),
         metrics.cell(index),

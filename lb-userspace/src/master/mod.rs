@@ -66,6 +66,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         xdp: std::cell::RefCell::new(xdp),
         pins: std::cell::RefCell::new(pins),
         routes: std::cell::RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
+        upstream_servers: std::cell::RefCell::new(upstream_labels(&cfg)),
         listeners: std::cell::RefCell::new(listener_dups(&listeners)),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -401,6 +402,7 @@ impl Master {
             }
         }
         *self.state.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
+        *self.state.upstream_servers.borrow_mut() = upstream_labels(&cfg);
         self.cfg = cfg;
         if let Some(n) = resize_to
             && n != self.sup.workers()
@@ -465,6 +467,18 @@ impl Master {
         tracing::info!("stopped");
         Ok(0)
     }
+}
+
+/// (upstream, server) for every upstream server, in the order the cells number them.
+fn upstream_labels(cfg: &Config) -> Vec<(String, String)> {
+    cfg.upstreams
+        .iter()
+        .flat_map(|u| {
+            u.servers
+                .iter()
+                .map(|s| (u.name.clone(), s.addr.to_string()))
+        })
+        .collect()
 }
 
 fn describe(st: ExitStatus) -> String {

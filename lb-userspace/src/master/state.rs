@@ -17,6 +17,9 @@ pub struct MasterState {
     pub pins: RefCell<Option<PinDir>>,
     /// Route prefixes in configuration order: the `route` label (updated on reload).
     pub routes: RefCell<Vec<String>>,
+    /// (upstream, server) of every upstream server in configuration order: the labels of the
+    /// upstream series (updated on reload).
+    pub upstream_servers: RefCell<Vec<(String, String)>>,
     /// (listen address, cell, a duplicate of the listener) for accept-queue lengths.
     pub listeners: RefCell<Vec<(String, usize, OwnedFd)>>,
 }

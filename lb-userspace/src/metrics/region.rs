@@ -99,9 +99,34 @@ fn hist_observe(h: &[AtomicU64], ns: u64) {
     h[HIST_LEN - 1].fetch_add(ns, Relaxed);
 }
 
+/// Most upstream servers (over every `[[upstream]]`, in configuration order) with metrics.
+pub const MAX_UPSTREAM_SERVERS: usize = 64;
+
+/// Offsets inside one upstream server's block (one per cell).
+pub mod upstream_counter {
+    use crate::metrics::region::{CLASSES, HIST_LEN};
+    /// Responses by status class.
+    pub const RESPONSES: usize = 0;
+    pub const CONNECT_ERRORS: usize = RESPONSES + CLASSES.len();
+    /// Requests sent again to the next server, after an error or a timeout.
+    pub const RETRIES_ERROR: usize = CONNECT_ERRORS + 1;
+    pub const RETRIES_TIMEOUT: usize = RETRIES_ERROR + 1;
+    /// Gauges: 1 while this cell takes the server as up; pooled idle connections; requests in
+    /// flight.
+    pub const DOWN: usize = RETRIES_TIMEOUT + 1;
+    pub const IDLE: usize = DOWN + 1;
+    pub const IN_FLIGHT: usize = IDLE + 1;
+    /// Time from sending a request to its response head.
+    pub const HEADER_HIST: usize = IN_FLIGHT + 1;
+    pub const LEN: usize = HEADER_HIST + HIST_LEN;
+}
+
 const CELL_AREA: usize = lb_common::MAX_CELLS as usize * COUNTERS_PER_CELL;
 const ROUTE_AREA_PER_CELL: usize = ROUTE_BLOCKS * route_counter::LEN;
-const TOTAL_COUNTERS: usize = CELL_AREA + lb_common::MAX_CELLS as usize * ROUTE_AREA_PER_CELL;
+const UPSTREAM_AREA_PER_CELL: usize = MAX_UPSTREAM_SERVERS * upstream_counter::LEN;
+const ROUTE_AREA: usize = lb_common::MAX_CELLS as usize * ROUTE_AREA_PER_CELL;
+const TOTAL_COUNTERS: usize =
+    CELL_AREA + ROUTE_AREA + lb_common::MAX_CELLS as usize * UPSTREAM_AREA_PER_CELL;
 
 /// The whole shared region: per-cell counters, then per-cell route histograms. The memfd is
 /// sparse: only the pages of cells and routes in use are ever touched.
@@ -146,9 +171,11 @@ impl MetricsRegion {
         let all = self.counters.all();
         let start = index * COUNTERS_PER_CELL;
         let rstart = CELL_AREA + index * ROUTE_AREA_PER_CELL;
+        let ustart = CELL_AREA + ROUTE_AREA + index * UPSTREAM_AREA_PER_CELL;
         CellStats {
             s: &all[start..start + COUNTERS_PER_CELL],
             routes: &all[rstart..rstart + ROUTE_AREA_PER_CELL],
+            upstreams: &all[ustart..ustart + UPSTREAM_AREA_PER_CELL],
         }
     }
 }
@@ -158,6 +185,7 @@ impl MetricsRegion {
 pub struct CellStats<'a> {
     s: &'a [AtomicU64],
     routes: &'a [AtomicU64],
+    upstreams: &'a [AtomicU64],
 }
 
 impl std::fmt::Debug for CellStats<'_> {
@@ -187,6 +215,19 @@ impl CellStats<'_> {
     pub fn route(&self, route: usize) -> &[AtomicU64] {
         let r = route.min(ROUTE_BLOCKS - 1) * route_counter::LEN;
         &self.routes[r..r + route_counter::LEN]
+    }
+    /// One upstream server's block (`server`: its index over every upstream's servers).
+    pub fn upstream(&self, server: usize) -> &[AtomicU64] {
+        let r = server.min(MAX_UPSTREAM_SERVERS - 1) * upstream_counter::LEN;
+        &self.upstreams[r..r + upstream_counter::LEN]
+    }
+    /// A response head from an upstream server, after `ns`.
+    pub fn observe_upstream(&self, server: usize, status: u16, ns: u64) {
+        let u = self.upstream(server);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        u[upstream_counter::RESPONSES + class].fetch_add(1, Relaxed);
+        let h = upstream_counter::HEADER_HIST;
+        hist_observe(&u[h..h + HIST_LEN], ns);
     }
     /// A finished request (its body handed to the socket): duration and body bytes by route.
     pub fn observe_request(&self, route: usize, method: usize, status: u16, ns: u64, body: u64) {

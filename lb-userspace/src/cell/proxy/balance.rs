@@ -112,6 +112,11 @@ impl Balancer {
         })
     }
 
+    /// Requests in flight on server `i`.
+    pub fn in_flight(&self, i: usize) -> u32 {
+        self.servers[i].in_flight
+    }
+
     /// A request went to server `i`.
     pub fn started(&mut self, i: usize) {
         self.servers[i].in_flight += 1;

@@ -9,6 +9,7 @@ pub mod route;
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -18,7 +19,7 @@ use wsgi_worker::ConnInfo;
 
 use crate::cell::body::{Body, status_page};
 use crate::cell::context::CellCtx;
-use crate::metrics::CellStats;
+use crate::metrics::{CellStats, upstream_counter};
 use balance::Outcome;
 use pool::{Sender, Server, UpBody};
 use route::ProxyRoute;
@@ -130,11 +131,15 @@ pub async fn call(
         tried.push(i);
         let server = &upstream.servers[i];
         upstream.balancer.borrow_mut().started(i);
+        upstream.publish(i, now);
         let failed = |why: &str| {
             let now = Instant::now();
             let mut b = upstream.balancer.borrow_mut();
             b.finished(i, now, Outcome::Failed);
-            if b.went_down(i, now) {
+            let down = b.went_down(i, now);
+            drop(b);
+            upstream.publish(i, now);
+            if down {
                 tracing::warn!(
                     "upstream {} server {}: {why}; out of the group for fail_timeout",
                     upstream.name,
@@ -154,6 +159,8 @@ pub async fn call(
                 None => match server.connect(upstream.connect_timeout).await {
                     Ok(s) => s,
                     Err(e) => {
+                        upstream.counters(i)[upstream_counter::CONNECT_ERRORS]
+                            .fetch_add(1, Relaxed);
                         last_error = format!("connect failed: {e}");
                         failed(&last_error);
                         continue 'servers;
@@ -167,10 +174,17 @@ pub async fn call(
             let sent_at = Instant::now();
             match attempt(sender, build(b, server), upstream.read_timeout).await {
                 Attempt::Answered(resp, sender) => {
-                    upstream.balancer.borrow_mut().finished(
-                        i,
-                        Instant::now(),
-                        Outcome::Answered(sent_at.elapsed()),
+                    let took = sent_at.elapsed();
+                    let now = Instant::now();
+                    upstream
+                        .balancer
+                        .borrow_mut()
+                        .finished(i, now, Outcome::Answered(took));
+                    upstream.publish(i, now);
+                    upstream.stats.observe_upstream(
+                        upstream.base + i,
+                        resp.status().as_u16(),
+                        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
                     );
                     let give_back = {
                         let upstream = upstream.clone();
@@ -214,6 +228,12 @@ pub async fn call(
                     give_up = (status, true);
                     last_error = why;
                     if idempotent && replayable && upstream.may_retry() {
+                        let counter = if status == StatusCode::GATEWAY_TIMEOUT {
+                            upstream_counter::RETRIES_TIMEOUT
+                        } else {
+                            upstream_counter::RETRIES_ERROR
+                        };
+                        upstream.counters(i)[counter].fetch_add(1, Relaxed);
                         body = Some(UpBody::Empty);
                         continue 'servers;
                     }

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use super::balance::Balancer;
 use crate::config::{ListenAddr, UpstreamConfig};
+use crate::metrics::{CellStats, upstream_counter};
 
 /// A pooled connection's sender.
 pub type Sender = SendRequest<UpBody>;
@@ -24,6 +25,9 @@ pub type Sender = SendRequest<UpBody>;
 pub struct Upstream {
     pub name: String,
     pub servers: Vec<Server>,
+    /// The cell's metrics, and the index of this group's first server in them.
+    pub stats: CellStats<'static>,
+    pub base: usize,
     /// Which server is up and takes the next request.
     pub balancer: RefCell<Balancer>,
     /// Retries allowed: a fifth of the requests, and a few to start with.
@@ -42,20 +46,28 @@ const RETRY_CAP: f64 = 10.0;
 #[derive(Debug)]
 pub struct Server {
     pub addr: ListenAddr,
+    /// This server's metrics block.
+    stats: CellStats<'static>,
+    index: usize,
     idle: RefCell<Vec<(Sender, Instant)>>,
     keepalive: usize,
     idle_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    pub fn new(cfg: &UpstreamConfig, base: usize, stats: CellStats<'static>) -> Self {
         Upstream {
             name: cfg.name.clone(),
+            stats,
+            base,
             servers: cfg
                 .servers
                 .iter()
-                .map(|s| Server {
+                .enumerate()
+                .map(|(i, s)| Server {
                     addr: s.addr.clone(),
+                    stats,
+                    index: base + i,
                     idle: RefCell::new(Vec::new()),
                     keepalive: usize::try_from(cfg.keepalive).unwrap_or(0),
                     idle_timeout: cfg.idle_timeout.0,
@@ -74,6 +86,20 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout.0,
             read_timeout: cfg.read_timeout.0,
         }
+    }
+
+    /// Server `i`'s metrics block.
+    pub fn counters(&self, i: usize) -> &[std::sync::atomic::AtomicU64] {
+        self.stats.upstream(self.base + i)
+    }
+
+    /// Publishes server `i`'s state as this cell sees it (up, requests in flight).
+    pub fn publish(&self, i: usize, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = self.balancer.borrow();
+        let c = self.counters(i);
+        c[upstream_counter::DOWN].store(u64::from(!b.is_up(i, now)), Relaxed);
+        c[upstream_counter::IN_FLIGHT].store(u64::from(b.in_flight(i)), Relaxed);
     }
 
     /// A request arrived: it earns retry tokens.
@@ -104,9 +130,11 @@ impl Server {
                 && sender.is_ready()
                 && !sender.is_closed()
             {
+                self.publish_idle(idle.len());
                 return Some(sender);
             }
         }
+        self.publish_idle(0);
         None
     }
 
@@ -124,6 +152,12 @@ impl Server {
         if idle.len() < self.keepalive {
             idle.push((sender, now));
         }
+        self.publish_idle(idle.len());
+    }
+
+    fn publish_idle(&self, n: usize) {
+        self.stats.upstream(self.index)[upstream_counter::IDLE]
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A new connection (its driver runs on the cell's event loop until it closes).
@@ -165,8 +199,18 @@ where
 pub struct Upstreams(Vec<Rc<Upstream>>);
 
 impl Upstreams {
-    pub fn new(cfgs: &[UpstreamConfig]) -> Self {
-        Upstreams(cfgs.iter().map(|c| Rc::new(Upstream::new(c))).collect())
+    /// Every group of `cfgs`, its servers numbered in configuration order for the metrics.
+    pub fn new(cfgs: &[UpstreamConfig], stats: CellStats<'static>) -> Self {
+        let mut base = 0;
+        Upstreams(
+            cfgs.iter()
+                .map(|c| {
+                    let u = Rc::new(Upstream::new(c, base, stats));
+                    base += c.servers.len();
+                    u
+                })
+                .collect(),
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<Rc<Upstream>> {

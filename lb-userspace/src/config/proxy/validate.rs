@@ -87,6 +87,16 @@ pub fn validate_proxy(
 pub const PROXY_VARIABLES: [&str; 3] = ["host", "remote_addr", "scheme"];
 
 pub fn validate_upstreams(upstreams: &[UpstreamConfig], bad: &mut dyn FnMut(String, String)) {
+    let total: usize = upstreams.iter().map(|u| u.servers.len()).sum();
+    if total > crate::metrics::MAX_UPSTREAM_SERVERS {
+        bad(
+            "upstream".into(),
+            format!(
+                "{total} servers in all; at most {} (each has its block of shared metrics counters)",
+                crate::metrics::MAX_UPSTREAM_SERVERS
+            ),
+        );
+    }
     let mut names = std::collections::HashSet::new();
     for (i, u) in upstreams.iter().enumerate() {
         let key = |k: &str| format!("upstream[{i}].{k}");

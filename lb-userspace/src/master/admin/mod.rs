@@ -88,6 +88,7 @@ fn handle<B>(
         "/metrics" => {
             let snap = shared.ebpf_snapshot();
             let routes = shared.routes.borrow();
+            let upstreams = shared.upstream_servers.borrow();
             let format = crate::metrics::exposition::Format::negotiate(
                 req.headers()
                     .get(header::ACCEPT)
@@ -98,6 +99,7 @@ fn handle<B>(
                 cells,
                 &snap,
                 &routes,
+                &upstreams,
                 &shared.proc_snapshot(),
                 format,
             ) {

@@ -1,14 +1,18 @@
 //! The `/metrics` families, built straight from the shared counters (a scrape allocates per
 //! series, not per label lookup), one builder per group of families.
-use std::sync::atomic::Ordering::Relaxed;
 
-use prometheus::proto::{Metric, MetricFamily, MetricType};
+mod build;
+mod routes;
+mod upstreams;
+
+use prometheus::proto::{MetricFamily, MetricType};
 
 use super::exposition::Format;
-use super::region::{
-    BOUNDS_NS, CLASSES, HIST_LEN, MAX_ROUTES, METHODS, MetricsRegion, cell_counter, route_counter,
-};
+use super::region::{CLASSES, MetricsRegion, cell_counter};
 use super::snapshot::{EbpfSnapshot, ProcSnapshot};
+use build::{Families, gauge_metric, scalar_metric};
+use routes::route_families;
+use upstreams::upstream_families;
 
 /// Renders the exposition for `cells` cells in `format`.
 pub fn render(
@@ -16,6 +20,7 @@ pub fn render(
     cells: usize,
     bpf: &EbpfSnapshot,
     routes: &[String],
+    upstreams: &[(String, String)],
     procs: &ProcSnapshot,
     format: Format,
 ) -> anyhow::Result<String> {
@@ -25,21 +30,11 @@ pub fn render(
     wsgi_families(&mut out, region, cells);
     ebpf_families(&mut out, bpf, cells);
     listen_families(&mut out, procs);
+    upstream_families(&mut out, region, cells, upstreams);
     families.extend(out.0);
     families.extend(route_families(region, cells, routes));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     super::exposition::encode(families, format)
-}
-
-/// Families with at least one series.
-struct Families(Vec<MetricFamily>);
-
-impl Families {
-    fn add(&mut self, name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) {
-        if !metrics.is_empty() {
-            self.0.push(family(name, help, kind, metrics));
-        }
-    }
 }
 
 /// Registered through the `prometheus` registry: build info, the eBPF switch and the master's
@@ -326,189 +321,12 @@ fn listen_families(out: &mut Families, procs: &ProcSnapshot) {
     );
 }
 
-fn gauge_metric(pairs: &[(&str, &str)], v: f64) -> Metric {
-    let mut g = prometheus::proto::Gauge::default();
-    g.set_value(v);
-    let mut m = Metric::default();
-    m.set_label(labels(pairs));
-    m.set_gauge(g);
-    m
-}
-
-/// Sums one histogram over every cell.
-fn sum_hist(region: &MetricsRegion, cells: usize, route: usize, at: usize) -> [u64; HIST_LEN] {
-    let mut h = [0u64; HIST_LEN];
-    for c in 0..cells {
-        let r = region.cell(c);
-        let r = r.route(route);
-        for (k, v) in h.iter_mut().enumerate() {
-            *v += r[at + k].load(Relaxed);
-        }
-    }
-    h
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Vec<prometheus::proto::LabelPair> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            let mut l = prometheus::proto::LabelPair::default();
-            l.set_name(k.to_string());
-            l.set_value(v.to_string());
-            l
-        })
-        .collect()
-}
-
-fn histogram_metric(pairs: &[(&str, &str)], h: &[u64; HIST_LEN]) -> Metric {
-    use prometheus::proto::{Bucket, Histogram, Metric};
-    let mut buckets = Vec::with_capacity(BOUNDS_NS.len());
-    let mut cumulative = 0;
-    for (i, b) in BOUNDS_NS.iter().enumerate() {
-        cumulative += h[i];
-        let mut bucket = Bucket::default();
-        bucket.set_upper_bound(*b as f64 / 1e9);
-        bucket.set_cumulative_count(cumulative);
-        buckets.push(bucket);
-    }
-    let mut hist = Histogram::default();
-    hist.set_bucket(buckets);
-    hist.set_sample_count(h[..HIST_LEN - 1].iter().sum());
-    hist.set_sample_sum(h[HIST_LEN - 1] as f64 / 1e9);
-    let mut m = Metric::default();
-    m.set_label(labels(pairs));
-    m.set_histogram(hist);
-    m
-}
-
-fn scalar_metric(pairs: &[(&str, &str)], v: f64) -> Metric {
-    let mut c = prometheus::proto::Counter::default();
-    c.set_value(v);
-    let mut m = Metric::default();
-    m.set_label(labels(pairs));
-    m.set_counter(c);
-    m
-}
-
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.into());
-    f.set_help(help.into());
-    f.set_field_type(kind);
-    f.set_metric(metrics);
-    f
-}
-
-/// Per-route series, summed over cells. Series that never saw a request are left out, so the
-/// exposition grows with what is served, not with routes x methods x classes.
-pub fn route_families(
-    region: &MetricsRegion,
-    cells: usize,
-    routes: &[String],
-) -> Vec<MetricFamily> {
-    use prometheus::proto::MetricType;
-    let (mut durations, mut requests, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut waits, mut runs, mut raised) = (Vec::new(), Vec::new(), Vec::new());
-    for index in 0..=routes.len().min(MAX_ROUTES) {
-        let route = if index == 0 {
-            "none"
-        } else {
-            routes[index - 1].as_str()
-        };
-        let mut by_class = [0u64; CLASSES.len()];
-        let mut seen = false;
-        for (m, method) in METHODS.iter().enumerate() {
-            for (c, class) in CLASSES.iter().enumerate() {
-                let at = route_counter::REQUEST_HIST + (m * CLASSES.len() + c) * HIST_LEN;
-                let h = sum_hist(region, cells, index, at);
-                let n: u64 = h[..HIST_LEN - 1].iter().sum();
-                if n > 0 {
-                    by_class[c] += n;
-                    seen = true;
-                    durations.push(histogram_metric(
-                        &[
-                            ("route", route),
-                            ("method", method),
-                            ("status_class", class),
-                        ],
-                        &h,
-                    ));
-                }
-            }
-        }
-        if seen {
-            for (c, class) in CLASSES.iter().enumerate() {
-                if by_class[c] > 0 {
-                    requests.push(scalar_metric(
-                        &[("route", route), ("status_class", class)],
-                        by_class[c] as f64,
-                    ));
-                }
-            }
-            let b: u64 = (0..cells)
-                .map(|c| region.cell(c).route(index)[route_counter::BODY_BYTES].load(Relaxed))
-                .sum();
-            bytes.push(scalar_metric(&[("route", route)], b as f64));
-        }
-        let wait = sum_hist(region, cells, index, route_counter::QUEUE_WAIT_HIST);
-        if wait[..HIST_LEN - 1].iter().any(|n| *n > 0) {
-            waits.push(histogram_metric(&[("route", route)], &wait));
-            let run = sum_hist(region, cells, index, route_counter::APP_HIST);
-            runs.push(histogram_metric(&[("route", route)], &run));
-            let e: u64 = (0..cells)
-                .map(|c| region.cell(c).route(index)[route_counter::APP_EXCEPTIONS].load(Relaxed))
-                .sum();
-            raised.push(scalar_metric(&[("route", route)], e as f64));
-        }
-    }
-    let mut out = vec![
-        family(
-            "http_server_request_duration_seconds",
-            "Time from a request's head to its response body handed to the socket.",
-            MetricType::HISTOGRAM,
-            durations,
-        ),
-        family(
-            "portico_http_requests_total",
-            "HTTP requests answered, by route and status class.",
-            MetricType::COUNTER,
-            requests,
-        ),
-        family(
-            "portico_http_response_body_bytes_total",
-            "Response body bytes, by route.",
-            MetricType::COUNTER,
-            bytes,
-        ),
-    ];
-    if !waits.is_empty() {
-        out.push(family(
-            "portico_wsgi_queue_wait_seconds",
-            "Time from a WSGI request being ready to the app being called (mod_wsgi's queue_time).",
-            MetricType::HISTOGRAM,
-            waits,
-        ));
-        out.push(family(
-            "portico_wsgi_app_duration_seconds",
-            "Time the WSGI app ran for a request, until its response was handed over.",
-            MetricType::HISTOGRAM,
-            runs,
-        ));
-        out.push(family(
-            "portico_wsgi_app_exceptions_total",
-            "WSGI requests whose app raised (500 or aborted response).",
-            MetricType::COUNTER,
-            raised,
-        ));
-    }
-    out.retain(|f| !f.get_metric().is_empty());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::region::upstream_counter;
     use crate::metrics::{method_index, process_usage};
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn counts_survive_in_the_shared_region() {
@@ -523,6 +341,9 @@ mod tests {
         c.observe_request(1, method_index(&http::Method::GET), 200, 20_000_000_000, 5);
         c.observe_queue_wait(1, 50_000);
         c.observe_app(1, 2_000_000, true);
+        c.observe_upstream(1, 502, 3_000_000);
+        c.upstream(1)[upstream_counter::DOWN].store(1, Relaxed);
+        region.cell(3).set(cell_counter::UP, 1);
         let procs = ProcSnapshot {
             listen_queues: vec![("127.0.0.1:8080".into(), 0, 3)],
             cells: vec![process_usage(std::process::id())],
@@ -532,6 +353,10 @@ mod tests {
             4,
             &EbpfSnapshot::default(),
             &["/".into()],
+            &[
+                ("app".into(), "127.0.0.1:8001".into()),
+                ("app".into(), "unix:/run/a.sock".into()),
+            ],
             &procs,
             Format::Prometheus,
         )
@@ -564,5 +389,18 @@ mod tests {
         assert!(text.contains("portico_connections_active{cell=\"3\"} 0"));
         assert!(text.contains("portico_ebpf_enabled 0"));
         assert!(text.contains("# HELP portico_cell_up"));
+        assert!(
+            text.contains("portico_upstream_requests_total{upstream=\"app\",server=\"unix:/run/a.sock\",status_class=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "portico_upstream_server_up{upstream=\"app\",server=\"unix:/run/a.sock\"} 0"
+        ));
+        assert!(
+            text.contains(
+                "portico_upstream_server_up{upstream=\"app\",server=\"127.0.0.1:8001\"} 1"
+            )
+        );
+        assert!(text.contains("portico_upstream_response_header_seconds_count{upstream=\"app\",server=\"unix:/run/a.sock\"} 1"));
     }
 }
