@@ -62,14 +62,20 @@ fn exported(metrics: &str) -> std::collections::BTreeSet<String> {
 
 const APP: &str = "import time\ndef application(e, s):\n    if e['PATH_INFO'] == '/slow':\n        time.sleep(0.03)\n    s('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n";
 
-fn start(site: &Site) -> Portico {
+/// Portico with a static, a WSGI and a proxy route (to `upstream`, when given).
+fn start(site: &Site, upstream: Option<std::net::SocketAddr>) -> Portico {
     site.file("app/app.py", APP.as_bytes());
     site.file("www/a.txt", b"a");
-    let cfg = format!(
+    let mut cfg = format!(
         "[server]\nworkers = 2\n[[route]]\nprefix = \"/static/\"\nstatic = {{ root = \"{}\" }}\n[[route]]\nprefix = \"/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\", threads = 8 }}\n",
         site.root("www"),
         site.root("app")
     );
+    if let Some(a) = upstream {
+        cfg.push_str(&format!(
+            "[[route]]\nprefix = \"/up/\"\nproxy = \"http://{a}/\"\n"
+        ));
+    }
     site.file("p.toml", cfg.as_bytes());
     Portico::start(&["-c", &site.root("p.toml")])
 }
@@ -92,6 +98,7 @@ fn shipped_rules_config_and_dashboard_are_valid_and_use_real_series() {
         "queue wait",
         "Steering share",
         "XDP",
+        "Upstream servers",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(want)),
@@ -101,13 +108,14 @@ fn shipped_rules_config_and_dashboard_are_valid_and_use_real_series() {
 
     // Every series they use is exported (XDP series arrive with the XDP guard).
     let site = Site::new();
-    let p = start(&site);
-    for path in ["/", "/slow", "/static/a.txt"] {
+    let backend = tagged_backend("a", 30.0, site.path().join("backend.log"));
+    let p = start(&site, Some(backend.addr()));
+    for path in ["/", "/slow", "/static/a.txt", "/up/x"] {
         get(p.addr, path).unwrap();
     }
-    // Cells count a request after its bytes leave: wait until all three are in.
+    // Cells count a request after its bytes leave: wait until all four are in.
     let m = p.wait_metrics(Duration::from_secs(5), |m| {
-        metric_sum(m, "portico_cell_requests_total{") >= 3.0
+        metric_sum(m, "portico_cell_requests_total{") >= 4.0
     });
     let have_series = exported(&m);
     let ebpf = metric_value(&m, "portico_ebpf_enabled") == Some(1.0);
@@ -188,7 +196,7 @@ fn real_prometheus_scrapes_portico_under_load() {
         return;
     }
     let site = Site::new();
-    let p = start(&site);
+    let p = start(&site, None);
     let admin = p.admin.unwrap();
     let port = free_port();
     site.file(
