@@ -210,6 +210,24 @@ fn proxy_balance_metrics_count_per_server() {
         ),
         Some(6.0)
     );
+    // The status page's table says the same.
+    let status = get(p.admin.unwrap(), "/status.json").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let ups = v["upstreams"].as_array().unwrap();
+    let row = |addr: std::net::SocketAddr| {
+        ups.iter()
+            .find(|u| u["server"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} not in {ups:?}"))
+    };
+    assert_eq!(row(a_addr)["up"], false);
+    assert_eq!(row(a_addr)["connect_errors"], 1);
+    assert_eq!(
+        (
+            row(b_addr)["up"].clone(),
+            row(b_addr)["responses"][1].clone()
+        ),
+        (true.into(), 6.into())
+    );
     // The names and help texts pass Prometheus's own checks.
     if let Ok(mut child) = std::process::Command::new("promtool")
         .args(["check", "metrics"])

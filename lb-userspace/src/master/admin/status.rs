@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::master::state::MasterState;
 use crate::metrics::{
-    BOUNDS_NS, CLASSES, HIST_LEN, METHODS, ROUTE_BLOCKS, cell_counter, route_counter,
+    BOUNDS_NS, CLASSES, HIST_LEN, MAX_UPSTREAM_SERVERS, METHODS, ROUTE_BLOCKS, cell_counter,
+    route_counter, upstream_counter,
 };
 
 /// Seconds of history kept (the window of the page's latency numbers and sparklines).
@@ -128,6 +129,23 @@ pub struct XdpStatus {
     pub packets: Vec<(&'static str, u64)>,
 }
 
+/// One upstream server of the proxy routes, totals since start over every cell.
+#[derive(Serialize)]
+pub struct UpstreamStatus {
+    pub upstream: String,
+    pub server: String,
+    /// False while a live cell has it out after `max_fails` failures.
+    pub up: bool,
+    /// Responses by status class (1xx..5xx).
+    pub responses: [u64; 5],
+    pub connect_errors: u64,
+    pub retries: u64,
+    pub in_flight: u64,
+    pub idle: u64,
+    /// Time to the response head, p99 since start, in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
 #[derive(Serialize)]
 pub struct Status {
     pub version: &'static str,
@@ -140,6 +158,7 @@ pub struct Status {
     /// XDP guard: interface and mode, and packets by action since start.
     pub xdp: Option<XdpStatus>,
     pub cells: Vec<CellStatus>,
+    pub upstreams: Vec<UpstreamStatus>,
 }
 
 pub fn status(shared: &MasterState, history: &History) -> Status {
@@ -213,6 +232,7 @@ pub fn status(shared: &MasterState, history: &History) -> Status {
                 .collect(),
         }
     });
+    let upstreams = upstream_status(shared);
     Status {
         version: env!("CARGO_PKG_VERSION"),
         window_seconds: WINDOW,
@@ -221,7 +241,52 @@ pub fn status(shared: &MasterState, history: &History) -> Status {
         steering,
         xdp,
         cells,
+        upstreams,
     }
+}
+
+fn upstream_status(shared: &MasterState) -> Vec<UpstreamStatus> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cells = shared.cells();
+    shared
+        .upstream_servers
+        .borrow()
+        .iter()
+        .enumerate()
+        .take(MAX_UPSTREAM_SERVERS)
+        .map(|(k, (upstream, server))| {
+            let sum = |at: usize| -> u64 {
+                (0..cells)
+                    .map(|c| shared.metrics.cell(c).upstream(k)[at].load(Relaxed))
+                    .sum()
+            };
+            let mut responses = [0u64; 5];
+            for (c, r) in responses.iter_mut().enumerate() {
+                *r = sum(upstream_counter::RESPONSES + c);
+            }
+            let mut buckets = [0u64; HIST_LEN - 1];
+            for (j, b) in buckets.iter_mut().enumerate() {
+                *b = sum(upstream_counter::HEADER_HIST + j);
+            }
+            let down = (0..cells).any(|c| {
+                let cell = shared.metrics.cell(c);
+                cell.get(cell_counter::UP) == 1
+                    && cell.upstream(k)[upstream_counter::DOWN].load(Relaxed) == 1
+            });
+            UpstreamStatus {
+                upstream: upstream.clone(),
+                server: server.clone(),
+                up: !down,
+                responses,
+                connect_errors: sum(upstream_counter::CONNECT_ERRORS),
+                retries: sum(upstream_counter::RETRIES_ERROR)
+                    + sum(upstream_counter::RETRIES_TIMEOUT),
+                in_flight: sum(upstream_counter::IN_FLIGHT),
+                idle: sum(upstream_counter::IDLE),
+                p99_ms: quantile(&buckets, 0.99).map(|v| v * 1e3),
+            }
+        })
+        .collect()
 }
 
 /// The page: no external assets; it polls /status.json every second and redraws.
