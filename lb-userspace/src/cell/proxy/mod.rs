@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 use wsgi_worker::ConnInfo;
 
 use crate::cell::body::{Body, status_page};
+use crate::cell::conn_state::ConnState;
 use crate::cell::context::CellCtx;
+use crate::cell::tunnel::Pending;
 use crate::metrics::CellStats;
 use pool::{Sender, Server, UpBody};
 use route::ProxyRoute;
@@ -46,11 +48,13 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
 }
 
 /// Runs one request through a proxy route. Returns the response and whether to close after it.
+/// An upgrade the upstream accepts leaves its tunnel in `state`.
 pub async fn call(
     ctx: Rc<CellCtx>,
     route: usize,
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
+    state: Rc<ConnState>,
 ) -> (Response<Body>, bool) {
     let Some(r) = ctx.router.proxy(route) else {
         return (status_page(StatusCode::NOT_FOUND), false);
@@ -69,7 +73,15 @@ pub async fn call(
         .unwrap_or("")
         .to_string();
     let has_body = crate::cell::head::has_body_headers(&parts.headers);
-    headers::remove_hop_by_hop(&mut parts.headers);
+    let upgrade = if r.websocket {
+        headers::upgrade_of(&parts.headers)
+    } else {
+        None
+    };
+    match upgrade.clone() {
+        Some(u) => headers::remove_hop_by_hop_keep_upgrade(&mut parts.headers, u),
+        None => headers::remove_hop_by_hop(&mut parts.headers),
+    }
     let trusted = conn
         .remote_ip
         .is_some_and(|ip| r.trusted.iter().any(|c| c.contains(ip)));
@@ -139,6 +151,18 @@ pub async fn call(
             };
             let replayable = matches!(b, UpBody::Empty);
             match attempt(sender, build(b, server), upstream.read_timeout).await {
+                Attempt::Answered(resp, _)
+                    if upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    // The connection becomes the tunnel's: never pooled again.
+                    return switch(resp, &state, &upstream, server);
+                }
+                Attempt::Answered(resp, sender) if upgrade.is_some() => {
+                    // A refused upgrade: relayed, and its connection not reused.
+                    drop(sender);
+                    let resp = respond(r, resp, &host, server, Box::new(|| ()), ctx.stats);
+                    return (resp, false);
+                }
                 Attempt::Answered(resp, sender) => {
                     let give_back = {
                         let upstream = upstream.clone();
@@ -193,6 +217,33 @@ pub async fn call(
         upstream.name
     );
     (status_page(StatusCode::BAD_GATEWAY), has_body)
+}
+
+/// The upstream's `101 Switching Protocols` as the client gets it; the tunnel is left in
+/// `state` for the connection to run once the 101 is written.
+fn switch(
+    mut resp: Response<Incoming>,
+    state: &ConnState,
+    upstream: &pool::Upstream,
+    server: &Server,
+) -> (Response<Body>, bool) {
+    let label = format!("upstream {} server {}", upstream.name, server.addr);
+    let on_upgrade = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    let Some(proto) = headers::upgrade_of(&parts.headers) else {
+        tracing::warn!("{label}: 101 without Connection: upgrade and Upgrade; 502");
+        return (status_page(StatusCode::BAD_GATEWAY), true);
+    };
+    headers::remove_hop_by_hop_keep_upgrade(&mut parts.headers, proto);
+    state.tunnel.replace(Some(Pending {
+        upstream: on_upgrade,
+        idle: upstream.read_timeout,
+        label,
+    }));
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = parts.headers;
+    (out, false)
 }
 
 /// The upstream's response as the client gets it.
