@@ -21,6 +21,8 @@ pub struct Pending {
     pub idle: Duration,
     /// For log lines: the upstream group and server.
     pub label: String,
+    /// The upstream connection's request handle, held until the upgrade resolves.
+    pub hold: Box<dyn std::any::Any>,
 }
 
 /// Relays between the client's connection (with the bytes hyper read past the request head)
@@ -29,7 +31,9 @@ pub async fn relay<S>(client: S, read_ahead: Bytes, pending: Pending)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let upstream = match pending.upstream.await {
+    let upstream = pending.upstream.await;
+    drop(pending.hold);
+    let upstream = match upstream {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!("tunnel to {}: upstream upgrade failed: {e}", pending.label);

@@ -151,11 +151,11 @@ pub async fn call(
             };
             let replayable = matches!(b, UpBody::Empty);
             match attempt(sender, build(b, server), upstream.read_timeout).await {
-                Attempt::Answered(resp, _)
+                Attempt::Answered(resp, sender)
                     if upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
                 {
                     // The connection becomes the tunnel's: never pooled again.
-                    return switch(resp, &state, &upstream, server);
+                    return switch(resp, sender, &state, &upstream, server);
                 }
                 Attempt::Answered(resp, sender) if upgrade.is_some() => {
                     // A refused upgrade: relayed, and its connection not reused.
@@ -223,6 +223,7 @@ pub async fn call(
 /// `state` for the connection to run once the 101 is written.
 fn switch(
     mut resp: Response<Incoming>,
+    sender: Sender,
     state: &ConnState,
     upstream: &pool::Upstream,
     server: &Server,
@@ -239,6 +240,7 @@ fn switch(
         upstream: on_upgrade,
         idle: upstream.read_timeout,
         label,
+        hold: Box::new(sender),
     }));
     let mut out = Response::new(Body::empty());
     *out.status_mut() = parts.status;
