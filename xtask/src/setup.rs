@@ -32,6 +32,7 @@ pub const TEST_PY: &[&str] = &[
     "django>=5,<6",
     "prometheus-client>=0.20,<1",
     "gunicorn>=23",
+    "websockets>=13",
 ];
 /// Python packages for the WSGI bench: the peers besides gunicorn (in `TEST_PY`, which the
 /// bench installs too).

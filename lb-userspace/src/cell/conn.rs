@@ -224,10 +224,24 @@ pub async fn serve_connection<S>(
     tokio::pin!(sleep);
     loop {
         tokio::select! {
-            res = &mut conn => {
-                if let Err(e) = res
-                    && !e.is_incomplete_message() {
-                    tracing::debug!("connection from {peer}: {e}");
+            // Without hyper's shutdown: a connection that ends in a proxied 101 goes on as a
+            // tunnel over the same socket (hyper's own upgrades need a `Send` IO).
+            res = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if let Err(e) = res {
+                    if !e.is_incomplete_message() {
+                        tracing::debug!("connection from {peer}: {e}");
+                    }
+                    return;
+                }
+                let parts = conn.into_parts();
+                let io = parts.io.into_inner().inner;
+                let tunnel = state.tunnel.borrow_mut().take();
+                match tunnel {
+                    Some(t) => crate::cell::tunnel::relay(io, parts.read_buf, t).await,
+                    None => {
+                        let mut io = io;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                    }
                 }
                 return;
             }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::cell::body::{ConnHooks, FileRegion};
 use crate::cell::framing::{FramingTracker, HeadFraming};
+use crate::cell::tunnel::Pending;
 use crate::metrics::CellStats;
 
 /// What the request-duration histogram needs of a request, kept until its body is done.
@@ -48,6 +49,9 @@ pub struct ConnState {
     /// hyper is writing: bytes of a response it already took (the body may be done) have not
     /// all reached the socket. Such a connection is not idle yet.
     pub unflushed: Cell<bool>,
+    /// Set when the last answer was a proxied `101 Switching Protocols`: the connection
+    /// becomes a tunnel once hyper has written it.
+    pub tunnel: RefCell<Option<Pending>>,
 }
 
 impl ConnState {
@@ -64,6 +68,7 @@ impl ConnState {
             flushed: Cell::new(false),
             flush_waiter: RefCell::new(None),
             unflushed: Cell::new(false),
+            tunnel: RefCell::new(None),
         }
     }
 

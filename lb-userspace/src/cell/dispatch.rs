@@ -128,7 +128,8 @@ pub fn handle(
             };
             Handled::Later(Box::pin(async move {
                 let remote = conn.remote_addr.clone();
-                let (resp, close) = crate::cell::proxy::call(ctx.clone(), id, req, conn).await;
+                let (resp, close) =
+                    crate::cell::proxy::call(ctx.clone(), id, req, conn, state.clone()).await;
                 let mut meta = meta;
                 Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
                     meta.take().expect("logged once")
@@ -148,7 +149,8 @@ fn finish(
     close: bool,
     meta: impl FnOnce() -> LogMeta,
 ) -> Response<Body> {
-    if close || ctx.draining.get() {
+    // A 101's `Connection: upgrade` stays: the connection becomes a tunnel, not a keep-alive.
+    if (close || ctx.draining.get()) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -13,6 +13,7 @@ pub mod proxy;
 mod recycling;
 pub mod router;
 pub mod static_files;
+pub mod tunnel;
 pub mod wsgi;
 use std::cell::Cell;
 use std::os::fd::OwnedFd;

@@ -41,6 +41,27 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The `Upgrade` value of a message that asks for an upgrade (`Connection: upgrade` and an
+/// `Upgrade` field), else None.
+pub fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let value = h.get(header::UPGRADE)?;
+    (asks && !value.is_empty()).then(|| value.clone())
+}
+
+/// Removes the hop-by-hop fields of a message that goes through a tunnel, except the two
+/// that make the upgrade: `Connection: upgrade` and its `Upgrade`.
+pub fn remove_hop_by_hop_keep_upgrade(h: &mut HeaderMap, upgrade: HeaderValue) {
+    remove_hop_by_hop(h);
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, upgrade);
+}
+
 /// Fields a client could use to lie about where a request came from.
 const FORWARDED: [HeaderName; 5] = [
     HeaderName::from_static("x-forwarded-for"),
@@ -141,6 +162,43 @@ mod tests {
             h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
             ["accept"]
         );
+    }
+
+    #[test]
+    fn a_tunnelled_message_keeps_its_upgrade_and_nothing_else_hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade, X-Secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("proxy-authorization", "Basic x"),
+        ]);
+        let up = upgrade_of(&h).expect("asks for an upgrade");
+        assert_eq!(up, "websocket");
+        remove_hop_by_hop_keep_upgrade(&mut h, up);
+        let mut keys = h.keys().map(HeaderName::as_str).collect::<Vec<_>>();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "connection",
+                "sec-websocket-key",
+                "sec-websocket-version",
+                "upgrade"
+            ]
+        );
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_fields() {
+        assert!(upgrade_of(&map(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_of(&map(&[("connection", "upgrade")])).is_none());
+        assert!(upgrade_of(&map(&[("connection", "keep-alive"), ("upgrade", "h2c")])).is_none());
+        assert!(upgrade_of(&map(&[("connection", "UPGRADE"), ("upgrade", "h2c")])).is_some());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use hyper::body::Incoming;
 use wsgi_worker::ConnInfo;
 
 use crate::cell::body::{Body, status_page};
+use crate::cell::conn_state::ConnState;
 use crate::cell::context::CellCtx;
+use crate::cell::tunnel::Pending;
 use crate::metrics::{CellStats, upstream_counter};
 use balance::Outcome;
 use pool::{Sender, Server, UpBody};
@@ -49,11 +51,13 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
 }
 
 /// Runs one request through a proxy route. Returns the response and whether to close after it.
+/// An upgrade the upstream accepts leaves its tunnel in `state`.
 pub async fn call(
     ctx: Rc<CellCtx>,
     route: usize,
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
+    state: Rc<ConnState>,
 ) -> (Response<Body>, bool) {
     let Some(r) = ctx.router.proxy(route) else {
         return (status_page(StatusCode::NOT_FOUND), false);
@@ -72,7 +76,15 @@ pub async fn call(
         .unwrap_or("")
         .to_string();
     let has_body = crate::cell::head::has_body_headers(&parts.headers);
-    headers::remove_hop_by_hop(&mut parts.headers);
+    let upgrade = if r.websocket {
+        headers::upgrade_of(&parts.headers)
+    } else {
+        None
+    };
+    match upgrade.clone() {
+        Some(u) => headers::remove_hop_by_hop_keep_upgrade(&mut parts.headers, u),
+        None => headers::remove_hop_by_hop(&mut parts.headers),
+    }
     let trusted = conn
         .remote_ip
         .is_some_and(|ip| r.trusted.iter().any(|c| c.contains(ip)));
@@ -186,6 +198,16 @@ pub async fn call(
                         resp.status().as_u16(),
                         u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
                     );
+                    if upgrade.is_some() {
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            // The connection becomes the tunnel's: never pooled again.
+                            return switch(resp, sender, &state, &upstream, server);
+                        }
+                        // A refused upgrade: relayed, and its connection not reused.
+                        drop(sender);
+                        let resp = respond(r, resp, &host, server, Box::new(|| ()), ctx.stats);
+                        return (resp, false);
+                    }
                     let give_back = {
                         let upstream = upstream.clone();
                         move || upstream.servers[i].give_back(sender)
@@ -248,6 +270,35 @@ pub async fn call(
         give_up.0.as_u16()
     );
     (status_page(give_up.0), give_up.1)
+}
+
+/// The upstream's `101 Switching Protocols` as the client gets it; the tunnel is left in
+/// `state` for the connection to run once the 101 is written.
+fn switch(
+    mut resp: Response<Incoming>,
+    sender: Sender,
+    state: &ConnState,
+    upstream: &pool::Upstream,
+    server: &Server,
+) -> (Response<Body>, bool) {
+    let label = format!("upstream {} server {}", upstream.name, server.addr);
+    let on_upgrade = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    let Some(proto) = headers::upgrade_of(&parts.headers) else {
+        tracing::warn!("{label}: 101 without Connection: upgrade and Upgrade; 502");
+        return (status_page(StatusCode::BAD_GATEWAY), true);
+    };
+    headers::remove_hop_by_hop_keep_upgrade(&mut parts.headers, proto);
+    state.tunnel.replace(Some(Pending {
+        upstream: on_upgrade,
+        idle: upstream.read_timeout,
+        label,
+        hold: Box::new(sender),
+    }));
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = parts.headers;
+    (out, false)
 }
 
 /// The upstream's response as the client gets it.

@@ -180,14 +180,15 @@ impl Server {
 
 async fn handshake<S>(stream: S) -> std::io::Result<Sender>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
     tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
+        // With upgrades: a 101 hands the connection to a tunnel (`hyper::upgrade::on`).
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection: {e}");
         }
     });

@@ -15,6 +15,8 @@ pub struct ProxyRoute {
     pub redirect: Redirect,
     pub set_headers: Vec<(HeaderName, String)>,
     pub trusted: Vec<Cidr>,
+    /// Upgrade requests are tunnelled (`websocket = true`).
+    pub websocket: bool,
 }
 
 impl ProxyRoute {
@@ -35,6 +37,7 @@ impl ProxyRoute {
                 .iter()
                 .filter_map(|c| c.parse().ok())
                 .collect(),
+            websocket: cfg.websocket,
         })
     }
 }

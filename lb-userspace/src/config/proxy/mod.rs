@@ -222,6 +222,11 @@ pub struct ProxyConfig {
     /// from any other peer they are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Tunnel `Connection: upgrade` requests (WebSocket): the upstream's 101 reaches the
+    /// client and the cell relays bytes both ways. Off: Upgrade is dropped like any
+    /// hop-by-hop field.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// `proxy = "URL"` or `proxy = { ... }`.
@@ -248,6 +253,8 @@ struct ProxyTable {
     set_headers: BTreeMap<String, String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    #[serde(default)]
+    websocket: bool,
 }
 
 impl ProxyConfig {
@@ -259,6 +266,7 @@ impl ProxyConfig {
             redirect: Redirect::Default,
             set_headers: BTreeMap::new(),
             trusted_proxies: Vec::new(),
+            websocket: false,
         }
     }
 }
@@ -276,6 +284,7 @@ pub fn deserialize_proxy<'de, D: serde::Deserializer<'de>>(
             redirect: t.redirect,
             set_headers: t.set_headers,
             trusted_proxies: t.trusted_proxies,
+            websocket: t.websocket,
         },
     }))
 }

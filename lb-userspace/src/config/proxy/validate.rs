@@ -284,4 +284,25 @@ mod tests {
             assert!(keys.contains(&want), "{want} missing from {errors:#?}");
         }
     }
+
+    #[test]
+    fn websocket_is_off_unless_a_table_turns_it_on() {
+        let (cfg, errors) = validate(
+            r#"
+            [[route]]
+            prefix = "/a/"
+            proxy = "http://127.0.0.1:8001/"
+            [[route]]
+            prefix = "/b/"
+            proxy = { url = "http://127.0.0.1:8001/", websocket = true }
+            "#,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let ws: Vec<bool> = cfg
+            .routes
+            .iter()
+            .map(|r| r.proxy.as_ref().unwrap().websocket)
+            .collect();
+        assert_eq!(ws, [false, true]);
+    }
 }
