@@ -273,8 +273,10 @@ fn real_prometheus_scrapes_portico_under_load() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(up, 1.0);
-    // Same bucket as the client's own p99 (the server-side time excludes the network round
-    // trip, which on loopback is far below a bucket width).
+    // The same bucket as the client's own p99, or the next one: the server-side time excludes
+    // the network round trip (far below a bucket width on loopback), but histogram_quantile
+    // interpolates linearly inside a bucket, so a p99 near a bucket boundary (here the app's
+    // 30 ms sleep plus load, near 50 ms) can land on either side of it.
     let bucket = |v: f64| {
         [
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -282,10 +284,10 @@ fn real_prometheus_scrapes_portico_under_load() {
         .iter()
         .position(|b| v <= *b)
     };
-    assert_eq!(
-        bucket(p99),
-        bucket(client_p99),
-        "Prometheus p99 {p99:.4}s vs client p99 {client_p99:.4}s ({} requests)",
+    let (server, client) = (bucket(p99), bucket(client_p99));
+    assert!(
+        server.zip(client).is_some_and(|(s, c)| s.abs_diff(c) <= 1),
+        "Prometheus p99 {p99:.4}s vs client p99 {client_p99:.4}s ({} requests): buckets {server:?} vs {client:?}",
         lat.len()
     );
 }
