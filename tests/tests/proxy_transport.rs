@@ -225,7 +225,8 @@ fn proxy_skips_a_refusing_server_and_answers_502_when_all_refuse() {
             up.addr()
         ),
     );
-    // Round-robin lands on the dead server every other request: it is skipped each time.
+    // The dead server refuses: the request goes to the live one (and the dead one is taken out
+    // after max_fails).
     let mut c = Conn::open(p.addr).unwrap();
     for i in 0..10 {
         let r = c.request("GET", &format!("/half/n?i={i}"), &[]).unwrap();

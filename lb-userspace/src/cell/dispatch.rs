@@ -102,41 +102,46 @@ pub fn handle(
         Routed::Wsgi(id, path_info, metrics_route) => {
             let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
             let (parts, body) = req.into_parts();
-            let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
             let mark = Mark {
                 route: metrics_route as u16,
                 method: method as u8,
                 start,
             };
-            Handled::Later(Box::pin(async move {
-                let remote = conn.remote_addr.clone();
-                let (resp, close) =
-                    crate::cell::wsgi::call(ctx.clone(), id, parts, body, path_info, conn).await;
-                let mut meta = meta;
-                Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
-                    meta.take().expect("logged once")
-                }))
-            }))
+            let answer =
+                crate::cell::wsgi::call(ctx.clone(), id, parts, body, path_info, conn.clone());
+            later(ctx, state, conn, mark, meta, answer)
         }
         Routed::Proxy(id, metrics_route) => {
             let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
-            let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
             let mark = Mark {
                 route: metrics_route as u16,
                 method: method as u8,
                 start,
             };
-            Handled::Later(Box::pin(async move {
-                let remote = conn.remote_addr.clone();
-                let (resp, close) =
-                    crate::cell::proxy::call(ctx.clone(), id, req, conn, state.clone()).await;
-                let mut meta = meta;
-                Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
-                    meta.take().expect("logged once")
-                }))
-            }))
+            let answer =
+                crate::cell::proxy::call(ctx.clone(), id, req, conn.clone(), state.clone());
+            later(ctx, state, conn, mark, meta, answer)
         }
     }
+}
+
+/// A response that comes later (from a Python thread, or an upstream), finished like the
+/// others once it is there.
+fn later(
+    ctx: &Rc<CellCtx>,
+    state: &Rc<ConnState>,
+    conn: &Arc<ConnInfo>,
+    mark: Mark,
+    mut meta: Option<LogMeta>,
+    answer: impl Future<Output = (Response<Body>, bool)> + 'static,
+) -> Handled {
+    let (ctx, state, remote) = (ctx.clone(), state.clone(), conn.remote_addr.clone());
+    Handled::Later(Box::pin(async move {
+        let (resp, close) = answer.await;
+        Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
+            meta.take().expect("logged once")
+        }))
+    }))
 }
 
 /// Common response headers, metrics and the access log line.
