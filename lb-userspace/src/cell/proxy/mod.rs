@@ -6,6 +6,7 @@ pub mod headers;
 pub mod pool;
 pub mod rewrite;
 pub mod route;
+pub mod send_timeout;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -33,7 +34,9 @@ enum Attempt {
     NotSent(Request<UpBody>, String),
     /// The request (or part of it) was sent and no response came.
     Failed(String),
-    TimedOut,
+    /// No response head within read_timeout, or the upstream stopped taking the request
+    /// (send_timeout): why.
+    TimedOut(String),
 }
 
 async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duration) -> Attempt {
@@ -41,11 +44,17 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
         return Attempt::NotSent(req, "connection closed".into());
     }
     match tokio::time::timeout(read_timeout, sender.try_send_request(req)).await {
-        Err(_) => Attempt::TimedOut,
+        Err(_) => Attempt::TimedOut(format!(
+            "no response within read_timeout ({read_timeout:?})"
+        )),
         Ok(Ok(resp)) => Attempt::Answered(resp, sender),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Attempt::NotSent(req, e.error().to_string()),
-            None => Attempt::Failed(e.error().to_string()),
+            // The upstream stopped taking the request (send_timeout): a timeout, like a read.
+            None => match send_timeout::timeout_in(e.error()) {
+                Some(why) => Attempt::TimedOut(why),
+                None => Attempt::Failed(e.error().to_string()),
+            },
         },
     }
 }
@@ -168,7 +177,10 @@ pub async fn call(
             let reused = pooled.is_some();
             let sender = match pooled.take() {
                 Some(s) => s,
-                None => match server.connect(upstream.connect_timeout).await {
+                None => match server
+                    .connect(upstream.connect_timeout, upstream.send_timeout)
+                    .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         upstream.counters(i)[upstream_counter::CONNECT_ERRORS]
@@ -236,13 +248,7 @@ pub async fn call(
                     // Sent, and no response: the next server only for a request that can be
                     // sent again, within the retry budget.
                     let (status, why) = match outcome {
-                        Attempt::TimedOut => (
-                            StatusCode::GATEWAY_TIMEOUT,
-                            format!(
-                                "no response within read_timeout ({:?})",
-                                upstream.read_timeout
-                            ),
-                        ),
+                        Attempt::TimedOut(why) => (StatusCode::GATEWAY_TIMEOUT, why),
                         Attempt::Failed(why) => (StatusCode::BAD_GATEWAY, why),
                         _ => (StatusCode::BAD_GATEWAY, "no response".into()),
                     };

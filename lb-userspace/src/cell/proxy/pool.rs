@@ -14,6 +14,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::balance::Balancer;
+use super::send_timeout::SendTimeout;
 use crate::config::{ListenAddr, UpstreamConfig};
 use crate::metrics::{CellStats, upstream_counter};
 
@@ -33,6 +34,7 @@ pub struct Upstream {
     /// Retries allowed: a fifth of the requests, and a few to start with.
     retry_tokens: Cell<f64>,
     pub connect_timeout: Duration,
+    pub send_timeout: Duration,
     pub read_timeout: Duration,
 }
 
@@ -84,6 +86,7 @@ impl Upstream {
             )),
             retry_tokens: Cell::new(RETRY_CAP),
             connect_timeout: cfg.connect_timeout.0,
+            send_timeout: cfg.send_timeout.0,
             read_timeout: cfg.read_timeout.0,
         }
     }
@@ -160,16 +163,24 @@ impl Server {
             .store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// A new connection (its driver runs on the cell's event loop until it closes).
-    pub async fn connect(&self, timeout: Duration) -> std::io::Result<Sender> {
+    /// A new connection (its driver runs on the cell's event loop until it closes); writes to
+    /// it fail after `send_timeout` without progress.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        send_timeout: Duration,
+    ) -> std::io::Result<Sender> {
         let connect = async {
             match &self.addr {
                 ListenAddr::Tcp(a) => {
                     let s = tokio::net::TcpStream::connect(a).await?;
                     s.set_nodelay(true)?;
-                    handshake(s).await
+                    handshake(SendTimeout::new(s, send_timeout)).await
                 }
-                ListenAddr::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?).await,
+                ListenAddr::Unix(p) => {
+                    let s = tokio::net::UnixStream::connect(p).await?;
+                    handshake(SendTimeout::new(s, send_timeout)).await
+                }
             }
         };
         tokio::time::timeout(timeout, connect)

@@ -24,6 +24,9 @@ pub struct UpstreamConfig {
     pub keepalive: i64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Longest a write to the server may make no progress (it stopped reading): 504.
+    #[serde(default = "default_io_timeout")]
+    pub send_timeout: Dur,
     /// Longest wait for the response head (504 past it), and between response bytes.
     #[serde(default = "default_io_timeout")]
     pub read_timeout: Dur,
@@ -137,6 +140,7 @@ impl UpstreamConfig {
             fail_timeout: default_fail_timeout(),
             keepalive: default_keepalive(),
             connect_timeout: default_connect_timeout(),
+            send_timeout: default_io_timeout(),
             read_timeout: default_io_timeout(),
             idle_timeout: default_idle_timeout(),
         }

@@ -132,6 +132,7 @@ pub fn validate_upstreams(upstreams: &[UpstreamConfig], bad: &mut dyn FnMut(Stri
         }
         for (name, d) in [
             ("connect_timeout", u.connect_timeout),
+            ("send_timeout", u.send_timeout),
             ("read_timeout", u.read_timeout),
             ("idle_timeout", u.idle_timeout),
         ] {
