@@ -117,15 +117,21 @@ impl Drop for Upstream {
 
 /// A keep-alive HTTP/1.1 upstream (Python's `http.server`) answering every GET with
 /// `<tag> <client port>`: which server and which connection took the request. `/slow?s=N`
-/// answers after N seconds; connections idle `idle_secs` are closed (its keep-alive timeout).
+/// answers after N seconds; `/healthz` answers 503 while a file `<tag>.down` exists in the
+/// log's directory; connections idle `idle_secs` are closed (its keep-alive timeout).
 const TAGGED_BACKEND: &str = r#"
-import http.server, socketserver, sys, time, urllib.parse
-TAG, IDLE = sys.argv[2], float(sys.argv[3])
+import http.server, os, socketserver, sys, time, urllib.parse
+TAG, IDLE, DOWN = sys.argv[2], float(sys.argv[3]), sys.argv[4]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = IDLE
     def answer(self):
         u = urllib.parse.urlsplit(self.path)
+        if u.path == "/healthz" and os.path.exists(DOWN):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if u.path.endswith("/slow"):
             time.sleep(float(urllib.parse.parse_qs(u.query).get("s", ["1"])[0]))
         n = int(self.headers.get("Content-Length") or 0)
@@ -149,6 +155,7 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 /// Starts a `TAGGED_BACKEND` on a free port; its stderr goes to `log`.
 pub fn tagged_backend(tag: &str, idle_secs: f64, log: PathBuf) -> Upstream {
     let addr = free_port();
+    let down = log.with_file_name(format!("{tag}.down"));
     let mut cmd = Command::new("python3");
     cmd.args([
         "-c",
@@ -156,6 +163,7 @@ pub fn tagged_backend(tag: &str, idle_secs: f64, log: PathBuf) -> Upstream {
         &addr.port().to_string(),
         tag,
         &idle_secs.to_string(),
+        &down.to_string_lossy(),
     ]);
     Upstream::start(cmd, Bind::Tcp(addr), log)
 }

@@ -257,3 +257,46 @@ fn proxy_balance_metrics_count_per_server() {
         );
     }
 }
+
+#[test]
+fn proxy_balance_health_checks_take_a_server_out_and_back() {
+    let site = Site::new();
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let p = serve(
+        &site,
+        &format!(
+            "servers = [\"{}\", \"{}\"]\nhealth_check = {{ path = \"/healthz\", interval = \"200ms\", fails = 2, passes = 2 }}",
+            a.addr(),
+            b.addr()
+        ),
+    );
+    // a's checks start failing: it is out (requests keep succeeding, all on b).
+    site.file("a.down", b"");
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "a out of the group",
+        || {
+            p.stderr_text()
+                .contains("health checks of /healthz fail; out of the group")
+        },
+    );
+    assert_eq!(count(&tags(&p, "/u/x", 10), "b"), 10);
+    let up = format!(
+        "portico_upstream_server_up{{upstream=\"u\",server=\"{}\"}}",
+        a.addr()
+    );
+    assert_eq!(metric_value(&p.metrics(), &up), Some(0.0));
+    // Healthy again: back after two passing checks, and taking its share.
+    std::fs::remove_file(site.path().join("a.down")).unwrap();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "a back in the group",
+        || {
+            p.stderr_text()
+                .contains("health checks pass again; back in the group")
+        },
+    );
+    let seen = tags(&p, "/u/x", 10);
+    assert_eq!((count(&seen, "a"), count(&seen, "b")), (5, 5), "{seen:?}");
+}

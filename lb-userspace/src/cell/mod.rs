@@ -134,12 +134,10 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
+    let upstreams = proxy::pool::Upstreams::new(&cfg.upstreams, metrics.cell(index));
+    proxy::health::start(&upstreams, &cfg.upstreams);
     let ctx = Rc::new(CellCtx::new(
-        Router::new(
-            &cfg.routes,
-            pools,
-            &proxy::pool::Upstreams::new(&cfg.upstreams, metrics.cell(index)),
-        ),
+        Router::new(&cfg.routes, pools, &upstreams),
         cfg.limits.clone(),
         metrics.cell(index),
         log,

@@ -23,6 +23,10 @@ struct State {
     ewma_at: Option<Instant>,
     /// Smooth weighted round-robin's running weight (nginx's algorithm).
     current: i64,
+    /// Active health checks: out until `passes` checks in a row pass, after `fails` in a
+    /// row failed; and the current run of results.
+    unhealthy: bool,
+    check_run: u32,
 }
 
 /// What became of a request on a server.
@@ -71,6 +75,8 @@ impl Balancer {
                     ewma: 0.0,
                     ewma_at: None,
                     current: 0,
+                    unhealthy: false,
+                    check_run: 0,
                 })
                 .collect(),
             max_fails,
@@ -80,9 +86,36 @@ impl Balancer {
         }
     }
 
-    /// Is server `i` taking requests now? (A lone server always is, as in nginx.)
+    /// Is server `i` taking requests now? Not while its health checks fail; and not after
+    /// `max_fails` failures, unless it is the group's only server (as in nginx).
     pub fn is_up(&self, i: usize, now: Instant) -> bool {
-        self.servers.len() == 1 || self.servers[i].down_until.is_none_or(|t| now >= t)
+        let s = &self.servers[i];
+        !s.unhealthy && (self.servers.len() == 1 || s.down_until.is_none_or(|t| now >= t))
+    }
+
+    /// An active health check of server `i` passed (`ok`) or failed. Returns whether that
+    /// changed its health (for the log line).
+    pub fn checked(&mut self, i: usize, ok: bool, fails: u32, passes: u32) -> bool {
+        let s = &mut self.servers[i];
+        // A run counts results that go against the current health.
+        if ok == s.unhealthy {
+            s.check_run += 1;
+        } else {
+            s.check_run = 0;
+        }
+        let needed = if s.unhealthy { passes } else { fails };
+        if s.check_run >= needed.max(1) {
+            s.unhealthy = !s.unhealthy;
+            s.check_run = 0;
+            if !s.unhealthy {
+                // Back: what passive failures said before is forgotten.
+                s.down_until = None;
+                s.fails = 0;
+                s.first_fail = None;
+            }
+            return true;
+        }
+        false
     }
 
     /// The server for the next try, never one in `tried`; None when none is up.
@@ -321,6 +354,27 @@ mod tests {
         );
         b.finished(0, now + SECS * 2, Outcome::Failed);
         assert!(b.is_up(0, now + SECS * 2));
+    }
+
+    #[test]
+    fn health_checks_take_a_server_out_and_back() {
+        let now = Instant::now();
+        let mut b = Balancer::new(Balance::RoundRobin, &[(1, false), (1, false)], 1, SECS);
+        assert!(!b.checked(0, false, 2, 3), "one failure of fails = 2");
+        assert!(b.checked(0, false, 2, 3), "out after two in a row");
+        assert!(!b.is_up(0, now));
+        assert_eq!(picks(&mut b, 3, now), [1, 1, 1]);
+        // A pass in between restarts the count of passes needed.
+        assert!(!b.checked(0, true, 2, 3));
+        assert!(!b.checked(0, false, 2, 3));
+        assert!(!b.checked(0, true, 2, 3));
+        assert!(!b.checked(0, true, 2, 3));
+        assert!(b.checked(0, true, 2, 3), "back after three passes in a row");
+        assert!(b.is_up(0, now));
+        // Even a lone server is out while its checks fail.
+        let mut lone = Balancer::new(Balance::RoundRobin, &[(1, false)], 1, SECS);
+        lone.checked(0, false, 1, 1);
+        assert_eq!(lone.pick(now, None, &[]), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! comes back with its redirects mapped to the client's URL space.
 pub mod balance;
 pub mod headers;
+pub mod health;
 pub mod pool;
 pub mod rewrite;
 pub mod route;

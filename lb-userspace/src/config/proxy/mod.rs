@@ -40,6 +40,35 @@ pub struct UpstreamConfig {
     pub max_fails: u32,
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: Dur,
+    /// Active checks: each cell asks every server for `path` every `interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A server passes a check when it answers `path` with a 2xx or 3xx within the upstream's
+/// `connect_timeout` and `read_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "default_check_interval")]
+    pub interval: Dur,
+    /// Failed checks in a row that take a server out.
+    #[serde(default = "default_check_fails")]
+    pub fails: u32,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "default_check_passes")]
+    pub passes: u32,
+}
+
+fn default_check_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_check_fails() -> u32 {
+    3
+}
+fn default_check_passes() -> u32 {
+    2
 }
 
 /// How a cell chooses among an upstream's servers that are up.
@@ -138,6 +167,7 @@ impl UpstreamConfig {
             balance: Balance::RoundRobin,
             max_fails: default_max_fails(),
             fail_timeout: default_fail_timeout(),
+            health_check: None,
             keepalive: default_keepalive(),
             connect_timeout: default_connect_timeout(),
             send_timeout: default_io_timeout(),

@@ -124,6 +124,25 @@ pub fn validate_upstreams(upstreams: &[UpstreamConfig], bad: &mut dyn FnMut(Stri
                 );
             }
         }
+        if let Some(h) = &u.health_check {
+            if !h.path.starts_with('/') || h.path.parse::<http::Uri>().is_err() {
+                bad(
+                    key("health_check.path"),
+                    format!("{:?} must be a path starting with '/'", h.path),
+                );
+            }
+            if h.interval.0.is_zero() {
+                bad(key("health_check.interval"), "must be more than 0".into());
+            }
+            for (name, n) in [("fails", h.fails), ("passes", h.passes)] {
+                if n == 0 {
+                    bad(
+                        key(&format!("health_check.{name}")),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+        }
         if u.fail_timeout.0.is_zero() {
             bad(key("fail_timeout"), "must be more than 0".into());
         }
@@ -305,5 +324,33 @@ mod tests {
             .map(|r| r.proxy.as_ref().unwrap().websocket)
             .collect();
         assert_eq!(ws, [false, true]);
+    }
+
+    #[test]
+    fn health_checks_are_checked() {
+        let (cfg, errors) = validate(
+            r#"
+            [[upstream]]
+            name = "u"
+            servers = ["127.0.0.1:1"]
+            health_check = { path = "/healthz" }
+            [[upstream]]
+            name = "v"
+            servers = ["127.0.0.1:2"]
+            health_check = { path = "healthz", interval = 0, fails = 0, passes = 0 }
+            "#,
+        );
+        let h = cfg.upstreams[0].health_check.as_ref().unwrap();
+        assert_eq!((h.interval.0.as_secs(), h.fails, h.passes), (5, 3, 2));
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "upstream[1].health_check.path",
+                "upstream[1].health_check.interval",
+                "upstream[1].health_check.fails",
+                "upstream[1].health_check.passes"
+            ]
+        );
     }
 }
