@@ -10,7 +10,7 @@ mod upstream;
 pub use http::{Conn, Response, get, raw, raw_request, request};
 pub use load::{Load, Target};
 pub use netns::Netns;
-pub use upstream::{Bind, Upstream, free_port, tagged_backend};
+pub use upstream::{Bind, Upstream, established, free_port, tagged_backend};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

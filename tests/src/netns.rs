@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{Portico, get, metric_value};
+use crate::{Portico, get, metric_value, poll_until};
 
 /// A network namespace for a privileged test; deleted (with its links) on drop.
 #[derive(Debug)]
@@ -89,16 +89,14 @@ impl Netns {
     /// Waits until `cells` cells report up through an admin endpoint inside the namespace.
     pub fn wait_cells_up(&self, p: &Portico, cells: usize) -> String {
         let admin = p.admin.expect("admin");
-        for _ in 0..400 {
-            let m = self.scrape(admin);
-            if (0..cells)
+        let mut m = String::new();
+        let up = poll_until(Duration::from_secs(10), || {
+            m = self.scrape(admin);
+            (0..cells)
                 .all(|i| metric_value(&m, &format!("portico_cell_up{{cell=\"{i}\"}}")) == Some(1.0))
-            {
-                return m;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("cells never came up:\n{}", p.stderr_text());
+        });
+        assert!(up, "cells never came up:\n{}", p.stderr_text());
+        m
     }
 }
 

@@ -167,3 +167,18 @@ pub fn tagged_backend(tag: &str, idle_secs: f64, log: PathBuf) -> Upstream {
     ]);
     Upstream::start(cmd, Bind::Tcp(addr), log)
 }
+
+/// Established TCP connections (IPv4, either end) with `port` at one end, from
+/// `/proc/net/tcp`: whether a pooled connection to an upstream is still open.
+pub fn established(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let hex = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[3] == "01" && (f[1].ends_with(&hex) || f[2].ends_with(&hex))
+        })
+        .count()
+}

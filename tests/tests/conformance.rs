@@ -51,22 +51,6 @@ fn serve_with(site: &Site, workers: &str, wsgi_extra: &str) -> Portico {
     Portico::start(&["-c", &site.root("p.toml")])
 }
 
-/// The error log once it contains `needle` (panics after a deadline).
-fn wait_stderr(p: &Portico, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = p.stderr_text();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn calls(p: &Portico) -> u64 {
     get(p.addr, "/calls").unwrap().text().parse().unwrap()
 }
@@ -165,7 +149,8 @@ fn a_framing_error_in_a_large_streamed_body_is_400_not_500() {
     let r = r.expect("a response");
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(closed);
-    let log = wait_stderr(&p, "client error");
+    p.wait_stderr(Duration::from_secs(10), "client error");
+    let log = p.stderr_text();
     assert!(!log.contains("Traceback"), "{log}");
     assert!(
         p.metric("portico_wsgi_app_exceptions_total{route=\"/\"}")
@@ -294,7 +279,10 @@ fn a_body_shorter_than_its_content_length_arrives_truncated_then_closes() {
         );
         assert_eq!(body, sent, "{path}");
     }
-    wait_stderr(&p, "sending them and closing the connection");
+    p.wait_stderr(
+        Duration::from_secs(10),
+        "sending them and closing the connection",
+    );
 }
 
 #[test]

@@ -38,9 +38,13 @@ fn proxy_pool_replaces_a_connection_the_upstream_closed() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         seen.extend(answers(&p, 1));
-        // Longer than the upstream's keep-alive timeout (the scenario itself): the pooled
-        // connection is closed by the upstream before the next request takes it.
-        std::thread::sleep(Duration::from_millis(800));
+        // The upstream closes the pooled connection after its 0.5 s keep-alive timeout; the
+        // next request comes once it has.
+        wait_until(
+            Duration::from_secs(10),
+            "the upstream closing its idle connection",
+            || established(b.addr().port()) == 0,
+        );
     }
     assert_eq!(seen.len(), 3, "no request failed");
     assert!(

@@ -314,9 +314,15 @@ fn a_draining_cell_keeps_its_tunnels() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "open", "the tunnel did not open: {line}");
+    // An idle keep-alive connection beside it: the drain closes it after its grace.
+    let mut idle = Conn::open(p.addr).unwrap();
+    assert_eq!(idle.request("GET", "/nothing", &[]).unwrap().status, 404);
     p.signal(rustix::process::Signal::TERM);
-    // Past the drain grace an idle keep-alive connection would be closed; a tunnel is not.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the idle connection is closed, the grace is over; the tunnel must still work.
+    assert!(
+        idle.closed_within(Duration::from_secs(10)),
+        "the draining cell never closed an idle keep-alive connection"
+    );
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut rest = String::new();

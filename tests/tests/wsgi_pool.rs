@@ -23,15 +23,7 @@ fn wsgi_request_timeout_gives_504_and_recycles_a_stuck_cell() {
     assert_eq!(r.status, 504);
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !p.stderr_text().contains("ran past request_timeout") {
-        assert!(
-            Instant::now() < deadline,
-            "no stack logged:\n{}",
-            p.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    p.wait_stderr(Duration::from_secs(5), "ran past request_timeout");
     assert!(
         p.stderr_text().contains("in application"),
         "the stuck stack names the app frame"
@@ -40,30 +32,19 @@ fn wsgi_request_timeout_gives_504_and_recycles_a_stuck_cell() {
     // Stuck in C (no bytecode boundary): 504, then the cell is replaced after the grace.
     let r = get(p.addr, "/stuck?60").unwrap();
     assert_eq!(r.status, 504);
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut served = 0;
-    loop {
+    wait_until(Duration::from_secs(15), "a recycle after the grace", || {
         // Every request meanwhile is answered, by the other cell or the stuck cell's spare thread.
         assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
         served += 1;
-        let m = p.metrics();
-        let recycled: f64 = (0..2)
-            .filter_map(|c| {
-                metric_value(
-                    &m,
-                    &format!("portico_cell_restarts_total{{cell=\"{c}\",reason=\"timeout\"}}"),
-                )
-            })
-            .sum();
-        if recycled >= 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no recycle after the grace:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (0..2).any(|c| {
+            p.metric(&format!(
+                "portico_cell_restarts_total{{cell=\"{c}\",reason=\"timeout\"}}"
+            ))
+            .unwrap_or(0.0)
+                >= 1.0
+        })
+    });
     assert!(served > 0);
     let m = p.metrics();
     assert!(m.contains("portico_wsgi_request_timeouts_total"), "{m}");
@@ -118,15 +99,14 @@ fn wsgi_max_requests_recycles_without_errors() {
         assert!(Instant::now() < deadline, "never recycled");
     }
     assert!(pids.contains(&first) || pids.len() >= 2);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while p
-        .metric("portico_cell_restarts_total{cell=\"0\",reason=\"max_requests\"}")
+    p.wait_metrics(Duration::from_secs(5), |m| {
+        metric_value(
+            m,
+            "portico_cell_restarts_total{cell=\"0\",reason=\"max_requests\"}",
+        )
         .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "{}", p.metrics());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            >= 1.0
+    });
 }
 
 #[test]
@@ -138,34 +118,21 @@ fn wsgi_lifetime_and_inactivity_recycle_cells() {
         ", lifetime = \"2s\", inactivity_timeout = \"1s\"",
         &["--workers", "1"],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_until(Duration::from_secs(20), "a lifetime recycle", || {
         assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
-        let m = p.metrics();
-        let lifetime = metric_value(
-            &m,
-            "portico_cell_restarts_total{cell=\"0\",reason=\"lifetime\"}",
-        );
-        if lifetime.unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no lifetime recycle:\n{m}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        p.metric("portico_cell_restarts_total{cell=\"0\",reason=\"lifetime\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    });
     // Now idle: the inactivity limit replaces the cell too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p
-        .metric("portico_cell_restarts_total{cell=\"0\",reason=\"inactivity\"}")
+    p.wait_metrics(Duration::from_secs(20), |m| {
+        metric_value(
+            m,
+            "portico_cell_restarts_total{cell=\"0\",reason=\"inactivity\"}",
+        )
         .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no inactivity recycle:\n{}",
-            p.metrics()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            >= 1.0
+    });
     assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
 }
 
@@ -213,16 +180,11 @@ fn wsgi_reload_replaces_cells_when_sources_change() {
         .open(&greet)
         .and_then(|f| f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_until(Duration::from_secs(20), "the new code served", || {
         let r = get(p.addr, "/").unwrap();
         assert_eq!(r.status, 200);
-        if r.text() == "v2" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still serving the old code");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        r.text() == "v2"
+    });
     // Both cells were replaced, and counted under the reason that says why.
     let reason = "portico_cell_restarts_total{cell=\"0\",reason=\"source_change\"}";
     let text = p.wait_metrics(Duration::from_secs(20), |m| {
@@ -393,17 +355,15 @@ fn wsgi_access_log_counts_streamed_bytes() {
     let mut c = Conn::open(p.addr).unwrap();
     assert_eq!(c.request("GET", "/gen", &[]).unwrap().body.len(), 35);
     assert_eq!(c.request("GET", "/hello", &[]).unwrap().status, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("\"GET /gen HTTP/1.1\" 200 35 ")
-            && text.contains("\"GET /hello HTTP/1.1\" 200 13 ")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "access log:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "both lines in the access log",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("\"GET /gen HTTP/1.1\" 200 35 ")
+                && text.contains("\"GET /hello HTTP/1.1\" 200 13 ")
+        },
+    );
 }
 
 #[test]

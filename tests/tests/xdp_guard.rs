@@ -280,9 +280,7 @@ fn xdp_guard_blocklist_and_syn_budget() {
 
     // 3. A bounded SYN flood from .3 is cut to its budget (400 at once + 200/s) while .2 is
     // served throughout.
-    // A real wait, part of the scenario: .3's token bucket refills (200/s, 400 at most) after
-    // the requests above, so the flood starts from a full budget. Nothing to observe instead.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(2)); // .3's bucket refills after the requests above
     let before = srv.scrape(admin);
     let normal = cli.spawn(None, move || {
         let end = Instant::now() + Duration::from_millis(2500);
