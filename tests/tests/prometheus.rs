@@ -155,14 +155,6 @@ fn promtool(args: &[&str]) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET on the Prometheus API; returns the body.
 fn query(port: u16, q: &str) -> String {
     let enc: String = q
@@ -198,7 +190,7 @@ fn real_prometheus_scrapes_portico_under_load() {
     let site = Site::new();
     let p = start(&site, None);
     let admin = p.admin.unwrap();
-    let port = free_port();
+    let port = free_port().port();
     site.file(
         "prom/prometheus.yml",
         format!(

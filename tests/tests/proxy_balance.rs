@@ -11,6 +11,15 @@ fn serve(site: &Site, upstream: &str) -> Portico {
     Portico::start(&["-c", &site.root("p.toml")])
 }
 
+/// Backends `a` and `b`, and portico with both as the group's servers and `extra` keys.
+fn pair(site: &Site, extra: &str) -> (Upstream, Upstream, Portico) {
+    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
+    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
+    let servers = format!("servers = [\"{}\", \"{}\"]\n{extra}", a.addr(), b.addr());
+    let p = serve(site, &servers);
+    (a, b, p)
+}
+
 /// Which backends (`<tag>`) took `n` GETs of `path`.
 fn tags(p: &Portico, path: &str, n: usize) -> Vec<String> {
     (0..n)
@@ -64,16 +73,7 @@ fn proxy_balance_follows_weights_and_keeps_backups_for_outages() {
 #[test]
 fn proxy_balance_takes_a_dead_server_out_and_loses_no_request() {
     let site = Site::new();
-    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
-    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
-    let p = serve(
-        &site,
-        &format!(
-            "servers = [\"{}\", \"{}\"]\nmax_fails = 1\nfail_timeout = \"30s\"",
-            a.addr(),
-            b.addr()
-        ),
-    );
+    let (a, _b, p) = pair(&site, "max_fails = 1\nfail_timeout = \"30s\"");
     assert_eq!(count(&tags(&p, "/u/x", 4), "a"), 2);
     drop(a);
     // Every request succeeds (the refused one goes to b), and a is tried once only.
@@ -91,16 +91,7 @@ fn proxy_balance_takes_a_dead_server_out_and_loses_no_request() {
 #[test]
 fn proxy_balance_hash_keeps_a_client_on_one_server() {
     let site = Site::new();
-    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
-    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
-    let p = serve(
-        &site,
-        &format!(
-            "servers = [\"{}\", \"{}\"]\nbalance = \"hash\"",
-            a.addr(),
-            b.addr()
-        ),
-    );
+    let (_a, _b, p) = pair(&site, "balance = \"hash\"");
     let seen = tags(&p, "/u/x", 10);
     assert!(seen.iter().all(|t| *t == seen[0]), "{seen:?}");
 }
@@ -109,16 +100,7 @@ fn proxy_balance_hash_keeps_a_client_on_one_server() {
 fn proxy_balance_least_conn_and_p2c_serve() {
     for policy in ["least-conn", "p2c-ewma"] {
         let site = Site::new();
-        let a = tagged_backend("a", 30.0, site.path().join("a.log"));
-        let b = tagged_backend("b", 30.0, site.path().join("b.log"));
-        let p = serve(
-            &site,
-            &format!(
-                "servers = [\"{}\", \"{}\"]\nbalance = \"{policy}\"",
-                a.addr(),
-                b.addr()
-            ),
-        );
+        let (_a, _b, p) = pair(&site, &format!("balance = \"{policy}\""));
         let seen = tags(&p, "/u/x", 10);
         assert_eq!(count(&seen, "a") + count(&seen, "b"), 10, "{policy}");
     }
@@ -128,16 +110,7 @@ fn proxy_balance_least_conn_and_p2c_serve() {
 fn proxy_balance_retries_a_timed_out_get_but_never_a_post() {
     let site = Site::new();
     // Both servers are slow: the GET is tried on each (504 after both), the POST once.
-    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
-    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
-    let p = serve(
-        &site,
-        &format!(
-            "servers = [\"{}\", \"{}\"]\nread_timeout = \"1s\"\nmax_fails = 0",
-            a.addr(),
-            b.addr()
-        ),
-    );
+    let (_a, _b, p) = pair(&site, "read_timeout = \"1s\"\nmax_fails = 0");
     let r = get(p.addr, "/u/slow?s=3").unwrap();
     assert_eq!(r.status, 504);
     // One line per server tried (the log reaches the test a little after the response).
@@ -261,15 +234,9 @@ fn proxy_balance_metrics_count_per_server() {
 #[test]
 fn proxy_balance_health_checks_take_a_server_out_and_back() {
     let site = Site::new();
-    let a = tagged_backend("a", 30.0, site.path().join("a.log"));
-    let b = tagged_backend("b", 30.0, site.path().join("b.log"));
-    let p = serve(
+    let (a, _b, p) = pair(
         &site,
-        &format!(
-            "servers = [\"{}\", \"{}\"]\nhealth_check = {{ path = \"/healthz\", interval = \"200ms\", fails = 2, passes = 2 }}",
-            a.addr(),
-            b.addr()
-        ),
+        "health_check = { path = \"/healthz\", interval = \"200ms\", fails = 2, passes = 2 }",
     );
     // a's checks start failing: it is out (requests keep succeeding, all on b).
     site.file("a.down", b"");

@@ -166,6 +166,27 @@ impl MetricsRegion {
         &self.file
     }
 
+    /// Counter `at` of upstream server `k`, summed over the first `cells` cells.
+    pub fn upstream_sum(&self, cells: usize, k: usize, at: usize) -> u64 {
+        (0..cells)
+            .map(|c| self.cell(c).upstream(k)[at].load(Relaxed))
+            .sum()
+    }
+
+    /// Upstream server `k`'s response-head histogram, summed over the first `cells` cells.
+    pub fn upstream_hist(&self, cells: usize, k: usize) -> [u64; HIST_LEN] {
+        std::array::from_fn(|j| self.upstream_sum(cells, k, upstream_counter::HEADER_HIST + j))
+    }
+
+    /// Whether a live cell has upstream server `k` out of its group.
+    pub fn upstream_down(&self, cells: usize, k: usize) -> bool {
+        (0..cells).any(|c| {
+            let cell = self.cell(c);
+            cell.get(cell_counter::UP) == 1
+                && cell.upstream(k)[upstream_counter::DOWN].load(Relaxed) == 1
+        })
+    }
+
     /// One cell's block.
     pub fn cell(&self, index: usize) -> CellStats<'_> {
         let all = self.counters.all();

@@ -246,7 +246,6 @@ pub fn status(shared: &MasterState, history: &History) -> Status {
 }
 
 fn upstream_status(shared: &MasterState) -> Vec<UpstreamStatus> {
-    use std::sync::atomic::Ordering::Relaxed;
     let cells = shared.cells();
     shared
         .upstream_servers
@@ -255,24 +254,15 @@ fn upstream_status(shared: &MasterState) -> Vec<UpstreamStatus> {
         .enumerate()
         .take(MAX_UPSTREAM_SERVERS)
         .map(|(k, (upstream, server))| {
-            let sum = |at: usize| -> u64 {
-                (0..cells)
-                    .map(|c| shared.metrics.cell(c).upstream(k)[at].load(Relaxed))
-                    .sum()
-            };
+            let sum = |at: usize| shared.metrics.upstream_sum(cells, k, at);
             let mut responses = [0u64; 5];
             for (c, r) in responses.iter_mut().enumerate() {
                 *r = sum(upstream_counter::RESPONSES + c);
             }
+            let hist = shared.metrics.upstream_hist(cells, k);
             let mut buckets = [0u64; HIST_LEN - 1];
-            for (j, b) in buckets.iter_mut().enumerate() {
-                *b = sum(upstream_counter::HEADER_HIST + j);
-            }
-            let down = (0..cells).any(|c| {
-                let cell = shared.metrics.cell(c);
-                cell.get(cell_counter::UP) == 1
-                    && cell.upstream(k)[upstream_counter::DOWN].load(Relaxed) == 1
-            });
+            buckets.copy_from_slice(&hist[..HIST_LEN - 1]);
+            let down = shared.metrics.upstream_down(cells, k);
             UpstreamStatus {
                 upstream: upstream.clone(),
                 server: server.clone(),

@@ -187,23 +187,28 @@ impl Supervisor {
 
     /// The IO layer could not start a cell for `worker`.
     pub fn spawn_failed(&mut self, worker: usize) -> Vec<Action> {
-        let w = &mut self.workers[worker];
-        if let Some(rep) = w.replacing.take() {
-            // The old cell keeps serving; a reload stops here.
-            w.pid = Some(rep.old_pid);
-            w.generation = rep.old_gen;
-            w.ready = true;
-            if rep.by_reload {
-                tracing::error!("reload aborted");
-                self.reload = None;
-            }
+        if let Some(rep) = self.workers[worker].replacing.take() {
+            self.keep_old(worker, rep);
             return vec![Action::Steer { worker, live: true }];
         }
         vec![Action::RespawnAfter {
             worker,
-            generation: w.generation,
+            generation: self.workers[worker].generation,
             delay: BACKOFF_MAX,
         }]
+    }
+
+    /// A replacement failed: the old cell it was to replace keeps serving, and a reload stops
+    /// here.
+    fn keep_old(&mut self, worker: usize, rep: Replacing) {
+        let w = &mut self.workers[worker];
+        w.pid = Some(rep.old_pid);
+        w.generation = rep.old_gen;
+        w.ready = true;
+        if rep.by_reload {
+            tracing::error!("reload aborted");
+            self.reload = None;
+        }
     }
 
     pub fn handle(&mut self, ev: Event, now: Instant) -> Vec<Action> {
@@ -320,18 +325,13 @@ impl Supervisor {
                 cell = worker,
                 "replacement cell exited ({how}); the old cell keeps serving"
             );
-            w.pid = Some(rep.old_pid);
-            w.generation = rep.old_gen;
-            w.ready = true;
+            let old_pid = rep.old_pid;
+            self.keep_old(worker, rep);
             out.push(Action::Up { worker, up: true });
             out.push(Action::Pid {
                 worker,
-                pid: rep.old_pid,
+                pid: old_pid,
             });
-            if rep.by_reload {
-                tracing::error!("reload aborted");
-                self.reload = None;
-            }
             out.push(Action::Steer { worker, live: true });
             return out;
         }

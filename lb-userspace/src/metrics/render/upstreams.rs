@@ -1,12 +1,8 @@
 //! The per-upstream-server families of proxy routes.
-use std::sync::atomic::Ordering::Relaxed;
-
 use prometheus::proto::MetricType;
 
 use super::build::{Families, gauge_metric, histogram_metric, scalar_metric};
-use crate::metrics::region::{
-    CLASSES, HIST_LEN, MAX_UPSTREAM_SERVERS, MetricsRegion, cell_counter, upstream_counter,
-};
+use crate::metrics::region::{CLASSES, MAX_UPSTREAM_SERVERS, MetricsRegion, upstream_counter};
 
 /// Per upstream server, summed over cells (up: as every live cell sees it).
 pub fn upstream_families(
@@ -21,11 +17,7 @@ pub fn upstream_families(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, (upstream, server)) in servers.iter().enumerate().take(MAX_UPSTREAM_SERVERS) {
         let labels = [("upstream", upstream.as_str()), ("server", server.as_str())];
-        let sum = |at: usize| -> u64 {
-            (0..cells)
-                .map(|c| region.cell(c).upstream(k)[at].load(Relaxed))
-                .sum()
-        };
+        let sum = |at: usize| region.upstream_sum(cells, k, at);
         for (c, class) in CLASSES.iter().enumerate() {
             let n = sum(upstream_counter::RESPONSES + c);
             if n > 0 {
@@ -35,15 +27,7 @@ pub fn upstream_families(
                 ));
             }
         }
-        let mut h = [0u64; HIST_LEN];
-        for c in 0..cells {
-            let u = region.cell(c);
-            let u = u.upstream(k);
-            for (j, v) in h.iter_mut().enumerate() {
-                *v += u[upstream_counter::HEADER_HIST + j].load(Relaxed);
-            }
-        }
-        headers.push(histogram_metric(&labels, &h));
+        headers.push(histogram_metric(&labels, &region.upstream_hist(cells, k)));
         errors.push(scalar_metric(
             &labels,
             sum(upstream_counter::CONNECT_ERRORS) as f64,
@@ -57,11 +41,7 @@ pub fn upstream_families(
                 sum(at) as f64,
             ));
         }
-        let down = (0..cells).any(|c| {
-            let cell = region.cell(c);
-            cell.get(cell_counter::UP) == 1
-                && cell.upstream(k)[upstream_counter::DOWN].load(Relaxed) == 1
-        });
+        let down = region.upstream_down(cells, k);
         up.push(gauge_metric(&labels, f64::from(u8::from(!down))));
         idle.push(gauge_metric(&labels, sum(upstream_counter::IDLE) as f64));
         in_flight.push(gauge_metric(
