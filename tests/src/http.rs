@@ -41,6 +41,14 @@ impl Conn {
         })
     }
 
+    /// A connection whose socket was set up by the caller (e.g. a small receive buffer).
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(raw)
     }

@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use wsgi_worker::Piece;
 
+use crate::cell::proxy::buffer::ReadAhead;
+
 use crate::metrics::CellStats;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
@@ -47,7 +49,7 @@ pub struct Body {
 
 /// An upstream response body on its way through.
 pub struct Relay {
-    body: Incoming,
+    body: Source,
     sent: u64,
     /// Longest wait for the next bytes.
     timeout: std::time::Duration,
@@ -55,6 +57,29 @@ pub struct Relay {
     /// Run when the body was read to its end (the connection goes back to the pool).
     on_end: Option<Box<dyn FnOnce()>>,
     stats: CellStats<'static>,
+}
+
+/// Where a relayed body's frames come from.
+enum Source {
+    /// Read from the upstream as the client takes them.
+    Direct(Incoming),
+    /// Read ahead of the client by a task (`buffering = true`).
+    Ahead(ReadAhead),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Direct(b) => b.is_end_stream(),
+            Source::Ahead(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Direct(b) => b.size_hint(),
+            Source::Ahead(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A body chunk that is a mapping of a file region: the connection sends it with sendfile(2)
@@ -124,13 +149,29 @@ impl Body {
         on_end: Box<dyn FnOnce()>,
         stats: CellStats<'static>,
     ) -> Self {
+        Body::relay_from(Source::Direct(body), timeout, Some(on_end), stats)
+    }
+    /// A proxied response body read ahead of the client (its task ends the upstream side).
+    pub fn read_ahead(
+        body: ReadAhead,
+        timeout: std::time::Duration,
+        stats: CellStats<'static>,
+    ) -> Self {
+        Body::relay_from(Source::Ahead(body), timeout, None, stats)
+    }
+    fn relay_from(
+        body: Source,
+        timeout: std::time::Duration,
+        on_end: Option<Box<dyn FnOnce()>>,
+        stats: CellStats<'static>,
+    ) -> Self {
         let mut b = Body::from_parts(VecDeque::new(), 0, None);
         b.relay = Some(Box::new(Relay {
             body,
             sent: 0,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
-            on_end: Some(on_end),
+            on_end,
             stats,
         }));
         b
@@ -333,11 +374,33 @@ impl http_body::Body for Body {
 }
 
 impl Relay {
+    /// Counts the bytes of a frame on its way out.
+    fn sent_of(
+        &mut self,
+        p: Poll<Option<Result<Frame<Bytes>, std::io::Error>>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Poll::Ready(Some(Ok(f))) = &p
+            && let Some(d) = f.data_ref()
+        {
+            self.sent += d.len() as u64;
+        }
+        p
+    }
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
+        let polled = match &mut self.body {
+            Source::Direct(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(std::io::Error::other))),
+            // Its task keeps the read_timeout and logs a failure.
+            Source::Ahead(b) => {
+                let p = b.poll_frame(cx);
+                return self.sent_of(p);
+            }
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.sent += d.len() as u64;
@@ -348,7 +411,7 @@ impl Relay {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!("upstream response body: {e}; closing the connection");
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 if let Some(f) = self.on_end.take() {

@@ -2,6 +2,7 @@
 //! pooled HTTP/1.1 connection, both bodies stream (hyper's backpressure), and the response
 //! comes back with its redirects mapped to the client's URL space.
 pub mod balance;
+pub mod buffer;
 pub mod headers;
 pub mod health;
 pub mod pool;
@@ -338,7 +339,27 @@ fn respond(
     {
         parts.headers.insert(refresh, v);
     }
-    let mut out = Response::new(Body::relay(body, r.upstream.read_timeout, give_back, stats));
+    // nginx's X-Accel-Buffering: the upstream turns buffering on or off for one response;
+    // like nginx, the field is not passed on.
+    let accel = HeaderName::from_static("x-accel-buffering");
+    let buffering = match parts
+        .headers
+        .remove(&accel)
+        .as_ref()
+        .map(HeaderValue::as_bytes)
+    {
+        Some(v) if v.eq_ignore_ascii_case(b"yes") => true,
+        Some(v) if v.eq_ignore_ascii_case(b"no") => false,
+        _ => r.buffering,
+    };
+    let timeout = r.upstream.read_timeout;
+    let body = if buffering && !http_body::Body::is_end_stream(&body) {
+        let ahead = buffer::ReadAhead::start(body, r.buffer_limit, timeout, give_back);
+        Body::read_ahead(ahead, timeout, stats)
+    } else {
+        Body::relay(body, timeout, give_back, stats)
+    };
+    let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     *out.headers_mut() = parts.headers;
     out

@@ -17,6 +17,9 @@ pub struct ProxyRoute {
     pub trusted: Vec<Cidr>,
     /// Upgrade requests are tunnelled (`websocket = true`).
     pub websocket: bool,
+    /// Response bodies are read ahead of the client (`buffering = true`), up to `buffer_limit`.
+    pub buffering: bool,
+    pub buffer_limit: u64,
 }
 
 impl ProxyRoute {
@@ -38,6 +41,8 @@ impl ProxyRoute {
                 .filter_map(|c| c.parse().ok())
                 .collect(),
             websocket: cfg.websocket,
+            buffering: cfg.buffering,
+            buffer_limit: cfg.buffer_limit.0,
         })
     }
 }

@@ -7,7 +7,7 @@ pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Dur, ListenAddr};
+use super::units::{Dur, ListenAddr, Size};
 
 /// A group of servers the proxy routes of a cell share a connection pool for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,6 +261,18 @@ pub struct ProxyConfig {
     /// hop-by-hop field.
     #[serde(default)]
     pub websocket: bool,
+    /// Read the upstream's response body ahead of the client, up to `buffer_limit`, so a
+    /// slow client frees the upstream connection early (nginx's `proxy_buffering`). Off: bytes
+    /// pass as they arrive. The upstream's `X-Accel-Buffering: yes|no` overrides it.
+    #[serde(default)]
+    pub buffering: bool,
+    /// The most response bytes held per request when buffering; past it the body streams.
+    #[serde(default = "default_buffer_limit")]
+    pub buffer_limit: Size,
+}
+
+fn default_buffer_limit() -> Size {
+    Size(1 << 20)
 }
 
 /// `proxy = "URL"` or `proxy = { ... }`.
@@ -289,6 +301,10 @@ struct ProxyTable {
     trusted_proxies: Vec<String>,
     #[serde(default)]
     websocket: bool,
+    #[serde(default)]
+    buffering: bool,
+    #[serde(default = "default_buffer_limit")]
+    buffer_limit: Size,
 }
 
 impl ProxyConfig {
@@ -301,6 +317,8 @@ impl ProxyConfig {
             set_headers: BTreeMap::new(),
             trusted_proxies: Vec::new(),
             websocket: false,
+            buffering: false,
+            buffer_limit: default_buffer_limit(),
         }
     }
 }
@@ -319,6 +337,8 @@ pub fn deserialize_proxy<'de, D: serde::Deserializer<'de>>(
             set_headers: t.set_headers,
             trusted_proxies: t.trusted_proxies,
             websocket: t.websocket,
+            buffering: t.buffering,
+            buffer_limit: t.buffer_limit,
         },
     }))
 }

@@ -76,6 +76,12 @@ pub fn validate_proxy(
             bad(k, format!("{value:?} is not a valid header value"));
         }
     }
+    if p.buffering && p.buffer_limit.0 == 0 {
+        bad(
+            key("proxy.buffer_limit"),
+            "must be more than 0 with buffering = true (or set buffering = false)".into(),
+        );
+    }
     for (j, cidr) in p.trusted_proxies.iter().enumerate() {
         if let Err(e) = parse_cidr(cidr) {
             bad(key(&format!("proxy.trusted_proxies[{j}]")), e);
@@ -324,6 +330,34 @@ mod tests {
             .map(|r| r.proxy.as_ref().unwrap().websocket)
             .collect();
         assert_eq!(ws, [false, true]);
+    }
+
+    #[test]
+    fn buffering_is_off_by_default_and_its_limit_is_checked() {
+        let (cfg, errors) = validate(
+            r#"
+            [[route]]
+            prefix = "/a/"
+            proxy = "http://127.0.0.1:8001/"
+            [[route]]
+            prefix = "/b/"
+            proxy = { url = "http://127.0.0.1:8001/", buffering = true, buffer_limit = "64k" }
+            [[route]]
+            prefix = "/c/"
+            proxy = { url = "http://127.0.0.1:8001/", buffering = true, buffer_limit = 0 }
+            "#,
+        );
+        let got: Vec<(bool, u64)> = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let p = r.proxy.as_ref().unwrap();
+                (p.buffering, p.buffer_limit.0)
+            })
+            .collect();
+        assert_eq!(got, [(false, 1 << 20), (true, 64 << 10), (true, 0)]);
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["route[2].proxy.buffer_limit"], "{errors:?}");
     }
 
     #[test]
