@@ -50,6 +50,16 @@ pub mod names {
     pub const SYN_RATE: &str = "SYN_RATE";
     pub const SYN_BURST: &str = "SYN_BURST";
     pub const CPU_REDIRECT_ON: &str = "CPU_REDIRECT_ON";
+
+    /// The sk_skb stream-verdict program of `relay = "sockmap"` tunnels.
+    pub const TUNNEL_RELAY_PROGRAM: &str = "tunnel_relay";
+    /// SOCKHASH: key = a socket's cookie (SO_COOKIE), value = the socket. Both sides of every
+    /// sockmap tunnel; the program is attached to it.
+    pub const TUNNEL_SOCKS: &str = "TUNNEL_SOCKS";
+    /// HASH: key = a socket's cookie, value = [`super::TunnelPeer`] (where its bytes go).
+    pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
+    /// PERCPU_ARRAY of u64 indexed by [`super::tunnel`] result.
+    pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
 }
 
 /// Steering policies and decision counters.
@@ -113,6 +123,31 @@ pub mod xdp {
     pub const MAX_PORTS: u32 = 64;
 }
 
+/// The tunnel_relay program's limits and counters.
+pub mod tunnel {
+    /// Sockets in TUNNEL_SOCKS at once (two per tunnel), over every cell.
+    pub const MAX_SOCKETS: u32 = 65536;
+    /// An skb went to the peer socket.
+    pub const REDIRECTED: u32 = 0;
+    /// An skb of a socket with no peer entry stayed with it (the cell reads it).
+    pub const NO_PEER: u32 = 1;
+    /// The peer was no longer in TUNNEL_SOCKS (a tunnel closing): the skb was dropped.
+    pub const DROPPED: u32 = 2;
+    pub const COUNTERS: u32 = 3;
+    /// Label values, in index order, for metrics.
+    pub const LABELS: [&str; COUNTERS as usize] = ["redirected", "no_peer", "dropped"];
+}
+
+/// Value of the `TUNNEL_PEERS` map: one side of a sockmap tunnel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelPeer {
+    /// Cookie of the socket this socket's bytes are redirected to.
+    pub peer: u64,
+    /// Bytes redirected from this socket (the program adds; the cell reads at close).
+    pub bytes: u64,
+}
+
 /// Value of the `CPU_CELLS` array: which cell serves connections whose SYN ran on this CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,7 +200,7 @@ pub type V6Addr = [u8; 16];
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (all three): repr(C), only u32/u64 fields laid out without padding, and every
+    // SAFETY (all four): repr(C), only u32/u64 fields laid out without padding, and every
     // bit pattern is a valid value.
     #[expect(unsafe_code, reason = "aya reads map values as plain bytes")]
     unsafe impl aya::Pod for super::CpuCell {}
@@ -173,6 +208,8 @@ mod user {
     unsafe impl aya::Pod for super::XdpCount {}
     #[expect(unsafe_code, reason = "aya reads map values as plain bytes")]
     unsafe impl aya::Pod for super::SynBucket {}
+    #[expect(unsafe_code, reason = "aya reads map values as plain bytes")]
+    unsafe impl aya::Pod for super::TunnelPeer {}
 }
 
 #[cfg(test)]
@@ -185,6 +222,7 @@ mod tests {
         assert_eq!(align_of::<CpuCell>(), 4);
         assert_eq!(size_of::<XdpCount>(), 16);
         assert_eq!(size_of::<SynBucket>(), 16);
+        assert_eq!(size_of::<TunnelPeer>(), 16);
         // Cells map CELL_LOAD as consecutive u64 words.
         assert_eq!(size_of::<CellLoad>(), 3 * 8);
     }
@@ -193,6 +231,7 @@ mod tests {
     fn labels_match_counts() {
         assert_eq!(steering::LABELS.len(), steering::RESULTS as usize);
         assert_eq!(xdp::LABELS.len(), xdp::ACTIONS as usize);
+        assert_eq!(tunnel::LABELS.len(), tunnel::COUNTERS as usize);
         assert_eq!(
             steering::index(MAX_CELLS - 1, steering::MIGRATED) + 1,
             steering::NO_LIVE_CELL

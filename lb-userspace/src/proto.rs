@@ -19,11 +19,15 @@ pub mod env {
     pub const CONFIG: &str = "PORTICO_CELL_CONFIG";
     /// Set when the steering program's CELL_LOAD map is passed after the control pipe.
     pub const LOAD_MAP: &str = "PORTICO_CELL_LOAD_MAP";
+    /// Set when the tunnel_relay program's TUNNEL_SOCKS and TUNNEL_PEERS maps are passed
+    /// (`relay = "sockmap"` tunnels can use it).
+    pub const TUNNEL_MAPS: &str = "PORTICO_CELL_TUNNEL_MAPS";
 }
 
 /// Inherited descriptors, in order from `FIRST_FD`: one listener per listen address (in
 /// configuration order), the metrics region, the control pipe, then (with eBPF steering) the
-/// CELL_LOAD map.
+/// CELL_LOAD map, then (with the sockmap relay) TUNNEL_SOCKS and TUNNEL_PEERS. Each optional
+/// descriptor keeps its number whether the others are there or not.
 pub const FIRST_FD: i32 = 3;
 
 /// Where each inherited descriptor sits, for a configuration with `listeners` addresses.
@@ -45,6 +49,12 @@ impl FdLayout {
     }
     pub fn load_map(self) -> i32 {
         self.metrics() + 2
+    }
+    pub fn tunnel_socks(self) -> i32 {
+        self.metrics() + 3
+    }
+    pub fn tunnel_peers(self) -> i32 {
+        self.metrics() + 4
     }
 }
 
@@ -129,9 +139,11 @@ mod tests {
                 l.listener(1),
                 l.metrics(),
                 l.control(),
-                l.load_map()
+                l.load_map(),
+                l.tunnel_socks(),
+                l.tunnel_peers()
             ),
-            (3, 4, 5, 6, 7)
+            (3, 4, 5, 6, 7, 8, 9)
         );
     }
 }

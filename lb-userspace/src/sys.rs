@@ -141,3 +141,53 @@ pub fn listen_queue_len(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
         })
     }
 }
+
+impl From<SysError> for std::io::Error {
+    /// Keeps the kind (`WouldBlock` above all, which tokio's `try_io` looks for).
+    fn from(e: SysError) -> Self {
+        std::io::Error::new(e.source.kind(), e)
+    }
+}
+
+/// A pipe for splice(2), both ends non-blocking: the kernel's buffer between two sockets.
+pub fn splice_pipe() -> Result<(OwnedFd, OwnedFd), SysError> {
+    use rustix::pipe::PipeFlags;
+    rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).map_err(|e| SysError {
+        op: "pipe2(O_NONBLOCK) for splice",
+        source: e.into(),
+    })
+}
+
+/// Moves up to `len` bytes from `from` to `to` (one of them a pipe) with splice(2), without
+/// blocking on the pipe; Ok(0) from a socket is its end of stream.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> Result<usize, SysError> {
+    use rustix::pipe::SpliceFlags;
+    rustix::pipe::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+    )
+    .map_err(|e| SysError {
+        op: "splice",
+        source: e.into(),
+    })
+}
+
+/// Half-closes a socket: the peer reads end of stream, and the other direction stays open.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> Result<(), SysError> {
+    rustix::net::shutdown(fd, rustix::net::Shutdown::Write).map_err(|e| SysError {
+        op: "shutdown(SHUT_WR)",
+        source: e.into(),
+    })
+}
+
+/// The kernel's cookie of a socket (SO_COOKIE): what the tunnel_relay program knows a socket by.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> Result<u64, SysError> {
+    rustix::net::sockopt::socket_cookie(fd).map_err(|e| SysError {
+        op: "getsockopt(SO_COOKIE)",
+        source: e.into(),
+    })
+}

@@ -155,8 +155,7 @@ fn idle(p: &Portico) -> f64 {
 /// the head and the body bytes that came with it.
 fn head_only(p: &Portico, path: &str) -> (Conn, String, Vec<u8>) {
     let mut c = slow_client(p.addr);
-    c.send(raw_request("GET", path, &[]).as_bytes())
-        .unwrap();
+    c.send(raw_request("GET", path, &[]).as_bytes()).unwrap();
     let got = c.read_some(1).unwrap();
     let end = got
         .windows(4)

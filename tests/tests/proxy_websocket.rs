@@ -1,7 +1,8 @@
 //! WebSocket tunnels through proxy routes (`websocket = true`), against a real upstream (the
 //! Python `websockets` echo server) and a real client (`websockets.sync.client`), both from
 //! the test virtualenv: echoes both ways, close codes, refused and failed handshakes, the idle
-//! timeout, a draining cell that keeps its tunnels, plain HTTP on the same route.
+//! timeout, a draining cell that keeps its tunnels, plain HTTP on the same route; the echoes
+//! and close codes again through the `splice` and `sockmap` relays.
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -235,6 +236,34 @@ fn websocket_messages_and_close_codes_pass_through() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "plain ok\n");
     drop(up);
+}
+
+/// The same messages and close codes through the kernel relays (`copy` is the test above).
+#[test]
+fn websocket_messages_pass_through_splice_and_sockmap() {
+    let Some(ws) = Ws::new("websocket_messages_pass_through_splice_and_sockmap") else {
+        return;
+    };
+    let up = ws.upstream(Bind::Tcp(free_port()));
+    for relay in ["splice", "sockmap"] {
+        let toml = route("/ws/", &up.bind.server(), true).replace(
+            "websocket = true",
+            &format!("websocket = true, relay = \"{relay}\""),
+        );
+        let p = ws.portico(&toml);
+        let s = ws.client("echo", &url(&p, "/ws/echo"), Duration::from_secs(60));
+        assert_eq!(s["ok"], 401, "{relay}: {s}");
+        assert_eq!(s["bad"], 0, "{relay}: {s}");
+        assert_eq!(s["close_code"], 4001, "{relay}: {s}");
+        assert_eq!(s["close_reason"], "client-bye", "{relay}: {s}");
+        let s = ws.client(
+            "server-close",
+            &url(&p, "/ws/close"),
+            Duration::from_secs(30),
+        );
+        assert_eq!(s["code"], 4002, "{relay}: {s}");
+        assert_eq!(s["reason"], "server-bye", "{relay}: {s}");
+    }
 }
 
 #[test]

@@ -69,7 +69,12 @@ impl Acceptor {
 
     fn spawn<S>(&self, stream: S, info: ConnInfo)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + SendFile + Unpin + 'static,
+        S: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + SendFile
+            + crate::cell::tunnel::sock::IntoSock
+            + Unpin
+            + 'static,
     {
         let ctx = self.ctx.clone();
         let drain = self.drain.clone();

@@ -16,6 +16,7 @@ use wsgi_worker::ConnInfo;
 use crate::cell::conn_state::{ConnState, Phase};
 use crate::cell::context::CellCtx;
 use crate::cell::dispatch::handle;
+use crate::cell::tunnel::sock::IntoSock;
 use crate::metrics::CellStats;
 
 /// The socket as hyper sees it, reporting each read to the connection state.
@@ -182,7 +183,7 @@ pub async fn serve_connection<S>(
     ctx: Rc<CellCtx>,
     mut drain: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + SendFile + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + SendFile + IntoSock + Unpin + 'static,
 {
     let state = Rc::new(ConnState::new(ctx.stats));
     let io = TrackedIo {

@@ -2,6 +2,7 @@
 //! requests to the master (recycling).
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::cell::access_log::AccessLog;
@@ -33,6 +34,8 @@ pub struct CellCtx {
     pub histograms: bool,
     /// This cell's entry of the steering program's CELL_LOAD map, read by `least-loaded`.
     pub load: Option<crate::ebpf::cell_load::CellLoadEntry>,
+    /// The sockmap relay's maps, when the master loaded it (`relay = "sockmap"`).
+    pub tunnel_maps: Option<Rc<RefCell<crate::ebpf::TunnelMaps>>>,
 }
 
 impl CellCtx {
@@ -49,6 +52,7 @@ impl CellCtx {
         max_requests: u64,
         histograms: bool,
         load: Option<crate::ebpf::cell_load::CellLoadEntry>,
+        tunnel_maps: Option<crate::ebpf::TunnelMaps>,
     ) -> Self {
         CellCtx {
             router,
@@ -64,6 +68,7 @@ impl CellCtx {
             max_requests,
             histograms,
             load,
+            tunnel_maps: tunnel_maps.map(|m| Rc::new(RefCell::new(m))),
         }
     }
 

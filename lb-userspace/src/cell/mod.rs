@@ -74,6 +74,22 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         None
     };
+    let tunnel_maps = if std::env::var_os(env::TUNNEL_MAPS).is_some() {
+        let socks = crate::sys::inherited_fd(layout.tunnel_socks())?;
+        let peers = crate::sys::inherited_fd(layout.tunnel_peers())?;
+        match crate::ebpf::TunnelMaps::open(socks, peers) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    cell = index,
+                    "sockmap relay maps: {e}; those tunnels are copied"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
 
@@ -98,7 +114,10 @@ pub fn run() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(index, cfg, fds, metrics, control, pools, load))
+    local.block_on(
+        &rt,
+        serve(index, cfg, fds, metrics, control, pools, load, tunnel_maps),
+    )
 }
 
 /// `portico app-check`: imports every WSGI app once, in this throw-away process, so a broken
@@ -131,6 +150,7 @@ async fn serve(
     control: OwnedFd,
     pools: Vec<Option<wsgi::WsgiRoute>>,
     load: Option<crate::ebpf::cell_load::CellLoadEntry>,
+    tunnel_maps: Option<crate::ebpf::TunnelMaps>,
 ) -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
@@ -145,6 +165,7 @@ async fn serve(
         recycling::max_requests(&cfg),
         cfg.metrics.enabled,
         load,
+        tunnel_maps,
     ));
     let (drain_tx, drain_rx) = watch::channel(false);
     let active = Rc::new(Cell::new(0usize));

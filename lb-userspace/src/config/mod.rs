@@ -15,7 +15,7 @@ mod validate;
 
 pub use error::ConfigErrors;
 pub use overrides::Overrides;
-pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, UpstreamConfig};
+pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};
 pub use schema::{
     Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, RouteConfig, StaticConfig,
     SteeringPolicy, WsgiConfig, XdpConfig, XdpMode,

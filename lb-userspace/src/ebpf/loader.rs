@@ -11,6 +11,8 @@ pub(crate) static STEERING_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steering"));
 pub(crate) static XDP_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_guard"));
+pub(crate) static TUNNEL_RELAY_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tunnel_relay"));
 
 /// Where bpffs is mounted.
 const BPFFS: &str = "/sys/fs/bpf";

@@ -4,8 +4,8 @@ use std::os::fd::{AsFd as _, BorrowedFd};
 
 use anyhow::bail;
 
-use crate::config::{Config, EbpfMode};
-use crate::ebpf::{EbpfError, PinDir, Steering, XdpGuard};
+use crate::config::{Config, EbpfMode, Relay};
+use crate::ebpf::{EbpfError, PinDir, Steering, TunnelRelay, XdpGuard};
 use crate::master::listeners::ListenerSet;
 
 /// Loads steering (unless the policy is `kernel`) and the XDP guard (when configured). A
@@ -93,6 +93,36 @@ pub fn setup_ebpf(
             };
             tracing::warn!("eBPF unavailable, serving with plain SO_REUSEPORT{also}: {e}");
             Ok((None, None, None))
+        }
+    }
+}
+
+/// Loads the sockmap relay when a route has `relay = "sockmap"`. Without privileges or kernel
+/// support (or with `[ebpf] mode = "off"`), one warning: those tunnels are copied, and
+/// `portico_tunnel_sockmap_available` says 0.
+pub fn setup_tunnel_relay(cfg: &Config) -> Option<TunnelRelay> {
+    let wanted = cfg
+        .routes
+        .iter()
+        .filter_map(|r| r.proxy.as_ref())
+        .any(|p| p.websocket && p.relay == Relay::Sockmap);
+    if !wanted {
+        return None;
+    }
+    if cfg.ebpf.mode == EbpfMode::Off {
+        tracing::warn!(
+            "relay = \"sockmap\" needs eBPF and [ebpf] mode = \"off\": those tunnels are copied"
+        );
+        return None;
+    }
+    match TunnelRelay::load() {
+        Ok(t) => {
+            tracing::info!("sockmap tunnel relay loaded (tunnel_relay sk_skb program)");
+            Some(t)
+        }
+        Err(e) => {
+            tracing::warn!("sockmap tunnel relay unavailable, those tunnels are copied: {e}");
+            None
         }
     }
 }

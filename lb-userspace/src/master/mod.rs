@@ -65,6 +65,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         policy,
         xdp: std::cell::RefCell::new(xdp),
         pins: std::cell::RefCell::new(pins),
+        tunnel_relay: std::cell::RefCell::new(ebpf_setup::setup_tunnel_relay(&cfg)),
         routes: std::cell::RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
         upstream_servers: std::cell::RefCell::new(upstream_labels(&cfg)),
         listeners: std::cell::RefCell::new(listener_dups(&listeners)),
@@ -165,6 +166,19 @@ impl Master {
             Some(fd) => Some(fd.try_clone_to_owned().context("dup CELL_LOAD map fd")?),
             None => None,
         };
+        let tunnel_maps = match self
+            .state
+            .tunnel_relay
+            .borrow()
+            .as_ref()
+            .and_then(crate::ebpf::TunnelRelay::map_fds)
+        {
+            Some((s, p)) => Some((
+                s.try_clone_to_owned().context("dup TUNNEL_SOCKS map fd")?,
+                p.try_clone_to_owned().context("dup TUNNEL_PEERS map fd")?,
+            )),
+            None => None,
+        };
         let mut child = spawn::cell(spawn::CellSpec {
             exe: &self.exe,
             cfg: &self.cfg,
@@ -176,6 +190,7 @@ impl Master {
             metrics,
             control: control_w,
             load_map,
+            tunnel_maps,
         })?;
         let pid = child.id().context("cell pid")?;
         let tx = self.events.clone();
@@ -404,6 +419,11 @@ impl Master {
         *self.state.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
         *self.state.upstream_servers.borrow_mut() = upstream_labels(&cfg);
         self.cfg = cfg;
+        if self.state.tunnel_relay.borrow().is_none() {
+            // A route that turned to relay = "sockmap": probe it now (cells started from here on
+            // get its maps).
+            *self.state.tunnel_relay.borrow_mut() = ebpf_setup::setup_tunnel_relay(&self.cfg);
+        }
         if let Some(n) = resize_to
             && n != self.sup.workers()
             && let Err(e) = self.resize(n)
@@ -463,6 +483,7 @@ impl Master {
         // Detach XDP and steering, then remove the pins.
         drop(self.state.xdp.borrow_mut().take());
         drop(self.state.steering.borrow_mut().take());
+        drop(self.state.tunnel_relay.borrow_mut().take());
         drop(self.state.pins.borrow_mut().take());
         tracing::info!("stopped");
         Ok(0)

@@ -45,6 +45,8 @@ pub struct CellSpec<'a> {
     /// The write end of the control pipe.
     pub control: OwnedFd,
     pub load_map: Option<OwnedFd>,
+    /// TUNNEL_SOCKS and TUNNEL_PEERS, when the master loaded the sockmap relay.
+    pub tunnel_maps: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// Starts a cell process; the descriptors are placed where `proto::FdLayout` says.
@@ -74,6 +76,17 @@ pub fn cell(spec: CellSpec<'_>) -> anyhow::Result<tokio::process::Child> {
             child_fd: layout.load_map(),
         });
     }
+    let has_tunnel = spec.tunnel_maps.is_some();
+    if let Some((socks, peers)) = spec.tunnel_maps {
+        mappings.push(FdMapping {
+            parent_fd: socks,
+            child_fd: layout.tunnel_socks(),
+        });
+        mappings.push(FdMapping {
+            parent_fd: peers,
+            child_fd: layout.tunnel_peers(),
+        });
+    }
     let mut cmd = std::process::Command::new(spec.exe);
     cmd.arg("cell")
         .env(env::INDEX, spec.index.to_string())
@@ -83,6 +96,9 @@ pub fn cell(spec: CellSpec<'_>) -> anyhow::Result<tokio::process::Child> {
         .stdin(std::process::Stdio::null());
     if has_load {
         cmd.env(env::LOAD_MAP, "1");
+    }
+    if has_tunnel {
+        cmd.env(env::TUNNEL_MAPS, "1");
     }
     python_env(&mut cmd, spec.cfg);
     cmd.fd_mappings(mappings)

@@ -2,7 +2,7 @@
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd as _, OwnedFd};
 
-use crate::ebpf::{PinDir, Steering, XdpGuard};
+use crate::ebpf::{PinDir, Steering, TunnelRelay, XdpGuard};
 use crate::metrics::{EbpfSnapshot, MetricsRegion, ProcSnapshot, cell_counter, process_usage};
 
 pub struct MasterState {
@@ -15,6 +15,8 @@ pub struct MasterState {
     pub xdp: RefCell<Option<XdpGuard>>,
     /// The pin directory; dropping it removes the pins (clean shutdown).
     pub pins: RefCell<Option<PinDir>>,
+    /// The sockmap relay (`relay = "sockmap"`), when a route asked for it and it loaded.
+    pub tunnel_relay: RefCell<Option<TunnelRelay>>,
     /// Route prefixes in configuration order: the `route` label (updated on reload).
     pub routes: RefCell<Vec<String>>,
     /// (upstream, server) of every upstream server in configuration order: the labels of the
@@ -45,6 +47,11 @@ impl MasterState {
             steering: st.as_ref().map(|s| s.snapshot(cells)).unwrap_or_default(),
             xdp: xdp.as_ref().map(XdpGuard::snapshot).unwrap_or_default(),
             map_entries,
+            tunnel_relay: self
+                .tunnel_relay
+                .borrow()
+                .as_ref()
+                .map(TunnelRelay::snapshot),
         }
     }
 

@@ -118,7 +118,22 @@ pub mod upstream_counter {
     pub const IN_FLIGHT: usize = IDLE + 1;
     /// Time from sending a request to its response head.
     pub const HEADER_HIST: usize = IN_FLIGHT + 1;
-    pub const LEN: usize = HEADER_HIST + HIST_LEN;
+    /// Tunnels (proxied upgrades) to this server: open now (gauge), bytes each way (added
+    /// when a tunnel closes), tunnels by relay in `TUNNEL_RELAYS` order, and `sockmap` tunnels
+    /// relayed by `copy` instead, by reason in `TUNNEL_FALLBACKS` order.
+    pub const TUNNELS_ACTIVE: usize = HEADER_HIST + HIST_LEN;
+    pub const TUNNEL_BYTES_UP: usize = TUNNELS_ACTIVE + 1;
+    pub const TUNNEL_BYTES_DOWN: usize = TUNNEL_BYTES_UP + 1;
+    pub const TUNNELS: usize = TUNNEL_BYTES_DOWN + 1;
+    pub const TUNNEL_FALLBACKS: usize = TUNNELS + TUNNEL_RELAYS.len();
+    pub const LEN: usize = TUNNEL_FALLBACKS + TUNNEL_FALLBACK_REASONS.len();
+
+    /// The `relay` label values, in counter order (the configuration's names).
+    pub const TUNNEL_RELAYS: [&str; 3] = ["copy", "splice", "sockmap"];
+    /// The `reason` label values of relay fallbacks, in counter order: the master could not
+    /// load the tunnel_relay program, a side is a Unix socket (the program relays TCP), or
+    /// putting the sockets in the map failed.
+    pub const TUNNEL_FALLBACK_REASONS: [&str; 3] = ["unavailable", "unix_socket", "map_update"];
 }
 
 const CELL_AREA: usize = lb_common::MAX_CELLS as usize * COUNTERS_PER_CELL;

@@ -22,6 +22,9 @@ pub struct XdpSnapshot {
 pub struct EbpfSnapshot {
     pub steering: SteeringSnapshot,
     pub xdp: XdpSnapshot,
+    /// The tunnel_relay program's counters by `lb_common::tunnel` result; None while it is not
+    /// loaded (`relay = "sockmap"` tunnels are copied).
+    pub tunnel_relay: Option<[u64; lb_common::tunnel::COUNTERS as usize]>,
     /// (map name, entries) of the maps whose size changes at run time.
     pub map_entries: Vec<(&'static str, u64)>,
 }

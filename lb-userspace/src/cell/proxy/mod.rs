@@ -215,7 +215,7 @@ pub async fn call(
                     if upgrade.is_some() {
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                             // The connection becomes the tunnel's: never pooled again.
-                            return switch(resp, sender, &state, &upstream, server);
+                            return switch(resp, sender, &state, r, server, &ctx);
                         }
                         // A refused upgrade: relayed, and its connection not reused.
                         drop(sender);
@@ -286,9 +286,11 @@ fn switch(
     mut resp: Response<Incoming>,
     sender: Sender,
     state: &ConnState,
-    upstream: &pool::Upstream,
+    route: &ProxyRoute,
     server: &Server,
+    ctx: &CellCtx,
 ) -> (Response<Body>, bool) {
+    let upstream = &route.upstream;
     let label = format!("upstream {} server {}", upstream.name, server.addr);
     let on_upgrade = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
@@ -300,8 +302,13 @@ fn switch(
     state.tunnel.replace(Some(Pending {
         upstream: on_upgrade,
         idle: upstream.read_timeout,
+        send_timeout: upstream.send_timeout,
         label,
         hold: Box::new(sender),
+        relay: route.relay,
+        stats: upstream.stats,
+        server: server.index(),
+        maps: ctx.tunnel_maps.clone(),
     }));
     let mut out = Response::new(Body::empty());
     *out.status_mut() = parts.status;

@@ -123,6 +123,11 @@ impl Upstream {
 }
 
 impl Server {
+    /// This server's block in the cell's upstream metrics.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// A pooled connection that is still open and idle, newest first; stale ones are closed.
     /// (One still finishing its last response is closed too: rare, and never waited on.)
     pub fn take_idle(&self) -> Option<Sender> {

@@ -5,7 +5,7 @@ use http::header::HeaderName;
 use wsgi_worker::Cidr;
 
 use super::pool::{Upstream, Upstreams};
-use crate::config::{ProxyConfig, Redirect};
+use crate::config::{ProxyConfig, Redirect, Relay};
 
 #[derive(Debug)]
 pub struct ProxyRoute {
@@ -20,6 +20,8 @@ pub struct ProxyRoute {
     /// Response bodies are read ahead of the client (`buffering = true`), up to `buffer_limit`.
     pub buffering: bool,
     pub buffer_limit: u64,
+    /// How its tunnels are relayed (`relay`).
+    pub relay: Relay,
 }
 
 impl ProxyRoute {
@@ -43,6 +45,7 @@ impl ProxyRoute {
             websocket: cfg.websocket,
             buffering: cfg.buffering,
             buffer_limit: cfg.buffer_limit.0,
+            relay: cfg.relay,
         })
     }
 }

@@ -26,6 +26,11 @@ impl<S> SendTimeout<S> {
         }
     }
 
+    /// The socket, for a tunnel relay that moves bytes in the kernel.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Progress (or an error): the clock stops. Pending: it runs, and past the limit the
     /// write fails.
     fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {

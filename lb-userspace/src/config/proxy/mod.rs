@@ -269,6 +269,34 @@ pub struct ProxyConfig {
     /// The most response bytes held per request when buffering; past it the body streams.
     #[serde(default = "default_buffer_limit")]
     pub buffer_limit: Size,
+    /// How a tunnel's bytes move between the client and the upstream (`websocket = true`).
+    #[serde(default)]
+    pub relay: Relay,
+}
+
+/// How a cell relays a tunnel (an upgraded connection) once the upstream's 101 is through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relay {
+    /// Userspace copy through a buffer per direction.
+    #[default]
+    Copy,
+    /// splice(2) through a pipe per direction: the bytes stay in the kernel.
+    Splice,
+    /// Both sockets in a SOCKHASH and the `tunnel_relay` sk_skb program redirects between
+    /// them; `copy` where the master could not load it.
+    Sockmap,
+}
+
+impl Relay {
+    /// The name in the configuration and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relay::Copy => "copy",
+            Relay::Splice => "splice",
+            Relay::Sockmap => "sockmap",
+        }
+    }
 }
 
 fn default_buffer_limit() -> Size {
@@ -305,6 +333,8 @@ struct ProxyTable {
     buffering: bool,
     #[serde(default = "default_buffer_limit")]
     buffer_limit: Size,
+    #[serde(default)]
+    relay: Relay,
 }
 
 impl ProxyConfig {
@@ -319,6 +349,7 @@ impl ProxyConfig {
             websocket: false,
             buffering: false,
             buffer_limit: default_buffer_limit(),
+            relay: Relay::Copy,
         }
     }
 }
@@ -339,6 +370,7 @@ pub fn deserialize_proxy<'de, D: serde::Deserializer<'de>>(
             websocket: t.websocket,
             buffering: t.buffering,
             buffer_limit: t.buffer_limit,
+            relay: t.relay,
         },
     }))
 }
@@ -402,5 +434,15 @@ mod tests {
             assert_eq!(serde_json::from_str::<Redirect>(&j).unwrap(), r);
         }
         assert!(serde_json::from_str::<Redirect>("\"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn relay_names() {
+        for r in [Relay::Copy, Relay::Splice, Relay::Sockmap] {
+            let j = serde_json::to_string(&r).unwrap();
+            assert_eq!(j, format!("{:?}", r.as_str()));
+            assert_eq!(serde_json::from_str::<Relay>(&j).unwrap(), r);
+        }
+        assert!(serde_json::from_str::<Relay>("\"io_uring\"").is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The checks of `[[upstream]]` groups and `proxy` routes (part of `Config::validate`).
-use super::{ProxyConfig, Redirect, UpstreamConfig, parse_proxy_url};
+use super::{ProxyConfig, Redirect, Relay, UpstreamConfig, parse_proxy_url};
 use crate::config::units::parse_cidr;
 
 /// A proxy route: a `url` becomes an upstream of one server (shared by routes with the same
@@ -80,6 +80,15 @@ pub fn validate_proxy(
         bad(
             key("proxy.buffer_limit"),
             "must be more than 0 with buffering = true (or set buffering = false)".into(),
+        );
+    }
+    if p.relay != Relay::Copy && !p.websocket {
+        bad(
+            key("proxy.relay"),
+            format!(
+                "{:?} relays tunnels, and this route has none (set websocket = true)",
+                p.relay.as_str()
+            ),
         );
     }
     for (j, cidr) in p.trusted_proxies.iter().enumerate() {
@@ -358,6 +367,44 @@ mod tests {
         assert_eq!(got, [(false, 1 << 20), (true, 64 << 10), (true, 0)]);
         let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["route[2].proxy.buffer_limit"], "{errors:?}");
+    }
+
+    #[test]
+    fn relay_is_copy_by_default_and_needs_websocket() {
+        let (cfg, errors) = validate(
+            r#"
+            [[route]]
+            prefix = "/a/"
+            proxy = { url = "http://127.0.0.1:8001/", websocket = true }
+            [[route]]
+            prefix = "/b/"
+            proxy = { url = "http://127.0.0.1:8001/", websocket = true, relay = "splice" }
+            [[route]]
+            prefix = "/c/"
+            proxy = { url = "http://127.0.0.1:8001/", websocket = true, relay = "sockmap" }
+            [[route]]
+            prefix = "/d/"
+            proxy = { url = "http://127.0.0.1:8001/", relay = "splice" }
+            [[route]]
+            prefix = "/e/"
+            proxy = { url = "http://127.0.0.1:8001/", websocket = true, relay = "io_uring" }
+            "#,
+        );
+        let got: Vec<Relay> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| Some(r.proxy.as_ref()?.relay))
+            .collect();
+        assert_eq!(
+            got[..4],
+            [Relay::Copy, Relay::Splice, Relay::Sockmap, Relay::Splice]
+        );
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"route[3].proxy.relay"), "{errors:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("route[4].proxy")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod build;
 mod routes;
+mod tunnels;
 mod upstreams;
 
 use prometheus::proto::{MetricFamily, MetricType};
@@ -12,6 +13,7 @@ use super::region::{CLASSES, MetricsRegion, cell_counter};
 use super::snapshot::{EbpfSnapshot, ProcSnapshot};
 use build::{Families, gauge_metric, scalar_metric};
 use routes::route_families;
+use tunnels::tunnel_families;
 use upstreams::upstream_families;
 
 /// Renders the exposition for `cells` cells in `format`.
@@ -31,6 +33,13 @@ pub fn render(
     ebpf_families(&mut out, bpf, cells);
     listen_families(&mut out, procs);
     upstream_families(&mut out, region, cells, upstreams);
+    tunnel_families(
+        &mut out,
+        region,
+        cells,
+        upstreams.len(),
+        bpf.tunnel_relay.as_ref(),
+    );
     families.extend(out.0);
     families.extend(route_families(region, cells, routes));
     families.sort_by(|a, b| a.name().cmp(b.name()));

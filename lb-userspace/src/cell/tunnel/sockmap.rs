@@ -1,0 +1,140 @@
+//! `relay = "sockmap"`: both sockets go into TUNNEL_SOCKS and the `tunnel_relay` program sends
+//! each skb one receives to the other's send queue. The cell only watches: for an end of
+//! stream (passed on as a half-close), for bytes the program left to it (they arrived before
+//! the sockets were in the map), and for the idle timeout, which reads the program's per-socket
+//! byte counts to see whether anything moved.
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::time::Instant;
+
+use super::Flow;
+use super::sock::Sock;
+use crate::ebpf::TunnelMaps;
+
+/// Bytes read at once from a socket the program left bytes on.
+const CHUNK: usize = 16 << 10;
+
+/// The sockets could not go into the maps: the caller relays them another way.
+#[derive(Debug)]
+pub struct NotJoined(pub String);
+
+/// Relays until both directions end, either side fails (Some(Err)), or nothing moved for
+/// `idle` (None). The bytes hyper read ahead are written first, in userspace.
+pub async fn run(
+    client: &Sock,
+    upstream: &Sock,
+    up_ahead: &[u8],
+    down_ahead: &[u8],
+    maps: &RefCell<TunnelMaps>,
+    flow: &Flow,
+    idle: Duration,
+) -> Result<Option<io::Result<()>>, NotJoined> {
+    // Before the program takes over: whatever it redirects must come after these bytes.
+    let ahead = async {
+        if !down_ahead.is_empty() {
+            client.write_all(down_ahead).await?;
+            flow.sent_down(down_ahead.len());
+        }
+        if !up_ahead.is_empty() {
+            upstream.write_all(up_ahead).await?;
+            flow.sent_up(up_ahead.len());
+        }
+        io::Result::Ok(())
+    };
+    if let Err(e) = ahead.await {
+        return Ok(Some(Err(e)));
+    }
+    let cookie = |s: &Sock| crate::sys::socket_cookie(s.as_fd());
+    let (c, u) = match (cookie(client), cookie(upstream)) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => return Err(NotJoined(e.to_string())),
+    };
+    maps.borrow_mut()
+        .join((c, client.as_fd()), (u, upstream.as_fd()))
+        .map_err(|e| NotJoined(e.to_string()))?;
+    let result = watch(client, upstream, (c, u), maps, flow, idle).await;
+    let m = maps.borrow();
+    flow.up.set(flow.up.get() + m.bytes(c));
+    flow.down.set(flow.down.get() + m.bytes(u));
+    drop(m);
+    maps.borrow_mut().part(c, u);
+    Ok(result)
+}
+
+/// Waits for both ends of stream, an error, or the idle timeout.
+async fn watch(
+    client: &Sock,
+    upstream: &Sock,
+    (c, u): (u64, u64),
+    maps: &RefCell<TunnelMaps>,
+    flow: &Flow,
+    idle: Duration,
+) -> Option<io::Result<()>> {
+    let (mut client_open, mut upstream_open) = (true, true);
+    let moved = || {
+        let m = maps.borrow();
+        m.bytes(c) + m.bytes(u)
+    };
+    let mut seen = moved();
+    let mut buf = vec![0u8; CHUNK];
+    while client_open || upstream_open {
+        let deadline = flow.last.get() + idle;
+        let r = tokio::select! {
+            r = client.ready(Interest::READABLE), if client_open => {
+                r.map(|()| true)
+            }
+            r = upstream.ready(Interest::READABLE), if upstream_open => {
+                r.map(|()| false)
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let now = moved();
+                if now == seen {
+                    return None;
+                }
+                seen = now;
+                flow.last.set(Instant::now());
+                continue;
+            }
+        };
+        let from_client = match r {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
+        };
+        let (from, to) = if from_client {
+            (client, upstream)
+        } else {
+            (upstream, client)
+        };
+        match from.try_read(&mut buf) {
+            Ok(0) => {
+                // End of stream: the program sees no more from this side; pass it on.
+                if let Err(e) = to.shutdown_write() {
+                    return Some(Err(e));
+                }
+                if from_client {
+                    client_open = false;
+                } else {
+                    upstream_open = false;
+                }
+            }
+            Ok(n) => {
+                // Bytes the program left to the cell (queued before the sockets joined).
+                if let Err(e) = to.write_all(&buf[..n]).await {
+                    return Some(Err(e));
+                }
+                if from_client {
+                    flow.sent_up(n);
+                } else {
+                    flow.sent_down(n);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(()))
+}
