@@ -37,6 +37,11 @@ pub fn tunnel_relay(ctx: SkBuffContext) -> u32 {
 
 #[inline(always)]
 fn try_tunnel_relay(ctx: &SkBuffContext) -> Result<u32, ()> {
+    if ctx.len() == 0 {
+        // The end of stream (a FIN without data): the cell passes it on itself, once the
+        // bytes before it are out; redirected, it would reach a socket already shut down.
+        return Ok(SK_PASS);
+    }
     // SAFETY: the helper only reads the socket the skb belongs to.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     let Some(entry) = TUNNEL_PEERS.get_ptr_mut(&cookie) else {

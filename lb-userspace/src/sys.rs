@@ -115,9 +115,8 @@ pub fn set_batch_scheduling() -> Result<(), SysError> {
     }
 }
 
-/// Connections waiting in a listening TCP socket's accept queue: for a listener, TCP_INFO's
-/// `tcpi_unacked` is the queue length (one syscall, unlike walking /proc/net/tcp).
-pub fn listen_queue_len(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
+/// TCP_INFO of a TCP socket.
+fn tcp_info(fd: BorrowedFd<'_>, op: &'static str) -> Result<libc::tcp_info, SysError> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -133,13 +132,37 @@ pub fn listen_queue_len(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
         )
     };
     if rc == 0 {
-        Ok(info.tcpi_unacked)
+        Ok(info)
     } else {
         Err(SysError {
-            op: "getsockopt(TCP_INFO) on a listener",
+            op,
             source: std::io::Error::last_os_error(),
         })
     }
+}
+
+/// Connections waiting in a listening TCP socket's accept queue: for a listener, TCP_INFO's
+/// `tcpi_unacked` is the queue length (one syscall, unlike walking /proc/net/tcp).
+pub fn listen_queue_len(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
+    Ok(tcp_info(fd, "getsockopt(TCP_INFO) on a listener")?.tcpi_unacked)
+}
+
+/// Bytes ever put in a connected TCP socket's send queue: the bytes the peer acknowledged
+/// (TCP_INFO) plus those still queued (SIOCOUTQ). A sockmap tunnel compares it with what the
+/// tunnel_relay program redirected to the socket before passing an end of stream on.
+pub fn tcp_bytes_queued(fd: BorrowedFd<'_>) -> Result<u64, SysError> {
+    use std::os::fd::AsRawFd as _;
+    let acked = tcp_info(fd, "getsockopt(TCP_INFO) on a tunnel socket")?.tcpi_bytes_acked;
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int to the pointer, which points at `outq`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+    if rc != 0 {
+        return Err(SysError {
+            op: "ioctl(SIOCOUTQ) on a tunnel socket",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(acked + u64::try_from(outq).unwrap_or(0))
 }
 
 impl From<SysError> for std::io::Error {

@@ -168,7 +168,7 @@ fn head_only(p: &Portico, path: &str) -> (Conn, String, Vec<u8>) {
 /// Reads the rest of an `n`-byte body (after `first`) and checks every byte.
 fn read_body(c: &mut Conn, first: &[u8], n: u64) {
     let mut at = 0u64;
-    let mut check = |bytes: &[u8], at: &mut u64| {
+    let check = |bytes: &[u8], at: &mut u64| {
         for b in bytes {
             assert_eq!(*b, byte(*at), "body byte {at}");
             *at += 1;

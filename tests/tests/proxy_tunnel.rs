@@ -150,14 +150,14 @@ fn exchange(s: &mut TcpStream) -> u64 {
 }
 
 /// Half-closes and reads the upstream's last words to the end of stream.
-fn half_close(s: &mut TcpStream, echoed: u64) {
+fn half_close(s: &mut TcpStream, echoed: u64, relay: &str) {
     s.shutdown(Shutdown::Write).unwrap();
     let mut tail = Vec::new();
     s.read_to_end(&mut tail).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&tail),
         format!("bye {echoed}\n"),
-        "the upstream's answer to the half-close"
+        "{relay}: the upstream's answer to the half-close"
     );
 }
 
@@ -195,7 +195,7 @@ fn every_relay_carries_both_ways_and_half_closes() {
         let mut s = open(&p);
         let sent = exchange(&mut s);
         let echoed = EARLY.len() as u64 + sent;
-        half_close(&mut s, echoed);
+        half_close(&mut s, echoed, relay);
         let m = after_close(&p);
         let v = |series: &str| metric_value(&m, series).unwrap_or(-1.0);
         assert_eq!(
@@ -229,7 +229,7 @@ fn every_relay_works_with_a_unix_socket_upstream() {
         let p = echo.portico(&up.bind.server(), relay, "", "");
         let mut s = open(&p);
         let sent = exchange(&mut s);
-        half_close(&mut s, EARLY.len() as u64 + sent);
+        half_close(&mut s, EARLY.len() as u64 + sent, relay);
         let m = after_close(&p);
         if relay == "sockmap" {
             // The program relays TCP sockets only: the tunnel is copied, and counted as such.
@@ -306,7 +306,7 @@ fn sockmap_falls_back_to_copy_when_ebpf_is_off() {
     assert_eq!(p.metric("portico_tunnel_sockmap_available"), Some(0.0));
     let mut s = open(&p);
     let sent = exchange(&mut s);
-    half_close(&mut s, EARLY.len() as u64 + sent);
+    half_close(&mut s, EARLY.len() as u64 + sent, "sockmap");
     let m = after_close(&p);
     assert_eq!(
         metric_value(

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::Flow;
+use super::flow::Flow;
 
 /// Copies both ways until both directions end (each end of stream is passed on as a
 /// half-close) or either side fails. The client's `read_ahead` goes to the upstream first.

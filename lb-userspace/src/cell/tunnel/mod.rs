@@ -3,6 +3,7 @@
 //! (the route's `relay`: `copy`, `splice` or `sockmap`) until both sides have closed, either
 //! fails, or nothing moves for the idle timeout.
 pub mod copy;
+pub mod flow;
 pub mod sock;
 pub mod sockmap;
 pub mod splice;
@@ -22,6 +23,7 @@ use crate::cell::proxy::send_timeout::SendTimeout;
 use crate::config::Relay;
 use crate::ebpf::TunnelMaps;
 use crate::metrics::{CellStats, upstream_counter};
+use flow::Flow;
 use sock::{IntoSock, Sock};
 
 /// A tunnel the proxy agreed to: the upstream side, ready once its 101 has been read.
@@ -42,35 +44,6 @@ pub struct Pending {
     pub server: usize,
     /// The sockmap relay's maps, when the master loaded it.
     pub maps: Option<Rc<RefCell<TunnelMaps>>>,
-}
-
-/// What a relay shares with its caller while it runs: when a byte last moved, and the bytes
-/// moved each way.
-#[derive(Debug)]
-pub struct Flow {
-    pub last: Cell<Instant>,
-    pub up: Cell<u64>,
-    pub down: Cell<u64>,
-}
-
-impl Flow {
-    fn new() -> Self {
-        Flow {
-            last: Cell::new(Instant::now()),
-            up: Cell::new(0),
-            down: Cell::new(0),
-        }
-    }
-    /// `n` bytes went from the client to the upstream.
-    pub fn sent_up(&self, n: usize) {
-        self.up.set(self.up.get() + n as u64);
-        self.last.set(Instant::now());
-    }
-    /// `n` bytes went from the upstream to the client.
-    pub fn sent_down(&self, n: usize) {
-        self.down.set(self.down.get() + n as u64);
-        self.last.set(Instant::now());
-    }
 }
 
 /// The tunnel's gauge while it is open; the bytes counted when it closes.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::time::Instant;
 
-use super::Flow;
+use super::flow::Flow;
 use super::sock::Sock;
 use crate::ebpf::TunnelMaps;
 
@@ -48,15 +48,33 @@ pub async fn run(
     if let Err(e) = ahead.await {
         return Ok(Some(Err(e)));
     }
-    let cookie = |s: &Sock| crate::sys::socket_cookie(s.as_fd());
-    let (c, u) = match (cookie(client), cookie(upstream)) {
+    let ids = |s: &Sock| {
+        Ok::<_, crate::sys::SysError>((
+            crate::sys::socket_cookie(s.as_fd())?,
+            crate::sys::tcp_bytes_queued(s.as_fd())?,
+        ))
+    };
+    let (c, u) = match (ids(client), ids(upstream)) {
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => return Err(NotJoined(e.to_string())),
     };
+    let ((c, c_base), (u, u_base)) = (c, u);
     maps.borrow_mut()
         .join((c, client.as_fd()), (u, upstream.as_fd()))
         .map_err(|e| NotJoined(e.to_string()))?;
-    let result = watch(client, upstream, (c, u), maps, flow, idle).await;
+    let sides = [
+        Side {
+            sock: client,
+            cookie: c,
+            queued_before: c_base,
+        },
+        Side {
+            sock: upstream,
+            cookie: u,
+            queued_before: u_base,
+        },
+    ];
+    let result = watch(&sides, maps, flow, idle).await;
     let m = maps.borrow();
     flow.up.set(flow.up.get() + m.bytes(c));
     flow.down.set(flow.down.get() + m.bytes(u));
@@ -65,16 +83,26 @@ pub async fn run(
     Ok(result)
 }
 
-/// Waits for both ends of stream, an error, or the idle timeout.
+/// One side of a sockmap tunnel.
+struct Side<'a> {
+    sock: &'a Sock,
+    cookie: u64,
+    /// `sys::tcp_bytes_queued` when the sockets joined the maps.
+    queued_before: u64,
+}
+
+/// Waits for both ends of stream, an error, or the idle timeout. `sides`: client, upstream.
 async fn watch(
-    client: &Sock,
-    upstream: &Sock,
-    (c, u): (u64, u64),
+    sides: &[Side<'_>; 2],
     maps: &RefCell<TunnelMaps>,
     flow: &Flow,
     idle: Duration,
 ) -> Option<io::Result<()>> {
+    let [cs, us] = sides;
+    let (client, upstream, c, u) = (cs.sock, us.sock, cs.cookie, us.cookie);
     let (mut client_open, mut upstream_open) = (true, true);
+    // Bytes the cell itself wrote to each side after the join (the program's leftovers).
+    let (mut wrote_up, mut wrote_down) = (0u64, 0u64);
     let moved = || {
         let m = maps.borrow();
         m.bytes(c) + m.bytes(u)
@@ -111,7 +139,15 @@ async fn watch(
         };
         match from.try_read(&mut buf) {
             Ok(0) => {
-                // End of stream: the program sees no more from this side; pass it on.
+                // End of stream: the program sees no more from this side. Its last bytes may
+                // still wait in the peer's sockmap backlog: pass the end on once they are out.
+                let (from_side, to_side, wrote) = if from_client {
+                    (cs, us, wrote_up)
+                } else {
+                    (us, cs, wrote_down)
+                };
+                let target = to_side.queued_before + wrote + maps.borrow().bytes(from_side.cookie);
+                sent_out(to, target, idle).await;
                 if let Err(e) = to.shutdown_write() {
                     return Some(Err(e));
                 }
@@ -128,8 +164,10 @@ async fn watch(
                 }
                 if from_client {
                     flow.sent_up(n);
+                    wrote_up += n as u64;
                 } else {
                     flow.sent_down(n);
+                    wrote_down += n as u64;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -137,4 +175,20 @@ async fn watch(
         }
     }
     Some(Ok(()))
+}
+
+/// Waits until `to` has had `target` bytes put in its send queue (the program's redirects
+/// reach it from a kernel work queue), at most `limit`; an error ends the wait (the shutdown
+/// that follows reports the socket's state).
+async fn sent_out(to: &Sock, target: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_micros(50);
+    while Instant::now() < deadline {
+        match crate::sys::tcp_bytes_queued(to.as_fd()) {
+            Ok(n) if n < target => {}
+            _ => return,
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 
-use super::Flow;
+use super::flow::Flow;
 use super::sock::Sock;
 use crate::sys;
 
