@@ -1,8 +1,8 @@
 //! Tunnel relays (`relay = "copy" | "splice" | "sockmap"`) against a real upgrade server (a
 //! Python echo behind `Upgrade: echo`) and a raw client: bytes sent along with the request head
 //! and the 101 (hyper's read-ahead both ways), many messages both ways, a bulk transfer, a
-//! half-close that still gets the upstream's last words, the idle timeout, the tunnel metrics,
-//! and the sockmap fallback to `copy`.
+//! half-close that still gets the upstream's last words, the idle timeout, the tunnel metrics
+//! and the /status tunnel count, and the sockmap fallback to `copy`.
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
@@ -194,6 +194,11 @@ fn every_relay_carries_both_ways_and_half_closes() {
         };
         let mut s = open(&p);
         let sent = exchange(&mut s);
+        // Open now: in the gauge and in the /status upstreams table.
+        assert_eq!(p.metric("portico_tunnels_active"), Some(1.0), "{relay}");
+        let status = get(p.admin.unwrap(), "/status.json").unwrap().text();
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["upstreams"][0]["tunnels"], 1, "{relay}: {status}");
         let echoed = EARLY.len() as u64 + sent;
         half_close(&mut s, echoed, relay);
         let m = after_close(&p);

@@ -142,6 +142,8 @@ pub struct UpstreamStatus {
     pub retries: u64,
     pub in_flight: u64,
     pub idle: u64,
+    /// Tunnels (proxied upgrades) to the server open now.
+    pub tunnels: u64,
     /// Time to the response head, p99 since start, in milliseconds.
     pub p99_ms: Option<f64>,
 }
@@ -273,6 +275,7 @@ fn upstream_status(shared: &MasterState) -> Vec<UpstreamStatus> {
                     + sum(upstream_counter::RETRIES_TIMEOUT),
                 in_flight: sum(upstream_counter::IN_FLIGHT),
                 idle: sum(upstream_counter::IDLE),
+                tunnels: sum(upstream_counter::TUNNELS_ACTIVE),
                 p99_ms: quantile(&buckets, 0.99).map(|v| v * 1e3),
             }
         })
