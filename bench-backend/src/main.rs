@@ -22,7 +22,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 #[derive(Parser)]
-#[command(name = "bench-backend", about = "Fast upstream for `cargo xtask bench proxy`")]
+#[command(
+    name = "bench-backend",
+    about = "Fast upstream for `cargo xtask bench proxy`"
+)]
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:9000.
     #[arg(long)]

@@ -11,7 +11,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
-#[command(name = "ws-load", about = "WebSocket echo load: messages/s and p50/p99 latency")]
+#[command(
+    name = "ws-load",
+    about = "WebSocket echo load: messages/s and p50/p99 latency"
+)]
 struct Args {
     /// ws://host:port/path of an echo endpoint.
     url: String,

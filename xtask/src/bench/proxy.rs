@@ -161,8 +161,11 @@ fn drive(
     match load {
         Load::Http { path, close } => {
             let mut cmd = pinned("wrk", LOAD_CPU);
-            cmd.args(["-t", "1", "-c", &conns.to_string()])
-                .args(["-d", &format!("{secs}s"), "--latency"]);
+            cmd.args(["-t", "1", "-c", &conns.to_string()]).args([
+                "-d",
+                &format!("{secs}s"),
+                "--latency",
+            ]);
             if close {
                 cmd.args(["-H", "Connection: close"]);
             }
@@ -307,7 +310,9 @@ fn start_nginx(dir: &Path, backend: u16, conns: usize) -> anyhow::Result<Server>
 fn check_get(port: u16, path: &str, want_len: usize) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
     let head_end = resp
@@ -325,7 +330,9 @@ fn check_get(port: u16, path: &str, want_len: usize) -> anyhow::Result<()> {
 pub(super) fn bench_proxy(root: &Path, o: super::BenchOpts) -> anyhow::Result<()> {
     let (secs, repeats, conns) = (o.secs, o.repeats.max(1), o.conns);
     if o.workers.is_some_and(|w| w != 1) || o.threads.is_some_and(|t| t != 1) {
-        bail!("bench proxy runs one proxy worker and one load thread; --workers/--threads do not apply");
+        bail!(
+            "bench proxy runs one proxy worker and one load thread; --workers/--threads do not apply"
+        );
     }
     if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
         bail!("bench proxy needs two CPUs: the proxy on CPU0, backend and load on CPU1");
