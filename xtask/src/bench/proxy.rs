@@ -349,13 +349,15 @@ pub(super) fn bench_proxy(root: &Path, o: super::BenchOpts) -> anyhow::Result<()
         check_get(p.port, "/1k", 1024).with_context(|| p.name)?;
         check_get(p.port, "/1m", 1 << 20).with_context(|| p.name)?;
     }
-    println!(
+    // The setup goes into the result file too: numbers without it cannot be compared.
+    let setup = format!(
         "bench proxy: portico and nginx, 1 worker each on CPU{PROXY_CPU}; bench-backend and the load \
          (wrk -t1 / ws-load) on CPU{LOAD_CPU}; {conns} connections, upstream keepalive {conns}, \
-         {secs}s per run, {repeats} interleaved repeats (median)\n"
+         {secs}s per run, {repeats} interleaved repeats (median)"
     );
-    let mut table = String::from(
-        "| case | portico /s | nginx /s | ratio | portico CPU µs/req (master) | nginx CPU µs/req (master) \
+    println!("{setup}\n");
+    let mut table = format!(
+        "{setup}\n\n| case | portico /s | nginx /s | ratio | portico CPU µs/req (master) | nginx CPU µs/req (master) \
          | CPU busy portico / nginx | p99 ms portico / nginx | target |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
