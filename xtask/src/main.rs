@@ -44,8 +44,9 @@ enum Cmd {
     Bench {
         /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern),
         /// `metrics` (the cost of the per-request histograms, and scrape time), `steering`
-        /// (the steering policies side by side, and the XDP guard's cost per packet) or `proxy`
-        /// (the reverse proxy against nginx `proxy_pass`, one worker each, same backend).
+        /// (the steering policies side by side, and the XDP guard's cost per packet), `proxy`
+        /// (the reverse proxy against nginx `proxy_pass`, one worker each, same backend) or
+        /// `tunnel` (the tunnel relays copy, splice and sockmap side by side).
         #[arg(default_value = "static")]
         which: String,
         /// Seconds per wrk run.

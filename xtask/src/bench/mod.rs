@@ -7,6 +7,7 @@ mod metrics;
 mod proxy;
 mod static_files;
 mod steering;
+mod tunnel;
 mod wsgi;
 
 use std::path::{Path, PathBuf};
@@ -43,8 +44,14 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
             compile::build_bench_backend()?;
             proxy::bench_proxy(root, opts)
         }
+        "tunnel" => {
+            compile::build_bench_backend()?;
+            tunnel::bench_tunnel(root, opts)
+        }
         other => {
-            bail!("unknown bench {other:?} (available: static, wsgi, metrics, steering, proxy)")
+            bail!(
+                "unknown bench {other:?} (available: static, wsgi, metrics, steering, proxy, tunnel)"
+            )
         }
     }
 }

@@ -11,18 +11,18 @@ use super::{Server, finish_bench, free_port, median, parse_ms, spawn_server, tem
 use crate::process::{output, which};
 
 /// The proxies' CPU; the backend and the load generator share the other.
-const PROXY_CPU: &str = "0";
-const LOAD_CPU: &str = "1";
+pub(super) const PROXY_CPU: &str = "0";
+pub(super) const LOAD_CPU: &str = "1";
 
 /// Bytes per WebSocket message (ws-load's `--size`).
 const WS_MESSAGE: usize = 64;
 
 #[derive(Clone, Copy)]
-enum Load {
+pub(super) enum Load {
     /// wrk GETs of `path`, with `Connection: close` when `close`.
     Http { path: &'static str, close: bool },
-    /// ws-load echo messages on /ws.
-    WebSocket,
+    /// ws-load echo messages of `size` bytes on /ws.
+    WebSocket { size: usize },
 }
 
 struct Case {
@@ -63,7 +63,7 @@ const CASES: [Case; 4] = [
     },
     Case {
         label: "WebSocket echo (64 B messages)",
-        load: Load::WebSocket,
+        load: Load::WebSocket { size: WS_MESSAGE },
         min_ratio: 1.0,
         lower_cpu: false,
     },
@@ -71,14 +71,14 @@ const CASES: [Case; 4] = [
 
 /// One run against one proxy: requests (or messages) per second, p99, and the proxy's CPU.
 #[derive(Clone, Copy)]
-struct Run {
-    rate: f64,
-    p99_ms: f64,
+pub(super) struct Run {
+    pub(super) rate: f64,
+    pub(super) p99_ms: f64,
     /// Proxy CPU per request (or message): workers (Portico's cells, nginx's worker) and master.
-    worker_us: f64,
-    master_us: f64,
+    pub(super) worker_us: f64,
+    pub(super) master_us: f64,
     /// Proxy CPU time over wall time: below ~100% the proxy was not the bottleneck.
-    busy: f64,
+    pub(super) busy: f64,
 }
 
 /// CPU ticks (utime + stime) of a proxy's master and of its children, the workers.
@@ -124,7 +124,7 @@ fn tree_ticks(master: u32) -> anyhow::Result<Ticks> {
     })
 }
 
-fn clock_ticks() -> f64 {
+pub(super) fn clock_ticks() -> f64 {
     output(Command::new("getconf").arg("CLK_TCK"))
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
@@ -144,14 +144,14 @@ fn run_load(mut cmd: Command, what: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn pinned(bin: impl AsRef<std::ffi::OsStr>, cpu: &str) -> Command {
+pub(super) fn pinned(bin: impl AsRef<std::ffi::OsStr>, cpu: &str) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", cpu]).arg(bin);
     c
 }
 
 /// (count, per second, p99 ms) of one load run.
-fn drive(
+pub(super) fn drive(
     root: &Path,
     port: u16,
     load: Load,
@@ -191,7 +191,7 @@ fn drive(
             let p99 = line("99%").and_then(parse_ms).unwrap_or(f64::NAN);
             Ok((requests, rps, p99))
         }
-        Load::WebSocket => {
+        Load::WebSocket { size } => {
             let mut cmd = pinned(root.join("target/release/ws-load"), LOAD_CPU);
             cmd.arg(format!("ws://127.0.0.1:{port}/ws")).args([
                 "--connections",
@@ -199,7 +199,7 @@ fn drive(
                 "--duration",
                 &secs.to_string(),
                 "--size",
-                &WS_MESSAGE.to_string(),
+                &size.to_string(),
             ]);
             let text = run_load(cmd, "ws-load")?;
             let field = |name: &str| -> anyhow::Result<f64> {
@@ -216,7 +216,7 @@ fn drive(
     }
 }
 
-fn measure(
+pub(super) fn measure(
     root: &Path,
     proxy: &Server,
     load: Load,
@@ -245,7 +245,7 @@ fn measure(
     })
 }
 
-fn start_backend(root: &Path) -> anyhow::Result<Server> {
+pub(super) fn start_backend(root: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
     let mut cmd = pinned(root.join("target/release/bench-backend"), LOAD_CPU);
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
