@@ -2,7 +2,7 @@
 //! Python echo behind `Upgrade: echo`) and a raw client: bytes sent along with the request head
 //! and the 101 (hyper's read-ahead both ways), many messages both ways, a bulk transfer, a
 //! half-close that still gets the upstream's last words, the idle timeout, the tunnel metrics
-//! and the /status tunnel count, and the sockmap fallback to `copy`.
+//! and the /status tunnel count, and the sockmap fallback to `copy` (eBPF off, no CAP_BPF).
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
@@ -335,4 +335,49 @@ fn sockmap_falls_back_to_copy_when_ebpf_is_off() {
         1,
         "one log line for the fallback: {err}"
     );
+}
+
+#[test]
+fn sockmap_without_cap_bpf_falls_back_with_one_warning() {
+    let test = "sockmap_without_cap_bpf_falls_back_with_one_warning";
+    if !is_root() {
+        skip(test, "needs root to drop capabilities from");
+        return;
+    }
+    let Some(echo) = Echo::new(test) else {
+        return;
+    };
+    let up = echo.upstream(Bind::Tcp(free_port()));
+    let cfg = format!(
+        "[server]\nworkers = 1\n\
+         [[upstream]]\nname = \"echo\"\nservers = [\"{}\"]\n\
+         [[route]]\nprefix = \"/t/\"\n\
+         proxy = {{ upstream = \"echo\", websocket = true, relay = \"sockmap\" }}\n",
+        up.bind.server()
+    );
+    echo.site.file("nocap.toml", cfg.as_bytes());
+    // Root without CAP_BPF, CAP_SYS_ADMIN, CAP_PERFMON and CAP_NET_ADMIN in its bounding set.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set=-bpf,-sys_admin,-perfmon,-net_admin", "--"])
+        .arg(portico_bin());
+    let p = Portico::start_with(cmd, &["-c", &echo.site.root("nocap.toml")]);
+    assert_eq!(p.metric("portico_tunnel_sockmap_available"), Some(0.0));
+    let mut s = open(&p);
+    let sent = exchange(&mut s);
+    half_close(&mut s, EARLY.len() as u64 + sent, "sockmap");
+    let m = after_close(&p);
+    assert_eq!(
+        metric_value(
+            &m,
+            "portico_tunnel_relay_fallbacks_total{reason=\"unavailable\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let warnings = p
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("sockmap tunnel relay unavailable"))
+        .count();
+    assert_eq!(warnings, 1, "{}", p.stderr_text());
 }
