@@ -120,7 +120,8 @@ impl Balancer {
 
     /// The server for the next try, never one in `tried`; None when none is up.
     pub fn pick(&mut self, now: Instant, client: Option<IpAddr>, tried: &[usize]) -> Option<usize> {
-        let eligible = |b: &Balancer, backup: bool| -> Vec<usize> {
+        // Inline for small groups: no allocation per request.
+        let eligible = |b: &Balancer, backup: bool| -> smallvec::SmallVec<[usize; 8]> {
             (0..b.servers.len())
                 .filter(|&i| {
                     b.servers[i].backup == backup && !tried.contains(&i) && b.is_up(i, now)
