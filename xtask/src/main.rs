@@ -43,8 +43,9 @@ enum Cmd {
     /// Benchmarks against peers, started side by side in the same run.
     Bench {
         /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern),
-        /// `metrics` (the cost of the per-request histograms, and scrape time) or `steering`
-        /// (the steering policies side by side, and the XDP guard's cost per packet).
+        /// `metrics` (the cost of the per-request histograms, and scrape time), `steering`
+        /// (the steering policies side by side, and the XDP guard's cost per packet) or `proxy`
+        /// (the reverse proxy against nginx `proxy_pass`, one worker each, same backend).
         #[arg(default_value = "static")]
         which: String,
         /// Seconds per wrk run.

@@ -4,6 +4,7 @@
 //! family.
 
 mod metrics;
+mod proxy;
 mod static_files;
 mod steering;
 mod wsgi;
@@ -38,8 +39,12 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
         }
         "metrics" => metrics::bench_metrics(root, opts),
         "steering" => steering::bench_steering(root, opts),
+        "proxy" => {
+            compile::build_bench_backend()?;
+            proxy::bench_proxy(root, opts)
+        }
         other => {
-            bail!("unknown bench {other:?} (available: static, wsgi, metrics, steering)")
+            bail!("unknown bench {other:?} (available: static, wsgi, metrics, steering, proxy)")
         }
     }
 }
