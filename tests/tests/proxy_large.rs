@@ -157,7 +157,7 @@ fn start() -> (Site, Portico, i32) {
     let site = Site::new();
     let up = backend();
     let cfg = format!(
-        "[server]\nworkers = 1\n[[route]]\nprefix = \"/big/\"\nproxy = \"http://{up}/\"\n"
+        "[server]\nworkers = 1\n[limits]\nmax_body_size = \"2G\"\n[[route]]\nprefix = \"/big/\"\nproxy = \"http://{up}/\"\n"
     );
     let path = site.file("p.toml", cfg.as_bytes());
     let p = Portico::start(&["--config", path.to_str().unwrap()]);
