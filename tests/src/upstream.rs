@@ -95,8 +95,8 @@ impl Upstream {
     /// kernel, nothing is finished gracefully.
     pub fn kill(&mut self) {
         let pid = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         let pids = std::iter::once(pid).chain(
             children
                 .split_whitespace()

@@ -245,8 +245,10 @@ fn canned_server(targets: Arc<Mutex<Vec<String>>>) -> SocketAddr {
                     Some((_, bytes)) => bytes.as_bytes().to_vec(),
                     None => {
                         let long = "a".repeat(1 << 20);
-                        format!("HTTP/1.1 200 OK\r\nX-Long: {long}\r\nContent-Length: 6\r\n\r\nLEAKED")
-                            .into_bytes()
+                        format!(
+                            "HTTP/1.1 200 OK\r\nX-Long: {long}\r\nContent-Length: 6\r\n\r\nLEAKED"
+                        )
+                        .into_bytes()
                     }
                 };
                 let mut w = s;

@@ -28,7 +28,11 @@ fn fill(buf: &mut [u8], at: u64) {
 
 /// Checks `bytes` against the pattern from `at`; the first wrong offset.
 fn check(bytes: &[u8], at: u64) -> Result<(), u64> {
-    match bytes.iter().enumerate().find(|(j, b)| **b != byte(at + *j as u64)) {
+    match bytes
+        .iter()
+        .enumerate()
+        .find(|(j, b)| **b != byte(at + *j as u64))
+    {
         Some((j, _)) => Err(at + j as u64),
         None => Ok(()),
     }
@@ -211,7 +215,9 @@ fn download(s: &mut TcpStream, n: u64) -> u64 {
     let mut at = first.len() as u64;
     let mut buf = vec![0u8; 256 << 10];
     while at < n {
-        let k = s.read(&mut buf[..(n - at).min(256 << 10) as usize]).unwrap();
+        let k = s
+            .read(&mut buf[..(n - at).min(256 << 10) as usize])
+            .unwrap();
         assert!(k > 0, "the body ended at {at} of {n}");
         check(&buf[..k], at).unwrap_or_else(|off| panic!("byte {off} wrong"));
         at += k as u64;

@@ -107,8 +107,16 @@ fn proxy_sites_catmaid_django_under_gevent_gunicorn() {
     let site = Site::new();
     fixture(&site, "catmaid");
     fixture(&site, "catmaid_login.py");
-    python(&venv, &site, &["-m", "django", "migrate", "--noinput", "-v", "0"]);
-    python(&venv, &site, &["-m", "django", "collectstatic", "--noinput", "-v", "0"]);
+    python(
+        &venv,
+        &site,
+        &["-m", "django", "migrate", "--noinput", "-v", "0"],
+    );
+    python(
+        &venv,
+        &site,
+        &["-m", "django", "collectstatic", "--noinput", "-v", "0"],
+    );
     python(
         &venv,
         &site,
@@ -148,7 +156,10 @@ fn proxy_sites_catmaid_django_under_gevent_gunicorn() {
     // Redirects come back under /catmaid/ exactly once: Django's own (it knows the mount), the
     // slash it appends, and one from a view that ignores the mount (the proxy maps it).
     for (target, want) in [
-        ("/catmaid/admin/", "/catmaid/admin/login/?next=/catmaid/admin/"),
+        (
+            "/catmaid/admin/",
+            "/catmaid/admin/login/?next=/catmaid/admin/",
+        ),
         ("/catmaid/admin", "/catmaid/admin/"),
         ("/catmaid/unmounted/", "/catmaid/admin/"),
     ] {
@@ -269,7 +280,11 @@ fn read_until(c: &mut Conn, seen: &mut Vec<u8>, needle: &str, p: &Portico) {
             p.stderr_text()
         );
         let n = c.stream.read(&mut tmp).expect("the stream goes on");
-        assert!(n > 0, "closed before {needle:?}: {:?}", String::from_utf8_lossy(seen));
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(seen)
+        );
         seen.extend_from_slice(&tmp[..n]);
     }
 }

@@ -50,9 +50,9 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
             "no response within read_timeout ({read_timeout:?})"
         )),
         // Like a response hyper cannot parse: never passed on, its connection dropped.
-        Ok(Ok(resp)) if headers::ambiguous_length(resp.headers()) => Attempt::Failed(
-            "invalid response: both Content-Length and Transfer-Encoding".into(),
-        ),
+        Ok(Ok(resp)) if headers::ambiguous_length(resp.headers()) => {
+            Attempt::Failed("invalid response: both Content-Length and Transfer-Encoding".into())
+        }
         Ok(Ok(resp)) => Attempt::Answered(resp, sender),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Attempt::NotSent(req, e.error().to_string()),
