@@ -155,8 +155,7 @@ fn idle(p: &Portico) -> f64 {
 /// the head and the body bytes that came with it.
 fn head_only(p: &Portico, path: &str) -> (Conn, String, Vec<u8>) {
     let mut c = slow_client(p.addr);
-    c.send(raw_request("GET", path, &[]).as_bytes())
-        .unwrap();
+    c.send(raw_request("GET", path, &[]).as_bytes()).unwrap();
     let got = c.read_some(1).unwrap();
     let end = got
         .windows(4)
@@ -169,7 +168,7 @@ fn head_only(p: &Portico, path: &str) -> (Conn, String, Vec<u8>) {
 /// Reads the rest of an `n`-byte body (after `first`) and checks every byte.
 fn read_body(c: &mut Conn, first: &[u8], n: u64) {
     let mut at = 0u64;
-    let mut check = |bytes: &[u8], at: &mut u64| {
+    let check = |bytes: &[u8], at: &mut u64| {
         for b in bytes {
             assert_eq!(*b, byte(*at), "body byte {at}");
             *at += 1;
