@@ -47,6 +47,7 @@ fn proxy_faults_one_of_two_servers_killed_under_load() {
         &[("/app/status?code=200", b"status 200".as_slice())],
     );
     load.wait_ok(0, 200);
+    let killed = a.addr();
     a.kill();
     let at_kill = load.ok_so_far();
     // The load goes on, on the survivor.
@@ -60,6 +61,11 @@ fn proxy_faults_one_of_two_servers_killed_under_load() {
         p.stderr_text()
     );
     assert!(ok >= 500 && failed * 50 <= ok, "ok {ok}, failed {failed}");
+    // The proxy met the dead server (and logged it with its group) while the load ran.
+    p.wait_stderr(
+        Duration::from_secs(5),
+        &format!("upstream app server {killed}: "),
+    );
     // The survivor serves alone now.
     for _ in 0..4 {
         let r = get(p.addr, "/app/status?code=200").unwrap();
