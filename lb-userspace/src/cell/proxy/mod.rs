@@ -49,6 +49,10 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
         Err(_) => Attempt::TimedOut(format!(
             "no response within read_timeout ({read_timeout:?})"
         )),
+        // Like a response hyper cannot parse: never passed on, its connection dropped.
+        Ok(Ok(resp)) if headers::ambiguous_length(resp.headers()) => {
+            Attempt::Failed("invalid response: both Content-Length and Transfer-Encoding".into())
+        }
         Ok(Ok(resp)) => Attempt::Answered(resp, sender),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Attempt::NotSent(req, e.error().to_string()),
@@ -158,8 +162,7 @@ pub async fn call(
         let failed = |why: &str| {
             let now = Instant::now();
             let mut b = upstream.balancer.borrow_mut();
-            b.finished(i, now, Outcome::Failed);
-            let down = b.went_down(i, now);
+            let down = b.finished(i, now, Outcome::Failed);
             drop(b);
             upstream.publish(i, now);
             if down {
