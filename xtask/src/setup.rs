@@ -26,13 +26,15 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
 ];
 /// Python packages the end-to-end tests need, in the project's venv (`.venv`)
 /// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn: the
-/// upstream servers of the reverse-proxy tests).
+/// upstream servers of the reverse-proxy tests; pyramid and PasteDeploy: the `paste` tests).
 pub const TEST_PY: &[&str] = &[
     "flask>=3,<4",
     "django>=5,<6",
     "prometheus-client>=0.20,<1",
     "gunicorn>=23",
     "websockets>=13",
+    "pyramid>=2,<3",
+    "PasteDeploy>=3",
 ];
 /// Python packages for the WSGI bench: the peers besides gunicorn (in `TEST_PY`, which the
 /// bench installs too).
