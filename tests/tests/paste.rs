@@ -78,7 +78,10 @@ fn paste_pyramid_pipeline_logging_and_server_section() {
         .collect();
     assert_eq!(ignored.len(), 1, "{log}");
     assert!(ignored[0].contains("production.ini"), "{log}");
-    assert!(!log.contains("6543"), "the .ini's server never runs:\n{log}");
+    assert!(
+        !log.contains("6543"),
+        "the .ini's server never runs:\n{log}"
+    );
 }
 
 #[test]
@@ -149,7 +152,10 @@ fn paste_broken_ini_stops_startup() {
     // A missing file is a configuration error, found without importing anything.
     let (code, err) = serve_fails(&site, &venv, "missing.ini");
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("wsgi.paste") && err.contains("missing.ini"), "{err}");
+    assert!(
+        err.contains("wsgi.paste") && err.contains("missing.ini"),
+        "{err}"
+    );
 
     // `portico check` reports the same broken .ini (it imports the apps too).
     site.file(

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 
 use super::schema::WsgiConfig;
 
-/// The app PasteDeploy loads when no name is given (`loadapp`'s default).
-pub const DEFAULT_APP_NAME: &str = "main";
-
 /// `FILE[#NAME]` from the command line, as gunicorn and uWSGI write it.
 pub fn split_flag(flag: &str) -> Result<(PathBuf, Option<String>), String> {
     let (file, name) = match flag.rsplit_once('#') {
@@ -43,7 +40,10 @@ pub(super) fn validate(
     let abs = dir.join(p);
     match std::fs::File::open(&abs) {
         Ok(_) if abs.is_file() => w.paste = Some(abs),
-        Ok(_) => bad(key("wsgi.paste"), format!("{} is not a file", abs.display())),
+        Ok(_) => bad(
+            key("wsgi.paste"),
+            format!("{} is not a file", abs.display()),
+        ),
         Err(e) => bad(key("wsgi.paste"), format!("{}: {e}", abs.display())),
     }
 }

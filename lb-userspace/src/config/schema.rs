@@ -371,6 +371,9 @@ impl Default for WsgiConfig {
 /// Python threads per cell unless `threads` says otherwise (see README, "Choosing threads").
 pub const DEFAULT_WSGI_THREADS: i64 = 1;
 
+/// The app of a `paste` file loaded when `app_name` is not given (PasteDeploy's default).
+pub const DEFAULT_PASTE_APP_NAME: &str = "main";
+
 impl WsgiConfig {
     /// The application, parsed (validate() has checked it).
     pub fn spec(&self) -> Option<wsgi_worker::AppSpec> {
@@ -382,7 +385,7 @@ impl WsgiConfig {
                 name: self
                     .app_name
                     .clone()
-                    .unwrap_or_else(|| super::paste::DEFAULT_APP_NAME.into()),
+                    .unwrap_or_else(|| DEFAULT_PASTE_APP_NAME.into()),
             }),
             _ => None,
         }
