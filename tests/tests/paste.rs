@@ -109,6 +109,42 @@ fn paste_flag_picks_a_named_app() {
     assert_eq!(r.header("x-tag"), Some("from-pipeline"));
 }
 
+#[test]
+fn paste_reload_follows_the_ini() {
+    let Some(venv) = venv_or_skip("paste_reload_follows_the_ini") else {
+        return;
+    };
+    let site = paste_site();
+    let venv = venv.display().to_string();
+    let mut cmd = Command::new(portico_bin());
+    cmd.current_dir(site.path());
+    let p = Portico::start_with(
+        cmd,
+        &["--paste", "production.ini", "--venv", &venv, "--reload"],
+    );
+    let r = get(p.addr, "/hello").unwrap();
+    assert!(r.text().starts_with("Hello "), "{}", r.text());
+    // A deploy that only edits the .ini (a setting here) is a changed app.
+    let ini = site.file(
+        "production.ini",
+        PRODUCTION_INI
+            .replace("greeting = Hello", "greeting = Howdy")
+            .as_bytes(),
+    );
+    // Cells compare modification times: make the edit's one differ whatever the file system's
+    // timestamp granularity (instead of sleeping past it).
+    std::fs::File::options()
+        .write(true)
+        .open(&ini)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)))
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the edited .ini served", || {
+        let r = get(p.addr, "/hello").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text().starts_with("Howdy ")
+    });
+}
+
 /// `portico serve --paste SPEC` in the site's directory must fail; returns (status, stderr).
 fn serve_fails(site: &Site, venv: &str, spec: &str) -> (Option<i32>, String) {
     let out = Command::new(portico_bin())
