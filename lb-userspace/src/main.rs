@@ -73,6 +73,9 @@ enum Command {
 struct ServeArgs {
     /// WSGI application (`module:callable`), mounted at `/`.
     app: Option<String>,
+    /// A PasteDeploy app, `FILE.ini[#NAME]` (default name `main`), mounted at `/` instead of APP.
+    #[arg(long, value_name = "FILE[#NAME]", conflicts_with = "app")]
+    paste: Option<String>,
     /// Configuration file (TOML); flags override it.
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
@@ -235,6 +238,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => {
             let overrides = Overrides {
                 app: a.app,
+                paste: a.paste,
                 listen: a.listen,
                 statics: a.statics,
                 proxies: a.proxies,

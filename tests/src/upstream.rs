@@ -90,6 +90,26 @@ impl Upstream {
         }
     }
 
+    /// Kills the server the hard way (SIGKILL to the process and its children, e.g.
+    /// gunicorn's workers), as a crash would, and reaps it: its connections are reset by the
+    /// kernel, nothing is finished gracefully.
+    pub fn kill(&mut self) {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let pids = std::iter::once(pid).chain(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+        for p in pids {
+            if let Some(p) = rustix::process::Pid::from_raw(p as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+        let _ = self.child.wait();
+    }
+
     /// What the process wrote to stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

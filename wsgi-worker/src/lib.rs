@@ -29,6 +29,19 @@ pub enum AppSpec {
     Factory { module: String, attr: String },
     /// A WSGI script file whose `application` is the app (mod_wsgi's WSGIScriptAlias).
     Script(PathBuf),
+    /// A PasteDeploy `.ini` (absolute path) and the app, pipeline or composite in it to load.
+    Paste { path: PathBuf, name: String },
+}
+
+impl std::fmt::Display for AppSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppSpec::Callable { module, attr } => write!(f, "{module}:{attr}"),
+            AppSpec::Factory { module, attr } => write!(f, "{module}:{attr}()"),
+            AppSpec::Script(p) => write!(f, "{}", p.display()),
+            AppSpec::Paste { path, name } => write!(f, "config:{}#{name}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,6 +117,15 @@ mod tests {
             "site/app.wsgi".parse(),
             Ok(AppSpec::Script("site/app.wsgi".into()))
         );
+    }
+
+    #[test]
+    fn names_a_paste_app_as_its_config_url() {
+        let spec = AppSpec::Paste {
+            path: "/srv/site/production.ini".into(),
+            name: "main".into(),
+        };
+        assert_eq!(spec.to_string(), "config:/srv/site/production.ini#main");
     }
 
     #[test]

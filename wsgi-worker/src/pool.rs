@@ -130,7 +130,12 @@ impl Pool {
                     venv: s.venv.as_deref(),
                 },
             )?;
-            Ok((app, python::app_source_files(py)))
+            let mut sources = python::app_source_files(py);
+            // `reload = true` also follows the .ini: a changed pipeline is a changed app.
+            if let AppSpec::Paste { path, .. } = &s.spec {
+                sources.push(s.base_dir.join(path));
+            }
+            Ok((app, sources))
         })?;
         let app = Arc::new(app);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(s.max_queue.max(1));

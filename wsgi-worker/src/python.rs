@@ -88,6 +88,25 @@ def load_script(path):
         raise AttributeError(f"{path} defines no 'application'")
     return ns["application"]
 
+def load_paste(path, name):
+    """Like gunicorn's and uWSGI's --paste: the file's logging first, then the app (with its
+    filters and pipelines) from PasteDeploy. Its [server:*] sections are not used."""
+    import configparser, logging.config, os
+    here = os.path.dirname(path)
+    defaults = {"here": here, "__file__": path}
+    parser = configparser.ConfigParser(defaults=defaults)
+    with open(path, encoding="utf-8") as f:
+        parser.read_file(f)
+    if parser.has_section("loggers"):
+        logging.config.fileConfig(path, defaults=defaults, disable_existing_loggers=False)
+    try:
+        from paste.deploy import loadapp
+    except ImportError as e:
+        raise ImportError(
+            f"{path}: PasteDeploy is not importable here (pip install PasteDeploy in the app's venv): {e}"
+        ) from e
+    return loadapp("config:" + path, name=name, relative_to=here, global_conf=dict(defaults))
+
 def resolve(module, attr):
     import importlib
     obj = importlib.import_module(module)
@@ -164,11 +183,7 @@ pub fn load_app(
     spec: &AppSpec,
     paths: &LoadPaths<'_>,
 ) -> Result<Py<PyAny>, AppError> {
-    let spec_text = match spec {
-        AppSpec::Callable { module, attr } => format!("{module}:{attr}"),
-        AppSpec::Factory { module, attr } => format!("{module}:{attr}()"),
-        AppSpec::Script(p) => p.display().to_string(),
-    };
+    let spec_text = spec.to_string();
     let import_err = |e: PyErr| AppError::Import {
         spec: spec_text.clone(),
         traceback: format_err(py, &e),
@@ -216,6 +231,10 @@ pub fn load_app(
             AppSpec::Script(p) => {
                 let p = paths.base_dir.join(p);
                 h.call_method1("load_script", (p.to_string_lossy().as_ref(),))?
+            }
+            AppSpec::Paste { path, name } => {
+                let p = paths.base_dir.join(path);
+                h.call_method1("load_paste", (p.to_string_lossy().as_ref(), name))?
             }
         })
     };

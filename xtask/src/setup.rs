@@ -25,14 +25,22 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("libev-dev", "/usr/include/ev.h"),
 ];
 /// Python packages the end-to-end tests need, in the project's venv (`.venv`)
-/// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn: the
-/// upstream servers of the reverse-proxy tests).
+/// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn, gevent,
+/// channels and daphne: the upstream servers of the reverse-proxy tests; requests: a client
+/// with a cookie jar for the Django admin login through the proxy; pyramid and PasteDeploy:
+/// the `paste` tests).
 pub const TEST_PY: &[&str] = &[
     "flask>=3,<4",
     "django>=5,<6",
     "prometheus-client>=0.20,<1",
     "gunicorn>=23",
     "websockets>=13",
+    "gevent>=24",
+    "requests>=2.31",
+    "channels>=4",
+    "daphne>=4",
+    "pyramid>=2,<3",
+    "PasteDeploy>=3",
 ];
 /// Python packages for the WSGI bench: the peers besides gunicorn (in `TEST_PY`, which the
 /// bench installs too).

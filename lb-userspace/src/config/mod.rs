@@ -4,10 +4,12 @@
 //!
 //! `units` parses the value syntaxes (durations, sizes, CIDRs, listen addresses), `schema` is
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
-//! applies the command line, and `validate` checks the result.
+//! applies the command line, and `validate` checks the result; `paste` holds what is
+//! specific to PasteDeploy apps.
 mod error;
 mod load;
 mod overrides;
+pub mod paste;
 mod proxy;
 mod schema;
 mod units;

@@ -10,8 +10,10 @@ use super::units::{Dur, parse_duration};
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub app: Option<String>,
+    /// `--paste FILE[#NAME]`: a PasteDeploy app mounted at `/`, instead of APP.
+    pub paste: Option<String>,
     /// `--threads`, `--request-timeout`, `--max-requests`, `--reload`, `--python-path`,
-    /// `--venv`: applied to the app given as APP.
+    /// `--venv`: applied to the app given as APP or `--paste`.
     pub threads: Option<i64>,
     pub request_timeout: Option<String>,
     pub max_requests: Option<u64>,
@@ -41,6 +43,7 @@ impl Config {
                 message,
             });
         };
+        let mut cli_app = None;
         if let Some(app) = &o.app {
             let mut w = WsgiConfig::default();
             match app.parse::<wsgi_worker::AppSpec>() {
@@ -48,6 +51,24 @@ impl Config {
                 Ok(wsgi_worker::AppSpec::Script(p)) => w.script = Some(absolute(&p)),
                 Ok(_) => w.app = Some(app.clone()),
             }
+            cli_app = Some(w);
+        }
+        if let Some(flag) = &o.paste {
+            if o.app.is_some() {
+                bad("--paste", "give APP or --paste, not both".into());
+            }
+            match super::paste::split_flag(flag) {
+                Ok((file, name)) => {
+                    cli_app = Some(WsgiConfig {
+                        paste: Some(absolute(&file)),
+                        app_name: name,
+                        ..WsgiConfig::default()
+                    });
+                }
+                Err(e) => bad("--paste", e),
+            }
+        }
+        if let Some(mut w) = cli_app {
             if let Some(t) = o.threads {
                 w.threads = t;
             }
@@ -83,7 +104,7 @@ impl Config {
         {
             bad(
                 "APP",
-                "--threads, --request-timeout, --max-requests, --reload, --python-path and --venv apply to an APP given on the command line".into(),
+                "--threads, --request-timeout, --max-requests, --reload, --python-path and --venv apply to an APP or --paste given on the command line".into(),
             );
         }
         if !o.listen.is_empty() {
@@ -220,5 +241,38 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(errs.len(), 1, "WSGI flags without APP are refused");
+    }
+
+    #[test]
+    fn paste_mounts_a_pastedeploy_app_at_root() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides {
+            paste: Some("site/production.ini#admin".into()),
+            threads: Some(4),
+            ..Default::default()
+        });
+        assert!(errs.is_empty(), "{errs:?}");
+        let w = cfg.routes[0].wsgi.as_ref().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(w.paste, Some(cwd.join("site/production.ini")));
+        assert_eq!(w.app_name.as_deref(), Some("admin"));
+        assert_eq!((w.app.as_ref(), w.threads), (None, 4));
+        assert_eq!(w.chdir.as_ref(), Some(&cwd));
+
+        let mut cfg = Config::default();
+        cfg.apply(&Overrides {
+            paste: Some("production.ini".into()),
+            ..Default::default()
+        });
+        let w = cfg.routes[0].wsgi.as_ref().unwrap();
+        assert_eq!(w.app_name, None, "PasteDeploy's default name");
+
+        let errs = Config::default().apply(&Overrides {
+            app: Some("site.wsgi:application".into()),
+            paste: Some("prod.ini#".into()),
+            ..Default::default()
+        });
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["--paste", "--paste"], "{errs:?}");
     }
 }

@@ -294,6 +294,10 @@ pub struct WsgiConfig {
     pub app: Option<String>,
     /// A WSGI script file whose `application` is the app (mod_wsgi's WSGIScriptAlias).
     pub script: Option<PathBuf>,
+    /// A PasteDeploy `.ini` the app is loaded from (gunicorn's and uWSGI's `--paste`).
+    pub paste: Option<PathBuf>,
+    /// The app, pipeline or composite of `paste` to load (PasteDeploy's default: "main").
+    pub app_name: Option<String>,
     /// Directory the app is imported from (sys.path[0]); default: the config's base directory.
     pub chdir: Option<PathBuf>,
     /// Prepended to sys.path.
@@ -339,6 +343,8 @@ impl Default for WsgiConfig {
         Self {
             app: None,
             script: None,
+            paste: None,
+            app_name: None,
             chdir: None,
             python_path: Vec::new(),
             venv: None,
@@ -365,12 +371,22 @@ impl Default for WsgiConfig {
 /// Python threads per cell unless `threads` says otherwise (see README, "Choosing threads").
 pub const DEFAULT_WSGI_THREADS: i64 = 1;
 
+/// The app of a `paste` file loaded when `app_name` is not given (PasteDeploy's default).
+pub const DEFAULT_PASTE_APP_NAME: &str = "main";
+
 impl WsgiConfig {
     /// The application, parsed (validate() has checked it).
     pub fn spec(&self) -> Option<wsgi_worker::AppSpec> {
-        match (&self.app, &self.script) {
-            (Some(a), None) => a.parse().ok(),
-            (None, Some(s)) => Some(wsgi_worker::AppSpec::Script(s.clone())),
+        match (&self.app, &self.script, &self.paste) {
+            (Some(a), None, None) => a.parse().ok(),
+            (None, Some(s), None) => Some(wsgi_worker::AppSpec::Script(s.clone())),
+            (None, None, Some(p)) => Some(wsgi_worker::AppSpec::Paste {
+                path: p.clone(),
+                name: self
+                    .app_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PASTE_APP_NAME.into()),
+            }),
             _ => None,
         }
     }

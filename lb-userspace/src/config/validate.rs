@@ -290,13 +290,12 @@ fn validate_wsgi(
     key: &dyn Fn(&str) -> String,
     bad: &mut dyn FnMut(String, String),
 ) {
-    match (&w.app, &w.script) {
-        (Some(_), Some(_)) => bad(key("wsgi"), "give `app` or `script`, not both".into()),
-        (None, None) => bad(
+    match (&w.app, &w.script, &w.paste) {
+        (None, None, None) => bad(
             key("wsgi.app"),
-            "is required (module:callable, module:factory(), or `script = \"path.wsgi\"`)".into(),
+            "is required (module:callable, module:factory(), `script = \"path.wsgi\"` or `paste = \"production.ini\"`)".into(),
         ),
-        (Some(a), None) => match a.parse::<wsgi_worker::AppSpec>() {
+        (Some(a), None, None) => match a.parse::<wsgi_worker::AppSpec>() {
             Ok(wsgi_worker::AppSpec::Script(p)) => {
                 w.script = Some(p);
                 w.app = None;
@@ -304,7 +303,11 @@ fn validate_wsgi(
             Ok(_) => {}
             Err(e) => bad(key("wsgi.app"), e.to_string()),
         },
-        (None, Some(_)) => {}
+        (None, Some(_), None) | (None, None, Some(_)) => {}
+        _ => bad(
+            key("wsgi"),
+            "give one of `app`, `script` or `paste`, not several".into(),
+        ),
     }
     let dir = match &w.chdir {
         Some(c) => {
@@ -333,6 +336,7 @@ fn validate_wsgi(
             bad(key("wsgi.script"), format!("{} is not a file", p.display()));
         }
     }
+    super::paste::validate(w, &dir, key, bad);
     for (j, p) in w.python_path.iter_mut().enumerate() {
         let abs = dir.join(&*p);
         if !abs.is_dir() {

@@ -35,6 +35,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     if let Some(dir) = &cfg.server.chdir {
         std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
     }
+    note_paste_servers(&cfg);
     if cfg.has_wsgi() {
         tracing::info!("importing the WSGI application(s) once before starting cells");
         if !check_apps(&cfg)? {
@@ -392,6 +393,7 @@ impl Master {
                 return;
             }
         };
+        note_paste_servers(&cfg);
         let mut resize_to = None;
         if cfg.server.listen != self.cfg.server.listen {
             tracing::warn!(
@@ -528,6 +530,27 @@ pub fn usable_cpus() -> Vec<usize> {
         }
         Err(_) => {
             (0..std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).collect()
+        }
+    }
+}
+
+/// Portico is the server: a PasteDeploy file's `[server:*]` sections go unused, which the log
+/// says once per file (not once per cell).
+fn note_paste_servers(cfg: &Config) {
+    for r in &cfg.routes {
+        let Some(path) = r.wsgi.as_ref().and_then(|w| w.paste.as_deref()) else {
+            continue;
+        };
+        // A file that cannot be read now fails the import check with the reason.
+        if let Ok(sections) = crate::config::paste::server_sections(path)
+            && !sections.is_empty()
+        {
+            tracing::info!(
+                "route {}: [{}] of {} ignored: Portico is the server",
+                r.prefix,
+                sections.join("], ["),
+                path.display()
+            );
         }
     }
 }

@@ -120,7 +120,8 @@ impl Balancer {
 
     /// The server for the next try, never one in `tried`; None when none is up.
     pub fn pick(&mut self, now: Instant, client: Option<IpAddr>, tried: &[usize]) -> Option<usize> {
-        let eligible = |b: &Balancer, backup: bool| -> Vec<usize> {
+        // Inline for small groups: no allocation per request.
+        let eligible = |b: &Balancer, backup: bool| -> smallvec::SmallVec<[usize; 8]> {
             (0..b.servers.len())
                 .filter(|&i| {
                     b.servers[i].backup == backup && !tried.contains(&i) && b.is_up(i, now)
@@ -156,7 +157,9 @@ impl Balancer {
     }
 
     /// The request that went to server `i` ended (its response head came, or it failed).
-    pub fn finished(&mut self, i: usize, now: Instant, outcome: Outcome) {
+    /// True when this failure took the server out (so that is logged once, not per request
+    /// that was in flight on it).
+    pub fn finished(&mut self, i: usize, now: Instant, outcome: Outcome) -> bool {
         let s = &mut self.servers[i];
         s.in_flight = s.in_flight.saturating_sub(1);
         match outcome {
@@ -178,8 +181,9 @@ impl Balancer {
                 s.ewma_at = Some(now);
             }
             Outcome::Failed => {
-                if self.max_fails == 0 {
-                    return;
+                // Already out: a request that was in flight when it went down.
+                if self.max_fails == 0 || s.down_until.is_some_and(|t| t > now) {
+                    return false;
                 }
                 if s.first_fail
                     .is_none_or(|t| now.saturating_duration_since(t) > self.fail_timeout)
@@ -192,14 +196,11 @@ impl Balancer {
                     s.down_until = Some(now + self.fail_timeout);
                     s.fails = 0;
                     s.first_fail = None;
+                    return true;
                 }
             }
         }
-    }
-
-    /// Whether the failure just reported took server `i` out (for the log line).
-    pub fn went_down(&self, i: usize, now: Instant) -> bool {
-        !self.is_up(i, now)
+        false
     }
 
     /// nginx's smooth weighted round-robin: each candidate gains its weight, the largest is
@@ -335,10 +336,13 @@ mod tests {
     fn failures_take_a_server_out_for_fail_timeout() {
         let now = Instant::now();
         let mut b = Balancer::new(Balance::RoundRobin, &[(1, false), (1, false)], 2, SECS);
-        b.finished(0, now, Outcome::Failed);
+        assert!(!b.finished(0, now, Outcome::Failed));
         assert!(b.is_up(0, now), "one failure of max_fails = 2");
-        b.finished(0, now, Outcome::Failed);
-        assert!(!b.is_up(0, now) && b.went_down(0, now));
+        assert!(b.finished(0, now, Outcome::Failed), "this failure took it out");
+        assert!(!b.is_up(0, now));
+        // Requests that were in flight fail too: they neither count nor take it out again.
+        assert!(!b.finished(0, now, Outcome::Failed));
+        assert!(!b.is_up(0, now));
         assert_eq!(picks(&mut b, 3, now), [1, 1, 1]);
         assert!(b.is_up(0, now + SECS), "back after fail_timeout");
         // Failures further apart than fail_timeout do not add up.

@@ -108,6 +108,12 @@ pub fn set_forwarded(h: &mut HeaderMap, peer: Option<IpAddr>, peer_text: &str, t
     }
 }
 
+/// A response framed by both Content-Length and Transfer-Encoding (RFC 9112 section 6.3): hyper
+/// reads it as chunked, another hop may trust the length, so it is a smuggling vector.
+pub fn ambiguous_length(h: &HeaderMap) -> bool {
+    h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING)
+}
+
 /// A `set_headers` value with `$host`, `$remote_addr` and `$scheme` replaced.
 pub fn expand(template: &str, host: &str, remote: &str) -> String {
     let mut out = String::with_capacity(template.len());
@@ -216,6 +222,15 @@ mod tests {
         set_forwarded(&mut h, Some(ip), "127.0.0.1", true);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_length_with_a_transfer_encoding_is_ambiguous() {
+        let both = map(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        assert!(ambiguous_length(&both));
+        assert!(!ambiguous_length(&map(&[("content-length", "5")])));
+        assert!(!ambiguous_length(&map(&[("transfer-encoding", "chunked")])));
+        assert!(!ambiguous_length(&map(&[])));
     }
 
     #[test]

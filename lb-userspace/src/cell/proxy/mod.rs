@@ -49,6 +49,10 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
         Err(_) => Attempt::TimedOut(format!(
             "no response within read_timeout ({read_timeout:?})"
         )),
+        // Like a response hyper cannot parse: never passed on, its connection dropped.
+        Ok(Ok(resp)) if headers::ambiguous_length(resp.headers()) => {
+            Attempt::Failed("invalid response: both Content-Length and Transfer-Encoding".into())
+        }
         Ok(Ok(resp)) => Attempt::Answered(resp, sender),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Attempt::NotSent(req, e.error().to_string()),
@@ -80,12 +84,12 @@ pub async fn call(
         &r.prefix,
         r.path.as_deref(),
     );
-    let host = parts
-        .headers
-        .get(header::HOST)
+    // A cheap handle on the client's Host (shared bytes, no copy) for `$host` and redirects.
+    let host_value = parts.headers.get(header::HOST).cloned();
+    let host = host_value
+        .as_ref()
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .unwrap_or("");
     let has_body = crate::cell::head::has_body_headers(&parts.headers);
     let upgrade = if r.websocket {
         headers::upgrade_of(&parts.headers)
@@ -106,7 +110,7 @@ pub async fn call(
         trusted,
     );
     for (name, template) in &r.set_headers {
-        let value = headers::expand(template, &host, &conn.remote_addr);
+        let value = headers::expand(template, host, &conn.remote_addr);
         if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(name.clone(), v);
         }
@@ -140,8 +144,8 @@ pub async fn call(
     });
     upstream.request();
     let idempotent = method.is_idempotent();
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = String::from("no server is up");
+    let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
+    let mut last_error = std::borrow::Cow::Borrowed("no server is up");
     // The response (or the status to answer) when a try leaves nothing more to do.
     let mut give_up = (StatusCode::BAD_GATEWAY, has_body);
     'servers: loop {
@@ -158,8 +162,7 @@ pub async fn call(
         let failed = |why: &str| {
             let now = Instant::now();
             let mut b = upstream.balancer.borrow_mut();
-            b.finished(i, now, Outcome::Failed);
-            let down = b.went_down(i, now);
+            let down = b.finished(i, now, Outcome::Failed);
             drop(b);
             upstream.publish(i, now);
             if down {
@@ -187,7 +190,7 @@ pub async fn call(
                     Err(e) => {
                         upstream.counters(i)[upstream_counter::CONNECT_ERRORS]
                             .fetch_add(1, Relaxed);
-                        last_error = format!("connect failed: {e}");
+                        last_error = format!("connect failed: {e}").into();
                         failed(&last_error);
                         continue 'servers;
                     }
@@ -200,8 +203,8 @@ pub async fn call(
             let sent_at = Instant::now();
             match attempt(sender, build(b, server), upstream.read_timeout).await {
                 Attempt::Answered(resp, sender) => {
-                    let took = sent_at.elapsed();
                     let now = Instant::now();
+                    let took = now.saturating_duration_since(sent_at);
                     upstream
                         .balancer
                         .borrow_mut()
@@ -219,20 +222,20 @@ pub async fn call(
                         }
                         // A refused upgrade: relayed, and its connection not reused.
                         drop(sender);
-                        let resp = respond(r, resp, &host, server, Box::new(|| ()), ctx.stats);
+                        let resp = respond(r, resp, host, server, Box::new(|| ()), ctx.stats);
                         return (resp, false);
                     }
                     let give_back = {
                         let upstream = upstream.clone();
                         move || upstream.servers[i].give_back(sender)
                     };
-                    let resp = respond(r, resp, &host, server, Box::new(give_back), ctx.stats);
+                    let resp = respond(r, resp, host, server, Box::new(give_back), ctx.stats);
                     return (resp, false);
                 }
                 Attempt::NotSent(req, why) => {
                     body = Some(req.into_body());
                     if !reused {
-                        last_error = why;
+                        last_error = why.into();
                         failed(&last_error);
                         continue 'servers;
                     }
@@ -256,7 +259,7 @@ pub async fn call(
                     };
                     failed(&why);
                     give_up = (status, true);
-                    last_error = why;
+                    last_error = why.into();
                     if idempotent && replayable && upstream.may_retry() {
                         let counter = if status == StatusCode::GATEWAY_TIMEOUT {
                             upstream_counter::RETRIES_TIMEOUT
@@ -327,24 +330,27 @@ fn respond(
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    let server_authority = server.addr.to_string();
-    let hosts = [host, server_authority.as_str()];
-    let map = |v: &str| rewrite::redirect(v, &r.redirect, &r.prefix, r.path.as_deref(), &hosts);
-    if let Some(loc) = parts
-        .headers
-        .get(header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(new) = map(loc)
-        && let Ok(v) = HeaderValue::from_str(&new)
-    {
-        parts.headers.insert(header::LOCATION, v);
-    }
     let refresh = HeaderName::from_static("refresh");
-    if let Some(val) = parts.headers.get(&refresh).and_then(|v| v.to_str().ok())
-        && let Some(new) = rewrite::refresh(val, map)
-        && let Ok(v) = HeaderValue::from_str(&new)
-    {
-        parts.headers.insert(refresh, v);
+    // Most responses redirect nowhere: the server's authority string only when one does.
+    if parts.headers.contains_key(header::LOCATION) || parts.headers.contains_key(&refresh) {
+        let server_authority = server.addr.to_string();
+        let hosts = [host, server_authority.as_str()];
+        let map = |v: &str| rewrite::redirect(v, &r.redirect, &r.prefix, r.path.as_deref(), &hosts);
+        if let Some(loc) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            && let Some(new) = map(loc)
+            && let Ok(v) = HeaderValue::from_str(&new)
+        {
+            parts.headers.insert(header::LOCATION, v);
+        }
+        if let Some(val) = parts.headers.get(&refresh).and_then(|v| v.to_str().ok())
+            && let Some(new) = rewrite::refresh(val, map)
+            && let Ok(v) = HeaderValue::from_str(&new)
+        {
+            parts.headers.insert(refresh, v);
+        }
     }
     // nginx's X-Accel-Buffering: the upstream turns buffering on or off for one response;
     // like nginx, the field is not passed on.
