@@ -400,6 +400,8 @@ pub struct RouteConfig {
     pub static_files: Option<StaticConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wsgi: Option<WsgiConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asgi: Option<super::asgi::AsgiConfig>,
     #[serde(
         default,
         deserialize_with = "super::proxy::deserialize_proxy",
@@ -437,8 +439,11 @@ impl Config {
             .unwrap_or(0)
     }
 
-    pub fn has_wsgi(&self) -> bool {
-        self.routes.iter().any(|r| r.wsgi.is_some())
+    /// Whether any route runs Python (WSGI or ASGI): the apps are imported before serving.
+    pub fn has_python(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.wsgi.is_some() || r.asgi.is_some())
     }
 
     /// Number of cells for `workers` and the usable CPUs.
@@ -465,6 +470,7 @@ mod tests {
                 ..Default::default()
             }),
             wsgi: None,
+            asgi: None,
             proxy: None,
         });
         cfg.routes.push(RouteConfig {
@@ -477,12 +483,14 @@ mod tests {
                 trusted_proxies: vec!["10.0.0.0/8".into()],
                 ..Default::default()
             }),
+            asgi: None,
             proxy: None,
         });
         cfg.routes.push(RouteConfig {
             prefix: "/api/".into(),
             static_files: None,
             wsgi: None,
+            asgi: None,
             proxy: Some(ProxyConfig {
                 upstream: "api".into(),
                 path: Some("/".into()),

@@ -154,12 +154,14 @@ impl Config {
             let handlers = [
                 r.static_files.is_some(),
                 r.wsgi.is_some(),
+                r.asgi.is_some(),
                 r.proxy.is_some(),
             ];
             if handlers.iter().filter(|h| **h).count() > 1 {
                 bad(
                     format!("route[{i}]"),
-                    "has more than one of `static`, `wsgi` and `proxy`; a route serves one".into(),
+                    "has more than one of `static`, `wsgi`, `asgi` and `proxy`; a route serves one"
+                        .into(),
                 );
             }
             if let Some(p) = &mut r.proxy {
@@ -169,10 +171,13 @@ impl Config {
                 validate_wsgi(w, &base, &key, &mut bad);
                 optimize.insert(w.optimize);
             }
+            if let Some(a) = &mut r.asgi {
+                super::asgi::validate(a, &base, &key, &mut bad);
+            }
             match &mut r.static_files {
-                None if r.wsgi.is_none() && r.proxy.is_none() => bad(
+                None if r.wsgi.is_none() && r.asgi.is_none() && r.proxy.is_none() => bad(
                     format!("route[{i}]"),
-                    "needs `static = {{ root = ... }}`, `wsgi = {{ app = ... }}` or `proxy = ...`"
+                    "needs `static = {{ root = ... }}`, `wsgi = {{ app = ... }}`, `asgi = {{ app = ... }}` or `proxy = ...`"
                         .into(),
                 ),
                 None => {}

@@ -338,7 +338,10 @@ mod tests {
         let mut b = Balancer::new(Balance::RoundRobin, &[(1, false), (1, false)], 2, SECS);
         assert!(!b.finished(0, now, Outcome::Failed));
         assert!(b.is_up(0, now), "one failure of max_fails = 2");
-        assert!(b.finished(0, now, Outcome::Failed), "this failure took it out");
+        assert!(
+            b.finished(0, now, Outcome::Failed),
+            "this failure took it out"
+        );
         assert!(!b.is_up(0, now));
         // Requests that were in flight fail too: they neither count nor take it out again.
         assert!(!b.finished(0, now, Outcome::Failed));
