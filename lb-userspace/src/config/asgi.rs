@@ -73,19 +73,6 @@ impl AsgiConfig {
     pub fn spec(&self) -> Option<wsgi_worker::AppSpec> {
         self.app.as_deref()?.parse().ok()
     }
-
-    /// The ASGI route for an APP given on the command line as a WSGI one, once it turned out
-    /// to be ASGI (`--interface auto`): the settings both kinds share carry over.
-    pub fn from_wsgi(w: &super::WsgiConfig) -> Self {
-        AsgiConfig {
-            app: w.app.clone(),
-            chdir: w.chdir.clone(),
-            python_path: w.python_path.clone(),
-            venv: w.venv.clone(),
-            request_timeout: w.request_timeout,
-            ..AsgiConfig::default()
-        }
-    }
 }
 
 /// Checks one ASGI route and makes its paths absolute.
@@ -160,47 +147,5 @@ pub(super) fn validate(
     }
     if a.request_timeout.0.is_zero() {
         bad(key("asgi.request_timeout"), "must be more than 0".into());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::Config;
-
-    #[test]
-    fn asgi_routes_are_validated() {
-        let text = r#"
-[[route]]
-prefix = "/"
-asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s" }
-[[route]]
-prefix = "/b/"
-asgi = { }
-[[route]]
-prefix = "/c/"
-asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
-"#;
-        let mut cfg = Config::parse(text, "t.toml").unwrap();
-        let keys: Vec<String> = cfg
-            .validate()
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                "route[0].asgi.app",
-                "route[0].asgi.max_concurrency",
-                "route[0].asgi.root_path",
-                "route[0].asgi.request_timeout",
-                "route[1].asgi.app",
-            ]
-        );
-        let c = cfg.routes[2].asgi.as_ref().unwrap();
-        assert_eq!(c.lifespan, super::LifespanMode::On);
-        assert_eq!(c.event_loop, super::EventLoop::Uvloop);
-        assert_eq!(c.max_concurrency, 1000);
     }
 }

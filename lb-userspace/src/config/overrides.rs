@@ -114,7 +114,7 @@ impl Config {
                         "a PasteDeploy app is WSGI; drop --interface asgi".into(),
                     );
                 }
-                (None, Some(super::AsgiConfig::from_wsgi(&w)))
+                (None, Some(w.to_asgi()))
             } else {
                 // `auto` starts as WSGI; the master looks at the imported app before serving.
                 (Some(w), None)
@@ -274,6 +274,28 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(errs.len(), 1, "WSGI flags without APP are refused");
+    }
+
+    #[test]
+    fn interface_asgi_mounts_an_asgi_route_at_root() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides {
+            app: Some("site.asgi:application".into()),
+            interface: Interface::Asgi,
+            request_timeout: Some("5s".into()),
+            ..Default::default()
+        });
+        assert!(errs.is_empty(), "{errs:?}");
+        let r = &cfg.routes[0];
+        assert!(r.wsgi.is_none());
+        let a = r.asgi.as_ref().unwrap();
+        assert_eq!(a.app.as_deref(), Some("site.asgi:application"));
+        assert_eq!(a.request_timeout.0, std::time::Duration::from_secs(5));
+        let errs = Config::default().apply(&Overrides {
+            interface: Interface::Wsgi,
+            ..Default::default()
+        });
+        assert_eq!(errs[0].key, "--interface", "{errs:?}");
     }
 
     #[test]

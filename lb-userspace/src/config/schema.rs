@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::asgi::AsgiConfig;
 use super::proxy::{ProxyConfig, UpstreamConfig};
 use super::units::{Dur, ListenAddr, Size};
 
@@ -375,6 +376,19 @@ pub const DEFAULT_WSGI_THREADS: i64 = 1;
 pub const DEFAULT_PASTE_APP_NAME: &str = "main";
 
 impl WsgiConfig {
+    /// The ASGI route for an APP given on the command line as a WSGI one, once it turned out
+    /// to be ASGI (`--interface auto`): the settings both kinds share carry over.
+    pub fn to_asgi(&self) -> AsgiConfig {
+        AsgiConfig {
+            app: self.app.clone(),
+            chdir: self.chdir.clone(),
+            python_path: self.python_path.clone(),
+            venv: self.venv.clone(),
+            request_timeout: self.request_timeout,
+            ..AsgiConfig::default()
+        }
+    }
+
     /// The application, parsed (validate() has checked it).
     pub fn spec(&self) -> Option<wsgi_worker::AppSpec> {
         match (&self.app, &self.script, &self.paste) {
@@ -401,7 +415,7 @@ pub struct RouteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wsgi: Option<WsgiConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asgi: Option<super::asgi::AsgiConfig>,
+    pub asgi: Option<AsgiConfig>,
     #[serde(
         default,
         deserialize_with = "super::proxy::deserialize_proxy",

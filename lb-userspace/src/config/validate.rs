@@ -532,4 +532,41 @@ wsgi = { }
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }
     }
+
+    #[test]
+    fn asgi_routes_are_validated() {
+        let text = r#"
+[[route]]
+prefix = "/"
+asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s" }
+[[route]]
+prefix = "/b/"
+asgi = { }
+[[route]]
+prefix = "/c/"
+asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
+"#;
+        let mut cfg = Config::parse(text, "t.toml").unwrap();
+        let keys: Vec<String> = cfg
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "route[0].asgi.app",
+                "route[0].asgi.max_concurrency",
+                "route[0].asgi.root_path",
+                "route[0].asgi.request_timeout",
+                "route[1].asgi.app",
+            ]
+        );
+        let c = cfg.routes[2].asgi.as_ref().unwrap();
+        assert_eq!(c.lifespan, crate::config::LifespanMode::On);
+        assert_eq!(c.event_loop, crate::config::EventLoop::Uvloop);
+        assert_eq!(c.max_concurrency, 1000);
+    }
 }

@@ -44,7 +44,7 @@ fn apply_interface(cfg: &mut Config, overrides: &Overrides) -> anyhow::Result<bo
             tracing::info!("{app} is an ASGI application (--interface auto)");
             for r in cfg.routes.iter_mut().filter(|r| r.prefix == "/") {
                 if let Some(w) = r.wsgi.take() {
-                    r.asgi = Some(crate::config::AsgiConfig::from_wsgi(&w));
+                    r.asgi = Some(w.to_asgi());
                 }
             }
             Ok(true)

@@ -28,7 +28,10 @@ pub struct Credit(Mutex<(usize, bool)>);
 impl Credit {
     /// Counts bytes the app sent; false: past the high-water mark, the app must wait.
     fn take(&self, n: usize) -> bool {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.0 += n;
         if g.0 > HIGH_WATER {
             g.1 = true;
@@ -39,7 +42,10 @@ impl Credit {
 
     /// The cell passed `n` bytes on; true: the app waits and may go on now.
     pub fn release(&self, n: usize) -> bool {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.0 = g.0.saturating_sub(n);
         if g.1 && g.0 <= LOW_WATER {
             g.1 = false;
@@ -164,8 +170,8 @@ impl Sink {
                         let pair = pair?;
                         let t = pair
                             .cast::<PyTuple>()
-                            .map(|t| t.to_list())
-                            .or_else(|_| pair.cast::<PyList>().map(|l| l.clone()));
+                            .map(PyTupleMethods::to_list)
+                            .or_else(|_| pair.cast::<PyList>().cloned());
                         let l = t.map_err(|_| {
                             PyTypeError::new_err("each response header is a (name, value) pair")
                         })?;
@@ -242,7 +248,10 @@ pub struct Reporter(pub(super) Mutex<std::sync::mpsc::Sender<(String, String)>>)
 #[pymethods]
 impl Reporter {
     fn __call__(&self, kind: String, text: String) {
-        let tx = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = tx.send((kind, text));
     }
 }

@@ -350,7 +350,10 @@ impl AsgiApp {
             return;
         }
         self.shared.post(Cmd::Shutdown);
-        let rx = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match rx.recv_timeout(self.timeout) {
             Ok((_, text)) if text.is_empty() => {}
             Ok((_, text)) => tracing::error!(
