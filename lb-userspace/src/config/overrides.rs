@@ -290,7 +290,7 @@ mod tests {
         assert!(r.wsgi.is_none());
         let a = r.asgi.as_ref().unwrap();
         assert_eq!(a.app.as_deref(), Some("site.asgi:application"));
-        assert_eq!(a.request_timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!(a.request_timeout.0, Duration::from_secs(5));
         let errs = Config::default().apply(&Overrides {
             interface: Interface::Wsgi,
             ..Default::default()
