@@ -255,3 +255,21 @@ impl Reporter {
         let _ = tx.send((kind, text));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_pauses_past_the_high_water_mark_and_resumes_below_the_low_one() {
+        let c = Credit::default();
+        assert!(c.take(HIGH_WATER), "up to the mark the app goes on");
+        assert!(!c.take(1), "past it the app waits");
+        assert!(
+            !c.release(HIGH_WATER - LOW_WATER),
+            "still above the low mark"
+        );
+        assert!(c.release(1), "at the low mark: resume, once");
+        assert!(!c.release(LOW_WATER), "not paused any more");
+    }
+}

@@ -317,8 +317,8 @@ fn respond(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     for (n, v) in headers {
-        if n == header::CONTENT_LENGTH && !more {
-            // A whole body gets its own, true length.
+        if n == header::CONTENT_LENGTH && !more && !is_head {
+            // A whole body gets its own, true length (a HEAD answer keeps the app's).
             continue;
         }
         resp.headers_mut().append(n, v);
