@@ -356,3 +356,35 @@ fn asgi_interface_is_autodetected() {
     assert!(!p.stderr_text().contains("--interface auto"));
     assert_eq!(get(p.addr, "/hello").unwrap().status, 200);
 }
+
+#[test]
+fn asgi_routes_of_a_cell_share_one_event_loop() {
+    let Some(venv) = venv_or_skip("asgi_routes_of_a_cell_share_one_event_loop") else {
+        return;
+    };
+    let site = site();
+    site.file(
+        "portico.toml",
+        format!(
+            "[server]\nworkers = 1\n[[route]]\nprefix = \"/a/\"\nasgi = {{ app = \"asgiapp:app\", venv = \"{v}\" }}\n[[route]]\nprefix = \"/b/\"\nasgi = {{ app = \"asgiapp:starlette_app\", venv = \"{v}\", lifespan = \"off\" }}\n",
+            v = venv.display()
+        )
+        .as_bytes(),
+    );
+    let p = Portico::start(&["-c", &site.root("portico.toml")]);
+    let r = get(p.addr, "/a/hello").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "hi from lifespan"));
+    // The second route's lifespan is off: its scopes get an empty state of their own.
+    let r = get(p.addr, "/b/hello").unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    let r = get(p.addr, "/b/scope").unwrap();
+    assert!(r.text().contains(r#""root_path":"/b""#), "{}", r.text());
+
+    let cell = p.cell_pids()[0];
+    let loops = std::fs::read_dir(format!("/proc/{cell}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "asgi-loop")
+        .count();
+    assert_eq!(loops, 1, "one event loop thread for both routes");
+}

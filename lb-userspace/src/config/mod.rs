@@ -16,7 +16,7 @@ mod schema;
 mod units;
 mod validate;
 
-pub use asgi::{EventLoop, LifespanMode};
+pub use asgi::{AsgiConfig, EventLoop, LifespanMode};
 pub use error::ConfigErrors;
 pub use overrides::{Interface, Overrides};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, UpstreamConfig};

@@ -140,6 +140,7 @@ impl Config {
         }
         let mut prefixes = std::collections::HashSet::new();
         let mut optimize = std::collections::BTreeSet::new();
+        let mut loops = std::collections::BTreeSet::new();
         for (i, r) in self.routes.iter_mut().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
             if !r.prefix.starts_with('/') {
@@ -173,6 +174,7 @@ impl Config {
             }
             if let Some(a) = &mut r.asgi {
                 super::asgi::validate(a, &base, &key, &mut bad);
+                loops.insert(a.event_loop as u8);
             }
             match &mut r.static_files {
                 None if r.wsgi.is_none() && r.asgi.is_none() && r.proxy.is_none() => bad(
@@ -219,6 +221,12 @@ impl Config {
             bad(
                 "route.wsgi.optimize".into(),
                 "every WSGI route must use the same `optimize` (one interpreter per cell)".into(),
+            );
+        }
+        if loops.len() > 1 {
+            bad(
+                "route.asgi.loop".into(),
+                "every ASGI route must use the same `loop` (one event loop per cell)".into(),
             );
         }
         if errors.is_empty() {
@@ -562,6 +570,7 @@ asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
                 "route[0].asgi.root_path",
                 "route[0].asgi.request_timeout",
                 "route[1].asgi.app",
+                "route.asgi.loop",
             ]
         );
         let c = cfg.routes[2].asgi.as_ref().unwrap();

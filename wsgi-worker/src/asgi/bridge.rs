@@ -60,9 +60,9 @@ impl Credit {
 pub struct Bridge {
     pub(super) shared: Arc<Shared>,
     pub(super) rx: crossbeam_channel::Receiver<Cmd>,
-    pub(super) mount: Mount,
+    /// Per app of the loop: its mount point and its metrics.
+    pub(super) apps: Vec<(Mount, Option<Arc<dyn Observer>>)>,
     pub(super) asgi: Py<PyDict>,
-    pub(super) observer: Option<Arc<dyn Observer>>,
 }
 
 #[pymethods]
@@ -75,12 +75,13 @@ impl Bridge {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Cmd::Start(start) => {
-                    let (rid, head, tx, credit, enqueued) = *start;
+                    let (rid, app, head, tx, credit, enqueued) = *start;
+                    let (mount, observer) = &self.apps[app];
                     let began = Instant::now();
-                    if let Some(o) = &self.observer {
+                    if let Some(o) = observer {
                         o.started(began.saturating_duration_since(enqueued));
                     }
-                    let scope = match scope::build(py, &head, &self.mount, asgi) {
+                    let scope = match scope::build(py, &head, mount, asgi) {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = tx.send(Out::Finished {
@@ -95,11 +96,11 @@ impl Bridge {
                         started: false,
                         done: false,
                         began,
-                        observer: self.observer.clone(),
+                        observer: observer.clone(),
                     };
-                    out.append((0, rid, scope, sink))?;
+                    out.append((0, rid, app, scope, sink))?;
                 }
-                Cmd::Shutdown => out.append((1, 0))?,
+                Cmd::Shutdown(app) => out.append((1, app))?,
                 Cmd::Body { rid, data, more } => {
                     out.append((2, rid, PyBytes::new(py, &data), more))?;
                 }

@@ -48,7 +48,6 @@ pub struct AsgiSettings {
     pub python_path: Vec<PathBuf>,
     pub venv: Option<PathBuf>,
     pub lifespan: Lifespan,
-    pub uvloop: bool,
     pub mount: Mount,
     /// Longest wait for `lifespan.startup.complete` (and for shutdown).
     pub lifespan_timeout: Duration,
@@ -77,15 +76,23 @@ pub enum Out {
 /// Commands from the cell to the loop.
 enum Cmd {
     Start(Box<StartCmd>),
-    Shutdown,
-    Body { rid: u64, data: Bytes, more: bool },
+    /// Run the lifespan shutdown of app `n` of the loop.
+    Shutdown(usize),
+    Body {
+        rid: u64,
+        data: Bytes,
+        more: bool,
+    },
     Disconnect(u64),
     Cancel(u64),
     Resume(u64),
 }
 
+/// Request id, the app's index on the loop, the request, its way back, its flow control, and
+/// when it was posted.
 type StartCmd = (
     u64,
+    usize,
     RequestHead,
     mpsc::UnboundedSender<Out>,
     Arc<Credit>,
@@ -99,6 +106,8 @@ struct Shared {
     wake: UnixStream,
     /// A wake byte is on its way; the loop clears it before it drains.
     woken: AtomicBool,
+    /// Request ids, unique on the loop.
+    next: AtomicU64,
 }
 
 impl Shared {
@@ -122,10 +131,11 @@ pub struct Exchange {
     pub credit: Arc<Credit>,
 }
 
-/// A started ASGI application: its loop thread and how to reach it.
+/// A started ASGI application: how to reach it on its cell's loop thread.
 pub struct AsgiApp {
     shared: Arc<Shared>,
-    next: AtomicU64,
+    /// Its index among the apps of the loop.
+    index: usize,
     /// The lifespan scope is running (startup completed): shutdown waits for it.
     lifespan_running: bool,
     reports: Mutex<std::sync::mpsc::Receiver<(String, String)>>,
@@ -185,26 +195,31 @@ pub fn detect(spec: &AppSpec, paths: &LoadPaths<'_>) -> Result<bool, AppError> {
 }
 
 impl AsgiApp {
-    /// Imports the app (in the calling thread), starts its loop thread and runs the lifespan
-    /// startup; returns once the app is ready for requests.
-    pub fn start(s: AsgiSettings) -> Result<AsgiApp, AppError> {
+    /// Imports the apps (in the calling thread), starts the cell's one loop thread for all of
+    /// them and runs their lifespan startups; returns once every app is ready for requests.
+    pub fn start_all(list: Vec<AsgiSettings>, uvloop: bool) -> Result<Vec<AsgiApp>, AppError> {
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
         python::init();
-        let spec = s.spec.to_string();
-        let (app, shim) = Python::attach(|py| -> Result<_, AppError> {
-            let app = python::load_app(
-                py,
-                &s.spec,
-                &LoadPaths {
-                    base_dir: &s.base_dir,
-                    python_path: &s.python_path,
-                    venv: s.venv.as_deref(),
-                },
-            )?;
+        let (apps, shim) = Python::attach(|py| -> Result<_, AppError> {
+            let mut apps = Vec::with_capacity(list.len());
+            for s in &list {
+                apps.push(python::load_app(
+                    py,
+                    &s.spec,
+                    &LoadPaths {
+                        base_dir: &s.base_dir,
+                        python_path: &s.python_path,
+                        venv: s.venv.as_deref(),
+                    },
+                )?);
+            }
             let shim = shim_module(py).map_err(|e| AppError::Import {
-                spec: spec.clone(),
+                spec: list[0].spec.to_string(),
                 traceback: python::format_err(py, &e),
             })?;
-            Ok((app, shim))
+            Ok((apps, shim))
         })?;
         let (ours, theirs) = UnixStream::pair()?;
         ours.set_nonblocking(true)?;
@@ -213,23 +228,32 @@ impl AsgiApp {
             tx,
             wake: ours,
             woken: AtomicBool::new(false),
+            next: AtomicU64::new(1),
         });
-        let (rtx, rrx) = std::sync::mpsc::channel();
         let bridge = bridge::Bridge {
             shared: shared.clone(),
             rx,
-            mount: s.mount.clone(),
+            apps: list
+                .iter()
+                .map(|s| (s.mount.clone(), s.observer.clone()))
+                .collect(),
             asgi: Python::attach(|py| {
                 let d = PyDict::new(py);
                 let _ = d.set_item("version", "3.0");
                 let _ = d.set_item("spec_version", "2.4");
                 d.unbind()
             }),
-            observer: s.observer.clone(),
         };
-        let lifespan = s.lifespan != Lifespan::Off;
-        let uvloop = s.uvloop;
-        let reporter = bridge::Reporter(Mutex::new(rtx.clone()));
+        let lifespans: Vec<bool> = list.iter().map(|s| s.lifespan != Lifespan::Off).collect();
+        let (mut reporters, mut receivers) = (Vec::new(), Vec::new());
+        for _ in &list {
+            let (rtx, rrx) = std::sync::mpsc::channel();
+            reporters.push(bridge::Reporter(Mutex::new(rtx)));
+            receivers.push(rrx);
+        }
+        // The loop's own failure reaches the first app's startup wait.
+        let loop_failed = reporters[0].0.lock().map(|t| t.clone()).ok();
+        let spawn_lifespans = lifespans.clone();
         std::thread::Builder::new()
             .name("asgi-loop".into())
             .spawn(move || {
@@ -237,78 +261,39 @@ impl AsgiApp {
                 // The socket object the shim makes owns the descriptor from here on.
                 let fd = theirs.into_raw_fd();
                 Python::attach(|py| {
-                    let run = shim
-                        .bind(py)
-                        .call_method1("serve", (app, bridge, fd, lifespan, uvloop, reporter));
-                    if let Err(e) = run {
-                        let _ = rtx.send(("loop".into(), python::format_err(py, &e)));
+                    let run = shim.bind(py).call_method1(
+                        "serve",
+                        (apps, bridge, fd, spawn_lifespans, uvloop, reporters),
+                    );
+                    if let (Err(e), Some(tx)) = (run, loop_failed) {
+                        let _ = tx.send(("loop".into(), python::format_err(py, &e)));
                     }
                 });
             })?;
-        let wait = |what: &str| -> Result<(String, String), AppError> {
-            rrx.recv_timeout(s.lifespan_timeout)
-                .map_err(|_| AppError::Lifespan {
-                    spec: spec.clone(),
-                    message: format!("no answer to {what} within {:?}", s.lifespan_timeout),
-                })
-        };
-        let (kind, text) = wait("lifespan.startup")?;
-        let lifespan_running = match kind.as_str() {
-            "started" => lifespan,
-            "failed" => {
-                return Err(AppError::Lifespan {
-                    spec,
-                    message: format!("lifespan.startup.failed: {text}"),
-                });
-            }
-            "raised" | "returned" if s.lifespan == Lifespan::Auto => {
-                tracing::info!(
-                    "ASGI application {spec} does not support the lifespan protocol; going on without it{}",
-                    if text.is_empty() {
-                        String::new()
-                    } else {
-                        format!(":\n{}", text.trim_end())
-                    }
-                );
-                false
-            }
-            "raised" => {
-                return Err(AppError::Lifespan {
-                    spec,
-                    message: format!("the lifespan startup raised:\n{}", text.trim_end()),
-                });
-            }
-            "returned" => {
-                return Err(AppError::Lifespan {
-                    spec,
-                    message: "the app returned from the lifespan scope before startup completed"
-                        .into(),
-                });
-            }
-            _ => {
-                return Err(AppError::Lifespan {
-                    spec,
-                    message: format!("the event loop failed:\n{}", text.trim_end()),
-                });
-            }
-        };
-        Ok(AsgiApp {
-            shared,
-            next: AtomicU64::new(1),
-            lifespan_running,
-            reports: Mutex::new(rrx),
-            timeout: s.lifespan_timeout,
-            spec,
-        })
+        let mut out = Vec::with_capacity(list.len());
+        for (index, (s, rrx)) in list.into_iter().zip(receivers).enumerate() {
+            let spec = s.spec.to_string();
+            let lifespan_running = startup(&s, &spec, &rrx)?;
+            out.push(AsgiApp {
+                shared: shared.clone(),
+                index,
+                lifespan_running,
+                reports: Mutex::new(rrx),
+                timeout: s.lifespan_timeout,
+                spec,
+            });
+        }
+        Ok(out)
     }
 
     /// Hands a request to the loop; its events come back on the exchange.
     pub fn submit(&self, head: RequestHead) -> Exchange {
-        let rid = self.next.fetch_add(1, Relaxed);
+        let rid = self.shared.next.fetch_add(1, Relaxed);
         let (tx, events) = mpsc::unbounded_channel();
         let credit = Arc::new(Credit::default());
         self.shared.post(Cmd::Start(Box::new((
             rid,
+            self.index,
             head,
             tx,
             credit.clone(),
@@ -349,7 +334,7 @@ impl AsgiApp {
         if !self.lifespan_running {
             return;
         }
-        self.shared.post(Cmd::Shutdown);
+        self.shared.post(Cmd::Shutdown(self.index));
         let rx = self
             .reports
             .lock()
@@ -367,6 +352,48 @@ impl AsgiApp {
                 self.timeout
             ),
         }
+    }
+}
+
+/// Waits for the app's lifespan startup; Ok(true): its lifespan scope runs (and shutdown will
+/// wait for it).
+fn startup(
+    s: &AsgiSettings,
+    spec: &str,
+    rrx: &std::sync::mpsc::Receiver<(String, String)>,
+) -> Result<bool, AppError> {
+    let fail = |message: String| AppError::Lifespan {
+        spec: spec.to_string(),
+        message,
+    };
+    let (kind, text) = rrx.recv_timeout(s.lifespan_timeout).map_err(|_| {
+        fail(format!(
+            "no answer to lifespan.startup within {:?}",
+            s.lifespan_timeout
+        ))
+    })?;
+    match kind.as_str() {
+        "started" => Ok(s.lifespan != Lifespan::Off),
+        "failed" => Err(fail(format!("lifespan.startup.failed: {text}"))),
+        "raised" | "returned" if s.lifespan == Lifespan::Auto => {
+            tracing::info!(
+                "ASGI application {spec} does not support the lifespan protocol; going on without it{}",
+                if text.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n{}", text.trim_end())
+                }
+            );
+            Ok(false)
+        }
+        "raised" => Err(fail(format!(
+            "the lifespan startup raised:\n{}",
+            text.trim_end()
+        ))),
+        "returned" => Err(fail(
+            "the app returned from the lifespan scope before startup completed".into(),
+        )),
+        _ => Err(fail(format!("the event loop failed:\n{}", text.trim_end()))),
     }
 }
 

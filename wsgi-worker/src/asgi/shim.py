@@ -1,4 +1,5 @@
-# The asyncio side of an ASGI route: one event loop on its own thread. The cell posts
+# The asyncio side of a cell's ASGI routes: one event loop on its own thread runs every ASGI
+# app of the cell (`_state.apps`, indexed like the Rust side's list). The cell posts
 # commands to a Rust queue and wakes the loop through a socket it watches; `receive` and
 # `send` are plain coroutines over per-request state, and `send` hands events to Rust at once.
 import asyncio, collections, socket, traceback
@@ -67,20 +68,21 @@ class Request:
 
 class _State:
     loop = None
-    app = None
     bridge = None
     wake = None
     requests = {}
-    lifespan_state = {}
-    shutdown = None
+    # Per app: the app, its lifespan state dict, and the future that starts its shutdown.
+    apps = []
+    lifespan_states = []
+    shutdowns = []
 
 
 _state = _State()
 
 
-async def _run(rid, scope, req):
+async def _run(app, rid, scope, req):
     try:
-        await _state.app(scope, req.receive, req.send)
+        await app(scope, req.receive, req.send)
     except asyncio.CancelledError:
         req.sink.finish("request_timeout: the request's task was cancelled")
     except BaseException:
@@ -99,18 +101,20 @@ def _on_wake():
     requests = _state.requests
     for cmd in _state.bridge.drain():
         kind = cmd[0]
-        if kind == 0:  # start: (0, rid, scope, sink)
-            _, rid, scope, sink = cmd
-            scope["state"] = dict(_state.lifespan_state)
+        if kind == 0:  # start: (0, rid, app index, scope, sink)
+            _, rid, i, scope, sink = cmd
+            scope["state"] = dict(_state.lifespan_states[i])
             req = Request(sink)
             requests[rid] = req
-            req.task = _state.loop.create_task(_run(rid, scope, req))
+            req.task = _state.loop.create_task(_run(_state.apps[i], rid, scope, req))
+            continue
+        if kind == 1:  # shutdown: (1, app index)
+            fut = _state.shutdowns[cmd[1]]
+            if not fut.done():
+                fut.set_result(None)
             continue
         req = requests.get(cmd[1])
-        if kind == 1:  # shutdown
-            if _state.shutdown is not None and not _state.shutdown.done():
-                _state.shutdown.set_result(None)
-        elif req is None:
+        if req is None:
             continue
         elif kind == 2:  # body: (2, rid, bytes, more)
             req.feed({"type": "http.request", "body": cmd[2], "more_body": cmd[3]})
@@ -123,8 +127,9 @@ def _on_wake():
             req.wake()
 
 
-async def _lifespan(report):
-    """Runs the lifespan scope; `report(kind, text)` tells the Rust side how it went."""
+async def _lifespan(i, report):
+    """Runs app `i`'s lifespan scope; `report(kind, text)` tells the Rust side how it went."""
+    app, state, shutdown = _state.apps[i], _state.lifespan_states[i], _state.shutdowns[i]
     started = False
     asked = False
 
@@ -133,7 +138,7 @@ async def _lifespan(report):
         if not asked:
             asked = True
             return {"type": "lifespan.startup"}
-        await _state.shutdown
+        await shutdown
         return {"type": "lifespan.shutdown"}
 
     async def send(message):
@@ -152,17 +157,18 @@ async def _lifespan(report):
         else:
             raise RuntimeError(f"unexpected lifespan message {t!r}")
 
-    scope = {"type": "lifespan", "asgi": ASGI, "state": _state.lifespan_state}
+    scope = {"type": "lifespan", "asgi": ASGI, "state": state}
     try:
-        await _state.app(scope, receive, send)
+        await app(scope, receive, send)
     except BaseException:
         report("raised" if not started else "stopped", traceback.format_exc())
     else:
         report("returned" if not started else "stopped", "")
 
 
-def serve(app, bridge, fd, lifespan, use_uvloop, report):
-    """The loop thread's body: returns when the loop stops."""
+def serve(apps, bridge, fd, lifespans, use_uvloop, reports):
+    """The loop thread's body: returns when the loop stops. Per app: whether its lifespan runs,
+    and where its outcomes are reported."""
     if use_uvloop:
         import uvloop
 
@@ -170,13 +176,16 @@ def serve(app, bridge, fd, lifespan, use_uvloop, report):
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    _state.loop, _state.app, _state.bridge = loop, app, bridge
+    _state.loop, _state.bridge = loop, bridge
+    _state.apps = list(apps)
+    _state.lifespan_states = [{} for _ in apps]
+    _state.shutdowns = [loop.create_future() for _ in apps]
     _state.wake = socket.socket(fileno=fd)
     _state.wake.setblocking(False)
-    _state.shutdown = loop.create_future()
     loop.add_reader(_state.wake.fileno(), _on_wake)
-    if lifespan:
-        loop.create_task(_lifespan(report))
-    else:
-        report("started", "")
+    for i, (lifespan, report) in enumerate(zip(lifespans, reports)):
+        if lifespan:
+            loop.create_task(_lifespan(i, report))
+        else:
+            report("started", "")
     loop.run_forever()

@@ -1,4 +1,4 @@
-//! ASGI routes in a cell: each request is handed to the route's event loop thread
+//! ASGI routes in a cell: each request is handed to the cell's one event loop thread
 //! (`wsgi_worker::asgi`), and this thread drives the exchange without the GIL: it reads the
 //! request body only when the app's `receive` waits for it, builds the response once the app
 //! has sent its head and first body piece, streams the rest with flow control, and tells the
@@ -29,19 +29,26 @@ use crate::metrics::CellStats;
 /// Longest wait for the app's lifespan startup (and shutdown) to answer.
 const LIFESPAN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Imports every ASGI route's app, starts its loop and runs its lifespan startup;
-/// index-aligned with `cfg.routes`. `stats`: the cell's metrics (None in the import check).
+/// Imports every ASGI route's app, starts the cell's event loop thread for them and runs
+/// their lifespan startups; index-aligned with `cfg.routes`. `stats`: the cell's metrics (None
+/// in the import check).
 pub fn start_apps(
     cfg: &Config,
     stats: Option<CellStats<'static>>,
 ) -> Result<Vec<Option<AsgiRoute>>, AppError> {
-    let mut out = Vec::with_capacity(cfg.routes.len());
-    for (i, r) in cfg.routes.iter().enumerate() {
-        let Some(a) = &r.asgi else {
-            out.push(None);
-            continue;
-        };
-        let app = AsgiApp::start(AsgiSettings {
+    let routes: Vec<(usize, &str, &crate::config::AsgiConfig)> = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.prefix.as_str(), r.asgi.as_ref()?)))
+        .collect();
+    // validate() made every ASGI route agree on `loop`.
+    let uvloop = routes
+        .iter()
+        .any(|(_, _, a)| a.event_loop == crate::config::EventLoop::Uvloop);
+    let settings = routes
+        .iter()
+        .map(|&(i, prefix, a)| AsgiSettings {
             spec: a.spec().expect("validated"),
             base_dir: a.chdir.clone().unwrap_or_else(|| ".".into()),
             python_path: a.python_path.clone(),
@@ -51,8 +58,7 @@ pub fn start_apps(
                 LifespanMode::On => Lifespan::On,
                 LifespanMode::Off => Lifespan::Off,
             },
-            uvloop: a.event_loop == crate::config::EventLoop::Uvloop,
-            mount: Mount::new(&a.root_path, &r.prefix),
+            mount: Mount::new(&a.root_path, prefix),
             lifespan_timeout: LIFESPAN_TIMEOUT,
             observer: stats.map(|stats| {
                 Arc::new(crate::cell::wsgi::RouteObserver {
@@ -60,13 +66,19 @@ pub fn start_apps(
                     route: i + 1,
                 }) as Arc<dyn wsgi_worker::Observer>
             }),
-        })?;
-        out.push(Some(AsgiRoute {
+        })
+        .collect();
+    let mut out: Vec<Option<AsgiRoute>> = cfg.routes.iter().map(|_| None).collect();
+    for (app, &(i, _, a)) in AsgiApp::start_all(settings, uvloop)?
+        .into_iter()
+        .zip(&routes)
+    {
+        out[i] = Some(AsgiRoute {
             app,
             request_timeout: a.request_timeout.0,
             max_concurrency: a.max_concurrency as usize,
             running: std::cell::Cell::new(0),
-        }));
+        });
     }
     Ok(out)
 }
