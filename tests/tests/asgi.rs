@@ -226,6 +226,23 @@ fn asgi_app_errors_are_500_with_the_traceback_logged() {
         "http.response.body sent before http.response.start",
     );
 
+    // An exception after the response started: what was sent, then the connection closes
+    // without the chunked body's end (the client sees a truncated response).
+    let mut c = Conn::open(p.addr).unwrap();
+    c.send(raw_request("GET", "/raw/midfail", &[]).as_bytes())
+        .unwrap();
+    let got = read_until(&mut c, "partial\n");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "the connection is closed"
+    );
+    p.wait_stderr(Duration::from_secs(5), "raised after the response started");
+    assert!(
+        p.stderr_text()
+            .contains("KeyError: 'failure after the response started'")
+    );
+
     // The connection is still good after each (no hung or half-answered connection).
     let mut c = Conn::open(p.addr).unwrap();
     for path in ["/raw/boom", "/raw/nostart", "/raw/early", "/hello"] {

@@ -130,6 +130,12 @@ async def raw_early_body(scope, receive, send):
     await send({"type": "http.response.body", "body": b"too early"})
 
 
+async def raw_midfail(scope, receive, send):
+    await start(send)
+    await send({"type": "http.response.body", "body": b"partial\n", "more_body": True})
+    raise KeyError("failure after the response started")
+
+
 async def raw_disconnect(scope, receive, send):
     """Streams until the client leaves, and records the event `receive` gives then."""
     await start(send)
@@ -152,6 +158,7 @@ RAW = {
     "/raw/boom": raw_boom,
     "/raw/nostart": raw_nostart,
     "/raw/early": raw_early_body,
+    "/raw/midfail": raw_midfail,
     "/raw/disconnect": raw_disconnect,
 }
 
