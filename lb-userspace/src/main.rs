@@ -64,15 +64,22 @@ enum Command {
     /// Internal: a cell process, started by the master.
     #[command(hide = true)]
     Cell,
-    /// Internal: import the WSGI apps once in a throw-away process and exit.
+    /// Internal: import the WSGI and ASGI apps once in a throw-away process and exit.
     #[command(hide = true)]
-    AppCheck,
+    AppCheck {
+        /// Print whether the command line's APP is `asgi` or `wsgi` instead.
+        #[arg(long)]
+        detect: bool,
+    },
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// WSGI application (`module:callable`), mounted at `/`.
+    /// WSGI or ASGI application (`module:callable`), mounted at `/`.
     app: Option<String>,
+    /// How APP is called; `auto` imports it and looks (a coroutine function is ASGI).
+    #[arg(long, value_enum, default_value_t = config::Interface::Auto)]
+    interface: config::Interface,
     /// A PasteDeploy app, `FILE.ini[#NAME]` (default name `main`), mounted at `/` instead of APP.
     #[arg(long, value_name = "FILE[#NAME]", conflicts_with = "app")]
     paste: Option<String>,
@@ -199,7 +206,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::AppCheck => ExitCode::from(cell::app_check() as u8),
+        Command::AppCheck { detect } => ExitCode::from(cell::app_check(detect) as u8),
         Command::Block { op, admin, config } => {
             match block_client::run(op, admin.as_deref(), config.as_deref()) {
                 Ok(code) => ExitCode::from(code),
@@ -212,7 +219,7 @@ fn main() -> ExitCode {
         Command::XdpTestRun { repeat } => xdp_test_run(repeat),
         Command::Check { config } => match load(Some(&config), &Overrides::default()) {
             Ok(cfg) => {
-                if cfg.has_wsgi() {
+                if cfg.has_python() {
                     match master::check_apps(&cfg) {
                         Ok(true) => {}
                         Ok(false) => return ExitCode::from(EXIT_APP as u8),
@@ -238,6 +245,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => {
             let overrides = Overrides {
                 app: a.app,
+                interface: a.interface,
                 paste: a.paste,
                 listen: a.listen,
                 statics: a.statics,

@@ -2,11 +2,13 @@
 //!
 //! A cell owns one [`Pool`] per WSGI route: Python threads pinned with the cell take requests
 //! from a bounded queue, build the PEP 3333 environ, call the application and hand the response
-//! back to the cell's event loop over channels, so the event loop never waits on Python.
+//! back to the cell's event loop over channels, so the event loop never waits on Python. An
+//! ASGI route instead gets one asyncio loop on its own thread (`asgi`).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
+pub mod asgi;
 mod environ;
 mod objects;
 mod pool;
@@ -17,7 +19,7 @@ mod response;
 pub use environ::{Cidr, ConnInfo};
 pub use objects::BodySource;
 pub use pool::{Job, Observer, Pool, PoolStats, Settings, SubmitError};
-pub use python::{AppError, interpreter_version};
+pub use python::{AppError, LoadPaths, interpreter_version};
 pub use response::{BodyOut, Head, Piece, Reply};
 
 /// How a WSGI application is named.

@@ -13,10 +13,14 @@ use crate::AppSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The app failed to import or build: the Python traceback, as Python prints it.
-    #[error("loading the WSGI application {spec} failed:\n{traceback}")]
+    #[error("loading the application {spec} failed:\n{traceback}")]
     Import { spec: String, traceback: String },
-    #[error("the WSGI application {spec} is not callable (got {kind})")]
+    #[error("the application {spec} is not callable (got {kind})")]
     NotCallable { spec: String, kind: String },
+    /// An ASGI app's lifespan startup failed (`lifespan.startup.failed`, or it raised with
+    /// `lifespan = "on"`).
+    #[error("ASGI application {spec}: {message}")]
+    Lifespan { spec: String, message: String },
     #[error("starting a WSGI thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -162,6 +166,7 @@ pub fn format_err(py: Python<'_>, err: &PyErr) -> String {
 }
 
 /// Where an app's modules come from.
+#[derive(Debug)]
 pub struct LoadPaths<'a> {
     pub base_dir: &'a Path,
     pub python_path: &'a [PathBuf],

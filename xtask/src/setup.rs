@@ -41,6 +41,7 @@ pub const TEST_PY: &[&str] = &[
     "daphne>=4",
     "pyramid>=2,<3",
     "PasteDeploy>=3",
+    "starlette>=0.40",
 ];
 /// Python packages for the WSGI bench: the peers besides gunicorn (in `TEST_PY`, which the
 /// bench installs too).

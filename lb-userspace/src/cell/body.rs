@@ -117,7 +117,7 @@ impl Stream {
             }
             if b.len() as u64 > left {
                 tracing::warn!(
-                    "WSGI app sent more than its Content-Length ({d}); the excess is dropped"
+                    "the app sent more than its Content-Length ({d}); the excess is dropped"
                 );
                 b.truncate(left as usize);
             }
@@ -324,7 +324,7 @@ impl http_body::Body for Body {
                     f();
                 }
                 return Poll::Ready(Some(Err(std::io::Error::other(
-                    "WSGI response ran past request_timeout",
+                    "the app's response ran past request_timeout",
                 ))));
             }
             return match s.rx.poll_recv(cx) {
@@ -334,7 +334,7 @@ impl http_body::Body for Body {
                     None => continue,
                 },
                 Poll::Ready(Some(Piece::Abort)) => Poll::Ready(Some(Err(std::io::Error::other(
-                    "WSGI application failed mid-response",
+                    "the application failed mid-response",
                 )))),
                 Poll::Ready(None) => match s.declared {
                     Some(d) if s.sent < d => {

@@ -1,4 +1,5 @@
-//! One request on a connection: head checks, routing to a static route or a WSGI app, then
+//! One request on a connection: head checks, routing to a static route, a WSGI or ASGI app or
+//! an upstream, then
 //! the common response headers, metrics and the access log line.
 use std::future::Future;
 use std::pin::Pin;
@@ -111,6 +112,17 @@ pub fn handle(
                 crate::cell::wsgi::call(ctx.clone(), id, parts, body, path_info, conn.clone());
             later(ctx, state, conn, mark, meta, answer)
         }
+        Routed::Asgi(id, metrics_route) => {
+            let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
+            let (parts, body) = req.into_parts();
+            let mark = Mark {
+                route: metrics_route as u16,
+                method: method as u8,
+                start,
+            };
+            let answer = crate::cell::asgi::call(ctx.clone(), id, parts, body, conn.clone());
+            later(ctx, state, conn, mark, meta, answer)
+        }
         Routed::Proxy(id, metrics_route) => {
             let meta = ctx.log.enabled().then(|| LogMeta::of(&req));
             let mark = Mark {
@@ -208,6 +220,8 @@ enum Routed {
     Ready(Response<Body>, bool, usize),
     /// A WSGI route id, the raw PATH_INFO below its mount point, and the route's metrics index.
     Wsgi(usize, String, usize),
+    /// An ASGI route id and the route's metrics index.
+    Asgi(usize, usize),
     /// A proxy route id and the route's metrics index.
     Proxy(usize, usize),
 }
@@ -231,6 +245,7 @@ fn route(ctx: &CellCtx, req: &Request<Incoming>, framing: HeadFraming) -> Routed
                 };
                 return Routed::Wsgi(id, path_info, r.metrics_index);
             }
+            Handler::Asgi(_) => return Routed::Asgi(id, r.metrics_index),
             Handler::Proxy(_) => return Routed::Proxy(id, r.metrics_index),
             Handler::Static(route) => {
                 metrics_route = r.metrics_index;

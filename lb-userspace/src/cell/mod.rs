@@ -2,6 +2,7 @@
 //! listeners the master handed down. Stops accepting on SIGTERM and drains; exits at once on SIGQUIT.
 mod accept;
 pub mod access_log;
+pub mod asgi;
 pub mod body;
 pub mod conn;
 pub mod conn_state;
@@ -93,7 +94,7 @@ pub fn run() -> anyhow::Result<()> {
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
 
-    if cfg.has_wsgi()
+    if cfg.has_python()
         && let Err(e) = crate::sys::set_batch_scheduling()
     {
         tracing::debug!(cell = index, "{e}");
@@ -108,6 +109,13 @@ pub fn run() -> anyhow::Result<()> {
             std::process::exit(EXIT_APP);
         }
     };
+    let asgi_apps = match asgi::start_apps(&cfg, observe) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(cell = index, "{e}");
+            std::process::exit(EXIT_APP);
+        }
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,13 +124,24 @@ pub fn run() -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     local.block_on(
         &rt,
-        serve(index, cfg, fds, metrics, control, pools, load, tunnel_maps),
+        serve(
+            index,
+            cfg,
+            fds,
+            metrics,
+            control,
+            (pools, asgi_apps),
+            load,
+            tunnel_maps,
+        ),
     )
 }
 
-/// `portico app-check`: imports every WSGI app once, in this throw-away process, so a broken
-/// app stops `portico serve` with its traceback before anything is bound.
-pub fn app_check() -> i32 {
+/// `portico app-check`: imports every WSGI and ASGI app once (and runs the ASGI apps' lifespan
+/// startup and shutdown), in this throw-away process, so a broken app stops `portico serve`
+/// with its traceback before anything is bound. `detect`: print `asgi` or `wsgi` for the
+/// WSGI route at `/` instead (`--interface auto`).
+pub fn app_check(detect: bool) -> i32 {
     let cfg: Config = match std::env::var(env::CONFIG)
         .map_err(anyhow::Error::from)
         .and_then(|j| serde_json::from_str(&j).map_err(anyhow::Error::from))
@@ -133,13 +152,56 @@ pub fn app_check() -> i32 {
             return 1;
         }
     };
-    match wsgi::start_pools(&cfg, 1, None) {
-        Ok(_) => 0,
+    if detect {
+        return match detect_interface(&cfg) {
+            Ok(asgi) => {
+                println!("{}", if asgi { "asgi" } else { "wsgi" });
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                EXIT_APP
+            }
+        };
+    }
+    let checked = wsgi::start_pools(&cfg, 1, None)
+        .and_then(|_| asgi::start_apps(&cfg, None))
+        .map(|apps| {
+            for a in apps.iter().flatten() {
+                a.app.shutdown();
+            }
+        });
+    match checked {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("{e}");
             EXIT_APP
         }
     }
+}
+
+/// Imports the app of the WSGI route at `/` (the command line's APP) and tells whether it is
+/// an ASGI app.
+fn detect_interface(cfg: &Config) -> Result<bool, wsgi_worker::AppError> {
+    let Some(w) = cfg
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/")
+        .and_then(|r| r.wsgi.as_ref())
+    else {
+        return Ok(false);
+    };
+    let Some(spec) = w.spec() else {
+        return Ok(false);
+    };
+    wsgi_worker::asgi::detect(
+        &spec,
+        &wsgi_worker::LoadPaths {
+            base_dir: w.chdir.as_deref().unwrap_or(std::path::Path::new(".")),
+            python_path: &w.python_path,
+            venv: w.venv.as_deref(),
+        },
+    )
 }
 
 #[expect(
@@ -152,7 +214,7 @@ async fn serve(
     fds: Vec<OwnedFd>,
     metrics: &'static MetricsRegion,
     control: OwnedFd,
-    pools: Vec<Option<wsgi::WsgiRoute>>,
+    (pools, asgi_apps): (Vec<Option<wsgi::WsgiRoute>>, Vec<Option<asgi::AsgiRoute>>),
     load: Option<crate::ebpf::cell_load::CellLoadEntry>,
     tunnel_maps: Option<crate::ebpf::TunnelMaps>,
 ) -> anyhow::Result<()> {
@@ -161,7 +223,7 @@ async fn serve(
     let upstreams = proxy::pool::Upstreams::new(&cfg.upstreams, metrics.cell(index));
     proxy::health::start(&upstreams, &cfg.upstreams);
     let ctx = Rc::new(CellCtx::new(
-        Router::new(&cfg.routes, pools, &upstreams),
+        Router::new(&cfg.routes, pools, asgi_apps, &upstreams),
         cfg.limits.clone(),
         metrics.cell(index),
         log,
@@ -262,6 +324,10 @@ async fn serve(
         }
     }
     flusher.abort();
+    // The ASGI apps' lifespan shutdown, once their requests are done.
+    for a in ctx.router.asgi_routes() {
+        a.app.shutdown();
+    }
     ctx.log.flush();
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Longest-prefix routing. Prefixes without a trailing slash match on segment boundaries, so
 //! `/app` serves `/app` and `/app/x` but not `/application`.
+use crate::cell::asgi::route::AsgiRoute;
 use crate::cell::proxy::pool::Upstreams;
 use crate::cell::proxy::route::ProxyRoute;
 use crate::cell::static_files::StaticRoute;
@@ -9,6 +10,7 @@ use crate::config::RouteConfig;
 pub enum Handler {
     Static(StaticRoute),
     Wsgi(WsgiRoute),
+    Asgi(AsgiRoute),
     Proxy(ProxyRoute),
 }
 
@@ -34,21 +36,29 @@ pub struct Router {
 }
 
 impl Router {
-    /// `wsgi` holds the started WSGI routes, index-aligned with `cfg`; `upstreams` the cell's
-    /// upstream groups.
-    pub fn new(cfg: &[RouteConfig], wsgi: Vec<Option<WsgiRoute>>, upstreams: &Upstreams) -> Self {
+    /// `wsgi` and `asgi` hold the started Python routes, index-aligned with `cfg`; `upstreams`
+    /// the cell's upstream groups.
+    pub fn new(
+        cfg: &[RouteConfig],
+        wsgi: Vec<Option<WsgiRoute>>,
+        asgi: Vec<Option<AsgiRoute>>,
+        upstreams: &Upstreams,
+    ) -> Self {
+        let mut asgi = asgi.into_iter().chain(std::iter::repeat_with(|| None));
         let mut routes: Vec<Route> = cfg
             .iter()
             .zip(wsgi.into_iter().chain(std::iter::repeat_with(|| None)))
             .enumerate()
             .filter_map(|(i, (r, w))| {
-                let handler = match (w, &r.static_files, &r.proxy) {
-                    (Some(w), _, _) => Handler::Wsgi(w),
-                    (None, Some(s), _) => Handler::Static(StaticRoute::new(s)),
-                    (None, None, Some(p)) => {
+                let a = asgi.next().flatten();
+                let handler = match (w, a, &r.static_files, &r.proxy) {
+                    (Some(w), _, _, _) => Handler::Wsgi(w),
+                    (None, Some(a), _, _) => Handler::Asgi(a),
+                    (None, None, Some(s), _) => Handler::Static(StaticRoute::new(s)),
+                    (None, None, None, Some(p)) => {
                         Handler::Proxy(ProxyRoute::new(&r.prefix, p, upstreams)?)
                     }
-                    (None, None, None) => return None,
+                    (None, None, None, None) => return None,
                 };
                 Some(Route {
                     prefix: r.prefix.clone(),
@@ -65,22 +75,37 @@ impl Router {
     pub fn wsgi(&self, id: usize) -> Option<&WsgiRoute> {
         match &self.routes.get(id)?.handler {
             Handler::Wsgi(w) => Some(w),
-            Handler::Static(_) | Handler::Proxy(_) => None,
+            Handler::Static(_) | Handler::Asgi(_) | Handler::Proxy(_) => None,
         }
+    }
+
+    /// The ASGI route with this index (as returned by `find`).
+    pub fn asgi(&self, id: usize) -> Option<&AsgiRoute> {
+        match &self.routes.get(id)?.handler {
+            Handler::Asgi(a) => Some(a),
+            Handler::Static(_) | Handler::Wsgi(_) | Handler::Proxy(_) => None,
+        }
+    }
+
+    pub fn asgi_routes(&self) -> impl Iterator<Item = &AsgiRoute> {
+        self.routes.iter().filter_map(|r| match &r.handler {
+            Handler::Asgi(a) => Some(a),
+            _ => None,
+        })
     }
 
     /// The proxy route with this index (as returned by `find`).
     pub fn proxy(&self, id: usize) -> Option<&ProxyRoute> {
         match &self.routes.get(id)?.handler {
             Handler::Proxy(p) => Some(p),
-            Handler::Static(_) | Handler::Wsgi(_) => None,
+            Handler::Static(_) | Handler::Wsgi(_) | Handler::Asgi(_) => None,
         }
     }
 
     pub fn wsgi_routes(&self) -> impl Iterator<Item = &WsgiRoute> {
         self.routes.iter().filter_map(|r| match &r.handler {
             Handler::Wsgi(w) => Some(w),
-            Handler::Static(_) | Handler::Proxy(_) => None,
+            Handler::Static(_) | Handler::Asgi(_) | Handler::Proxy(_) => None,
         })
     }
 
@@ -111,10 +136,11 @@ mod tests {
                 prefix: p.to_string(),
                 static_files: Some(StaticConfig::default()),
                 wsgi: None,
+                asgi: None,
                 proxy: None,
             })
             .collect();
-        Router::new(&cfg, Vec::new(), &Upstreams::default())
+        Router::new(&cfg, Vec::new(), Vec::new(), &Upstreams::default())
     }
 
     fn hit(r: &Router, path: &str) -> Option<(String, String)> {

@@ -5,7 +5,8 @@
 //! `units` parses the value syntaxes (durations, sizes, CIDRs, listen addresses), `schema` is
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
 //! applies the command line, and `validate` checks the result; `paste` holds what is
-//! specific to PasteDeploy apps.
+//! specific to PasteDeploy apps, `asgi` the ASGI route table.
+pub mod asgi;
 mod error;
 mod load;
 mod overrides;
@@ -15,8 +16,9 @@ mod schema;
 mod units;
 mod validate;
 
+pub use asgi::{AsgiConfig, EventLoop, LifespanMode};
 pub use error::ConfigErrors;
-pub use overrides::Overrides;
+pub use overrides::{Interface, Overrides};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};
 pub use schema::{
     Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, RouteConfig, StaticConfig,

@@ -10,6 +10,8 @@ use super::units::{Dur, parse_duration};
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub app: Option<String>,
+    /// `--interface`: how APP is called.
+    pub interface: Interface,
     /// `--paste FILE[#NAME]`: a PasteDeploy app mounted at `/`, instead of APP.
     pub paste: Option<String>,
     /// `--threads`, `--request-timeout`, `--max-requests`, `--reload`, `--python-path`,
@@ -30,6 +32,16 @@ pub struct Overrides {
     pub access_log: Option<String>,
     pub log_format: Option<String>,
     pub steering: Option<SteeringPolicy>,
+}
+
+/// `--interface asgi|wsgi|auto`: the protocol APP speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Interface {
+    /// Import APP and look: a coroutine function (or an object whose `__call__` is one) is ASGI.
+    #[default]
+    Auto,
+    Asgi,
+    Wsgi,
 }
 
 impl Config {
@@ -68,6 +80,12 @@ impl Config {
                 Err(e) => bad("--paste", e),
             }
         }
+        if cli_app.is_none() && o.interface != Interface::Auto {
+            bad(
+                "--interface",
+                "applies to an APP given on the command line".into(),
+            );
+        }
         if let Some(mut w) = cli_app {
             if let Some(t) = o.threads {
                 w.threads = t;
@@ -89,10 +107,23 @@ impl Config {
                 w.chdir = std::env::current_dir().ok();
             }
             self.routes.retain(|r| r.prefix != "/");
+            let (wsgi, asgi) = if o.interface == Interface::Asgi {
+                if o.paste.is_some() {
+                    bad(
+                        "--interface",
+                        "a PasteDeploy app is WSGI; drop --interface asgi".into(),
+                    );
+                }
+                (None, Some(w.to_asgi()))
+            } else {
+                // `auto` starts as WSGI; the master looks at the imported app before serving.
+                (Some(w), None)
+            };
             self.routes.push(RouteConfig {
                 prefix: "/".into(),
                 static_files: None,
-                wsgi: Some(w),
+                wsgi,
+                asgi,
                 proxy: None,
             });
         } else if o.threads.is_some()
@@ -129,6 +160,7 @@ impl Config {
                             ..StaticConfig::default()
                         }),
                         wsgi: None,
+                        asgi: None,
                         proxy: None,
                     });
                 }
@@ -146,6 +178,7 @@ impl Config {
                         prefix: prefix.to_string(),
                         static_files: None,
                         wsgi: None,
+                        asgi: None,
                         proxy: Some(ProxyConfig::from_url(url.to_string())),
                     });
                 }
@@ -241,6 +274,28 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(errs.len(), 1, "WSGI flags without APP are refused");
+    }
+
+    #[test]
+    fn interface_asgi_mounts_an_asgi_route_at_root() {
+        let mut cfg = Config::default();
+        let errs = cfg.apply(&Overrides {
+            app: Some("site.asgi:application".into()),
+            interface: Interface::Asgi,
+            request_timeout: Some("5s".into()),
+            ..Default::default()
+        });
+        assert!(errs.is_empty(), "{errs:?}");
+        let r = &cfg.routes[0];
+        assert!(r.wsgi.is_none());
+        let a = r.asgi.as_ref().unwrap();
+        assert_eq!(a.app.as_deref(), Some("site.asgi:application"));
+        assert_eq!(a.request_timeout.0, Duration::from_secs(5));
+        let errs = Config::default().apply(&Overrides {
+            interface: Interface::Wsgi,
+            ..Default::default()
+        });
+        assert_eq!(errs[0].key, "--interface", "{errs:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::asgi::AsgiConfig;
 use super::proxy::{ProxyConfig, UpstreamConfig};
 use super::units::{Dur, ListenAddr, Size};
 
@@ -375,6 +376,19 @@ pub const DEFAULT_WSGI_THREADS: i64 = 1;
 pub const DEFAULT_PASTE_APP_NAME: &str = "main";
 
 impl WsgiConfig {
+    /// The ASGI route for an APP given on the command line as a WSGI one, once it turned out
+    /// to be ASGI (`--interface auto`): the settings both kinds share carry over.
+    pub fn to_asgi(&self) -> AsgiConfig {
+        AsgiConfig {
+            app: self.app.clone(),
+            chdir: self.chdir.clone(),
+            python_path: self.python_path.clone(),
+            venv: self.venv.clone(),
+            request_timeout: self.request_timeout,
+            ..AsgiConfig::default()
+        }
+    }
+
     /// The application, parsed (validate() has checked it).
     pub fn spec(&self) -> Option<wsgi_worker::AppSpec> {
         match (&self.app, &self.script, &self.paste) {
@@ -400,6 +414,8 @@ pub struct RouteConfig {
     pub static_files: Option<StaticConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wsgi: Option<WsgiConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asgi: Option<AsgiConfig>,
     #[serde(
         default,
         deserialize_with = "super::proxy::deserialize_proxy",
@@ -437,8 +453,11 @@ impl Config {
             .unwrap_or(0)
     }
 
-    pub fn has_wsgi(&self) -> bool {
-        self.routes.iter().any(|r| r.wsgi.is_some())
+    /// Whether any route runs Python (WSGI or ASGI): the apps are imported before serving.
+    pub fn has_python(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.wsgi.is_some() || r.asgi.is_some())
     }
 
     /// Number of cells for `workers` and the usable CPUs.
@@ -465,6 +484,7 @@ mod tests {
                 ..Default::default()
             }),
             wsgi: None,
+            asgi: None,
             proxy: None,
         });
         cfg.routes.push(RouteConfig {
@@ -477,12 +497,14 @@ mod tests {
                 trusted_proxies: vec!["10.0.0.0/8".into()],
                 ..Default::default()
             }),
+            asgi: None,
             proxy: None,
         });
         cfg.routes.push(RouteConfig {
             prefix: "/api/".into(),
             static_files: None,
             wsgi: None,
+            asgi: None,
             proxy: Some(ProxyConfig {
                 upstream: "api".into(),
                 path: Some("/".into()),

@@ -140,6 +140,7 @@ impl Config {
         }
         let mut prefixes = std::collections::HashSet::new();
         let mut optimize = std::collections::BTreeSet::new();
+        let mut loops = std::collections::BTreeSet::new();
         for (i, r) in self.routes.iter_mut().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
             if !r.prefix.starts_with('/') {
@@ -154,12 +155,14 @@ impl Config {
             let handlers = [
                 r.static_files.is_some(),
                 r.wsgi.is_some(),
+                r.asgi.is_some(),
                 r.proxy.is_some(),
             ];
             if handlers.iter().filter(|h| **h).count() > 1 {
                 bad(
                     format!("route[{i}]"),
-                    "has more than one of `static`, `wsgi` and `proxy`; a route serves one".into(),
+                    "has more than one of `static`, `wsgi`, `asgi` and `proxy`; a route serves one"
+                        .into(),
                 );
             }
             if let Some(p) = &mut r.proxy {
@@ -169,10 +172,14 @@ impl Config {
                 validate_wsgi(w, &base, &key, &mut bad);
                 optimize.insert(w.optimize);
             }
+            if let Some(a) = &mut r.asgi {
+                super::asgi::validate(a, &base, &key, &mut bad);
+                loops.insert(a.event_loop as u8);
+            }
             match &mut r.static_files {
-                None if r.wsgi.is_none() && r.proxy.is_none() => bad(
+                None if r.wsgi.is_none() && r.asgi.is_none() && r.proxy.is_none() => bad(
                     format!("route[{i}]"),
-                    "needs `static = {{ root = ... }}`, `wsgi = {{ app = ... }}` or `proxy = ...`"
+                    "needs `static = {{ root = ... }}`, `wsgi = {{ app = ... }}`, `asgi = {{ app = ... }}` or `proxy = ...`"
                         .into(),
                 ),
                 None => {}
@@ -214,6 +221,12 @@ impl Config {
             bad(
                 "route.wsgi.optimize".into(),
                 "every WSGI route must use the same `optimize` (one interpreter per cell)".into(),
+            );
+        }
+        if loops.len() > 1 {
+            bad(
+                "route.asgi.loop".into(),
+                "every ASGI route must use the same `loop` (one event loop per cell)".into(),
             );
         }
         if errors.is_empty() {
@@ -526,5 +539,43 @@ wsgi = { }
         ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn asgi_routes_are_validated() {
+        let text = r#"
+[[route]]
+prefix = "/"
+asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s" }
+[[route]]
+prefix = "/b/"
+asgi = { }
+[[route]]
+prefix = "/c/"
+asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
+"#;
+        let mut cfg = Config::parse(text, "t.toml").unwrap();
+        let keys: Vec<String> = cfg
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "route[0].asgi.app",
+                "route[0].asgi.max_concurrency",
+                "route[0].asgi.root_path",
+                "route[0].asgi.request_timeout",
+                "route[1].asgi.app",
+                "route.asgi.loop",
+            ]
+        );
+        let c = cfg.routes[2].asgi.as_ref().unwrap();
+        assert_eq!(c.lifespan, crate::config::LifespanMode::On);
+        assert_eq!(c.event_loop, crate::config::EventLoop::Uvloop);
+        assert_eq!(c.max_concurrency, 1000);
     }
 }

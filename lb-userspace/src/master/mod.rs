@@ -29,6 +29,33 @@ pub use spawn::check_apps;
 use state::MasterState;
 use supervisor::{Action, Event, Restart, Supervisor};
 
+/// `--interface auto` with an APP on the command line: imports it in a throw-away child and
+/// turns the route at `/` into an ASGI route when the app is one. False: the import failed.
+fn apply_interface(cfg: &mut Config, overrides: &Overrides) -> anyhow::Result<bool> {
+    let (Some(app), crate::config::Interface::Auto) = (&overrides.app, overrides.interface) else {
+        return Ok(true);
+    };
+    match spawn::detect_interface(cfg)? {
+        None => {
+            tracing::error!("{app} failed to import (traceback above); not starting");
+            Ok(false)
+        }
+        Some(true) => {
+            tracing::info!("{app} is an ASGI application (--interface auto)");
+            for r in cfg.routes.iter_mut().filter(|r| r.prefix == "/") {
+                if let Some(w) = r.wsgi.take() {
+                    r.asgi = Some(w.to_asgi());
+                }
+            }
+            Ok(true)
+        }
+        Some(false) => {
+            tracing::info!("{app} is a WSGI application (--interface auto)");
+            Ok(true)
+        }
+    }
+}
+
 /// `portico serve`: returns the process exit code.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<i32> {
     raise_nofile_limit();
@@ -36,11 +63,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
     }
     note_paste_servers(&cfg);
-    if cfg.has_wsgi() {
-        tracing::info!("importing the WSGI application(s) once before starting cells");
+    let mut cfg = cfg;
+    if !apply_interface(&mut cfg, &overrides)? {
+        return Ok(EXIT_APP);
+    }
+    if cfg.has_python() {
+        tracing::info!("importing the Python application(s) once before starting cells");
         if !check_apps(&cfg)? {
             tracing::error!(
-                "the WSGI application failed to import (traceback above); not starting"
+                "the application failed to import or start (error above); not starting"
             );
             return Ok(EXIT_APP);
         }
@@ -394,6 +425,17 @@ impl Master {
             }
         };
         note_paste_servers(&cfg);
+        match apply_interface(&mut cfg, &self.overrides) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("reload refused, keeping the running configuration");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("reload refused: {e:#}");
+                return;
+            }
+        }
         let mut resize_to = None;
         if cfg.server.listen != self.cfg.server.listen {
             tracing::warn!(

@@ -22,6 +22,23 @@ pub fn check_apps(cfg: &Config) -> anyhow::Result<bool> {
     Ok(status.success())
 }
 
+/// Imports the command line's APP in a throw-away child (`portico app-check --detect`) and
+/// tells whether it is ASGI; None: the import failed (the traceback passed through).
+pub fn detect_interface(cfg: &Config) -> anyhow::Result<Option<bool>> {
+    let exe = std::env::current_exe().context("locating the portico executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["app-check", "--detect"])
+        .env(env::CONFIG, serde_json::to_string(cfg)?)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    python_env(&mut cmd, cfg);
+    let out = cmd.output().context("running the app interface check")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(String::from_utf8_lossy(&out.stdout).trim() == "asgi"))
+}
+
 /// Interpreter settings that must be in the environment before Python starts.
 fn python_env(cmd: &mut std::process::Command, cfg: &Config) {
     let o = cfg.python_optimize();

@@ -28,10 +28,10 @@ use crate::proto::Recycle;
 
 /// Records a route's queue wait and app time into the cell's shared metrics.
 #[derive(Debug)]
-struct RouteObserver {
-    stats: CellStats<'static>,
+pub(crate) struct RouteObserver {
+    pub(crate) stats: CellStats<'static>,
     /// The route's index in the metrics region.
-    route: usize,
+    pub(crate) route: usize,
 }
 
 impl wsgi_worker::Observer for RouteObserver {

@@ -93,19 +93,19 @@ pub fn route_families(
     if !waits.is_empty() {
         out.push(family(
             "portico_wsgi_queue_wait_seconds",
-            "Time from a WSGI request being ready to the app being called (mod_wsgi's queue_time).",
+            "Time from a WSGI or ASGI request being ready to the app being called (mod_wsgi's queue_time).",
             MetricType::HISTOGRAM,
             waits,
         ));
         out.push(family(
             "portico_wsgi_app_duration_seconds",
-            "Time the WSGI app ran for a request, until its response was handed over.",
+            "Time the WSGI or ASGI app ran for a request, until its response was handed over.",
             MetricType::HISTOGRAM,
             runs,
         ));
         out.push(family(
             "portico_wsgi_app_exceptions_total",
-            "WSGI requests whose app raised (500 or aborted response).",
+            "WSGI and ASGI requests whose app raised (500 or aborted response).",
             MetricType::COUNTER,
             raised,
         ));

@@ -1,0 +1,433 @@
+//! ASGI routes in a cell: each request is handed to the cell's one event loop thread
+//! (`wsgi_worker::asgi`), and this thread drives the exchange without the GIL: it reads the
+//! request body only when the app's `receive` waits for it, builds the response once the app
+//! has sent its head and first body piece, streams the rest with flow control, and tells the
+//! app when the client is gone or the response is complete (`http.disconnect`).
+pub mod route;
+
+pub use route::AsgiRoute;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use wsgi_worker::asgi::{AsgiApp, AsgiSettings, Exchange, Lifespan, Mount, Out, RequestHead};
+use wsgi_worker::{AppError, ConnInfo, Piece};
+
+use crate::cell::body::{Body, Stream, status_page};
+use crate::cell::context::CellCtx;
+use crate::config::{Config, LifespanMode};
+use crate::metrics::CellStats;
+
+/// Longest wait for the app's lifespan startup (and shutdown) to answer.
+const LIFESPAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Imports every ASGI route's app, starts the cell's event loop thread for them and runs
+/// their lifespan startups; index-aligned with `cfg.routes`. `stats`: the cell's metrics (None
+/// in the import check).
+pub fn start_apps(
+    cfg: &Config,
+    stats: Option<CellStats<'static>>,
+) -> Result<Vec<Option<AsgiRoute>>, AppError> {
+    let routes: Vec<(usize, &str, &crate::config::AsgiConfig)> = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.prefix.as_str(), r.asgi.as_ref()?)))
+        .collect();
+    // validate() made every ASGI route agree on `loop`.
+    let uvloop = routes
+        .iter()
+        .any(|(_, _, a)| a.event_loop == crate::config::EventLoop::Uvloop);
+    let settings = routes
+        .iter()
+        .map(|&(i, prefix, a)| AsgiSettings {
+            spec: a.spec().expect("validated"),
+            base_dir: a.chdir.clone().unwrap_or_else(|| ".".into()),
+            python_path: a.python_path.clone(),
+            venv: a.venv.clone(),
+            lifespan: match a.lifespan {
+                LifespanMode::Auto => Lifespan::Auto,
+                LifespanMode::On => Lifespan::On,
+                LifespanMode::Off => Lifespan::Off,
+            },
+            mount: Mount::new(&a.root_path, prefix),
+            lifespan_timeout: LIFESPAN_TIMEOUT,
+            observer: stats.map(|stats| {
+                Arc::new(crate::cell::wsgi::RouteObserver {
+                    stats,
+                    route: i + 1,
+                }) as Arc<dyn wsgi_worker::Observer>
+            }),
+        })
+        .collect();
+    let mut out: Vec<Option<AsgiRoute>> = cfg.routes.iter().map(|_| None).collect();
+    for (app, &(i, _, a)) in AsgiApp::start_all(settings, uvloop)?
+        .into_iter()
+        .zip(&routes)
+    {
+        out[i] = Some(AsgiRoute {
+            app,
+            request_timeout: a.request_timeout.0,
+            max_concurrency: a.max_concurrency as usize,
+            running: std::cell::Cell::new(0),
+        });
+    }
+    Ok(out)
+}
+
+/// Counts a request in its route's `running` until the app's call ends (or the exchange is
+/// given up); tells the app the client is gone if the exchange ends before the app does.
+struct Running {
+    ctx: Rc<CellCtx>,
+    route: usize,
+    rid: u64,
+    app_done: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(a) = self.ctx.router.asgi(self.route) {
+            a.running.set(a.running.get().saturating_sub(1));
+            if !self.app_done {
+                a.app.disconnect(self.rid);
+            }
+        }
+    }
+}
+
+/// The request body as the app asks for it.
+struct BodyIn {
+    body: Option<Incoming>,
+    total: u64,
+    max: u64,
+}
+
+impl BodyIn {
+    /// The next piece for `receive`: (bytes, more), or the status that ends the request.
+    async fn next(&mut self) -> Result<(Bytes, bool), StatusCode> {
+        let Some(b) = self.body.as_mut() else {
+            // The body was all delivered: `receive` waits for `http.disconnect`.
+            return std::future::pending().await;
+        };
+        loop {
+            match b.frame().await {
+                None => {
+                    self.body = None;
+                    return Ok((Bytes::new(), false));
+                }
+                Some(Err(e)) => {
+                    tracing::info!("client error: malformed request body ({e})");
+                    self.body = None;
+                    return Err(StatusCode::BAD_REQUEST);
+                }
+                Some(Ok(f)) => {
+                    let Ok(data) = f.into_data() else { continue };
+                    self.total += data.len() as u64;
+                    if self.total > self.max {
+                        self.body = None;
+                        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+                    }
+                    let more = !hyper::body::Body::is_end_stream(b);
+                    if !more {
+                        self.body = None;
+                    }
+                    return Ok((data, more));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one request through the route's app. Returns the response and whether to close after it.
+pub async fn call(
+    ctx: Rc<CellCtx>,
+    route: usize,
+    parts: Parts,
+    body: Incoming,
+    conn: Arc<ConnInfo>,
+) -> (Response<Body>, bool) {
+    let Some(a) = ctx.router.asgi(route) else {
+        return (status_page(StatusCode::NOT_FOUND), false);
+    };
+    if a.running.get() >= a.max_concurrency {
+        ctx.stats
+            .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
+        let mut r = status_page(StatusCode::SERVICE_UNAVAILABLE);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return (r, true);
+    }
+    ctx.wsgi_request();
+    let is_head = parts.method == http::Method::HEAD;
+    let what = format!(
+        "{} {}",
+        parts.method,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut x = a.app.submit(RequestHead {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        conn,
+    });
+    a.running.set(a.running.get() + 1);
+    let mut running = Running {
+        ctx: ctx.clone(),
+        route,
+        rid: x.rid,
+        app_done: false,
+    };
+    let mut input = BodyIn {
+        body: Some(body),
+        total: 0,
+        max: ctx.limits.max_body_size.0,
+    };
+    let deadline = tokio::time::Instant::now() + a.request_timeout;
+    let mut want = false;
+    let mut head = None;
+    // Until the head and the first body piece: the app may read the body meanwhile.
+    loop {
+        tokio::select! {
+            ev = x.events.recv() => match ev {
+                Some(Out::Want) => want = true,
+                Some(Out::Start { status, headers }) => head = Some((status, headers)),
+                Some(Out::Body { data, more }) => {
+                    let Some((status, headers)) = head.take() else {
+                        // The sink refuses body before start; never reached.
+                        return (status_page(StatusCode::INTERNAL_SERVER_ERROR), true);
+                    };
+                    a.app.sent(&x, data.len());
+                    let resp = respond(&ctx, status, headers, data, more, is_head, StreamTo {
+                        route, x, running, input, want, deadline,
+                    });
+                    return (resp, false);
+                }
+                Some(Out::Finished { error }) => {
+                    running.app_done = true;
+                    if let Some((status, headers)) = head.take()
+                        && error.is_none()
+                    {
+                        // Start without a body: an empty one.
+                        a.app.disconnect(x.rid);
+                        let resp = head_only(status, headers);
+                        return (resp, false);
+                    }
+                    match error {
+                        Some(tb) => tracing::error!(
+                            "ASGI app raised before the response started ({what}); 500:\n{}",
+                            tb.trim_end()
+                        ),
+                        None => tracing::error!(
+                            "ASGI app returned without sending http.response.start ({what}); 500"
+                        ),
+                    }
+                    return (status_page(StatusCode::INTERNAL_SERVER_ERROR), false);
+                }
+                None => return (status_page(StatusCode::INTERNAL_SERVER_ERROR), true),
+            },
+            piece = input.next(), if want => {
+                want = false;
+                match piece {
+                    Ok((data, more)) => a.app.body(x.rid, data, more),
+                    Err(status) => {
+                        a.app.cancel(x.rid);
+                        return (status_page(status), true);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                timed_out(&ctx, a, &x, &what);
+                return (status_page(StatusCode::GATEWAY_TIMEOUT), true);
+            }
+        }
+    }
+}
+
+fn timed_out(ctx: &CellCtx, a: &AsgiRoute, x: &Exchange, what: &str) {
+    ctx.stats
+        .add(crate::metrics::cell_counter::WSGI_REQUEST_TIMEOUTS, 1);
+    tracing::error!(
+        "{what} ran past request_timeout ({:?}); cancelling its task",
+        a.request_timeout
+    );
+    a.app.cancel(x.rid);
+}
+
+fn head_only(
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    for (n, v) in headers {
+        resp.headers_mut().append(n, v);
+    }
+    resp
+}
+
+/// What the rest of a streamed response needs.
+struct StreamTo {
+    route: usize,
+    x: Exchange,
+    running: Running,
+    input: BodyIn,
+    want: bool,
+    deadline: tokio::time::Instant,
+}
+
+/// The response from the head and the first body piece: whole if that was all, else a stream
+/// fed by a task that keeps driving the exchange.
+fn respond(
+    ctx: &Rc<CellCtx>,
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    first: Bytes,
+    more: bool,
+    is_head: bool,
+    rest: StreamTo,
+) -> Response<Body> {
+    let declared = headers
+        .iter()
+        .find(|(n, _)| n == header::CONTENT_LENGTH)
+        .and_then(|(_, v)| v.to_str().ok()?.parse::<u64>().ok());
+    let body = if more {
+        let (tx, rx) = mpsc::channel(4);
+        let c = ctx.clone();
+        let (route, rid) = (rest.route, rest.x.rid);
+        let stream = Stream {
+            rx,
+            declared: if is_head { None } else { declared },
+            sent: 0,
+            deadline: Box::pin(tokio::time::sleep_until(rest.deadline)),
+            on_timeout: Some(Box::new(move || {
+                if let Some(a) = c.router.asgi(route) {
+                    c.stats
+                        .add(crate::metrics::cell_counter::WSGI_REQUEST_TIMEOUTS, 1);
+                    tracing::error!(
+                        "an ASGI response ran past request_timeout; cancelling its task"
+                    );
+                    a.app.cancel(rid);
+                }
+            })),
+            stats: ctx.stats,
+        };
+        tokio::task::spawn_local(stream_rest(ctx.clone(), tx, rest));
+        Body::stream(first, stream)
+    } else {
+        rest_done(ctx, rest);
+        Body::one(first)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    for (n, v) in headers {
+        if n == header::CONTENT_LENGTH && !more && !is_head {
+            // A whole body gets its own, true length (a HEAD answer keeps the app's).
+            continue;
+        }
+        resp.headers_mut().append(n, v);
+    }
+    if !more && !is_head {
+        let len = resp.body().len();
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    resp
+}
+
+/// The response is complete with its first piece: `receive` now returns `http.disconnect`,
+/// and the app's call is followed to its end (background tasks run in it).
+fn rest_done(ctx: &Rc<CellCtx>, rest: StreamTo) {
+    if let Some(a) = ctx.router.asgi(rest.route) {
+        a.app.disconnect(rest.x.rid);
+    }
+    tokio::task::spawn_local(follow(rest));
+}
+
+/// Waits for the app's call to end after its response, logging an exception raised then.
+async fn follow(mut rest: StreamTo) {
+    while let Some(ev) = rest.x.events.recv().await {
+        if let Out::Finished { error } = ev {
+            rest.running.app_done = true;
+            if let Some(tb) = error {
+                tracing::error!("ASGI app raised after its response:\n{}", tb.trim_end());
+            }
+            return;
+        }
+    }
+}
+
+/// Moves the app's further body pieces to the client, reads the request body when asked, and
+/// tells the app when the client leaves.
+async fn stream_rest(ctx: Rc<CellCtx>, tx: mpsc::Sender<Piece>, mut rest: StreamTo) {
+    let route = rest.route;
+    let mut tx = Some(tx);
+    loop {
+        let closed = async {
+            match &tx {
+                Some(t) => t.closed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rest.x.events.recv() => match ev {
+                Some(Out::Body { data, more }) => {
+                    let n = data.len();
+                    let gone = match &tx {
+                        Some(t) => t.send(Piece::Data(data)).await.is_err(),
+                        None => false,
+                    };
+                    if let Some(a) = ctx.router.asgi(route).map(|a| &a.app) {
+                        a.sent(&rest.x, n);
+                        if gone || !more {
+                            // The client left, or the response is complete.
+                            a.disconnect(rest.x.rid);
+                        }
+                    }
+                    if gone || !more {
+                        tx = None;
+                    }
+                }
+                Some(Out::Want) => rest.want = true,
+                Some(Out::Start { .. }) => {}
+                Some(Out::Finished { error }) => {
+                    rest.running.app_done = true;
+                    if let Some(tb) = error {
+                        tracing::error!(
+                            "ASGI app raised after the response started; closing the connection:\n{}",
+                            tb.trim_end()
+                        );
+                        if let Some(t) = tx.take() {
+                            let _ = t.send(Piece::Abort).await;
+                        }
+                    }
+                    // A response left open when the app returned ends here.
+                    return;
+                }
+                None => return,
+            },
+            piece = rest.input.next(), if rest.want => {
+                rest.want = false;
+                let Some(a) = ctx.router.asgi(route).map(|a| &a.app) else { return };
+                match piece {
+                    Ok((data, more)) => a.body(rest.x.rid, data, more),
+                    Err(_) => a.disconnect(rest.x.rid),
+                }
+            }
+            _ = closed => {
+                if let Some(a) = ctx.router.asgi(route).map(|a| &a.app) {
+                    a.disconnect(rest.x.rid);
+                }
+                tx = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The Rust objects the loop thread calls: `Bridge.drain()` (the cell's commands), `Sink` (one
+//! request's `send` events out to the cell) and `Reporter` (lifespan outcomes).
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::StatusCode;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use tokio::sync::mpsc;
+
+use super::scope::{self, Mount};
+use super::{Cmd, Out, Shared};
+use crate::pool::Observer;
+use crate::response::check_header;
+
+/// Response bytes handed to the cell but not yet passed on to the client, past which `send`
+/// waits (the app cannot outrun a slow client by more than this).
+const HIGH_WATER: usize = 256 * 1024;
+/// ... and below which it goes on.
+const LOW_WATER: usize = 64 * 1024;
+
+/// Flow control of one response: bytes in flight, and whether `send` waits.
+#[derive(Debug, Default)]
+pub struct Credit(Mutex<(usize, bool)>);
+
+impl Credit {
+    /// Counts bytes the app sent; false: past the high-water mark, the app must wait.
+    fn take(&self, n: usize) -> bool {
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.0 += n;
+        if g.0 > HIGH_WATER {
+            g.1 = true;
+            return false;
+        }
+        true
+    }
+
+    /// The cell passed `n` bytes on; true: the app waits and may go on now.
+    pub fn release(&self, n: usize) -> bool {
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.0 = g.0.saturating_sub(n);
+        if g.1 && g.0 <= LOW_WATER {
+            g.1 = false;
+            return true;
+        }
+        false
+    }
+}
+
+#[pyclass(module = "portico")]
+#[derive(Debug)]
+pub struct Bridge {
+    pub(super) shared: Arc<Shared>,
+    pub(super) rx: crossbeam_channel::Receiver<Cmd>,
+    /// Per app of the loop: its mount point and its metrics.
+    pub(super) apps: Vec<(Mount, Option<Arc<dyn Observer>>)>,
+    pub(super) asgi: Py<PyDict>,
+}
+
+#[pymethods]
+impl Bridge {
+    /// Every command posted since the last wake, as tuples the shim dispatches on.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.shared.clear_wake();
+        let out = PyList::empty(py);
+        let asgi = self.asgi.bind(py);
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Cmd::Start(start) => {
+                    let (rid, app, head, tx, credit, enqueued) = *start;
+                    let (mount, observer) = &self.apps[app];
+                    let began = Instant::now();
+                    if let Some(o) = observer {
+                        o.started(began.saturating_duration_since(enqueued));
+                    }
+                    let scope = match scope::build(py, &head, mount, asgi) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Out::Finished {
+                                error: Some(crate::python::format_err(py, &e)),
+                            });
+                            continue;
+                        }
+                    };
+                    let sink = Sink {
+                        tx,
+                        credit,
+                        started: false,
+                        done: false,
+                        began,
+                        observer: observer.clone(),
+                    };
+                    out.append((0, rid, app, scope, sink))?;
+                }
+                Cmd::Shutdown(app) => out.append((1, app))?,
+                Cmd::Body { rid, data, more } => {
+                    out.append((2, rid, PyBytes::new(py, &data), more))?;
+                }
+                Cmd::Disconnect(rid) => out.append((3, rid))?,
+                Cmd::Cancel(rid) => out.append((4, rid))?,
+                Cmd::Resume(rid) => out.append((5, rid))?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One request's way back to the cell: checks each `send` event and forwards it.
+#[pyclass(module = "portico")]
+#[derive(Debug)]
+pub struct Sink {
+    tx: mpsc::UnboundedSender<Out>,
+    credit: Arc<Credit>,
+    started: bool,
+    /// The final body event was sent.
+    done: bool,
+    began: Instant,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+fn get<'py>(m: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    m.get_item(key)
+}
+
+/// Header names and values: bytes (as the spec says), or str encoded as latin-1.
+fn header_bytes(v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = v.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return s
+            .to_cow()?
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).ok())
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| PyValueError::new_err("header text is not latin-1"));
+    }
+    Err(PyTypeError::new_err("response headers must be bytes"))
+}
+
+#[pymethods]
+impl Sink {
+    /// The app's `send(message)` for `http.response.*`; false: wait for the cell to catch up.
+    fn send(&mut self, message: &Bound<'_, PyDict>) -> PyResult<bool> {
+        let kind: String = get(message, "type")?
+            .ok_or_else(|| PyValueError::new_err("ASGI message without 'type'"))?
+            .extract()?;
+        match kind.as_str() {
+            "http.response.start" => {
+                if self.started {
+                    return Err(PyRuntimeError::new_err("http.response.start sent twice"));
+                }
+                let code: u16 = get(message, "status")?
+                    .ok_or_else(|| PyValueError::new_err("http.response.start without 'status'"))?
+                    .extract()?;
+                let status = StatusCode::from_u16(code)
+                    .ok()
+                    .filter(|s| s.as_u16() >= 200)
+                    .ok_or_else(|| PyValueError::new_err(format!("invalid status {code}")))?;
+                let mut headers = Vec::new();
+                if let Some(h) = get(message, "headers")? {
+                    for pair in h.try_iter()? {
+                        let pair = pair?;
+                        let t = pair
+                            .cast::<PyTuple>()
+                            .map(PyTupleMethods::to_list)
+                            .or_else(|_| pair.cast::<PyList>().cloned());
+                        let l = t.map_err(|_| {
+                            PyTypeError::new_err("each response header is a (name, value) pair")
+                        })?;
+                        if l.len() != 2 {
+                            return Err(PyTypeError::new_err(
+                                "each response header is a (name, value) pair",
+                            ));
+                        }
+                        let name = header_bytes(&l.get_item(0)?)?;
+                        let value = header_bytes(&l.get_item(1)?)?;
+                        let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+                        headers.push(check_header(&name, &value).map_err(PyValueError::new_err)?);
+                    }
+                }
+                self.started = true;
+                let _ = self.tx.send(Out::Start { status, headers });
+                Ok(true)
+            }
+            "http.response.body" => {
+                if !self.started {
+                    return Err(PyRuntimeError::new_err(
+                        "http.response.body sent before http.response.start",
+                    ));
+                }
+                if self.done {
+                    return Err(PyRuntimeError::new_err(
+                        "http.response.body sent after the response was complete",
+                    ));
+                }
+                let data = match get(message, "body")? {
+                    None => Bytes::new(),
+                    Some(b) => Bytes::copy_from_slice(
+                        b.cast::<PyBytes>()
+                            .map_err(|_| PyTypeError::new_err("'body' must be bytes"))?
+                            .as_bytes(),
+                    ),
+                };
+                let more = match get(message, "more_body")? {
+                    None => false,
+                    Some(m) => m.is_truthy()?,
+                };
+                self.done = !more;
+                let ok = self.credit.take(data.len());
+                if self.tx.send(Out::Body { data, more }).is_err() {
+                    return Err(super::disconnected(message.py()));
+                }
+                Ok(ok)
+            }
+            other => Err(PyValueError::new_err(format!(
+                "unsupported ASGI message type {other:?} on an http scope"
+            ))),
+        }
+    }
+
+    /// `receive` found nothing queued: the cell reads the next piece of the request body.
+    fn want(&self) {
+        let _ = self.tx.send(Out::Want);
+    }
+
+    /// The app's coroutine ended; `error`: the traceback when it raised.
+    fn finish(&mut self, error: Option<String>) {
+        if let Some(o) = &self.observer {
+            o.finished(self.began.elapsed(), error.is_some());
+        }
+        let _ = self.tx.send(Out::Finished { error });
+    }
+}
+
+/// Lifespan outcomes, from the loop thread to whoever waits for startup or shutdown.
+#[pyclass(module = "portico")]
+#[derive(Debug)]
+pub struct Reporter(pub(super) Mutex<std::sync::mpsc::Sender<(String, String)>>);
+
+#[pymethods]
+impl Reporter {
+    fn __call__(&self, kind: String, text: String) {
+        let tx = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = tx.send((kind, text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_pauses_past_the_high_water_mark_and_resumes_below_the_low_one() {
+        let c = Credit::default();
+        assert!(c.take(HIGH_WATER), "up to the mark the app goes on");
+        assert!(!c.take(1), "past it the app waits");
+        assert!(
+            !c.release(HIGH_WATER - LOW_WATER),
+            "still above the low mark"
+        );
+        assert!(c.release(1), "at the low mark: resume, once");
+        assert!(!c.release(LOW_WATER), "not paused any more");
+    }
+}
