@@ -9,6 +9,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The trailer fields of a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -80,16 +82,18 @@ impl Conn {
             status,
             headers,
             body: Vec::new(),
+            trailers: Vec::new(),
         };
         let no_body =
             method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status);
         let chunked = resp
             .header("transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let mut trailers = Vec::new();
         let body = if no_body {
             Vec::new()
         } else if chunked {
-            self.read_chunked()?
+            self.read_chunked(&mut trailers)?
         } else if let Some(len) = resp
             .header("content-length")
             .and_then(|v| v.parse::<usize>().ok())
@@ -109,7 +113,11 @@ impl Conn {
             }
             std::mem::take(&mut self.buf)
         };
-        Ok(Response { body, ..resp })
+        Ok(Response {
+            body,
+            trailers,
+            ..resp
+        })
     }
 
     fn read_line(&mut self) -> std::io::Result<String> {
@@ -123,16 +131,23 @@ impl Conn {
         }
     }
 
-    /// A chunked body (RFC 9112 section 7.1), trailers skipped.
-    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
+    /// A chunked body (RFC 9112 section 7.1); its trailer fields go to `trailers`.
+    fn read_chunked(&mut self, trailers: &mut Vec<(String, String)>) -> std::io::Result<Vec<u8>> {
         let mut body = Vec::new();
         loop {
             let line = self.read_line()?;
             let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
             if size == 0 {
-                while !self.read_line()?.is_empty() {}
-                return Ok(body);
+                loop {
+                    let line = self.read_line()?;
+                    if line.is_empty() {
+                        return Ok(body);
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        trailers.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
             }
             while self.buf.len() < size + 2 {
                 self.fill()?;

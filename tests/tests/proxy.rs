@@ -28,6 +28,19 @@ class H(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if self.path.endswith("/trailers"):
+            # A chunked body with a trailer field; says whether it was told the client takes
+            # trailers.
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Checksum")
+            self.send_header("X-Saw-TE", self.headers.get("TE", "none"))
+            self.end_headers()
+            for part in (b"first,", b"second"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\nX-Checksum: abc123\r\n\r\n")
+            self.wfile.flush()
+            return
         body = b"hop"
         self.send_response(200)
         self.send_header("Connection", "X-Custom")
@@ -196,7 +209,8 @@ fn proxy_sets_forwarded_headers_and_drops_hop_by_hop_request_headers() {
         &[
             ("Connection", "X-Foo"),
             ("X-Foo", "1"),
-            ("TE", "trailers"),
+            // (`TE: trailers` is answered for this hop: see the trailers test.)
+            ("TE", "deflate"),
             ("Keep-Alive", "timeout=5"),
             ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
             ("Proxy-Connection", "keep-alive"),
@@ -248,6 +262,32 @@ fn proxy_drops_hop_by_hop_response_headers_and_rejects_invalid_responses() {
             .is_some_and(|c| c.to_ascii_lowercase().contains("x-custom")),
         "the upstream's Connection reached the client: {r:?}"
     );
+    // Trailers pass to a client that takes them (`TE: trailers`), named by `Trailer`; a client
+    // that does not gets the body alone.
+    let mut c = Conn::open(p.addr).unwrap();
+    c.send(raw_request("GET", "/raw/trailers", &[("TE", "trailers")]).as_bytes())
+        .unwrap();
+    let r = c.read_response("GET").unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "first,second"),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-saw-te"), Some("trailers"), "{r:?}");
+    assert_eq!(r.header("trailer"), Some("X-Checksum"), "{r:?}");
+    assert_eq!(
+        r.trailers,
+        [("x-checksum".to_string(), "abc123".to_string())],
+        "{r:?}"
+    );
+    let r = get(p.addr, "/raw/trailers").unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "first,second"),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-saw-te"), Some("none"), "{r:?}");
+    assert!(r.trailers.is_empty(), "{r:?}");
     // Not an HTTP response: 502.
     let r = get(p.addr, "/raw/garbage").unwrap();
     assert_eq!(r.status, 502, "{r:?}");

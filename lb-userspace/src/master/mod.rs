@@ -2,6 +2,7 @@
 //! and the metrics region; runs the supervisor's decisions about cells (spawn, drain, respawn,
 //! replace one at a time on SIGHUP), and serves the admin endpoint.
 pub mod admin;
+mod apps;
 mod ebpf_setup;
 mod listeners;
 mod spawn;
@@ -24,37 +25,11 @@ use tokio::sync::mpsc;
 use crate::config::{Config, Overrides, SteeringPolicy};
 use crate::metrics::{MetricsRegion, cell_counter};
 use crate::proto::{EXIT_APP, READY, Recycle};
+use apps::{apply_interface, note_paste_servers};
 use listeners::{ListenerSet, bind_all, cell_listener, listener_dups};
 pub use spawn::check_apps;
 use state::MasterState;
 use supervisor::{Action, Event, Restart, Supervisor};
-
-/// `--interface auto` with an APP on the command line: imports it in a throw-away child and
-/// turns the route at `/` into an ASGI route when the app is one. False: the import failed.
-fn apply_interface(cfg: &mut Config, overrides: &Overrides) -> anyhow::Result<bool> {
-    let (Some(app), crate::config::Interface::Auto) = (&overrides.app, overrides.interface) else {
-        return Ok(true);
-    };
-    match spawn::detect_interface(cfg)? {
-        None => {
-            tracing::error!("{app} failed to import (traceback above); not starting");
-            Ok(false)
-        }
-        Some(true) => {
-            tracing::info!("{app} is an ASGI application (--interface auto)");
-            for r in cfg.routes.iter_mut().filter(|r| r.prefix == "/") {
-                if let Some(w) = r.wsgi.take() {
-                    r.asgi = Some(w.to_asgi());
-                }
-            }
-            Ok(true)
-        }
-        Some(false) => {
-            tracing::info!("{app} is a WSGI application (--interface auto)");
-            Ok(true)
-        }
-    }
-}
 
 /// `portico serve`: returns the process exit code.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<i32> {
@@ -572,27 +547,6 @@ pub fn usable_cpus() -> Vec<usize> {
         }
         Err(_) => {
             (0..std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).collect()
-        }
-    }
-}
-
-/// Portico is the server: a PasteDeploy file's `[server:*]` sections go unused, which the log
-/// says once per file (not once per cell).
-fn note_paste_servers(cfg: &Config) {
-    for r in &cfg.routes {
-        let Some(path) = r.wsgi.as_ref().and_then(|w| w.paste.as_deref()) else {
-            continue;
-        };
-        // A file that cannot be read now fails the import check with the reason.
-        if let Ok(sections) = crate::config::paste::server_sections(path)
-            && !sections.is_empty()
-        {
-            tracing::info!(
-                "route {}: [{}] of {} ignored: Portico is the server",
-                r.prefix,
-                sections.join("], ["),
-                path.display()
-            );
         }
     }
 }

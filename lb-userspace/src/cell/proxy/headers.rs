@@ -5,12 +5,12 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-/// Fields that describe one connection, never the message.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Fields that describe one connection, never the message. (`Trailer` is not one: it names
+/// the message's trailer fields, and hyper sends only the trailers it names.)
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("proxy-connection"),
@@ -140,6 +140,20 @@ pub fn expand(template: &str, host: &str, remote: &str) -> String {
     out
 }
 
+/// Whether the client's `TE` accepts trailer fields (`TE: trailers`): then the upstream is told
+/// so too, and the trailers it sends reach the client.
+pub fn accepts_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +182,19 @@ mod tests {
             h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
             ["accept"]
         );
+    }
+
+    #[test]
+    fn trailer_names_stay_and_te_trailers_is_recognised() {
+        let mut h = map(&[("trailer", "x-checksum"), ("te", "gzip;q=0.5, Trailers")]);
+        assert!(accepts_trailers(&h));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["trailer"]
+        );
+        assert!(!accepts_trailers(&map(&[("te", "gzip")])));
+        assert!(!accepts_trailers(&HeaderMap::new()));
     }
 
     #[test]

@@ -96,9 +96,16 @@ pub async fn call(
     } else {
         None
     };
+    let trailers = headers::accepts_trailers(&parts.headers);
     match upgrade.clone() {
         Some(u) => headers::remove_hop_by_hop_keep_upgrade(&mut parts.headers, u),
         None => headers::remove_hop_by_hop(&mut parts.headers),
+    }
+    if trailers {
+        // TE is this hop's: the cell passes trailers on, so it says so for itself.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let trusted = conn
         .remote_ip
@@ -330,6 +337,10 @@ fn respond(
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // A body of known length has no trailers: its `Trailer` field would name nothing.
+        parts.headers.remove(header::TRAILER);
+    }
     let refresh = HeaderName::from_static("refresh");
     // Most responses redirect nowhere: the server's authority string only when one does.
     if parts.headers.contains_key(header::LOCATION) || parts.headers.contains_key(&refresh) {
