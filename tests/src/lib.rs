@@ -369,6 +369,21 @@ pub fn test_venv() -> Option<PathBuf> {
     v.join("pyvenv.cfg").is_file().then_some(v)
 }
 
+/// The test virtualenv, or a SKIP line for `test` saying which of its packages (`needs`) the
+/// test wanted.
+pub fn venv_for(test: &str, needs: &str) -> Option<PathBuf> {
+    let v = test_venv();
+    if v.is_none() {
+        skip(
+            test,
+            &format!(
+                "no test virtualenv (run `cargo xtask test`, which creates .venv with {needs})"
+            ),
+        );
+    }
+    v
+}
+
 /// Is this test process privileged enough for eBPF and network namespaces?
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -11,16 +11,8 @@ use portico_tests::*;
 
 const APP: &str = include_str!("asgi_app/asgiapp.py");
 
-/// The test virtualenv (Starlette comes from it), or a SKIP line.
 fn venv_or_skip(test: &str) -> Option<PathBuf> {
-    let v = test_venv();
-    if v.is_none() {
-        skip(
-            test,
-            "no test virtualenv (run `cargo xtask test`, which creates .venv with Starlette)",
-        );
-    }
-    v
+    venv_for(test, "Starlette")
 }
 
 fn site() -> Site {

@@ -6,14 +6,7 @@ use std::process::Command;
 use portico_tests::*;
 
 fn venv_or_skip(test: &str) -> Option<PathBuf> {
-    let v = test_venv();
-    if v.is_none() {
-        skip(
-            test,
-            "no test virtualenv (run `cargo xtask test`, which creates .venv with Flask and Django)",
-        );
-    }
-    v
+    venv_for(test, "Flask and Django")
 }
 
 fn set_cookies(r: &Response) -> Vec<String> {

@@ -11,16 +11,8 @@ const TAGAPP: &str = include_str!("paste_app/tagapp.py");
 const PRODUCTION_INI: &str = include_str!("paste_app/production.ini");
 const BROKEN_INI: &str = include_str!("paste_app/broken.ini");
 
-/// The test virtualenv (Pyramid and PasteDeploy come from it), or a SKIP line.
 fn venv_or_skip(test: &str) -> Option<PathBuf> {
-    let v = test_venv();
-    if v.is_none() {
-        skip(
-            test,
-            "no test virtualenv (run `cargo xtask test`, which creates .venv with Pyramid and PasteDeploy)",
-        );
-    }
-    v
+    venv_for(test, "Pyramid and PasteDeploy")
 }
 
 /// A site directory holding the fixture package and its .ini files.

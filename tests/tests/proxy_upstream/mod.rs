@@ -94,13 +94,7 @@ pub fn gunicorn(venv: &Path, site: &Site, bind: Bind, extra: &[&str]) -> Upstrea
 }
 
 pub fn venv_or_skip(test: &str) -> Option<PathBuf> {
-    let Some(v) = test_venv() else {
-        skip(
-            test,
-            "no test virtualenv (run `cargo xtask test`, which creates .venv with gunicorn)",
-        );
-        return None;
-    };
+    let v = venv_for(test, "gunicorn")?;
     if !v.join("bin/gunicorn").is_file() {
         skip(
             test,
