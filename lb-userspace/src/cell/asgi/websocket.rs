@@ -60,10 +60,15 @@ pub fn check(parts: &Parts) -> Handshake {
     {
         return Handshake::No;
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         let mut r = status_page(StatusCode::UPGRADE_REQUIRED);
-        r.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return Handshake::Bad(r);
     }
     let key = h.get(header::SEC_WEBSOCKET_KEY).map(HeaderValue::as_bytes);
