@@ -120,15 +120,15 @@ pub fn handle(
                 method: method as u8,
                 start,
             };
-            use crate::cell::asgi::websocket::{self, Handshake};
-            match websocket::check(&parts) {
+            use crate::cell::asgi::handshake::{self, Handshake};
+            match handshake::check(&parts) {
                 Handshake::No => {
                     let answer =
                         crate::cell::asgi::call(ctx.clone(), id, parts, body, conn.clone());
                     later(ctx, state, conn, mark, meta, answer)
                 }
                 Handshake::Yes(key) => {
-                    let answer = websocket::handshake(
+                    let answer = handshake::handshake(
                         ctx.clone(),
                         id,
                         parts,
@@ -138,7 +138,9 @@ pub fn handle(
                     );
                     later(ctx, state, conn, mark, meta, answer)
                 }
-                Handshake::Bad(resp) => later(ctx, state, conn, mark, meta, async { (resp, true) }),
+                Handshake::Bad(resp) => {
+                    later(ctx, state, conn, mark, meta, async { (*resp, true) })
+                }
             }
         }
         Routed::Proxy(id, metrics_route) => {

@@ -3,6 +3,7 @@
 //! request body only when the app's `receive` waits for it, builds the response once the app
 //! has sent its head and first body piece, streams the rest with flow control, and tells the
 //! app when the client is gone or the response is complete (`http.disconnect`).
+pub mod handshake;
 pub mod route;
 pub mod websocket;
 
