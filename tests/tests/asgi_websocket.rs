@@ -3,10 +3,13 @@
 //! client from the test virtualenv: echoes of text, binary and fragmented messages, the chosen
 //! subprotocol and accept headers, the scope, close codes and reasons both ways, the
 //! disconnect the app sees, a rejection before accept (403), an app exception (1011), an
-//! oversized message (1009, `websocket_max_message`), and the WebSocket metrics.
+//! oversized message (1009, `websocket_max_message`), the WebSocket metrics; handshakes
+//! refused before the app (400, 426), invalid UTF-8 (1007), and a draining cell that keeps
+//! its WebSockets.
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portico_tests::*;
 use serde_json::Value;
@@ -65,18 +68,20 @@ impl Ws {
         })
     }
 
+    fn client_cmd(&self, mode: &str, path: &str) -> Command {
+        let url = format!("ws://{}{path}", self.portico.addr);
+        let mut cmd = Command::new(self.venv.join("bin/python"));
+        cmd.arg(self.site.root("client.py"))
+            .args([mode, &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// Runs a client scenario against `path` to its end and returns its summary.
     fn client(&self, mode: &str, path: &str) -> Value {
-        let url = format!("ws://{}{path}", self.portico.addr);
-        let child = Command::new(self.venv.join("bin/python"))
-            .arg(self.site.root("client.py"))
-            .args([mode, &url])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the client");
-        summary(child)
+        let mut cmd = self.client_cmd(mode, path);
+        summary(cmd.stdin(Stdio::null()).spawn().expect("spawn the client"))
     }
 
     fn file(&self, name: &str) -> String {
@@ -223,4 +228,99 @@ fn asgi_websocket_rejection_exception_and_size_limit() {
     // The same route still answers after all that.
     let s = ws.client("server_close", "/ws/echo");
     assert_eq!(s["close_code"], 4001, "{s}");
+}
+
+const UPGRADE: [(&str, &str); 2] = [("Upgrade", "websocket"), ("Connection", "Upgrade")];
+const KEY: (&str, &str) = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+
+#[test]
+fn asgi_websocket_handshake_checks_utf8_and_drain() {
+    let Some(mut ws) = Ws::start("asgi_websocket_handshake_checks_utf8_and_drain", "") else {
+        return;
+    };
+    let addr = ws.portico.addr;
+    // A bad key is a bad request; another version asks for 13. Neither reaches the app.
+    let bad_key = [
+        UPGRADE[0],
+        UPGRADE[1],
+        ("Sec-WebSocket-Key", "short"),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let r = request(addr, "GET", "/ws/echo", &bad_key).unwrap();
+    assert_eq!(r.status, 400);
+    let v8 = [UPGRADE[0], UPGRADE[1], KEY, ("Sec-WebSocket-Version", "8")];
+    let r = request(addr, "GET", "/ws/echo", &v8).unwrap();
+    assert_eq!(
+        (r.status, r.header("sec-websocket-version")),
+        (426, Some("13"))
+    );
+
+    // A text frame that is not UTF-8: the server closes with 1007.
+    let mut c = Conn::open(addr).unwrap();
+    let ok = [UPGRADE[0], UPGRADE[1], KEY, ("Sec-WebSocket-Version", "13")];
+    c.send(raw_request("GET", "/ws/echo", &ok).as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        got.extend(c.read_some(1).unwrap());
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The RFC 6455 example key's accept value.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mask = [1u8, 2, 3, 4];
+    c.send(&[
+        0x81,
+        0x81,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        0xff ^ mask[0],
+    ])
+    .unwrap();
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut frame = got[end..].to_vec();
+    while frame.len() < 4 {
+        frame.extend(c.read_some(1).unwrap());
+    }
+    assert_eq!(&frame[..1], &[0x88], "a close frame: {frame:?}");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1007, "{frame:?}");
+
+    // A draining cell keeps an open WebSocket past its idle keep-alives' grace.
+    let mut cmd = ws.client_cmd("hold", "/ws/echo");
+    let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn the client");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "open", "the WebSocket did not open: {line}");
+    let mut idle = Conn::open(addr).unwrap();
+    assert_eq!(idle.request("GET", "/nothing", &[]).unwrap().status, 404);
+    ws.portico.signal(rustix::process::Signal::TERM);
+    assert!(
+        idle.closed_within(Duration::from_secs(10)),
+        "the draining cell never closed an idle keep-alive connection"
+    );
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let mut rest = String::new();
+    while Instant::now() < deadline {
+        let mut l = String::new();
+        if stdout.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        rest = l;
+    }
+    let _ = child.wait();
+    let s: Value = serde_json::from_str(rest.trim()).unwrap_or_else(|e| panic!("{e}: {rest}"));
+    assert_eq!(
+        (s["before"].as_str(), s["after"].as_str()),
+        (Some("before"), Some("after")),
+        "{s}"
+    );
+    let status = ws
+        .portico
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits once the WebSocket closed");
+    assert!(status.success(), "{status:?}");
 }

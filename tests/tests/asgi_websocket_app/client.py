@@ -49,6 +49,15 @@ try:
                 ws.recv(timeout=10)
             except ConnectionClosed as e:
                 closed(e)
+    elif mode == "hold":
+        with connect(url) as ws:
+            ws.send("before")
+            out["before"] = ws.recv(timeout=10)
+            print("open", flush=True)
+            sys.stdin.readline()
+            ws.send("after")
+            out["after"] = ws.recv(timeout=10)
+            ws.close(1000, "done")
     elif mode == "reject":
         with connect(url):
             pass
