@@ -158,3 +158,51 @@ pub async fn handshake(
     }
     (status_page(refused), false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri("/ws");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const UPGRADE: [(&str, &str); 2] = [
+        ("upgrade", "WebSocket"),
+        ("connection", "keep-alive, Upgrade"),
+    ];
+
+    #[test]
+    fn a_websocket_upgrade_is_checked_before_the_app() {
+        let ok = parts(&[
+            UPGRADE[0],
+            UPGRADE[1],
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ]);
+        match check(&ok) {
+            // RFC 6455 section 1.3's example.
+            Handshake::Yes(v) => assert_eq!(v, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            _ => panic!("a valid handshake"),
+        }
+        assert!(matches!(check(&parts(&[UPGRADE[1]])), Handshake::No));
+        let bad_key = parts(&[
+            UPGRADE[0],
+            UPGRADE[1],
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ"),
+            ("sec-websocket-version", "13"),
+        ]);
+        assert!(matches!(check(&bad_key), Handshake::Bad(r) if r.status() == 400));
+        let old = parts(&[
+            UPGRADE[0],
+            UPGRADE[1],
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "8"),
+        ]);
+        assert!(matches!(check(&old), Handshake::Bad(r) if r.status() == 426));
+    }
+}
