@@ -139,8 +139,8 @@ where
                 let code = match got {
                     Ok(data) => {
                         stats.add(cell_counter::WEBSOCKET_MESSAGES_IN, 1);
-                        if !told {
-                            app(&|a| a.ws_message(rid, data.clone()));
+                        if !told && let Some(a) = ctx.router.asgi(route) {
+                            a.app.ws_message(rid, data);
                         }
                         continue;
                     }
