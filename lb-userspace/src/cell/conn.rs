@@ -237,9 +237,13 @@ pub async fn serve_connection<S>(
                 let parts = conn.into_parts();
                 let io = parts.io.into_inner().inner;
                 let tunnel = state.tunnel.borrow_mut().take();
-                match tunnel {
-                    Some(t) => crate::cell::tunnel::relay(io, parts.read_buf, t).await,
-                    None => {
+                let websocket = state.websocket.borrow_mut().take();
+                match (tunnel, websocket) {
+                    (Some(t), _) => crate::cell::tunnel::relay(io, parts.read_buf, t).await,
+                    (None, Some(s)) => {
+                        crate::cell::asgi::websocket::run(io, parts.read_buf, s).await;
+                    }
+                    (None, None) => {
                         let mut io = io;
                         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                     }

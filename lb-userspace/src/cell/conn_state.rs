@@ -52,6 +52,9 @@ pub struct ConnState {
     /// Set when the last answer was a proxied `101 Switching Protocols`: the connection
     /// becomes a tunnel once hyper has written it.
     pub tunnel: RefCell<Option<Pending>>,
+    /// Set when the last answer was an ASGI app's `101`: the connection becomes its WebSocket
+    /// once hyper has written it.
+    pub websocket: RefCell<Option<crate::cell::asgi::websocket::Session>>,
 }
 
 impl ConnState {
@@ -69,6 +72,7 @@ impl ConnState {
             flush_waiter: RefCell::new(None),
             unflushed: Cell::new(false),
             tunnel: RefCell::new(None),
+            websocket: RefCell::new(None),
         }
     }
 

@@ -120,8 +120,28 @@ pub fn handle(
                 method: method as u8,
                 start,
             };
-            let answer = crate::cell::asgi::call(ctx.clone(), id, parts, body, conn.clone());
-            later(ctx, state, conn, mark, meta, answer)
+            use crate::cell::asgi::handshake::{self, Handshake};
+            match handshake::check(&parts) {
+                Handshake::No => {
+                    let answer =
+                        crate::cell::asgi::call(ctx.clone(), id, parts, body, conn.clone());
+                    later(ctx, state, conn, mark, meta, answer)
+                }
+                Handshake::Yes(key) => {
+                    let answer = handshake::handshake(
+                        ctx.clone(),
+                        id,
+                        parts,
+                        key,
+                        conn.clone(),
+                        state.clone(),
+                    );
+                    later(ctx, state, conn, mark, meta, answer)
+                }
+                Handshake::Bad(resp) => {
+                    later(ctx, state, conn, mark, meta, async { (*resp, true) })
+                }
+            }
         }
         Routed::Proxy(id, metrics_route) => {
             let meta = ctx.log.enabled().then(|| LogMeta::of(&req));

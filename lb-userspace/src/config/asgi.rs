@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::Dur;
+use super::units::{Dur, Size};
 
 /// Whether the app's `lifespan` scope runs (ASGI's startup and shutdown events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -50,6 +50,8 @@ pub struct AsgiConfig {
     pub venv: Option<PathBuf>,
     /// Longest run of one request; then its task is cancelled and the client gets 504.
     pub request_timeout: Dur,
+    /// Largest WebSocket message (after reassembly) a client may send; beyond it: close 1009.
+    pub websocket_max_message: Size,
 }
 
 impl Default for AsgiConfig {
@@ -64,6 +66,7 @@ impl Default for AsgiConfig {
             python_path: Vec::new(),
             venv: None,
             request_timeout: Dur(Duration::from_secs(30)),
+            websocket_max_message: Size(16 << 20),
         }
     }
 }
@@ -147,5 +150,11 @@ pub(super) fn validate(
     }
     if a.request_timeout.0.is_zero() {
         bad(key("asgi.request_timeout"), "must be more than 0".into());
+    }
+    if !(1..=1 << 30).contains(&a.websocket_max_message.0) {
+        bad(
+            key("asgi.websocket_max_message"),
+            format!("{} is out of range (1..=1G)", a.websocket_max_message.0),
+        );
     }
 }

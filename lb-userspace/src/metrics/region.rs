@@ -35,6 +35,10 @@ pub mod cell_counter {
     pub const WSGI_QUEUE_DEPTH: usize = 23;
     pub const WSGI_THREADS_BUSY: usize = 24;
     pub const WSGI_THREADS: usize = 25;
+    /// ASGI WebSockets open now (gauge), and their messages from and to the client.
+    pub const WEBSOCKETS_ACTIVE: usize = 26;
+    pub const WEBSOCKET_MESSAGES_IN: usize = 27;
+    pub const WEBSOCKET_MESSAGES_OUT: usize = 28;
 }
 
 /// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in

@@ -4,14 +4,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
 
 use super::scope::{self, Mount};
-use super::{Cmd, Out, Shared};
+use super::{Cmd, Out, Shared, WsData};
 use crate::pool::Observer;
 use crate::response::check_header;
 
@@ -91,6 +91,7 @@ impl Bridge {
                         }
                     };
                     let sink = Sink {
+                        ws: head.websocket,
                         tx,
                         credit,
                         started: false,
@@ -105,6 +106,11 @@ impl Bridge {
                     out.append((2, rid, PyBytes::new(py, &data), more))?;
                 }
                 Cmd::Disconnect(rid) => out.append((3, rid))?,
+                Cmd::WsMessage { rid, data } => match data {
+                    WsData::Text(t) => out.append((6, rid, PyString::new(py, &t)))?,
+                    WsData::Bytes(b) => out.append((6, rid, PyBytes::new(py, &b)))?,
+                },
+                Cmd::WsDisconnect { rid, code } => out.append((7, rid, code))?,
                 Cmd::Cancel(rid) => out.append((4, rid))?,
                 Cmd::Resume(rid) => out.append((5, rid))?,
             }
@@ -117,6 +123,8 @@ impl Bridge {
 #[pyclass(module = "portico")]
 #[derive(Debug)]
 pub struct Sink {
+    /// A `websocket` scope: `started` is "accepted", `done` "closed".
+    ws: bool,
     tx: mpsc::UnboundedSender<Out>,
     credit: Arc<Credit>,
     started: bool,
@@ -128,6 +136,33 @@ pub struct Sink {
 
 fn get<'py>(m: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
     m.get_item(key)
+}
+
+/// The `headers` of `http.response.start` or `websocket.accept`, checked.
+fn response_headers(message: &Bound<'_, PyDict>) -> PyResult<Vec<(HeaderName, HeaderValue)>> {
+    let mut headers = Vec::new();
+    if let Some(h) = get(message, "headers")? {
+        for pair in h.try_iter()? {
+            let pair = pair?;
+            let t = pair
+                .cast::<PyTuple>()
+                .map(PyTupleMethods::to_list)
+                .or_else(|_| pair.cast::<PyList>().cloned());
+            let l = t.map_err(|_| {
+                PyTypeError::new_err("each response header is a (name, value) pair")
+            })?;
+            if l.len() != 2 {
+                return Err(PyTypeError::new_err(
+                    "each response header is a (name, value) pair",
+                ));
+            }
+            let name = header_bytes(&l.get_item(0)?)?;
+            let value = header_bytes(&l.get_item(1)?)?;
+            let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+            headers.push(check_header(&name, &value).map_err(PyValueError::new_err)?);
+        }
+    }
+    Ok(headers)
 }
 
 /// Header names and values: bytes (as the spec says), or str encoded as latin-1.
@@ -146,6 +181,90 @@ fn header_bytes(v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     Err(PyTypeError::new_err("response headers must be bytes"))
 }
 
+impl Sink {
+    /// `websocket.accept`, `websocket.send` and `websocket.close`.
+    fn send_ws(&mut self, kind: &str, message: &Bound<'_, PyDict>) -> PyResult<bool> {
+        if self.done {
+            return Err(PyRuntimeError::new_err(format!(
+                "{kind} sent after websocket.close"
+            )));
+        }
+        let out = match kind {
+            "websocket.accept" => {
+                if self.started {
+                    return Err(PyRuntimeError::new_err("websocket.accept sent twice"));
+                }
+                self.started = true;
+                let subprotocol = match get(message, "subprotocol")? {
+                    Some(p) if !p.is_none() => Some(p.extract::<String>()?),
+                    _ => None,
+                };
+                if let Some(p) = &subprotocol
+                    && HeaderValue::from_str(p).is_err()
+                {
+                    return Err(PyValueError::new_err(format!("invalid subprotocol {p:?}")));
+                }
+                Out::Accept {
+                    subprotocol,
+                    headers: response_headers(message)?,
+                }
+            }
+            "websocket.send" => {
+                if !self.started {
+                    return Err(PyRuntimeError::new_err(
+                        "websocket.send before websocket.accept",
+                    ));
+                }
+                let text = get(message, "text")?.filter(|t| !t.is_none());
+                let bytes = get(message, "bytes")?.filter(|b| !b.is_none());
+                let data = match (text, bytes) {
+                    (Some(t), None) => WsData::Text(t.extract()?),
+                    (None, Some(b)) => WsData::Bytes(Bytes::copy_from_slice(
+                        b.cast::<PyBytes>()
+                            .map_err(|_| PyTypeError::new_err("'bytes' must be bytes"))?
+                            .as_bytes(),
+                    )),
+                    _ => {
+                        return Err(PyValueError::new_err(
+                            "websocket.send needs exactly one of 'text' and 'bytes'",
+                        ));
+                    }
+                };
+                let ok = self.credit.take(data.len());
+                if self.tx.send(Out::Message(data)).is_err() {
+                    return Err(super::disconnected(message.py()));
+                }
+                return Ok(ok);
+            }
+            "websocket.close" => {
+                self.done = true;
+                let code = match get(message, "code")? {
+                    Some(c) if !c.is_none() => c.extract::<u16>()?,
+                    _ => 1000,
+                };
+                // What RFC 6455 lets an endpoint send (1004-1006 and 1015 are reserved).
+                if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                    return Err(PyValueError::new_err(format!("invalid close code {code}")));
+                }
+                let reason = match get(message, "reason")? {
+                    Some(r) if !r.is_none() => r.extract::<String>()?,
+                    _ => String::new(),
+                };
+                Out::Close { code, reason }
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported ASGI message type {other:?} on a websocket scope"
+                )));
+            }
+        };
+        if self.tx.send(out).is_err() {
+            return Err(super::disconnected(message.py()));
+        }
+        Ok(true)
+    }
+}
+
 #[pymethods]
 impl Sink {
     /// The app's `send(message)` for `http.response.*`; false: wait for the cell to catch up.
@@ -153,6 +272,9 @@ impl Sink {
         let kind: String = get(message, "type")?
             .ok_or_else(|| PyValueError::new_err("ASGI message without 'type'"))?
             .extract()?;
+        if self.ws {
+            return self.send_ws(&kind, message);
+        }
         match kind.as_str() {
             "http.response.start" => {
                 if self.started {
@@ -165,28 +287,7 @@ impl Sink {
                     .ok()
                     .filter(|s| s.as_u16() >= 200)
                     .ok_or_else(|| PyValueError::new_err(format!("invalid status {code}")))?;
-                let mut headers = Vec::new();
-                if let Some(h) = get(message, "headers")? {
-                    for pair in h.try_iter()? {
-                        let pair = pair?;
-                        let t = pair
-                            .cast::<PyTuple>()
-                            .map(PyTupleMethods::to_list)
-                            .or_else(|_| pair.cast::<PyList>().cloned());
-                        let l = t.map_err(|_| {
-                            PyTypeError::new_err("each response header is a (name, value) pair")
-                        })?;
-                        if l.len() != 2 {
-                            return Err(PyTypeError::new_err(
-                                "each response header is a (name, value) pair",
-                            ));
-                        }
-                        let name = header_bytes(&l.get_item(0)?)?;
-                        let value = header_bytes(&l.get_item(1)?)?;
-                        let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
-                        headers.push(check_header(&name, &value).map_err(PyValueError::new_err)?);
-                    }
-                }
+                let headers = response_headers(message)?;
                 self.started = true;
                 let _ = self.tx.send(Out::Start { status, headers });
                 Ok(true)

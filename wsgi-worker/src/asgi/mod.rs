@@ -67,10 +67,42 @@ pub enum Out {
     },
     /// `receive()` is waiting: read the next piece of the request body.
     Want,
+    /// `websocket.accept`: the 101 goes out with these.
+    Accept {
+        subprotocol: Option<String>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// `websocket.send`.
+    Message(WsData),
+    /// `websocket.close`: before `Accept` the handshake is refused (403).
+    Close {
+        code: u16,
+        reason: String,
+    },
     /// The app's coroutine ended; the traceback when it raised (or was cancelled).
     Finished {
         error: Option<String>,
     },
+}
+
+/// One WebSocket message, either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsData {
+    Text(String),
+    Bytes(Bytes),
+}
+
+impl WsData {
+    pub fn len(&self) -> usize {
+        match self {
+            WsData::Text(t) => t.len(),
+            WsData::Bytes(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Commands from the cell to the loop.
@@ -84,6 +116,16 @@ enum Cmd {
         more: bool,
     },
     Disconnect(u64),
+    /// A message from the WebSocket client (`websocket.receive`).
+    WsMessage {
+        rid: u64,
+        data: WsData,
+    },
+    /// The WebSocket client went, with this close code (`websocket.disconnect`).
+    WsDisconnect {
+        rid: u64,
+        code: u16,
+    },
     Cancel(u64),
     Resume(u64),
 }
@@ -314,6 +356,17 @@ impl AsgiApp {
     /// The client left, or the response is complete: `receive` returns `http.disconnect`.
     pub fn disconnect(&self, rid: u64) {
         self.shared.post(Cmd::Disconnect(rid));
+    }
+
+    /// A message from the WebSocket client.
+    pub fn ws_message(&self, rid: u64, data: WsData) {
+        self.shared.post(Cmd::WsMessage { rid, data });
+    }
+
+    /// The WebSocket client closed (or went) with `code`: `receive` returns
+    /// `websocket.disconnect`.
+    pub fn ws_disconnect(&self, rid: u64, code: u16) {
+        self.shared.post(Cmd::WsDisconnect { rid, code });
     }
 
     /// Cancels the request's task (request_timeout).

@@ -16,6 +16,8 @@ pub struct RequestHead {
     pub version: Version,
     pub headers: HeaderMap,
     pub conn: Arc<ConnInfo>,
+    /// A WebSocket handshake: the scope is a `websocket` one.
+    pub websocket: bool,
 }
 
 /// `root_path` of the scope: the route's mount point (no trailing slash) after the configured
@@ -43,6 +45,20 @@ fn http_version(v: Version) -> &'static str {
     }
 }
 
+/// The subprotocols the client offers, in its order (every `Sec-WebSocket-Protocol` field).
+fn subprotocols<'py>(py: Python<'py>, headers: &HeaderMap) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for v in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        for p in v.to_str().unwrap_or("").split(',') {
+            let p = p.trim();
+            if !p.is_empty() {
+                out.append(p)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The scope dict; `state` is added by the loop (a copy of the lifespan state).
 pub fn build<'py>(
     py: Python<'py>,
@@ -51,11 +67,16 @@ pub fn build<'py>(
     asgi: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("type", "http")?;
+    d.set_item("type", if head.websocket { "websocket" } else { "http" })?;
     d.set_item("asgi", asgi.copy()?)?;
     d.set_item("http_version", http_version(head.version))?;
-    d.set_item("method", head.method.as_str())?;
-    d.set_item("scheme", "http")?;
+    if head.websocket {
+        d.set_item("scheme", "ws")?;
+        d.set_item("subprotocols", subprotocols(py, &head.headers)?)?;
+    } else {
+        d.set_item("method", head.method.as_str())?;
+        d.set_item("scheme", "http")?;
+    }
     let raw = head.uri.path();
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     d.set_item("path", format!("{}{decoded}", mount.proxy_root))?;

@@ -66,6 +66,34 @@ class Request:
                 self.resume = None
 
 
+class WebSocket(Request):
+    """A `websocket` scope: the cell reads the client all along, so `receive` only waits."""
+
+    __slots__ = ()
+
+    def __init__(self, sink):
+        super().__init__(sink)
+        self.queue.append({"type": "websocket.connect"})
+
+    async def receive(self):
+        if self.queue:
+            return self.queue.popleft()
+        if self.gone:
+            return {"type": "websocket.disconnect", "code": 1006}
+        fut = self.waiter = _state.loop.create_future()
+        try:
+            return await fut
+        finally:
+            self.waiter = None
+
+    def disconnect(self, code=1006):
+        if self.gone:
+            return
+        self.gone = True
+        self.feed({"type": "websocket.disconnect", "code": code})
+        self.wake()
+
+
 class _State:
     loop = None
     bridge = None
@@ -104,7 +132,7 @@ def _on_wake():
         if kind == 0:  # start: (0, rid, app index, scope, sink)
             _, rid, i, scope, sink = cmd
             scope["state"] = dict(_state.lifespan_states[i])
-            req = Request(sink)
+            req = (WebSocket if scope["type"] == "websocket" else Request)(sink)
             requests[rid] = req
             req.task = _state.loop.create_task(_run(_state.apps[i], rid, scope, req))
             continue
@@ -125,6 +153,14 @@ def _on_wake():
             req.task.cancel()
         elif kind == 5:  # resume
             req.wake()
+        elif kind == 6:  # websocket message: (6, rid, str or bytes)
+            data = cmd[2]
+            if isinstance(data, str):
+                req.feed({"type": "websocket.receive", "text": data})
+            else:
+                req.feed({"type": "websocket.receive", "bytes": data})
+        elif kind == 7:  # websocket disconnect: (7, rid, code)
+            req.disconnect(cmd[2])
 
 
 async def _lifespan(i, report):

@@ -3,7 +3,9 @@
 //! request body only when the app's `receive` waits for it, builds the response once the app
 //! has sent its head and first body piece, streams the rest with flow control, and tells the
 //! app when the client is gone or the response is complete (`http.disconnect`).
+pub mod handshake;
 pub mod route;
+pub mod websocket;
 
 pub use route::AsgiRoute;
 
@@ -77,6 +79,7 @@ pub fn start_apps(
             app,
             request_timeout: a.request_timeout.0,
             max_concurrency: a.max_concurrency as usize,
+            websocket_max_message: a.websocket_max_message.0 as usize,
             running: std::cell::Cell::new(0),
         });
     }
@@ -90,6 +93,34 @@ struct Running {
     route: usize,
     rid: u64,
     app_done: bool,
+}
+
+impl Running {
+    /// Counts the request in its route's `running`.
+    fn new(ctx: Rc<CellCtx>, route: usize, rid: u64) -> Self {
+        if let Some(a) = ctx.router.asgi(route) {
+            a.running.set(a.running.get() + 1);
+        }
+        Running {
+            ctx,
+            route,
+            rid,
+            app_done: false,
+        }
+    }
+}
+
+/// The route runs `max_concurrency` requests already: 503 with `Retry-After`.
+fn busy(ctx: &CellCtx, a: &AsgiRoute) -> Option<(Response<Body>, bool)> {
+    if a.running.get() < a.max_concurrency {
+        return None;
+    }
+    ctx.stats
+        .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
+    let mut r = status_page(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Some((r, true))
 }
 
 impl Drop for Running {
@@ -157,13 +188,8 @@ pub async fn call(
     let Some(a) = ctx.router.asgi(route) else {
         return (status_page(StatusCode::NOT_FOUND), false);
     };
-    if a.running.get() >= a.max_concurrency {
-        ctx.stats
-            .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
-        let mut r = status_page(StatusCode::SERVICE_UNAVAILABLE);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return (r, true);
+    if let Some(refused) = busy(&ctx, a) {
+        return refused;
     }
     ctx.wsgi_request();
     let is_head = parts.method == http::Method::HEAD;
@@ -178,14 +204,9 @@ pub async fn call(
         version: parts.version,
         headers: parts.headers,
         conn,
+        websocket: false,
     });
-    a.running.set(a.running.get() + 1);
-    let mut running = Running {
-        ctx: ctx.clone(),
-        route,
-        rid: x.rid,
-        app_done: false,
-    };
+    let mut running = Running::new(ctx.clone(), route, x.rid);
     let mut input = BodyIn {
         body: Some(body),
         total: 0,
@@ -199,6 +220,8 @@ pub async fn call(
         tokio::select! {
             ev = x.events.recv() => match ev {
                 Some(Out::Want) => want = true,
+                // WebSocket events: the sink refuses them on an http scope.
+                Some(Out::Accept { .. } | Out::Message(_) | Out::Close { .. }) => {}
                 Some(Out::Start { status, headers }) => head = Some((status, headers)),
                 Some(Out::Body { data, more }) => {
                     let Some((status, headers)) = head.take() else {
@@ -397,7 +420,7 @@ async fn stream_rest(ctx: Rc<CellCtx>, tx: mpsc::Sender<Piece>, mut rest: Stream
                     }
                 }
                 Some(Out::Want) => rest.want = true,
-                Some(Out::Start { .. }) => {}
+                Some(Out::Start { .. } | Out::Accept { .. } | Out::Message(_) | Out::Close { .. }) => {}
                 Some(Out::Finished { error }) => {
                     rest.running.app_done = true;
                     if let Some(tb) = error {

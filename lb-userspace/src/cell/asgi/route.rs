@@ -10,6 +10,8 @@ pub struct AsgiRoute {
     pub app: AsgiApp,
     pub request_timeout: Duration,
     pub max_concurrency: usize,
+    /// Largest WebSocket message a client may send (`websocket_max_message`).
+    pub websocket_max_message: usize,
     /// Requests of this route whose app call has not ended.
     pub running: Cell<usize>,
 }

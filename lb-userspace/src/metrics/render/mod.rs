@@ -220,6 +220,7 @@ fn wsgi_families(out: &mut Families, region: &MetricsRegion, cells: usize) {
         }
     }
     use MetricType::{COUNTER, GAUGE};
+    websocket_families(out, region, cells);
     out.add(
         "portico_wsgi_rejected_total",
         "WSGI requests answered 503 before reaching the app, by reason.",
@@ -243,6 +244,41 @@ fn wsgi_families(out: &mut Families, region: &MetricsRegion, cells: usize) {
         "Python threads of the cell running a request.",
         GAUGE,
         threads_busy,
+    );
+}
+
+/// ASGI WebSockets: open now and messages each way, per cell.
+fn websocket_families(out: &mut Families, region: &MetricsRegion, cells: usize) {
+    let (mut active, mut messages) = (Vec::new(), Vec::new());
+    for i in 0..cells {
+        let c = region.cell(i);
+        let cell = i.to_string();
+        let cell = cell.as_str();
+        active.push(gauge_metric(
+            &[("cell", cell)],
+            c.get(cell_counter::WEBSOCKETS_ACTIVE) as f64,
+        ));
+        for (direction, counter) in [
+            ("in", cell_counter::WEBSOCKET_MESSAGES_IN),
+            ("out", cell_counter::WEBSOCKET_MESSAGES_OUT),
+        ] {
+            messages.push(scalar_metric(
+                &[("cell", cell), ("direction", direction)],
+                c.get(counter) as f64,
+            ));
+        }
+    }
+    out.add(
+        "portico_websocket_connections_active",
+        "WebSocket connections of ASGI routes open now.",
+        MetricType::GAUGE,
+        active,
+    );
+    out.add(
+        "portico_websocket_messages_total",
+        "WebSocket messages of ASGI routes, from the client (in) and to it (out).",
+        MetricType::COUNTER,
+        messages,
     );
 }
 

@@ -1,0 +1,326 @@
+//! WebSocket on ASGI routes (the `websocket` scope) against the real binary, with Starlette
+//! `WebSocketRoute` endpoints (fixture in `asgi_websocket_app/`) and the Python `websockets`
+//! client from the test virtualenv: echoes of text, binary and fragmented messages, the chosen
+//! subprotocol and accept headers, the scope, close codes and reasons both ways, the
+//! disconnect the app sees, a rejection before accept (403), an app exception (1011), an
+//! oversized message (1009, `websocket_max_message`), the WebSocket metrics; handshakes
+//! refused before the app (400, 426), invalid UTF-8 (1007), and a draining cell that keeps
+//! its WebSockets.
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portico_tests::*;
+use serde_json::Value;
+
+const APP: &str = include_str!("asgi_websocket_app/wsapp.py");
+const CLIENT: &str = include_str!("asgi_websocket_app/client.py");
+
+/// How long one client scenario may run.
+const WITHIN: Duration = Duration::from_secs(60);
+
+struct Ws {
+    venv: PathBuf,
+    site: Site,
+    portico: Portico,
+}
+
+impl Ws {
+    /// portico serving the fixture at `/ws/` (with `extra` keys in its asgi table), or a SKIP
+    /// line and None when the test virtualenv lacks Starlette or `websockets`.
+    fn start(test: &str, extra: &str) -> Option<Ws> {
+        let Some(venv) = test_venv() else {
+            skip(
+                test,
+                "no test virtualenv (run `cargo xtask test`, which creates .venv)",
+            );
+            return None;
+        };
+        let has = Command::new(venv.join("bin/python"))
+            .args(["-c", "import starlette, websockets.sync.client"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            skip(
+                test,
+                "no starlette or websockets>=13 in the test virtualenv (run `cargo xtask test`)",
+            );
+            return None;
+        }
+        let site = Site::new();
+        site.file("wsapp.py", APP.as_bytes());
+        site.file("client.py", CLIENT.as_bytes());
+        site.file(
+            "portico.toml",
+            format!(
+                "[server]\nworkers = 1\n[[route]]\nprefix = \"/ws/\"\nasgi = {{ app = \"wsapp:app\", venv = \"{}\"{extra} }}\n",
+                venv.display()
+            )
+            .as_bytes(),
+        );
+        let portico = Portico::start(&["-c", &site.root("portico.toml")]);
+        Some(Ws {
+            venv,
+            site,
+            portico,
+        })
+    }
+
+    fn client_cmd(&self, mode: &str, path: &str) -> Command {
+        let url = format!("ws://{}{path}", self.portico.addr);
+        let mut cmd = Command::new(self.venv.join("bin/python"));
+        cmd.arg(self.site.root("client.py"))
+            .args([mode, &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs a client scenario against `path` to its end and returns its summary.
+    fn client(&self, mode: &str, path: &str) -> Value {
+        let mut cmd = self.client_cmd(mode, path);
+        summary(cmd.stdin(Stdio::null()).spawn().expect("spawn the client"))
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.site.path().join(name)).unwrap_or_default()
+    }
+}
+
+/// The client's JSON summary, waiting at most `WITHIN` for it to exit.
+fn summary(mut child: Child) -> Value {
+    let done = poll_until(WITHIN, || matches!(child.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        done,
+        "client still running after {WITHIN:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "client summary ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn series(metrics: &str, name: &str) -> f64 {
+    metric_sum(metrics, name)
+}
+
+#[test]
+fn asgi_websocket_echo_close_codes_and_metrics() {
+    let Some(ws) = Ws::start("asgi_websocket_echo_close_codes_and_metrics", "") else {
+        return;
+    };
+
+    // 200 text and 200 binary messages and a fragmented one come back unchanged; the app
+    // chose the last subprotocol offered and its accept headers reached the client.
+    let s = ws.client("echo", "/ws/echo");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["mismatches"], 0, "{s}");
+    assert_eq!(s["subprotocol"], "chat.v2", "{s}");
+    assert_eq!(s["accepted_header"], "yes", "{s}");
+    // The client's close code reached the app as websocket.disconnect.
+    wait_until(Duration::from_secs(10), "the app's disconnect note", || {
+        ws.file("disconnect.log").lines().any(|l| l == "4000")
+    });
+
+    // The app closes with a code and reason; the client gets both.
+    let s = ws.client("server_close", "/ws/echo");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(
+        (s["close_code"].as_u64(), s["close_reason"].as_str()),
+        (Some(4001), Some("bye now")),
+        "{s}"
+    );
+
+    // The scope of a websocket request.
+    let s = ws.client("scope", "/ws/scope");
+    assert_eq!(s["connected"], true, "{s}");
+    let sc = &s["scope"];
+    assert_eq!(sc["type"], "websocket", "{s}");
+    assert_eq!(sc["scheme"], "ws", "{s}");
+    assert_eq!(sc["http_version"], "1.1", "{s}");
+    assert_eq!(sc["path"], "/ws/scope", "{s}");
+    assert_eq!(sc["raw_path"], "/ws/scope", "{s}");
+    assert_eq!(sc["query_string"], "a=1", "{s}");
+    assert_eq!(sc["root_path"], "/ws", "{s}");
+    assert_eq!(sc["subprotocols"], serde_json::json!(["one", "two"]), "{s}");
+    assert_eq!(sc["asgi"]["version"], "3.0", "{s}");
+    assert_eq!(sc["client"][0], "127.0.0.1", "{s}");
+    assert_eq!(sc["server"][1], ws.portico.addr.port(), "{s}");
+    assert_eq!(sc["has_state"], true, "{s}");
+    let headers = sc["headers"].as_array().expect("headers");
+    assert!(headers.iter().any(|h| h[0] == "sec-websocket-key"), "{s}");
+
+    // Every message counted each way; no WebSocket left open.
+    wait_until(Duration::from_secs(10), "no WebSocket open", || {
+        series(
+            &ws.portico.metrics(),
+            "portico_websocket_connections_active{",
+        ) == 0.0
+    });
+    let m = ws.portico.metrics();
+    let inbound = series(
+        &m,
+        "portico_websocket_messages_total{cell=\"0\",direction=\"in\"}",
+    );
+    let outbound = series(
+        &m,
+        "portico_websocket_messages_total{cell=\"0\",direction=\"out\"}",
+    );
+    // echo: 401 each way; server_close: 1 in; scope: 1 out.
+    assert_eq!((inbound, outbound), (402.0, 402.0), "{m}");
+    assert!(
+        m.contains("# HELP portico_websocket_connections_active "),
+        "{m}"
+    );
+}
+
+#[test]
+fn asgi_websocket_rejection_exception_and_size_limit() {
+    let Some(ws) = Ws::start(
+        "asgi_websocket_rejection_exception_and_size_limit",
+        ", websocket_max_message = \"64k\"",
+    ) else {
+        return;
+    };
+
+    // websocket.close before websocket.accept: the handshake gets 403.
+    let s = ws.client("reject", "/ws/reject");
+    assert_eq!(
+        (s["connected"].as_bool(), s["status"].as_u64()),
+        (Some(false), Some(403)),
+        "{s}"
+    );
+
+    // An exception in the handler closes with 1011; the traceback is in the error log.
+    let s = ws.client("boom", "/ws/boom");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["close_code"], 1011, "{s}");
+    wait_until(
+        Duration::from_secs(10),
+        "the traceback in the error log",
+        || {
+            ws.portico
+                .stderr_text()
+                .contains("boom in the websocket handler")
+        },
+    );
+
+    // A message over websocket_max_message: close 1009 (smaller ones pass).
+    let s = ws.client("big", "/ws/echo");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["small"], "small", "{s}");
+    assert_eq!(s["close_code"], 1009, "{s}");
+    wait_until(Duration::from_secs(10), "the app's disconnect note", || {
+        ws.file("disconnect.log").lines().any(|l| l == "1009")
+    });
+
+    // The same route still answers after all that.
+    let s = ws.client("server_close", "/ws/echo");
+    assert_eq!(s["close_code"], 4001, "{s}");
+}
+
+const UPGRADE: [(&str, &str); 2] = [("Upgrade", "websocket"), ("Connection", "Upgrade")];
+const KEY: (&str, &str) = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+
+#[test]
+fn asgi_websocket_handshake_checks_utf8_and_drain() {
+    let Some(mut ws) = Ws::start("asgi_websocket_handshake_checks_utf8_and_drain", "") else {
+        return;
+    };
+    let addr = ws.portico.addr;
+    // A bad key is a bad request; another version asks for 13. Neither reaches the app.
+    let bad_key = [
+        UPGRADE[0],
+        UPGRADE[1],
+        ("Sec-WebSocket-Key", "short"),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let r = request(addr, "GET", "/ws/echo", &bad_key).unwrap();
+    assert_eq!(r.status, 400);
+    let v8 = [UPGRADE[0], UPGRADE[1], KEY, ("Sec-WebSocket-Version", "8")];
+    let r = request(addr, "GET", "/ws/echo", &v8).unwrap();
+    assert_eq!(
+        (r.status, r.header("sec-websocket-version")),
+        (426, Some("13"))
+    );
+
+    // A text frame that is not UTF-8: the server closes with 1007.
+    let mut c = Conn::open(addr).unwrap();
+    let ok = [UPGRADE[0], UPGRADE[1], KEY, ("Sec-WebSocket-Version", "13")];
+    c.send(raw_request("GET", "/ws/echo", &ok).as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        got.extend(c.read_some(1).unwrap());
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The RFC 6455 example key's accept value.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mask = [1u8, 2, 3, 4];
+    c.send(&[
+        0x81,
+        0x81,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        0xff ^ mask[0],
+    ])
+    .unwrap();
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut frame = got[end..].to_vec();
+    while frame.len() < 4 {
+        frame.extend(c.read_some(1).unwrap());
+    }
+    assert_eq!(&frame[..1], &[0x88], "a close frame: {frame:?}");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1007, "{frame:?}");
+
+    // A draining cell keeps an open WebSocket past its idle keep-alives' grace.
+    let mut cmd = ws.client_cmd("hold", "/ws/echo");
+    let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn the client");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "open", "the WebSocket did not open: {line}");
+    let mut idle = Conn::open(addr).unwrap();
+    assert_eq!(idle.request("GET", "/nothing", &[]).unwrap().status, 404);
+    ws.portico.signal(rustix::process::Signal::TERM);
+    assert!(
+        idle.closed_within(Duration::from_secs(10)),
+        "the draining cell never closed an idle keep-alive connection"
+    );
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let mut rest = String::new();
+    while Instant::now() < deadline {
+        let mut l = String::new();
+        if stdout.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        rest = l;
+    }
+    let _ = child.wait();
+    let s: Value = serde_json::from_str(rest.trim()).unwrap_or_else(|e| panic!("{e}: {rest}"));
+    assert_eq!(
+        (s["before"].as_str(), s["after"].as_str()),
+        (Some("before"), Some("after")),
+        "{s}"
+    );
+    let status = ws
+        .portico
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits once the WebSocket closed");
+    assert!(status.success(), "{status:?}");
+}
