@@ -30,13 +30,7 @@ impl Ws {
     /// portico serving the fixture at `/ws/` (with `extra` keys in its asgi table), or a SKIP
     /// line and None when the test virtualenv lacks Starlette or `websockets`.
     fn start(test: &str, extra: &str) -> Option<Ws> {
-        let Some(venv) = test_venv() else {
-            skip(
-                test,
-                "no test virtualenv (run `cargo xtask test`, which creates .venv)",
-            );
-            return None;
-        };
+        let venv = venv_for(test, "Starlette and websockets")?;
         let has = Command::new(venv.join("bin/python"))
             .args(["-c", "import starlette, websockets.sync.client"])
             .stderr(Stdio::null())
