@@ -42,7 +42,8 @@ enum Cmd {
     Layout,
     /// Benchmarks against peers, started side by side in the same run.
     Bench {
-        /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern),
+        /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern), `asgi`
+        /// (uvicorn, granian, hypercorn, daphne; one worker each on CPU0, load on CPU1),
         /// `metrics` (the cost of the per-request histograms, and scrape time), `steering`
         /// (the steering policies side by side, and the XDP guard's cost per packet), `proxy`
         /// (the reverse proxy against nginx `proxy_pass`, one worker each, same backend) or

@@ -43,9 +43,16 @@ pub const TEST_PY: &[&str] = &[
     "PasteDeploy>=3",
     "starlette>=0.40",
 ];
-/// Python packages for the WSGI bench: the peers besides gunicorn (in `TEST_PY`, which the
-/// bench installs too).
-pub const BENCH_PY: &[&str] = &["granian>=2,<3", "uwsgi>=2.0.28", "bjoern>=3.2"];
+/// Python packages for the WSGI and ASGI benches: the peers besides gunicorn and daphne (in
+/// `TEST_PY`, which the benches install too); uvicorn's `standard` extra brings httptools and
+/// uvloop, which uvicorn, hypercorn and Portico run on there.
+pub const BENCH_PY: &[&str] = &[
+    "granian>=2,<3",
+    "uwsgi>=2.0.28",
+    "bjoern>=3.2",
+    "uvicorn[standard]>=0.30",
+    "hypercorn>=0.17",
+];
 
 /// Idempotent: each step checks first and does nothing when already done.
 pub fn setup(packages: &[(&str, &str)]) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! its parsing, medians, the scratch directory and the result file. One module per scenario
 //! family.
 
+mod asgi;
 mod metrics;
 mod proxy;
 mod static_files;
@@ -38,6 +39,11 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
             let venv = setup::setup_venv(root, &[setup::TEST_PY, setup::BENCH_PY].concat())?;
             wsgi::bench_wsgi(root, &venv, opts)
         }
+        "asgi" => {
+            compile::build_bench_backend()?;
+            let venv = setup::setup_venv(root, &[setup::TEST_PY, setup::BENCH_PY].concat())?;
+            asgi::bench_asgi(root, &venv, opts)
+        }
         "metrics" => metrics::bench_metrics(root, opts),
         "steering" => steering::bench_steering(root, opts),
         "proxy" => {
@@ -50,7 +56,7 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
         }
         other => {
             bail!(
-                "unknown bench {other:?} (available: static, wsgi, metrics, steering, proxy, tunnel)"
+                "unknown bench {other:?} (available: static, wsgi, asgi, metrics, steering, proxy, tunnel)"
             )
         }
     }
