@@ -132,14 +132,7 @@ fn start_peer(
         Peer::Uvicorn => {
             let mut c = pinned(bin, PROXY_CPU);
             c.args([app, "--host", "127.0.0.1", "--port", &p, "--workers", "1"])
-                .args([
-                    "--http",
-                    "httptools",
-                    "--loop",
-                    "uvloop",
-                    "--ws",
-                    "websockets",
-                ])
+                .args(["--http", "httptools", "--loop", "uvloop"])
                 .args(["--no-access-log", "--log-level", "warning"]);
             c
         }
