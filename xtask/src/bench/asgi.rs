@@ -228,6 +228,15 @@ const GROUPS: [Group; 2] = [
     ),
 ];
 
+/// One server's medians over a row's runs; CPU is the whole server (master and workers).
+#[derive(Clone, Copy)]
+struct Median {
+    rate: f64,
+    p99_ms: f64,
+    cpu_us: f64,
+    busy: f64,
+}
+
 /// The target for one row: at least 1.2x the best peer's rate, p99 no worse than its.
 const MIN_RATIO: f64 = 1.2;
 
@@ -293,16 +302,15 @@ pub(super) fn bench_asgi(root: &Path, venv: &Path, o: super::BenchOpts) -> anyho
                     }
                 }
             }
-            let med: Vec<Option<Run>> = runs
+            let med: Vec<Option<Median>> = runs
                 .iter()
                 .map(|r| {
                     let v = r.as_ref().ok()?;
                     let m = |f: fn(&Run) -> f64| median(v.iter().map(f).collect());
-                    Some(Run {
+                    Some(Median {
                         rate: m(|r| r.rate),
                         p99_ms: m(|r| r.p99_ms),
-                        worker_us: m(|r| r.worker_us + r.master_us),
-                        master_us: 0.0,
+                        cpu_us: m(|r| r.worker_us + r.master_us),
                         busy: m(|r| r.busy),
                     })
                 })
@@ -319,7 +327,7 @@ pub(super) fn bench_asgi(root: &Path, venv: &Path, o: super::BenchOpts) -> anyho
                         s.name,
                         m.rate,
                         m.p99_ms,
-                        m.worker_us,
+                        m.cpu_us,
                         m.busy * 100.0,
                         ours.map_or("-".into(), |p| format!("{:.2}", p.rate / m.rate)),
                     ),
