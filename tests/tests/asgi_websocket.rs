@@ -4,8 +4,8 @@
 //! subprotocol and accept headers, the scope, close codes and reasons both ways, the
 //! disconnect the app sees, a rejection before accept (403), an app exception (1011), an
 //! oversized message (1009, `websocket_max_message`), the WebSocket metrics; handshakes
-//! refused before the app (400, 426), invalid UTF-8 (1007), and a draining cell that keeps
-//! its WebSockets.
+//! refused before the app (400, 426), invalid UTF-8 (1007), a draining cell that keeps
+//! its WebSockets, and inbound flow control (a fast client, a slow app, bounded cell RSS).
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -317,4 +317,47 @@ fn asgi_websocket_handshake_checks_utf8_and_drain() {
         .wait_exit(Duration::from_secs(20))
         .expect("exits once the WebSocket closed");
     assert!(status.success(), "{status:?}");
+}
+
+/// A process's `Vm...:` line from /proc/PID/status, in KiB.
+fn vm_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} for {pid}"))
+}
+
+#[test]
+fn asgi_websocket_flow_control() {
+    let Some(ws) = Ws::start("asgi_websocket_flow_control", "") else {
+        return;
+    };
+    let cells = ws.portico.cell_pids();
+    assert_eq!(cells.len(), 1, "one cell: {cells:?}");
+    let cell = cells[0];
+    // Warm the route up (the app's first WebSocket), then reset the cell's peak RSS.
+    let s = ws.client("server_close", "/ws/echo");
+    assert_eq!(s["close_code"], 4001, "{s}");
+    let _ = std::fs::write(format!("/proc/{cell}/clear_refs"), "5");
+    let before = vm_kib(cell, "VmRSS:");
+
+    // 200 MiB from a client as fast as it can write, to an app that takes 50 messages a
+    // second: all arrive in order, and the cell holds a few of them at a time, not 200.
+    let s = ws.client("flood", "/ws/slow");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["app"]["count"], 200, "{s}");
+    assert_eq!(s["app"]["in_order"], true, "{s}");
+    let peak = vm_kib(cell, "VmHWM:");
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 64 * 1024,
+        "the cell's RSS grew by {grew} KiB (from {before} KiB) while 200 MiB went through"
+    );
 }

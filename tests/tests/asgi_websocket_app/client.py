@@ -70,6 +70,14 @@ try:
                 ws.recv(timeout=10)
             except ConnectionClosed as e:
                 closed(e)
+    elif mode == "flood":
+        # 200 messages of 1 MiB as fast as the server reads them, then "done".
+        with connect(url, max_size=None) as ws:
+            for i in range(200):
+                ws.send(i.to_bytes(4, "big") + bytes(1 << 20))
+            ws.send("done")
+            out["app"] = json.loads(ws.recv(timeout=30))
+            ws.close(1000, "done")
     else:
         raise SystemExit(f"unknown mode {mode}")
     out["connected"] = True

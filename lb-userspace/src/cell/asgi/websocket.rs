@@ -1,6 +1,9 @@
 //! An accepted ASGI WebSocket: once hyper has written the 101 the connection is a WebSocket
 //! (tokio-tungstenite: masking, fragments, ping/pong, the close handshake, the message size
-//! limit) whose messages are passed to and from the app until either side closes.
+//! limit) whose messages are passed to and from the app until either side closes. The client
+//! is read only while few of its messages wait for the app's `receive` (`INBOUND_MESSAGES`,
+//! `INBOUND_BYTES`): a fast client and a slow app meet TCP backpressure, not a growing queue.
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,6 +23,11 @@ use crate::metrics::cell_counter;
 
 /// How long a closing side waits for the other's close frame before dropping the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client messages handed to the app but not yet taken by its `receive`, past which the
+/// client is not read...
+const INBOUND_MESSAGES: usize = 16;
+/// ... and their bytes (one message of up to `websocket_max_message` may go past it).
+const INBOUND_BYTES: usize = 1 << 20;
 
 /// An accepted WebSocket, waiting for hyper to write its 101.
 pub struct Session {
@@ -98,6 +106,9 @@ where
     let mut told = false;
     // Our close frame went out: the client's answer (or the timeout) ends the connection.
     let mut closing: Option<tokio::time::Instant> = None;
+    // The sizes of the client messages the app has not taken yet, oldest first.
+    let mut inbound: VecDeque<usize> = VecDeque::new();
+    let mut inbound_bytes = 0usize;
     loop {
         let close_wait = async {
             match closing {
@@ -105,8 +116,11 @@ where
                 None => std::future::pending().await,
             }
         };
+        // After our close frame the client is read to its answer (its messages are dropped).
+        let read = closing.is_some()
+            || (inbound.len() < INBOUND_MESSAGES && inbound_bytes < INBOUND_BYTES);
         tokio::select! {
-            msg = ws.next() => {
+            msg = ws.next(), if read => {
                 let got = match msg {
                     Some(Ok(Message::Text(t))) => Ok(WsData::Text(t.as_str().to_owned())),
                     Some(Ok(Message::Binary(b))) => Ok(WsData::Bytes(b)),
@@ -139,7 +153,12 @@ where
                 let code = match got {
                     Ok(data) => {
                         stats.add(cell_counter::WEBSOCKET_MESSAGES_IN, 1);
-                        if !told && let Some(a) = ctx.router.asgi(route) {
+                        if !told
+                            && closing.is_none()
+                            && let Some(a) = ctx.router.asgi(route)
+                        {
+                            inbound.push_back(data.len());
+                            inbound_bytes += data.len();
                             a.app.ws_message(rid, data);
                         }
                         continue;
@@ -197,6 +216,11 @@ where
                     if closing.is_none() {
                         let _ = ws.send(close_frame(code, reason)).await;
                         closing = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+                    }
+                }
+                Some(Out::Received) => {
+                    if let Some(n) = inbound.pop_front() {
+                        inbound_bytes -= n;
                     }
                 }
                 Some(_) => {}
