@@ -5,7 +5,8 @@
 //! disconnect the app sees, a rejection before accept (403), an app exception (1011), an
 //! oversized message (1009, `websocket_max_message`), the WebSocket metrics; handshakes
 //! refused before the app (400, 426), invalid UTF-8 (1007), a draining cell that keeps
-//! its WebSockets, and inbound flow control (a fast client, a slow app, bounded cell RSS).
+//! its WebSockets, inbound flow control (a fast client, a slow app, bounded cell RSS), and
+//! `websocket_idle_timeout` (1001).
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -360,4 +361,29 @@ fn asgi_websocket_flow_control() {
         grew < 64 * 1024,
         "the cell's RSS grew by {grew} KiB (from {before} KiB) while 200 MiB went through"
     );
+}
+
+#[test]
+fn asgi_websocket_idle_timeout() {
+    let Some(ws) = Ws::start(
+        "asgi_websocket_idle_timeout",
+        ", websocket_idle_timeout = \"1s\"",
+    ) else {
+        return;
+    };
+    // Messages keep the WebSocket open past the timeout; a silent one is closed with 1001,
+    // and the app hears of it as websocket.disconnect.
+    let s = ws.client("idle", "/ws/echo");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["echoed"], 6, "{s}");
+    assert_eq!(
+        (s["close_code"].as_u64(), s["close_reason"].as_str()),
+        (Some(1001), Some("idle timeout")),
+        "{s}"
+    );
+    ws.portico
+        .wait_stderr(Duration::from_secs(10), "past websocket_idle_timeout");
+    wait_until(Duration::from_secs(10), "the app's disconnect note", || {
+        ws.file("disconnect.log").lines().any(|l| l == "1001")
+    });
 }

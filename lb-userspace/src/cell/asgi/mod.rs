@@ -80,6 +80,7 @@ pub fn start_apps(
             request_timeout: a.request_timeout.0,
             max_concurrency: a.max_concurrency as usize,
             websocket_max_message: a.websocket_max_message.0 as usize,
+            websocket_idle_timeout: a.websocket_idle_timeout.map(|d| d.0),
             running: std::cell::Cell::new(0),
         });
     }

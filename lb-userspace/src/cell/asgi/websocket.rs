@@ -36,6 +36,8 @@ pub struct Session {
     pub(super) x: Exchange,
     pub(super) running: Running,
     pub(super) max_message: usize,
+    /// `websocket_idle_timeout`.
+    pub(super) idle: Option<Duration>,
 }
 
 /// Waits for the app's call to end once its WebSocket is gone, logging an exception then.
@@ -86,6 +88,7 @@ where
         mut x,
         mut running,
         max_message,
+        idle,
     } = s;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
@@ -119,6 +122,17 @@ where
         // After our close frame the client is read to its answer (its messages are dropped).
         let read = closing.is_some()
             || (inbound.len() < INBOUND_MESSAGES && inbound_bytes < INBOUND_BYTES);
+        // Every pass of the loop is a frame or an app event: the idle clock starts over. It
+        // runs only while no client message waits for the app (a busy app is not idle).
+        let idle_wait = async {
+            match idle {
+                Some(d) if closing.is_none() && inbound.is_empty() => {
+                    tokio::time::sleep(d).await;
+                    d
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             msg = ws.next(), if read => {
                 let got = match msg {
@@ -226,6 +240,13 @@ where
                 Some(_) => {}
                 None => running.app_done = true,
             },
+            d = idle_wait => {
+                tracing::info!(
+                    "WebSocket idle past websocket_idle_timeout ({d:?}); closing with 1001"
+                );
+                let _ = ws.send(close_frame(1001, "idle timeout")).await;
+                closing = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+            }
             () = close_wait => break,
         }
     }
