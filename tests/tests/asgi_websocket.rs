@@ -4,8 +4,10 @@
 //! subprotocol and accept headers, the scope, close codes and reasons both ways, the
 //! disconnect the app sees, a rejection before accept (403), an app exception (1011), an
 //! oversized message (1009, `websocket_max_message`), the WebSocket metrics; handshakes
-//! refused before the app (400, 426), invalid UTF-8 (1007), and a draining cell that keeps
-//! its WebSockets.
+//! refused before the app (400, 426), invalid UTF-8 (1007), a draining cell that keeps
+//! its WebSockets, inbound flow control (a fast client, a slow app, bounded cell RSS),
+//! `websocket_idle_timeout` (1001), and hand-written frames: a ping inside a fragmented
+//! message, an unmasked client frame (1002).
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -317,4 +319,193 @@ fn asgi_websocket_handshake_checks_utf8_and_drain() {
         .wait_exit(Duration::from_secs(20))
         .expect("exits once the WebSocket closed");
     assert!(status.success(), "{status:?}");
+}
+
+/// A process's `Vm...:` line from /proc/PID/status, in KiB.
+fn vm_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} for {pid}"))
+}
+
+#[test]
+fn asgi_websocket_flow_control() {
+    let Some(ws) = Ws::start("asgi_websocket_flow_control", "") else {
+        return;
+    };
+    let cells = ws.portico.cell_pids();
+    assert_eq!(cells.len(), 1, "one cell: {cells:?}");
+    let cell = cells[0];
+    // Warm the route up (the app's first WebSocket), then reset the cell's peak RSS.
+    let s = ws.client("server_close", "/ws/echo");
+    assert_eq!(s["close_code"], 4001, "{s}");
+    let _ = std::fs::write(format!("/proc/{cell}/clear_refs"), "5");
+    let before = vm_kib(cell, "VmRSS:");
+
+    // 200 MiB from a client as fast as it can write, to an app that takes 50 messages a
+    // second: all arrive in order, and the cell holds a few of them at a time, not 200.
+    let s = ws.client("flood", "/ws/slow");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["app"]["count"], 200, "{s}");
+    assert_eq!(s["app"]["in_order"], true, "{s}");
+    let peak = vm_kib(cell, "VmHWM:");
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 64 * 1024,
+        "the cell's RSS grew by {grew} KiB (from {before} KiB) while 200 MiB went through"
+    );
+}
+
+#[test]
+fn asgi_websocket_idle_timeout() {
+    let Some(ws) = Ws::start(
+        "asgi_websocket_idle_timeout",
+        ", websocket_idle_timeout = \"1s\"",
+    ) else {
+        return;
+    };
+    // Messages keep the WebSocket open past the timeout; a silent one is closed with 1001,
+    // and the app hears of it as websocket.disconnect.
+    let s = ws.client("idle", "/ws/echo");
+    assert_eq!(s["connected"], true, "{s}");
+    assert_eq!(s["echoed"], 6, "{s}");
+    assert_eq!(
+        (s["close_code"].as_u64(), s["close_reason"].as_str()),
+        (Some(1001), Some("idle timeout")),
+        "{s}"
+    );
+    ws.portico
+        .wait_stderr(Duration::from_secs(10), "past websocket_idle_timeout");
+    wait_until(Duration::from_secs(10), "the app's disconnect note", || {
+        ws.file("disconnect.log").lines().any(|l| l == "1001")
+    });
+}
+
+/// A WebSocket client that writes its frames by hand, for the protocol errors and frame
+/// orders a library client will not produce.
+struct RawWs {
+    c: Conn,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects to `path` and completes the handshake (101).
+    fn open(addr: std::net::SocketAddr, path: &str) -> RawWs {
+        let mut c = Conn::open(addr).unwrap();
+        let ok = [UPGRADE[0], UPGRADE[1], KEY, ("Sec-WebSocket-Version", "13")];
+        c.send(raw_request("GET", path, &ok).as_bytes()).unwrap();
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            got.extend(c.read_some(1).unwrap());
+        }
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        RawWs {
+            c,
+            buf: got[end..].to_vec(),
+        }
+    }
+
+    /// Writes one frame (`masked` as a client must, or not, to break the rule).
+    fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n @ 0..=125 => f.push(m | n as u8),
+            n => {
+                f.push(m | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+        }
+        let key = [0x37u8, 0xfa, 0x21, 0x3d];
+        if masked {
+            f.extend(key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend(payload);
+        }
+        self.c.send(&f).unwrap();
+    }
+
+    /// Reads one (unmasked, server) frame: its first byte (FIN and opcode) and its payload.
+    fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 2 {
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let first = self.buf[0];
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return (first, payload);
+                }
+            }
+            let more = self.c.read_some(1).expect("a frame from the server");
+            self.buf.extend(more);
+        }
+    }
+}
+
+#[test]
+fn asgi_websocket_protocol_frames() {
+    let Some(ws) = Ws::start("asgi_websocket_protocol_frames", "") else {
+        return;
+    };
+    let addr = ws.portico.addr;
+
+    // A ping between the fragments of a text message is answered at once, and the message
+    // still reaches the app (and comes back) whole.
+    let mut c = RawWs::open(addr, "/ws/echo");
+    c.frame(false, 0x1, b"frag", true);
+    c.frame(true, 0x9, b"are you there", true);
+    c.frame(false, 0x0, b"men", true);
+    c.frame(true, 0x0, b"ted", true);
+    let mut pong = None;
+    let text = loop {
+        match c.read_frame() {
+            (0x8a, p) => pong = Some(p),
+            (0x81, p) => break p,
+            (first, p) => panic!("unexpected frame {first:#x}: {p:?}"),
+        }
+    };
+    assert_eq!(
+        pong.as_deref(),
+        Some(&b"are you there"[..]),
+        "the ping's pong"
+    );
+    assert_eq!(text, b"fragmented");
+    c.frame(true, 0x8, &1000u16.to_be_bytes(), true);
+    assert_eq!(c.read_frame(), (0x88, 1000u16.to_be_bytes().to_vec()));
+
+    // An unmasked client frame is a protocol error: close 1002, and the app hears 1002.
+    let mut c = RawWs::open(addr, "/ws/echo");
+    c.frame(true, 0x1, b"hi", false);
+    let (first, payload) = c.read_frame();
+    assert_eq!(first, 0x88, "a close frame: {payload:?}");
+    assert_eq!(
+        u16::from_be_bytes([payload[0], payload[1]]),
+        1002,
+        "{payload:?}"
+    );
+    wait_until(Duration::from_secs(10), "the app's disconnect note", || {
+        ws.file("disconnect.log").lines().any(|l| l == "1002")
+    });
 }

@@ -52,6 +52,8 @@ pub struct AsgiConfig {
     pub request_timeout: Dur,
     /// Largest WebSocket message (after reassembly) a client may send; beyond it: close 1009.
     pub websocket_max_message: Size,
+    /// A WebSocket with no message either way for this long closes with 1001 (None: never).
+    pub websocket_idle_timeout: Option<Dur>,
 }
 
 impl Default for AsgiConfig {
@@ -67,6 +69,7 @@ impl Default for AsgiConfig {
             venv: None,
             request_timeout: Dur(Duration::from_secs(30)),
             websocket_max_message: Size(16 << 20),
+            websocket_idle_timeout: None,
         }
     }
 }
@@ -150,6 +153,12 @@ pub(super) fn validate(
     }
     if a.request_timeout.0.is_zero() {
         bad(key("asgi.request_timeout"), "must be more than 0".into());
+    }
+    if a.websocket_idle_timeout.is_some_and(|d| d.0.is_zero()) {
+        bad(
+            key("asgi.websocket_idle_timeout"),
+            "must be more than 0 (leave it out to disable)".into(),
+        );
     }
     if !(1..=1 << 30).contains(&a.websocket_max_message.0) {
         bad(

@@ -546,7 +546,7 @@ wsgi = { }
         let text = r#"
 [[route]]
 prefix = "/"
-asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s" }
+asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s", websocket_idle_timeout = "0s" }
 [[route]]
 prefix = "/b/"
 asgi = { }
@@ -569,6 +569,7 @@ asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
                 "route[0].asgi.max_concurrency",
                 "route[0].asgi.root_path",
                 "route[0].asgi.request_timeout",
+                "route[0].asgi.websocket_idle_timeout",
                 "route[1].asgi.app",
                 "route.asgi.loop",
             ]
@@ -577,5 +578,6 @@ asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
         assert_eq!(c.lifespan, crate::config::LifespanMode::On);
         assert_eq!(c.event_loop, crate::config::EventLoop::Uvloop);
         assert_eq!(c.max_concurrency, 1000);
+        assert_eq!(c.websocket_idle_timeout, None, "off unless set");
     }
 }

@@ -1,5 +1,5 @@
 # A scenario against one WebSocket URL with the `websockets` client; prints a JSON summary.
-import json, sys
+import json, sys, time
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -68,6 +68,27 @@ try:
             try:
                 ws.send(b"x" * 100_000)
                 ws.recv(timeout=10)
+            except ConnectionClosed as e:
+                closed(e)
+    elif mode == "flood":
+        # 200 messages of 1 MiB as fast as the server reads them, then "done".
+        with connect(url, max_size=None) as ws:
+            for i in range(200):
+                ws.send(i.to_bytes(4, "big") + bytes(1 << 20))
+            ws.send("done")
+            out["app"] = json.loads(ws.recv(timeout=30))
+            ws.close(1000, "done")
+    elif mode == "idle":
+        # Messages 0.4 s apart for longer than the 1 s idle timeout keep it open; then silence.
+        with connect(url) as ws:
+            echoed = 0
+            for i in range(6):
+                ws.send(f"tick {i}")
+                echoed += ws.recv(timeout=10) == f"tick {i}"
+                time.sleep(0.4)
+            out["echoed"] = echoed
+            try:
+                ws.recv(timeout=30)
             except ConnectionClosed as e:
                 closed(e)
     else:

@@ -1,5 +1,5 @@
 # Starlette WebSocket endpoints for tests/tests/asgi_websocket.rs.
-import json, os
+import asyncio, json, os
 
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -51,9 +51,27 @@ async def boom(ws):
     raise RuntimeError("boom in the websocket handler")
 
 
+async def slow(ws):
+    """Takes one message per 20 ms; "done" answers with how many came and whether in order."""
+    await ws.accept()
+    count, in_order = 0, True
+    while True:
+        m = await ws.receive()
+        if m["type"] == "websocket.disconnect":
+            return
+        if m.get("text") == "done":
+            await ws.send_text(json.dumps({"count": count, "in_order": in_order}))
+            continue
+        data = m["bytes"]
+        in_order = in_order and int.from_bytes(data[:4], "big") == count
+        count += 1
+        await asyncio.sleep(0.02)
+
+
 app = Starlette(routes=[
     WebSocketRoute("/echo", echo),
     WebSocketRoute("/scope", scope),
     WebSocketRoute("/reject", reject),
     WebSocketRoute("/boom", boom),
+    WebSocketRoute("/slow", slow),
 ])

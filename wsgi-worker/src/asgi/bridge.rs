@@ -333,6 +333,11 @@ impl Sink {
         let _ = self.tx.send(Out::Want);
     }
 
+    /// The app took a WebSocket message: the cell may read one more from the client.
+    fn received(&self) {
+        let _ = self.tx.send(Out::Received);
+    }
+
     /// The app's coroutine ended; `error`: the traceback when it raised.
     fn finish(&mut self, error: Option<String>) {
         if let Some(o) = &self.observer {

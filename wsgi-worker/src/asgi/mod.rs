@@ -67,6 +67,8 @@ pub enum Out {
     },
     /// `receive()` is waiting: read the next piece of the request body.
     Want,
+    /// `receive()` returned a `websocket.receive`: one client message left the inbound queue.
+    Received,
     /// `websocket.accept`: the 101 goes out with these.
     Accept {
         subprotocol: Option<String>,

@@ -67,7 +67,7 @@ class Request:
 
 
 class WebSocket(Request):
-    """A `websocket` scope: the cell reads the client all along, so `receive` only waits."""
+    """A `websocket` scope: the cell reads the client ahead of `receive` (a bounded queue)."""
 
     __slots__ = ()
 
@@ -77,14 +77,19 @@ class WebSocket(Request):
 
     async def receive(self):
         if self.queue:
-            return self.queue.popleft()
-        if self.gone:
+            event = self.queue.popleft()
+        elif self.gone:
             return {"type": "websocket.disconnect", "code": 1006}
-        fut = self.waiter = _state.loop.create_future()
-        try:
-            return await fut
-        finally:
-            self.waiter = None
+        else:
+            fut = self.waiter = _state.loop.create_future()
+            try:
+                event = await fut
+            finally:
+                self.waiter = None
+        if event["type"] == "websocket.receive":
+            # The cell reads the client only while few of its messages wait here.
+            self.sink.received()
+        return event
 
     def disconnect(self, code=1006):
         if self.gone:

@@ -122,6 +122,7 @@ pub async fn handshake(
                     }
                     state.websocket.replace(Some(Session {
                         max_message: a.websocket_max_message,
+                        idle: a.websocket_idle_timeout,
                         ctx: ctx.clone(),
                         route,
                         x,

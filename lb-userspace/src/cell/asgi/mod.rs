@@ -80,6 +80,7 @@ pub fn start_apps(
             request_timeout: a.request_timeout.0,
             max_concurrency: a.max_concurrency as usize,
             websocket_max_message: a.websocket_max_message.0 as usize,
+            websocket_idle_timeout: a.websocket_idle_timeout.map(|d| d.0),
             running: std::cell::Cell::new(0),
         });
     }
@@ -221,7 +222,7 @@ pub async fn call(
             ev = x.events.recv() => match ev {
                 Some(Out::Want) => want = true,
                 // WebSocket events: the sink refuses them on an http scope.
-                Some(Out::Accept { .. } | Out::Message(_) | Out::Close { .. }) => {}
+                Some(Out::Accept { .. } | Out::Message(_) | Out::Close { .. } | Out::Received) => {}
                 Some(Out::Start { status, headers }) => head = Some((status, headers)),
                 Some(Out::Body { data, more }) => {
                     let Some((status, headers)) = head.take() else {
@@ -420,7 +421,13 @@ async fn stream_rest(ctx: Rc<CellCtx>, tx: mpsc::Sender<Piece>, mut rest: Stream
                     }
                 }
                 Some(Out::Want) => rest.want = true,
-                Some(Out::Start { .. } | Out::Accept { .. } | Out::Message(_) | Out::Close { .. }) => {}
+                Some(
+                    Out::Start { .. }
+                    | Out::Accept { .. }
+                    | Out::Message(_)
+                    | Out::Close { .. }
+                    | Out::Received,
+                ) => {}
                 Some(Out::Finished { error }) => {
                     rest.running.app_done = true;
                     if let Some(tb) = error {

@@ -12,6 +12,8 @@ pub struct AsgiRoute {
     pub max_concurrency: usize,
     /// Largest WebSocket message a client may send (`websocket_max_message`).
     pub websocket_max_message: usize,
+    /// How long a WebSocket may go without a message (`websocket_idle_timeout`).
+    pub websocket_idle_timeout: Option<Duration>,
     /// Requests of this route whose app call has not ended.
     pub running: Cell<usize>,
 }

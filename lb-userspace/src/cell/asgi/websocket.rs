@@ -1,6 +1,9 @@
 //! An accepted ASGI WebSocket: once hyper has written the 101 the connection is a WebSocket
 //! (tokio-tungstenite: masking, fragments, ping/pong, the close handshake, the message size
-//! limit) whose messages are passed to and from the app until either side closes.
+//! limit) whose messages are passed to and from the app until either side closes. The client
+//! is read only while few of its messages wait for the app's `receive` (`INBOUND_MESSAGES`,
+//! `INBOUND_BYTES`): a fast client and a slow app meet TCP backpressure, not a growing queue.
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,6 +23,11 @@ use crate::metrics::cell_counter;
 
 /// How long a closing side waits for the other's close frame before dropping the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client messages handed to the app but not yet taken by its `receive`, past which the
+/// client is not read...
+const INBOUND_MESSAGES: usize = 16;
+/// ... and their bytes (one message of up to `websocket_max_message` may go past it).
+const INBOUND_BYTES: usize = 1 << 20;
 
 /// An accepted WebSocket, waiting for hyper to write its 101.
 pub struct Session {
@@ -28,6 +36,8 @@ pub struct Session {
     pub(super) x: Exchange,
     pub(super) running: Running,
     pub(super) max_message: usize,
+    /// `websocket_idle_timeout`.
+    pub(super) idle: Option<Duration>,
 }
 
 /// Waits for the app's call to end once its WebSocket is gone, logging an exception then.
@@ -78,6 +88,7 @@ where
         mut x,
         mut running,
         max_message,
+        idle,
     } = s;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
@@ -98,6 +109,9 @@ where
     let mut told = false;
     // Our close frame went out: the client's answer (or the timeout) ends the connection.
     let mut closing: Option<tokio::time::Instant> = None;
+    // The sizes of the client messages the app has not taken yet, oldest first.
+    let mut inbound: VecDeque<usize> = VecDeque::new();
+    let mut inbound_bytes = 0usize;
     loop {
         let close_wait = async {
             match closing {
@@ -105,8 +119,22 @@ where
                 None => std::future::pending().await,
             }
         };
+        // After our close frame the client is read to its answer (its messages are dropped).
+        let read = closing.is_some()
+            || (inbound.len() < INBOUND_MESSAGES && inbound_bytes < INBOUND_BYTES);
+        // Every pass of the loop is a frame or an app event: the idle clock starts over. It
+        // runs only while no client message waits for the app (a busy app is not idle).
+        let idle_wait = async {
+            match idle {
+                Some(d) if closing.is_none() && inbound.is_empty() => {
+                    tokio::time::sleep(d).await;
+                    d
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            msg = ws.next() => {
+            msg = ws.next(), if read => {
                 let got = match msg {
                     Some(Ok(Message::Text(t))) => Ok(WsData::Text(t.as_str().to_owned())),
                     Some(Ok(Message::Binary(b))) => Ok(WsData::Bytes(b)),
@@ -139,7 +167,12 @@ where
                 let code = match got {
                     Ok(data) => {
                         stats.add(cell_counter::WEBSOCKET_MESSAGES_IN, 1);
-                        if !told && let Some(a) = ctx.router.asgi(route) {
+                        if !told
+                            && closing.is_none()
+                            && let Some(a) = ctx.router.asgi(route)
+                        {
+                            inbound.push_back(data.len());
+                            inbound_bytes += data.len();
                             a.app.ws_message(rid, data);
                         }
                         continue;
@@ -199,9 +232,21 @@ where
                         closing = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
                     }
                 }
+                Some(Out::Received) => {
+                    if let Some(n) = inbound.pop_front() {
+                        inbound_bytes -= n;
+                    }
+                }
                 Some(_) => {}
                 None => running.app_done = true,
             },
+            d = idle_wait => {
+                tracing::info!(
+                    "WebSocket idle past websocket_idle_timeout ({d:?}); closing with 1001"
+                );
+                let _ = ws.send(close_frame(1001, "idle timeout")).await;
+                closing = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+            }
             () = close_wait => break,
         }
     }
