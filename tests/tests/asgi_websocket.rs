@@ -376,7 +376,8 @@ fn asgi_websocket_idle_timeout() {
     // and the app hears of it as websocket.disconnect.
     let s = ws.client("idle", "/ws/echo");
     assert_eq!(s["connected"], true, "{s}");
-    assert_eq!(s["echoed"], 6, "{s}");
+    assert!(s["sent"].as_u64() > Some(0), "{s}");
+    assert_eq!(s["echoed"], s["sent"], "{s}");
     assert_eq!(
         (s["close_code"].as_u64(), s["close_reason"].as_str()),
         (Some(1001), Some("idle timeout")),

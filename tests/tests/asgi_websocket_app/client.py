@@ -79,13 +79,15 @@ try:
             out["app"] = json.loads(ws.recv(timeout=30))
             ws.close(1000, "done")
     elif mode == "idle":
-        # Messages 0.4 s apart for longer than the 1 s idle timeout keep it open; then silence.
+        # Messages for more than twice the 1 s idle timeout keep it open; then silence.
         with connect(url) as ws:
-            echoed = 0
-            for i in range(6):
-                ws.send(f"tick {i}")
-                echoed += ws.recv(timeout=10) == f"tick {i}"
-                time.sleep(0.4)
+            sent = echoed = 0
+            until = time.monotonic() + 2.4
+            while time.monotonic() < until:
+                ws.send(f"tick {sent}")
+                echoed += ws.recv(timeout=10) == f"tick {sent}"
+                sent += 1
+            out["sent"] = sent
             out["echoed"] = echoed
             try:
                 ws.recv(timeout=30)
