@@ -12,7 +12,7 @@ use wsgi_worker::ConnInfo;
 use wsgi_worker::asgi::{Out, RequestHead};
 
 use super::websocket::{Session, follow};
-use super::{Running, busy};
+use super::{Running, admit, refusal};
 use crate::cell::body::{Body, status_page};
 use crate::cell::conn_state::ConnState;
 use crate::cell::context::CellCtx;
@@ -85,13 +85,10 @@ pub async fn handshake(
     conn: Arc<ConnInfo>,
     state: Rc<ConnState>,
 ) -> (Response<Body>, bool) {
-    let Some(a) = ctx.router.asgi(route) else {
-        return (status_page(StatusCode::NOT_FOUND), false);
+    let a = match admit(&ctx, route) {
+        Ok(a) => a,
+        Err(status) => return refusal(status),
     };
-    if let Some(refused) = busy(&ctx, a) {
-        return refused;
-    }
-    ctx.wsgi_request();
     let what = format!("websocket {}", parts.uri.path());
     let mut x = a.app.submit(RequestHead {
         method: parts.method,

@@ -111,17 +111,28 @@ impl Running {
     }
 }
 
-/// The route runs `max_concurrency` requests already: 503 with `Retry-After`.
-fn busy(ctx: &CellCtx, a: &AsgiRoute) -> Option<(Response<Body>, bool)> {
-    if a.running.get() < a.max_concurrency {
-        return None;
+/// The route for a request, counted as one; `404` for no such route, `503` when it runs
+/// `max_concurrency` requests already.
+fn admit(ctx: &CellCtx, route: usize) -> Result<&AsgiRoute, StatusCode> {
+    let a = ctx.router.asgi(route).ok_or(StatusCode::NOT_FOUND)?;
+    if a.running.get() >= a.max_concurrency {
+        ctx.stats
+            .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
-    ctx.stats
-        .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
-    let mut r = status_page(StatusCode::SERVICE_UNAVAILABLE);
+    ctx.wsgi_request();
+    Ok(a)
+}
+
+/// The answer to a request `admit` turned away (a 503 says when to come back, and closes).
+fn refusal(status: StatusCode) -> (Response<Body>, bool) {
+    let mut r = status_page(status);
+    if status != StatusCode::SERVICE_UNAVAILABLE {
+        return (r, false);
+    }
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    Some((r, true))
+    (r, true)
 }
 
 impl Drop for Running {
@@ -186,13 +197,10 @@ pub async fn call(
     body: Incoming,
     conn: Arc<ConnInfo>,
 ) -> (Response<Body>, bool) {
-    let Some(a) = ctx.router.asgi(route) else {
-        return (status_page(StatusCode::NOT_FOUND), false);
+    let a = match admit(&ctx, route) {
+        Ok(a) => a,
+        Err(status) => return refusal(status),
     };
-    if let Some(refused) = busy(&ctx, a) {
-        return refused;
-    }
-    ctx.wsgi_request();
     let is_head = parts.method == http::Method::HEAD;
     let what = format!(
         "{} {}",

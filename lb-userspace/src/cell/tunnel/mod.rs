@@ -99,19 +99,10 @@ where
         counters[upstream_counter::TUNNELS + i].fetch_add(1, Relaxed);
     };
     let result = match (pending.relay, &pending.maps) {
-        (Relay::Copy, _) => {
-            used(Relay::Copy);
-            run_copy(
-                client,
-                read_ahead,
-                TokioIo::new(upstream),
-                &flow,
-                pending.idle,
-            )
-            .await
-        }
-        (Relay::Sockmap, None) => {
-            fallback(counters, Fallback::Unavailable, &pending.label);
+        (Relay::Copy, _) | (Relay::Sockmap, None) => {
+            if pending.relay == Relay::Sockmap {
+                fallback(counters, Fallback::Unavailable, &pending.label);
+            }
             used(Relay::Copy);
             run_copy(
                 client,
