@@ -1,11 +1,13 @@
 //! The Rust objects the loop thread calls: `Bridge.drain()` (the cell's commands), `Sink` (one
 //! request's `send` events out to the cell) and `Reporter` (lifespan outcomes).
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
@@ -134,41 +136,54 @@ pub struct Sink {
     observer: Option<Arc<dyn Observer>>,
 }
 
-fn get<'py>(m: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+/// `m[key]`, or None; keys are interned strings (hashed once, not per message).
+fn get<'py>(
+    m: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     m.get_item(key)
 }
 
 /// The `headers` of `http.response.start` or `websocket.accept`, checked.
 fn response_headers(message: &Bound<'_, PyDict>) -> PyResult<Vec<(HeaderName, HeaderValue)>> {
+    let py = message.py();
     let mut headers = Vec::new();
-    if let Some(h) = get(message, "headers")? {
-        for pair in h.try_iter()? {
-            let pair = pair?;
-            let t = pair
-                .cast::<PyTuple>()
-                .map(PyTupleMethods::to_list)
-                .or_else(|_| pair.cast::<PyList>().cloned());
-            let l = t.map_err(|_| {
-                PyTypeError::new_err("each response header is a (name, value) pair")
-            })?;
-            if l.len() != 2 {
-                return Err(PyTypeError::new_err(
-                    "each response header is a (name, value) pair",
-                ));
+    let Some(h) = get(message, intern!(py, "headers"))? else {
+        return Ok(headers);
+    };
+    let pair_error = || PyTypeError::new_err("each response header is a (name, value) pair");
+    let mut one = |name: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>| -> PyResult<()> {
+        let name = header_bytes(name)?;
+        let value = header_bytes(value)?;
+        // HeaderName lowercases; the name is a token, so valid UTF-8 borrows.
+        headers.push(
+            check_header(&String::from_utf8_lossy(&name), &value).map_err(PyValueError::new_err)?,
+        );
+        Ok(())
+    };
+    for pair in h.try_iter()? {
+        let pair = pair?;
+        if let Ok(t) = pair.cast::<PyTuple>() {
+            if t.len() != 2 {
+                return Err(pair_error());
             }
-            let name = header_bytes(&l.get_item(0)?)?;
-            let value = header_bytes(&l.get_item(1)?)?;
-            let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
-            headers.push(check_header(&name, &value).map_err(PyValueError::new_err)?);
+            one(&t.get_item(0)?, &t.get_item(1)?)?;
+        } else if let Ok(l) = pair.cast::<PyList>() {
+            if l.len() != 2 {
+                return Err(pair_error());
+            }
+            one(&l.get_item(0)?, &l.get_item(1)?)?;
+        } else {
+            return Err(pair_error());
         }
     }
     Ok(headers)
 }
 
 /// Header names and values: bytes (as the spec says), or str encoded as latin-1.
-fn header_bytes(v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+fn header_bytes<'a>(v: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = v.cast::<PyBytes>() {
-        return Ok(b.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if let Ok(s) = v.cast::<PyString>() {
         return s
@@ -176,6 +191,7 @@ fn header_bytes(v: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
             .chars()
             .map(|c| u8::try_from(u32::from(c)).ok())
             .collect::<Option<Vec<u8>>>()
+            .map(Cow::Owned)
             .ok_or_else(|| PyValueError::new_err("header text is not latin-1"));
     }
     Err(PyTypeError::new_err("response headers must be bytes"))
@@ -195,7 +211,7 @@ impl Sink {
                     return Err(PyRuntimeError::new_err("websocket.accept sent twice"));
                 }
                 self.started = true;
-                let subprotocol = match get(message, "subprotocol")? {
+                let subprotocol = match get(message, intern!(message.py(), "subprotocol"))? {
                     Some(p) if !p.is_none() => Some(p.extract::<String>()?),
                     _ => None,
                 };
@@ -215,8 +231,8 @@ impl Sink {
                         "websocket.send before websocket.accept",
                     ));
                 }
-                let text = get(message, "text")?.filter(|t| !t.is_none());
-                let bytes = get(message, "bytes")?.filter(|b| !b.is_none());
+                let text = get(message, intern!(message.py(), "text"))?.filter(|t| !t.is_none());
+                let bytes = get(message, intern!(message.py(), "bytes"))?.filter(|b| !b.is_none());
                 let data = match (text, bytes) {
                     (Some(t), None) => WsData::Text(t.extract()?),
                     (None, Some(b)) => WsData::Bytes(Bytes::copy_from_slice(
@@ -238,7 +254,7 @@ impl Sink {
             }
             "websocket.close" => {
                 self.done = true;
-                let code = match get(message, "code")? {
+                let code = match get(message, intern!(message.py(), "code"))? {
                     Some(c) if !c.is_none() => c.extract::<u16>()?,
                     _ => 1000,
                 };
@@ -246,7 +262,7 @@ impl Sink {
                 if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
                     return Err(PyValueError::new_err(format!("invalid close code {code}")));
                 }
-                let reason = match get(message, "reason")? {
+                let reason = match get(message, intern!(message.py(), "reason"))? {
                     Some(r) if !r.is_none() => r.extract::<String>()?,
                     _ => String::new(),
                 };
@@ -269,18 +285,21 @@ impl Sink {
 impl Sink {
     /// The app's `send(message)` for `http.response.*`; false: wait for the cell to catch up.
     fn send(&mut self, message: &Bound<'_, PyDict>) -> PyResult<bool> {
-        let kind: String = get(message, "type")?
-            .ok_or_else(|| PyValueError::new_err("ASGI message without 'type'"))?
-            .extract()?;
+        let kind = get(message, intern!(message.py(), "type"))?
+            .ok_or_else(|| PyValueError::new_err("ASGI message without 'type'"))?;
+        let kind = kind
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err("an ASGI message's 'type' is a str"))?
+            .to_cow()?;
         if self.ws {
             return self.send_ws(&kind, message);
         }
-        match kind.as_str() {
+        match &*kind {
             "http.response.start" => {
                 if self.started {
                     return Err(PyRuntimeError::new_err("http.response.start sent twice"));
                 }
-                let code: u16 = get(message, "status")?
+                let code: u16 = get(message, intern!(message.py(), "status"))?
                     .ok_or_else(|| PyValueError::new_err("http.response.start without 'status'"))?
                     .extract()?;
                 let status = StatusCode::from_u16(code)
@@ -303,7 +322,7 @@ impl Sink {
                         "http.response.body sent after the response was complete",
                     ));
                 }
-                let data = match get(message, "body")? {
+                let data = match get(message, intern!(message.py(), "body"))? {
                     None => Bytes::new(),
                     Some(b) => Bytes::copy_from_slice(
                         b.cast::<PyBytes>()
@@ -311,7 +330,7 @@ impl Sink {
                             .as_bytes(),
                     ),
                 };
-                let more = match get(message, "more_body")? {
+                let more = match get(message, intern!(message.py(), "more_body"))? {
                     None => false,
                     Some(m) => m.is_truthy()?,
                 };

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Uri, Version};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::environ::ConnInfo;
 
@@ -37,14 +38,6 @@ impl Mount {
     }
 }
 
-fn http_version(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        _ => "1.1",
-    }
-}
-
 /// The subprotocols the client offers, in its order (every `Sec-WebSocket-Protocol` field).
 fn subprotocols<'py>(py: Python<'py>, headers: &HeaderMap) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
@@ -59,7 +52,23 @@ fn subprotocols<'py>(py: Python<'py>, headers: &HeaderMap) -> PyResult<Bound<'py
     Ok(out)
 }
 
-/// The scope dict; `state` is added by the loop (a copy of the lifespan state).
+/// The method as an interned string for the common ones (no new string per request).
+fn method<'py>(py: Python<'py>, m: &Method) -> Bound<'py, PyString> {
+    let s = match *m {
+        Method::GET => intern!(py, "GET"),
+        Method::POST => intern!(py, "POST"),
+        Method::HEAD => intern!(py, "HEAD"),
+        Method::PUT => intern!(py, "PUT"),
+        Method::DELETE => intern!(py, "DELETE"),
+        Method::PATCH => intern!(py, "PATCH"),
+        Method::OPTIONS => intern!(py, "OPTIONS"),
+        _ => return PyString::new(py, m.as_str()),
+    };
+    s.clone()
+}
+
+/// The scope dict; `state` is added by the loop (a copy of the lifespan state). Keys and fixed
+/// values are interned: they are hashed once, not once per request.
 pub fn build<'py>(
     py: Python<'py>,
     head: &RequestHead,
@@ -67,28 +76,56 @@ pub fn build<'py>(
     asgi: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("type", if head.websocket { "websocket" } else { "http" })?;
-    d.set_item("asgi", asgi.copy()?)?;
-    d.set_item("http_version", http_version(head.version))?;
-    if head.websocket {
-        d.set_item("scheme", "ws")?;
-        d.set_item("subprotocols", subprotocols(py, &head.headers)?)?;
+    let ws = head.websocket;
+    d.set_item(
+        intern!(py, "type"),
+        if ws {
+            intern!(py, "websocket")
+        } else {
+            intern!(py, "http")
+        },
+    )?;
+    d.set_item(intern!(py, "asgi"), asgi.copy()?)?;
+    let version = match head.version {
+        Version::HTTP_10 => intern!(py, "1.0"),
+        Version::HTTP_2 => intern!(py, "2"),
+        _ => intern!(py, "1.1"),
+    };
+    d.set_item(intern!(py, "http_version"), version)?;
+    if ws {
+        d.set_item(intern!(py, "scheme"), intern!(py, "ws"))?;
+        d.set_item(
+            intern!(py, "subprotocols"),
+            subprotocols(py, &head.headers)?,
+        )?;
     } else {
-        d.set_item("method", head.method.as_str())?;
-        d.set_item("scheme", "http")?;
+        d.set_item(intern!(py, "method"), method(py, &head.method))?;
+        d.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
     }
     let raw = head.uri.path();
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    d.set_item("path", format!("{}{decoded}", mount.proxy_root))?;
-    let mut raw_path = Vec::with_capacity(mount.proxy_root.len() + raw.len());
-    raw_path.extend_from_slice(mount.proxy_root.as_bytes());
-    raw_path.extend_from_slice(raw.as_bytes());
-    d.set_item("raw_path", PyBytes::new(py, &raw_path))?;
+    if mount.proxy_root.is_empty() {
+        d.set_item(intern!(py, "path"), PyString::new(py, &decoded))?;
+    } else {
+        d.set_item(
+            intern!(py, "path"),
+            format!("{}{decoded}", mount.proxy_root),
+        )?;
+    }
+    let raw_path = if mount.proxy_root.is_empty() {
+        PyBytes::new(py, raw.as_bytes())
+    } else {
+        let mut v = Vec::with_capacity(mount.proxy_root.len() + raw.len());
+        v.extend_from_slice(mount.proxy_root.as_bytes());
+        v.extend_from_slice(raw.as_bytes());
+        PyBytes::new(py, &v)
+    };
+    d.set_item(intern!(py, "raw_path"), raw_path)?;
     d.set_item(
-        "query_string",
+        intern!(py, "query_string"),
         PyBytes::new(py, head.uri.query().unwrap_or("").as_bytes()),
     )?;
-    d.set_item("root_path", mount.root_path.as_str())?;
+    d.set_item(intern!(py, "root_path"), mount.root_path.as_str())?;
     let headers = PyList::empty(py);
     for (name, value) in &head.headers {
         // HeaderName is already lowercase.
@@ -100,10 +137,13 @@ pub fn build<'py>(
             ],
         )?)?;
     }
-    d.set_item("headers", headers)?;
+    d.set_item(intern!(py, "headers"), headers)?;
     let c = &head.conn;
-    d.set_item("client", (c.remote_addr.as_str(), c.remote_port))?;
-    d.set_item("server", (c.local_addr.as_str(), c.local_port))?;
-    d.set_item("extensions", PyDict::new(py))?;
+    d.set_item(
+        intern!(py, "client"),
+        (c.remote_addr.as_str(), c.remote_port),
+    )?;
+    d.set_item(intern!(py, "server"), (c.local_addr.as_str(), c.local_port))?;
+    d.set_item(intern!(py, "extensions"), PyDict::new(py))?;
     Ok(d)
 }

@@ -202,11 +202,8 @@ pub async fn call(
         Err(status) => return refusal(status),
     };
     let is_head = parts.method == http::Method::HEAD;
-    let what = format!(
-        "{} {}",
-        parts.method,
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
+    // For error lines only: formatted when one is written, not per request.
+    let what = What(parts.method.clone(), parts.uri.clone());
     let mut x = a.app.submit(RequestHead {
         method: parts.method,
         uri: parts.uri,
@@ -284,7 +281,17 @@ pub async fn call(
     }
 }
 
-fn timed_out(ctx: &CellCtx, a: &AsgiRoute, x: &Exchange, what: &str) {
+/// A request as error lines name it: method and target.
+struct What(http::Method, http::Uri);
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = self.1.path_and_query().map_or("/", |p| p.as_str());
+        write!(f, "{} {target}", self.0)
+    }
+}
+
+fn timed_out(ctx: &CellCtx, a: &AsgiRoute, x: &Exchange, what: &dyn std::fmt::Display) {
     ctx.stats
         .add(crate::metrics::cell_counter::WSGI_REQUEST_TIMEOUTS, 1);
     tracing::error!(
@@ -377,21 +384,34 @@ fn respond(
 
 /// The response is complete with its first piece: `receive` now returns `http.disconnect`,
 /// and the app's call is followed to its end (background tasks run in it).
-fn rest_done(ctx: &Rc<CellCtx>, rest: StreamTo) {
+fn rest_done(ctx: &Rc<CellCtx>, mut rest: StreamTo) {
+    // Most apps return right after their last body piece, so their end is often queued
+    // already: then there is no one left to tell and nothing to follow.
+    while let Ok(ev) = rest.x.events.try_recv() {
+        if let Out::Finished { error } = ev {
+            finished_after_response(&mut rest, error);
+            return;
+        }
+    }
     if let Some(a) = ctx.router.asgi(rest.route) {
         a.app.disconnect(rest.x.rid);
     }
     tokio::task::spawn_local(follow(rest));
 }
 
+/// The app's call ended after its whole response went out.
+fn finished_after_response(rest: &mut StreamTo, error: Option<String>) {
+    rest.running.app_done = true;
+    if let Some(tb) = error {
+        tracing::error!("ASGI app raised after its response:\n{}", tb.trim_end());
+    }
+}
+
 /// Waits for the app's call to end after its response, logging an exception raised then.
 async fn follow(mut rest: StreamTo) {
     while let Some(ev) = rest.x.events.recv().await {
         if let Out::Finished { error } = ev {
-            rest.running.app_done = true;
-            if let Some(tb) = error {
-                tracing::error!("ASGI app raised after its response:\n{}", tb.trim_end());
-            }
+            finished_after_response(&mut rest, error);
             return;
         }
     }
