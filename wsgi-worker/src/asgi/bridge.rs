@@ -93,6 +93,8 @@ impl Bridge {
                     let sink = Sink {
                         ws: head.websocket,
                         denied: false,
+                        trailers: false,
+                        trailers_done: false,
                         tx,
                         credit,
                         started: false,
@@ -129,6 +131,10 @@ pub struct Sink {
     ws: bool,
     /// `websocket.http.response.start` was sent (the denial response extension).
     denied: bool,
+    /// `http.response.start` said `trailers: True`.
+    trailers: bool,
+    /// The last `http.response.trailers` (without `more_trailers`) was sent.
+    trailers_done: bool,
     tx: mpsc::UnboundedSender<Out>,
     credit: Arc<Credit>,
     started: bool,
@@ -246,7 +252,11 @@ impl Sink {
                 }
                 let (status, headers) = response_start(message)?;
                 self.denied = true;
-                Out::Start { status, headers }
+                Out::Start {
+                    status,
+                    headers,
+                    trailers: false,
+                }
             }
             "websocket.http.response.body" => {
                 if !self.denied {
@@ -347,8 +357,16 @@ impl Sink {
                     return Err(PyRuntimeError::new_err("http.response.start sent twice"));
                 }
                 let (status, headers) = response_start(message)?;
+                self.trailers = match get(message, "trailers")? {
+                    None => false,
+                    Some(t) => t.is_truthy()?,
+                };
                 self.started = true;
-                let _ = self.tx.send(Out::Start { status, headers });
+                let _ = self.tx.send(Out::Start {
+                    status,
+                    headers,
+                    trailers: self.trailers,
+                });
                 Ok(true)
             }
             "http.response.body" => {
@@ -358,11 +376,41 @@ impl Sink {
                     ));
                 }
                 if self.done {
-                    return Err(PyRuntimeError::new_err(
-                        "http.response.body sent after the response was complete",
-                    ));
+                    return Err(PyRuntimeError::new_err(if self.trailers_done {
+                        "http.response.body sent after http.response.trailers"
+                    } else {
+                        "http.response.body sent after the response was complete"
+                    }));
                 }
                 self.body(message)
+            }
+            "http.response.trailers" => {
+                let wrong = if !self.started {
+                    Some("http.response.trailers sent before http.response.start")
+                } else if !self.trailers {
+                    Some(
+                        "http.response.trailers sent without trailers: True in http.response.start",
+                    )
+                } else if !self.done {
+                    Some("http.response.trailers sent before the last http.response.body")
+                } else if self.trailers_done {
+                    Some("http.response.trailers sent after the last ones (more_trailers: False)")
+                } else {
+                    None
+                };
+                if let Some(wrong) = wrong {
+                    return Err(PyRuntimeError::new_err(wrong));
+                }
+                let headers = response_headers(message)?;
+                let more = match get(message, "more_trailers")? {
+                    None => false,
+                    Some(m) => m.is_truthy()?,
+                };
+                self.trailers_done = !more;
+                if self.tx.send(Out::Trailers { headers, more }).is_err() {
+                    return Err(super::disconnected(message.py()));
+                }
+                Ok(true)
             }
             other => Err(PyValueError::new_err(format!(
                 "unsupported ASGI message type {other:?} on an http scope"

@@ -104,10 +104,13 @@ pub fn build<'py>(
     let c = &head.conn;
     d.set_item("client", (c.remote_addr.as_str(), c.remote_port))?;
     d.set_item("server", (c.local_addr.as_str(), c.local_port))?;
-    // The extensions the cell implements: a refusal with a response of the app's own.
+    // The extensions the cell implements: a refusal with a response of the app's own, and
+    // trailer fields after a response body.
     let extensions = PyDict::new(py);
     if head.websocket {
         extensions.set_item("websocket.http.response", PyDict::new(py))?;
+    } else {
+        extensions.set_item("http.response.trailers", PyDict::new(py))?;
     }
     d.set_item("extensions", extensions)?;
     Ok(d)

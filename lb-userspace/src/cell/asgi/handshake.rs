@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{HeaderMap, Response, StatusCode};
+use http::{Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use wsgi_worker::ConnInfo;
 use wsgi_worker::asgi::{Out, RequestHead};
 
 use super::websocket::{Session, follow};
-use super::{BodyIn, Running, StreamTo, admit, head_only, refusal, respond};
+use super::{BodyIn, Running, StreamTo, admit, has_token, head_only, refusal, respond};
 use crate::cell::body::{Body, status_page};
 use crate::cell::conn_state::ConnState;
 use crate::cell::context::CellCtx;
@@ -26,15 +26,6 @@ pub enum Handshake {
     Yes(HeaderValue),
     /// A WebSocket upgrade with a bad key or version: answered without the app.
     Bad(Box<Response<Body>>),
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
 }
 
 /// RFC 6455 4.2.1: `GET`, `Upgrade: websocket`, `Connection: upgrade`, a 16-byte base64
@@ -133,7 +124,7 @@ pub async fn handshake(
                     return (resp, false);
                 }
                 Some(Out::Close { .. }) => break StatusCode::FORBIDDEN,
-                Some(Out::Start { status, headers }) => denial = Some((status, headers)),
+                Some(Out::Start { status, headers, .. }) => denial = Some((status, headers)),
                 Some(Out::Body { data, more }) => {
                     let Some((status, headers)) = denial.take() else {
                         // The sink refuses a body before its start; never reached.
@@ -153,6 +144,8 @@ pub async fn handshake(
                         },
                         want: false,
                         deadline: deadline_at,
+                        trailers: None,
+                        trailer_names: Vec::new(),
                     };
                     return (respond(&ctx, status, headers, data, more, false, rest), true);
                 }
