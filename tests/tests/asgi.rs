@@ -1,7 +1,7 @@
 //! ASGI routes (`asgi = { app = ... }`, `portico serve APP --interface`) against the real
 //! binary with Starlette and raw ASGI callables (fixture in `asgi_app/`): the scope, streamed
 //! request and response bodies, background tasks, lifespan startup and shutdown,
-//! `http.disconnect`, the app errors that must give a 500 and never a hung connection,
+//! `http.disconnect`, `http.response.trailers`, the app errors that must give a 500 and never a hung connection,
 //! max_concurrency, request_timeout, startup failures and the interface autodetection.
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,7 +92,7 @@ fn asgi_scope_state_and_lifespan_events() {
         r#""headers":[["host","test"],["x-first","a"],["x-second","b"]]"#,
         r#""client":"127.0.0.1""#,
         &format!(r#""server_port":{}"#, p.addr.port()),
-        r#""extensions":{}"#,
+        r#""extensions":{"http.response.trailers":{}}"#,
     ] {
         assert!(t.contains(want), "{want} not in {t}");
     }
@@ -154,6 +154,81 @@ fn asgi_streams_request_and_response_bodies() {
     c.send(&req).unwrap();
     let got = read_until(&mut c, "end\n");
     assert!(got.contains("300000\n"), "{got}");
+}
+
+#[test]
+fn asgi_response_trailers() {
+    let Some(venv) = venv_or_skip("asgi_response_trailers") else {
+        return;
+    };
+    let site = site();
+    let p = serve(&site, &venv, "/", "app", "");
+    let te = [("TE", "trailers")];
+    let pairs = |v: &[(String, String)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    };
+    let want = vec![
+        ("x-checksum".to_string(), "abc123".to_string()),
+        ("x-count".to_string(), "2".to_string()),
+    ];
+
+    // A client that accepts trailers gets the app's fields after the last chunk.
+    let mut c = Conn::open(p.addr).unwrap();
+    let r = c.request("GET", "/raw/trailers", &te).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "part one\npart two\n"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(pairs(&r.trailers), want);
+    // Without `TE: trailers` they are dropped and the body is intact (same connection).
+    let r = c.request("GET", "/raw/trailers", &[]).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "part one\npart two\n"));
+    assert!(r.trailers.is_empty(), "{:?}", r.trailers);
+    // A body of one piece is sent chunked too, to carry the trailers.
+    let r = c.request("GET", "/raw/trailers?whole=1", &te).unwrap();
+    assert_eq!(r.text(), "all of it\n");
+    assert_eq!(pairs(&r.trailers), want);
+    // A field the Trailer header does not name is dropped (said in the log).
+    let r = c.request("GET", "/raw/trailers?undeclared=1", &te).unwrap();
+    assert_eq!(pairs(&r.trailers), want);
+    p.wait_stderr(Duration::from_secs(5), "trailer field x-undeclared dropped");
+
+    // Body after the trailers, and trailers without `trailers: True`: the app's send raises
+    // (logged); the response already complete went out whole and the connection serves on.
+    let r = c.request("GET", "/raw/body_after_trailers", &te).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "body\n"));
+    assert_eq!(pairs(&r.trailers), [("x-count".into(), "1".into())]);
+    p.wait_stderr(
+        Duration::from_secs(5),
+        "http.response.body sent after http.response.trailers",
+    );
+    let r = c.request("GET", "/raw/trailers_unannounced", &te).unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "no trailers promised\n")
+    );
+    assert!(r.trailers.is_empty(), "{:?}", r.trailers);
+    p.wait_stderr(
+        Duration::from_secs(5),
+        "http.response.trailers sent without trailers: True in http.response.start",
+    );
+    let r = c.request("GET", "/hello", &[]).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "hi from lifespan"));
+
+    // Trailers before the last body piece: an error mid-response, so the connection closes
+    // without the body's end (no hung connection).
+    let mut c = Conn::open(p.addr).unwrap();
+    c.send(raw_request("GET", "/raw/trailers_early", &te).as_bytes())
+        .unwrap();
+    read_until(&mut c, "more to come\n");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "the connection is closed"
+    );
+    p.wait_stderr(
+        Duration::from_secs(5),
+        "http.response.trailers sent before the last http.response.body",
+    );
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! refused before the app (400, 426), invalid UTF-8 (1007), a draining cell that keeps
 //! its WebSockets, inbound flow control (a fast client, a slow app, bounded cell RSS),
 //! `websocket_idle_timeout` (1001), and hand-written frames: a ping inside a fragmented
-//! message, an unmasked client frame (1002).
+//! message, an unmasked client frame (1002); the denial response extension (the app's own
+//! refusal, streamed).
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -154,6 +155,11 @@ fn asgi_websocket_echo_close_codes_and_metrics() {
     assert_eq!(sc["client"][0], "127.0.0.1", "{s}");
     assert_eq!(sc["server"][1], ws.portico.addr.port(), "{s}");
     assert_eq!(sc["has_state"], true, "{s}");
+    assert_eq!(
+        sc["extensions"],
+        serde_json::json!({"websocket.http.response": {}}),
+        "{s}"
+    );
     let headers = sc["headers"].as_array().expect("headers");
     assert!(headers.iter().any(|h| h[0] == "sec-websocket-key"), "{s}");
 
@@ -228,6 +234,84 @@ fn asgi_websocket_rejection_exception_and_size_limit() {
 
 const UPGRADE: [(&str, &str); 2] = [("Upgrade", "websocket"), ("Connection", "Upgrade")];
 const KEY: (&str, &str) = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+const HANDSHAKE: [(&str, &str); 4] = [UPGRADE[0], UPGRADE[1], KEY, ("Sec-WebSocket-Version", "13")];
+
+/// Reads from `c` until `needle` has arrived; returns everything read.
+fn read_until(c: &mut Conn, needle: &str) -> String {
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        got.extend(c.read_some(1).unwrap_or_else(|e| {
+            panic!(
+                "waiting for {needle:?}: {e}; got {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        }));
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn asgi_websocket_denial_response() {
+    let Some(ws) = Ws::start("asgi_websocket_denial_response", "") else {
+        return;
+    };
+    let addr = ws.portico.addr;
+
+    // The app refuses the handshake with its own response: its status, header and body reach
+    // the client as they are sent (the second piece only once the app is let go on), then the
+    // connection closes.
+    let mut c = Conn::open(addr).unwrap();
+    c.send(raw_request("GET", "/ws/deny", &HANDSHAKE).as_bytes())
+        .unwrap();
+    let got = read_until(&mut c, "first piece\n");
+    assert!(got.starts_with("HTTP/1.1 401 "), "{got}");
+    let lower = got.to_ascii_lowercase();
+    assert!(lower.contains("\r\nx-denied: yes\r\n"), "{got}");
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{got}");
+    assert!(!lower.contains("upgrade: websocket"), "{got}");
+    assert!(!got.contains("go away"), "{got}");
+    ws.site.file("gate-deny", b"");
+    read_until(&mut c, "go away\n");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "the connection is closed after the denial response"
+    );
+
+    // The same in one piece: with its length.
+    let r = request(addr, "GET", "/ws/deny?whole=1", &HANDSHAKE).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (401, "go away\n"));
+    assert_eq!(r.header("content-length"), Some("8"));
+    assert_eq!(r.header("x-denied"), Some("yes"));
+
+    // A WebSocket client sees the refusal as such, with that status and body.
+    let s = ws.client("deny", "/ws/deny");
+    assert_eq!(
+        (s["connected"].as_bool(), s["status"].as_u64()),
+        (Some(false), Some(401)),
+        "{s}"
+    );
+    assert_eq!(s["body"], "first piece\ngo away\n", "{s}");
+    assert_eq!(s["denied_header"], "yes", "{s}");
+
+    // websocket.close before accept is still the 403 of the server's own.
+    let s = ws.client("reject", "/ws/reject");
+    assert_eq!(s["status"], 403, "{s}");
+    assert_eq!(s["body"], "403 Forbidden\n", "{s}");
+
+    // An accept after a denial response started is the app's error: 500, the reason in the
+    // error log, and the connection still serves.
+    let mut c = Conn::open(addr).unwrap();
+    let r = c
+        .request("GET", "/ws/deny_then_accept", &HANDSHAKE)
+        .unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    ws.portico.wait_stderr(
+        Duration::from_secs(5),
+        "websocket.accept sent after websocket.http.response.start",
+    );
+    let r = c.request("GET", "/ws/deny?whole=1", &HANDSHAKE).unwrap();
+    assert_eq!(r.status, 401);
+}
 
 #[test]
 fn asgi_websocket_handshake_checks_utf8_and_drain() {

@@ -37,6 +37,8 @@ pub enum Piece {
     Data(Bytes),
     /// The app failed after the head went out: abort the connection.
     Abort,
+    /// The trailer fields after the last piece (ASGI `http.response.trailers`).
+    Trailers(http::HeaderMap),
 }
 
 #[derive(Debug)]

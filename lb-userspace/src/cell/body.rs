@@ -336,6 +336,7 @@ impl http_body::Body for Body {
                 Poll::Ready(Some(Piece::Abort)) => Poll::Ready(Some(Err(std::io::Error::other(
                     "the application failed mid-response",
                 )))),
+                Poll::Ready(Some(Piece::Trailers(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
                 Poll::Ready(None) => match s.declared {
                     Some(d) if s.sent < d => {
                         tracing::warn!(

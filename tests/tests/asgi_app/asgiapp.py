@@ -154,7 +154,57 @@ async def raw_disconnect(scope, receive, send):
             return
 
 
+async def trailers_start(send, names=b"x-checksum, x-count"):
+    await send({
+        "type": "http.response.start",
+        "status": 200,
+        "trailers": True,
+        "headers": [(b"content-type", b"text/plain"), (b"trailer", names)],
+    })
+
+
+async def raw_trailers(scope, receive, send):
+    """A body in two pieces (one with ?whole=1), then trailer fields in two messages, named in
+    the Trailer header (?undeclared=1 adds one it does not name)."""
+    q = scope["query_string"].decode()
+    await trailers_start(send)
+    if "whole" in q:
+        await send({"type": "http.response.body", "body": b"all of it\n"})
+    else:
+        await send({"type": "http.response.body", "body": b"part one\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part two\n"})
+    await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc123")],
+                "more_trailers": True})
+    fields = [(b"x-count", b"2")]
+    if "undeclared" in q:
+        fields.append((b"x-undeclared", b"1"))
+    await send({"type": "http.response.trailers", "headers": fields})
+
+
+async def raw_body_after_trailers(scope, receive, send):
+    await trailers_start(send)
+    await send({"type": "http.response.body", "body": b"body\n"})
+    await send({"type": "http.response.trailers", "headers": [(b"x-count", b"1")]})
+    await send({"type": "http.response.body", "body": b"late"})
+
+
+async def raw_trailers_unannounced(scope, receive, send):
+    await start(send)
+    await send({"type": "http.response.body", "body": b"no trailers promised\n"})
+    await send({"type": "http.response.trailers", "headers": [(b"x-count", b"1")]})
+
+
+async def raw_trailers_early(scope, receive, send):
+    await trailers_start(send)
+    await send({"type": "http.response.body", "body": b"more to come\n", "more_body": True})
+    await send({"type": "http.response.trailers", "headers": [(b"x-count", b"1")]})
+
+
 RAW = {
+    "/raw/trailers": raw_trailers,
+    "/raw/body_after_trailers": raw_body_after_trailers,
+    "/raw/trailers_unannounced": raw_trailers_unannounced,
+    "/raw/trailers_early": raw_trailers_early,
     "/raw/boom": raw_boom,
     "/raw/nostart": raw_nostart,
     "/raw/early": raw_early_body,

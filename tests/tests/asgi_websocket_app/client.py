@@ -58,7 +58,7 @@ try:
             ws.send("after")
             out["after"] = ws.recv(timeout=10)
             ws.close(1000, "done")
-    elif mode == "reject":
+    elif mode in ("reject", "deny"):
         with connect(url):
             pass
     elif mode == "big":
@@ -97,7 +97,12 @@ try:
         raise SystemExit(f"unknown mode {mode}")
     out["connected"] = True
 except InvalidStatus as e:
-    out.update(connected=False, status=e.response.status_code)
+    out.update(
+        connected=False,
+        status=e.response.status_code,
+        body=(e.response.body or b"").decode(),
+        denied_header=e.response.headers.get("x-denied"),
+    )
 except Exception as e:
     out.update(connected=False, error=f"{type(e).__name__}: {e}")
 print(json.dumps(out), flush=True)

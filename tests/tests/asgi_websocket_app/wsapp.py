@@ -2,6 +2,7 @@
 import asyncio, json, os
 
 from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import WebSocketRoute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +34,7 @@ async def scope(ws):
     await ws.accept()
     s = ws.scope
     keys = ("type", "asgi", "http_version", "scheme", "path", "query_string", "root_path",
-            "subprotocols", "client", "server", "raw_path")
+            "subprotocols", "client", "server", "raw_path", "extensions")
     out = {k: s[k].decode() if isinstance(s[k], bytes) else s[k] for k in keys}
     out["headers"] = [[k.decode(), v.decode()] for k, v in s["headers"]]
     out["has_state"] = isinstance(s.get("state"), dict)
@@ -68,10 +69,41 @@ async def slow(ws):
         await asyncio.sleep(0.02)
 
 
+async def deny(ws):
+    """Refuses with a response of its own (the denial response extension): 401, a header, and
+    a body streamed in two pieces, the second once the file gate-deny exists (or with ?whole=1
+    the body in one piece)."""
+
+    async def pieces():
+        yield b"first piece\n"
+        while not os.path.exists(os.path.join(HERE, "gate-deny")):
+            await asyncio.sleep(0.02)
+        yield b"go away\n"
+
+    if ws.query_params.get("whole"):
+        denial = PlainTextResponse("go away\n", status_code=401, headers={"x-denied": "yes"})
+    else:
+        denial = StreamingResponse(
+            pieces(), status_code=401, headers={"x-denied": "yes"}, media_type="text/plain")
+    await ws.send_denial_response(denial)
+
+
+class DenyThenAccept:
+    """Raw ASGI (Starlette would refuse the second send itself): a denial response started,
+    then an accept, which the server's send refuses."""
+
+    async def __call__(self, scope, receive, send):
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 402, "headers": []})
+        await send({"type": "websocket.accept"})
+
+
 app = Starlette(routes=[
     WebSocketRoute("/echo", echo),
     WebSocketRoute("/scope", scope),
     WebSocketRoute("/reject", reject),
     WebSocketRoute("/boom", boom),
     WebSocketRoute("/slow", slow),
+    WebSocketRoute("/deny", deny),
+    WebSocketRoute("/deny_then_accept", DenyThenAccept()),
 ])

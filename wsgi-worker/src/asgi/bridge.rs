@@ -94,6 +94,9 @@ impl Bridge {
                     };
                     let sink = Sink {
                         ws: head.websocket,
+                        denied: false,
+                        trailers: false,
+                        trailers_done: false,
                         tx,
                         credit,
                         started: false,
@@ -125,8 +128,15 @@ impl Bridge {
 #[pyclass(module = "portico")]
 #[derive(Debug)]
 pub struct Sink {
-    /// A `websocket` scope: `started` is "accepted", `done` "closed".
+    /// A `websocket` scope: `started` is "accepted", `done` "closed" (or, after `denied`, the
+    /// denial response complete).
     ws: bool,
+    /// `websocket.http.response.start` was sent (the denial response extension).
+    denied: bool,
+    /// `http.response.start` said `trailers: True`.
+    trailers: bool,
+    /// The last `http.response.trailers` (without `more_trailers`) was sent.
+    trailers_done: bool,
     tx: mpsc::UnboundedSender<Out>,
     credit: Arc<Credit>,
     started: bool,
@@ -180,6 +190,20 @@ fn response_headers(message: &Bound<'_, PyDict>) -> PyResult<Vec<(HeaderName, He
     Ok(headers)
 }
 
+/// The `status` and `headers` of `http.response.start` (or `websocket.http.response.start`).
+fn response_start(
+    message: &Bound<'_, PyDict>,
+) -> PyResult<(StatusCode, Vec<(HeaderName, HeaderValue)>)> {
+    let code: u16 = get(message, intern!(message.py(), "status"))?
+        .ok_or_else(|| PyValueError::new_err("a response start without 'status'"))?
+        .extract()?;
+    let status = StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or_else(|| PyValueError::new_err(format!("invalid status {code}")))?;
+    Ok((status, response_headers(message)?))
+}
+
 /// Header names and values: bytes (as the spec says), or str encoded as latin-1.
 fn header_bytes<'a>(v: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = v.cast::<PyBytes>() {
@@ -198,14 +222,66 @@ fn header_bytes<'a>(v: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
 }
 
 impl Sink {
-    /// `websocket.accept`, `websocket.send` and `websocket.close`.
+    /// A response body piece (`body`, `more_body`) out to the cell; false: the app waits.
+    fn body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<bool> {
+        let data = match get(message, intern!(message.py(), "body"))? {
+            None => Bytes::new(),
+            Some(b) => Bytes::copy_from_slice(
+                b.cast::<PyBytes>()
+                    .map_err(|_| PyTypeError::new_err("'body' must be bytes"))?
+                    .as_bytes(),
+            ),
+        };
+        let more = match get(message, intern!(message.py(), "more_body"))? {
+            None => false,
+            Some(m) => m.is_truthy()?,
+        };
+        self.done = !more;
+        let ok = self.credit.take(data.len());
+        if self.tx.send(Out::Body { data, more }).is_err() {
+            return Err(super::disconnected(message.py()));
+        }
+        Ok(ok)
+    }
+
+    /// `websocket.accept`, `websocket.send` and `websocket.close`, or instead of the accept the
+    /// denial response (`websocket.http.response.start`, then its `...body` pieces).
     fn send_ws(&mut self, kind: &str, message: &Bound<'_, PyDict>) -> PyResult<bool> {
         if self.done {
+            return Err(PyRuntimeError::new_err(if self.denied {
+                format!("{kind} sent after the denial response was complete")
+            } else {
+                format!("{kind} sent after websocket.close")
+            }));
+        }
+        if self.denied && kind != "websocket.http.response.body" {
             return Err(PyRuntimeError::new_err(format!(
-                "{kind} sent after websocket.close"
+                "{kind} sent after websocket.http.response.start"
             )));
         }
         let out = match kind {
+            "websocket.http.response.start" => {
+                if self.started {
+                    return Err(PyRuntimeError::new_err(
+                        "websocket.http.response.start sent after websocket.accept",
+                    ));
+                }
+                let (status, headers) = response_start(message)?;
+                self.denied = true;
+                Out::Start {
+                    status,
+                    headers,
+                    trailers: false,
+                }
+            }
+            "websocket.http.response.body" => {
+                if !self.denied {
+                    return Err(PyRuntimeError::new_err(
+                        "websocket.http.response.body sent before websocket.http.response.start",
+                    ));
+                }
+                return self.body(message);
+            }
             "websocket.accept" => {
                 if self.started {
                     return Err(PyRuntimeError::new_err("websocket.accept sent twice"));
@@ -299,16 +375,17 @@ impl Sink {
                 if self.started {
                     return Err(PyRuntimeError::new_err("http.response.start sent twice"));
                 }
-                let code: u16 = get(message, intern!(message.py(), "status"))?
-                    .ok_or_else(|| PyValueError::new_err("http.response.start without 'status'"))?
-                    .extract()?;
-                let status = StatusCode::from_u16(code)
-                    .ok()
-                    .filter(|s| s.as_u16() >= 200)
-                    .ok_or_else(|| PyValueError::new_err(format!("invalid status {code}")))?;
-                let headers = response_headers(message)?;
+                let (status, headers) = response_start(message)?;
+                self.trailers = match get(message, intern!(message.py(), "trailers"))? {
+                    None => false,
+                    Some(t) => t.is_truthy()?,
+                };
                 self.started = true;
-                let _ = self.tx.send(Out::Start { status, headers });
+                let _ = self.tx.send(Out::Start {
+                    status,
+                    headers,
+                    trailers: self.trailers,
+                });
                 Ok(true)
             }
             "http.response.body" => {
@@ -318,28 +395,41 @@ impl Sink {
                     ));
                 }
                 if self.done {
-                    return Err(PyRuntimeError::new_err(
-                        "http.response.body sent after the response was complete",
-                    ));
+                    return Err(PyRuntimeError::new_err(if self.trailers_done {
+                        "http.response.body sent after http.response.trailers"
+                    } else {
+                        "http.response.body sent after the response was complete"
+                    }));
                 }
-                let data = match get(message, intern!(message.py(), "body"))? {
-                    None => Bytes::new(),
-                    Some(b) => Bytes::copy_from_slice(
-                        b.cast::<PyBytes>()
-                            .map_err(|_| PyTypeError::new_err("'body' must be bytes"))?
-                            .as_bytes(),
-                    ),
+                self.body(message)
+            }
+            "http.response.trailers" => {
+                let wrong = if !self.started {
+                    Some("http.response.trailers sent before http.response.start")
+                } else if !self.trailers {
+                    Some(
+                        "http.response.trailers sent without trailers: True in http.response.start",
+                    )
+                } else if !self.done {
+                    Some("http.response.trailers sent before the last http.response.body")
+                } else if self.trailers_done {
+                    Some("http.response.trailers sent after the last ones (more_trailers: False)")
+                } else {
+                    None
                 };
-                let more = match get(message, intern!(message.py(), "more_body"))? {
+                if let Some(wrong) = wrong {
+                    return Err(PyRuntimeError::new_err(wrong));
+                }
+                let headers = response_headers(message)?;
+                let more = match get(message, intern!(message.py(), "more_trailers"))? {
                     None => false,
                     Some(m) => m.is_truthy()?,
                 };
-                self.done = !more;
-                let ok = self.credit.take(data.len());
-                if self.tx.send(Out::Body { data, more }).is_err() {
+                self.trailers_done = !more;
+                if self.tx.send(Out::Trailers { headers, more }).is_err() {
                     return Err(super::disconnected(message.py()));
                 }
-                Ok(ok)
+                Ok(true)
             }
             other => Err(PyValueError::new_err(format!(
                 "unsupported ASGI message type {other:?} on an http scope"

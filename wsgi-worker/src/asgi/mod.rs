@@ -60,9 +60,16 @@ pub enum Out {
     Start {
         status: StatusCode,
         headers: Vec<(HeaderName, HeaderValue)>,
+        /// `trailers: True`: `Trailers` events follow the last `Body`.
+        trailers: bool,
     },
     Body {
         data: Bytes,
+        more: bool,
+    },
+    /// `http.response.trailers` (after the last `Body`); `more`: more trailer fields follow.
+    Trailers {
+        headers: Vec<(HeaderName, HeaderValue)>,
         more: bool,
     },
     /// `receive()` is waiting: read the next piece of the request body.

@@ -144,6 +144,14 @@ pub fn build<'py>(
         (c.remote_addr.as_str(), c.remote_port),
     )?;
     d.set_item(intern!(py, "server"), (c.local_addr.as_str(), c.local_port))?;
-    d.set_item(intern!(py, "extensions"), PyDict::new(py))?;
+    // The extensions the cell implements: a refusal with a response of the app's own, and
+    // trailer fields after a response body.
+    let extensions = PyDict::new(py);
+    if head.websocket {
+        extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    } else {
+        extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
+    }
+    d.set_item(intern!(py, "extensions"), extensions)?;
     Ok(d)
 }

@@ -1,18 +1,19 @@
 //! The WebSocket handshake of ASGI routes: an upgrade request becomes a `websocket` scope; the
 //! app's `websocket.accept` gives the 101 (the session is left in the connection's state), its
-//! `websocket.close` first, or a return without accepting, a 403.
+//! `websocket.close` first, or a return without accepting, a 403, and its denial response
+//! (`websocket.http.response.start` and `...body`) that response.
 use std::rc::Rc;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{HeaderMap, Response, StatusCode};
+use http::{Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use wsgi_worker::ConnInfo;
 use wsgi_worker::asgi::{Out, RequestHead};
 
 use super::websocket::{Session, follow};
-use super::{Running, admit, refusal};
+use super::{BodyIn, Running, StreamTo, admit, has_token, head_only, refusal, respond};
 use crate::cell::body::{Body, status_page};
 use crate::cell::conn_state::ConnState;
 use crate::cell::context::CellCtx;
@@ -25,15 +26,6 @@ pub enum Handshake {
     Yes(HeaderValue),
     /// A WebSocket upgrade with a bad key or version: answered without the app.
     Bad(Box<Response<Body>>),
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
 }
 
 /// RFC 6455 4.2.1: `GET`, `Upgrade: websocket`, `Connection: upgrade`, a 16-byte base64
@@ -76,7 +68,8 @@ pub fn check(parts: &Parts) -> Handshake {
 }
 
 /// Runs the `websocket` scope's handshake: the 101 when the app accepts (the session is left
-/// in `state` for the connection to run), a 403 when it closes or returns first.
+/// in `state` for the connection to run), a 403 when it closes or returns first, its own
+/// response when it sends one instead (the connection closes after it).
 pub async fn handshake(
     ctx: Rc<CellCtx>,
     route: usize,
@@ -99,8 +92,11 @@ pub async fn handshake(
         websocket: true,
     });
     let mut running = Running::new(ctx.clone(), route, x.rid);
-    let deadline = tokio::time::sleep(a.request_timeout);
+    let deadline_at = tokio::time::Instant::now() + a.request_timeout;
+    let deadline = tokio::time::sleep_until(deadline_at);
     tokio::pin!(deadline);
+    // The head of the app's denial response (`websocket.http.response.start`).
+    let mut denial = None;
     let refused = loop {
         tokio::select! {
             ev = x.events.recv() => match ev {
@@ -128,8 +124,39 @@ pub async fn handshake(
                     return (resp, false);
                 }
                 Some(Out::Close { .. }) => break StatusCode::FORBIDDEN,
+                Some(Out::Start { status, headers, .. }) => denial = Some((status, headers)),
+                Some(Out::Body { data, more }) => {
+                    let Some((status, headers)) = denial.take() else {
+                        // The sink refuses a body before its start; never reached.
+                        break StatusCode::INTERNAL_SERVER_ERROR;
+                    };
+                    // The app's own refusal, streamed like an `http` response; then the
+                    // connection closes (the client may have sent frames after its upgrade).
+                    a.app.sent(&x, data.len());
+                    let rest = StreamTo {
+                        route,
+                        x,
+                        running,
+                        input: BodyIn {
+                            body: None,
+                            total: 0,
+                            max: 0,
+                        },
+                        want: false,
+                        deadline: deadline_at,
+                        trailers: None,
+                        trailer_names: Vec::new(),
+                    };
+                    return (respond(&ctx, status, headers, data, more, false, rest), true);
+                }
                 Some(Out::Finished { error }) => {
                     running.app_done = true;
+                    if error.is_none()
+                        && let Some((status, headers)) = denial.take()
+                    {
+                        // A denial response without a body event: an empty body.
+                        return (head_only(status, headers), true);
+                    }
                     match error {
                         Some(tb) => {
                             tracing::error!(

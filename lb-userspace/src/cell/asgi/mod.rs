@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -146,6 +146,16 @@ impl Drop for Running {
     }
 }
 
+/// Whether a list-valued header (`Connection`, `Upgrade`, `TE`) has `token`.
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
 /// The request body as the app asks for it.
 struct BodyIn {
     body: Option<Incoming>,
@@ -202,6 +212,7 @@ pub async fn call(
         Err(status) => return refusal(status),
     };
     let is_head = parts.method == http::Method::HEAD;
+    let te_trailers = has_token(&parts.headers, header::TE, "trailers");
     // For error lines only: formatted when one is written, not per request.
     let what = What(parts.method.clone(), parts.uri.clone());
     let mut x = a.app.submit(RequestHead {
@@ -226,23 +237,34 @@ pub async fn call(
         tokio::select! {
             ev = x.events.recv() => match ev {
                 Some(Out::Want) => want = true,
-                // WebSocket events: the sink refuses them on an http scope.
-                Some(Out::Accept { .. } | Out::Message(_) | Out::Close { .. } | Out::Received) => {}
-                Some(Out::Start { status, headers }) => head = Some((status, headers)),
+                // WebSocket events (the sink refuses them on an http scope), and trailers
+                // (the sink wants the last body first).
+                Some(
+                    Out::Accept { .. }
+                    | Out::Message(_)
+                    | Out::Close { .. }
+                    | Out::Received
+                    | Out::Trailers { .. },
+                ) => {}
+                Some(Out::Start { status, headers, trailers }) => {
+                    head = Some((status, headers, trailers));
+                }
                 Some(Out::Body { data, more }) => {
-                    let Some((status, headers)) = head.take() else {
+                    let Some((status, headers, trailers)) = head.take() else {
                         // The sink refuses body before start; never reached.
                         return (status_page(StatusCode::INTERNAL_SERVER_ERROR), true);
                     };
                     a.app.sent(&x, data.len());
                     let resp = respond(&ctx, status, headers, data, more, is_head, StreamTo {
                         route, x, running, input, want, deadline,
+                        trailers: trailers.then_some(te_trailers),
+                        trailer_names: Vec::new(),
                     });
                     return (resp, false);
                 }
                 Some(Out::Finished { error }) => {
                     running.app_done = true;
-                    if let Some((status, headers)) = head.take()
+                    if let Some((status, headers, _)) = head.take()
                         && error.is_none()
                     {
                         // Start without a body: an empty one.
@@ -321,10 +343,15 @@ struct StreamTo {
     input: BodyIn,
     want: bool,
     deadline: tokio::time::Instant,
+    /// The app said `trailers: True`: its trailers end the response (sent when the client
+    /// asked for them with `TE: trailers`, the value here; else dropped, as the spec allows).
+    trailers: Option<bool>,
+    /// The fields the response's `Trailer` header names: hyper sends only those.
+    trailer_names: Vec<header::HeaderName>,
 }
 
-/// The response from the head and the first body piece: whole if that was all, else a stream
-/// fed by a task that keeps driving the exchange.
+/// The response from the head and the first body piece: whole if that was all (and no
+/// trailers follow), else a stream fed by a task that keeps driving the exchange.
 fn respond(
     ctx: &Rc<CellCtx>,
     status: StatusCode,
@@ -332,8 +359,15 @@ fn respond(
     first: Bytes,
     more: bool,
     is_head: bool,
-    rest: StreamTo,
+    mut rest: StreamTo,
 ) -> Response<Body> {
+    let more = more || rest.trailers.is_some();
+    rest.trailer_names = headers
+        .iter()
+        .filter(|(n, _)| n == header::TRAILER)
+        .flat_map(|(_, v)| v.to_str().unwrap_or("").split(','))
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
     let declared = headers
         .iter()
         .find(|(n, _)| n == header::CONTENT_LENGTH)
@@ -417,11 +451,25 @@ async fn follow(mut rest: StreamTo) {
     }
 }
 
+/// Says once per cell that trailer fields not named in the response's `Trailer` header are
+/// dropped (hyper sends only the named ones, as RFC 9110 section 6.6.2 asks).
+fn undeclared(fields: &HeaderMap, named: &[header::HeaderName]) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(name) = fields.keys().find(|n| !named.contains(n))
+        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "ASGI trailer field {name} dropped: the response's Trailer header does not name it (said once)"
+        );
+    }
+}
+
 /// Moves the app's further body pieces to the client, reads the request body when asked, and
 /// tells the app when the client leaves.
 async fn stream_rest(ctx: Rc<CellCtx>, tx: mpsc::Sender<Piece>, mut rest: StreamTo) {
     let route = rest.route;
     let mut tx = Some(tx);
+    let mut trailers = HeaderMap::new();
     loop {
         let closed = async {
             match &tx {
@@ -437,15 +485,30 @@ async fn stream_rest(ctx: Rc<CellCtx>, tx: mpsc::Sender<Piece>, mut rest: Stream
                         Some(t) => t.send(Piece::Data(data)).await.is_err(),
                         None => false,
                     };
+                    // The client left, or the response is complete (unless trailers follow).
+                    let end = gone || (!more && rest.trailers.is_none());
                     if let Some(a) = ctx.router.asgi(route).map(|a| &a.app) {
                         a.sent(&rest.x, n);
-                        if gone || !more {
-                            // The client left, or the response is complete.
+                        if end {
                             a.disconnect(rest.x.rid);
                         }
                     }
-                    if gone || !more {
+                    if end {
                         tx = None;
+                    }
+                }
+                Some(Out::Trailers { headers, more }) => {
+                    trailers.extend(headers);
+                    if !more && let Some(t) = tx.take() {
+                        // The last trailers complete the response.
+                        if rest.trailers == Some(true) {
+                            let fields = std::mem::take(&mut trailers);
+                            undeclared(&fields, &rest.trailer_names);
+                            let _ = t.send(Piece::Trailers(fields)).await;
+                        }
+                        if let Some(a) = ctx.router.asgi(route).map(|a| &a.app) {
+                            a.disconnect(rest.x.rid);
+                        }
                     }
                 }
                 Some(Out::Want) => rest.want = true,
