@@ -10,7 +10,6 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use tokio::sync::mpsc;
 
 use super::scope::{self, Mount};
 use super::{Cmd, Out, Shared, WsData};
@@ -137,7 +136,7 @@ pub struct Sink {
     trailers: bool,
     /// The last `http.response.trailers` (without `more_trailers`) was sent.
     trailers_done: bool,
-    tx: mpsc::UnboundedSender<Out>,
+    tx: super::EventTx,
     credit: Arc<Credit>,
     started: bool,
     /// The final body event was sent.

@@ -5,6 +5,7 @@
 //! plain coroutine costs less than a Rust awaitable bridged to asyncio futures, and the shim
 //! keeps the asyncio details (futures, cancellation) where asyncio's own rules apply.
 mod bridge;
+mod events;
 mod scope;
 
 use std::ffi::CString;
@@ -19,9 +20,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use tokio::sync::mpsc;
 
 pub use bridge::Credit;
+pub use events::{EventRx, EventTx};
 pub use scope::{Mount, RequestHead};
 
 use crate::AppSpec;
@@ -141,14 +142,7 @@ enum Cmd {
 
 /// Request id, the app's index on the loop, the request, its way back, its flow control, and
 /// when it was posted.
-type StartCmd = (
-    u64,
-    usize,
-    RequestHead,
-    mpsc::UnboundedSender<Out>,
-    Arc<Credit>,
-    Instant,
-);
+type StartCmd = (u64, usize, RequestHead, EventTx, Arc<Credit>, Instant);
 
 /// What the cell and the loop thread share.
 #[derive(Debug)]
@@ -178,7 +172,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Exchange {
     pub rid: u64,
-    pub events: mpsc::UnboundedReceiver<Out>,
+    pub events: EventRx,
     pub credit: Arc<Credit>,
 }
 
@@ -340,7 +334,7 @@ impl AsgiApp {
     /// Hands a request to the loop; its events come back on the exchange.
     pub fn submit(&self, head: RequestHead) -> Exchange {
         let rid = self.shared.next.fetch_add(1, Relaxed);
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = events::channel();
         let credit = Arc::new(Credit::default());
         self.shared.post(Cmd::Start(Box::new((
             rid,

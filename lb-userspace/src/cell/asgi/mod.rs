@@ -421,7 +421,7 @@ fn respond(
 fn rest_done(ctx: &Rc<CellCtx>, mut rest: StreamTo) {
     // Most apps return right after their last body piece, so their end is often queued
     // already: then there is no one left to tell and nothing to follow.
-    while let Ok(ev) = rest.x.events.try_recv() {
+    while let Some(ev) = rest.x.events.try_recv() {
         if let Out::Finished { error } = ev {
             finished_after_response(&mut rest, error);
             return;
