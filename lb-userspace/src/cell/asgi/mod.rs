@@ -120,7 +120,7 @@ fn admit(ctx: &CellCtx, route: usize) -> Result<&AsgiRoute, StatusCode> {
             .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
-    ctx.wsgi_request();
+    ctx.app_request();
     Ok(a)
 }
 
