@@ -62,6 +62,8 @@ pub struct AsgiConfig {
     pub max_rss: u64,
     /// Recycle a cell after it has run this long.
     pub lifetime: Option<Dur>,
+    /// Peers whose X-Forwarded-* headers are believed (CIDR blocks or addresses).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AsgiConfig {
@@ -82,6 +84,7 @@ impl Default for AsgiConfig {
             max_requests_jitter: 0,
             max_rss: 0,
             lifetime: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -172,6 +175,11 @@ pub(super) fn validate(
             "must be more than 0 (leave it out to disable)".into(),
         );
     }
+    for (j, p) in a.trusted_proxies.iter().enumerate() {
+        if let Err(e) = super::units::parse_cidr(p) {
+            bad(key(&format!("asgi.trusted_proxies[{j}]")), e);
+        }
+    }
     if !(1..=1 << 30).contains(&a.websocket_max_message.0) {
         bad(
             key("asgi.websocket_max_message"),
@@ -189,7 +197,7 @@ mod tests {
         let text = r#"
 [[route]]
 prefix = "/"
-asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s", websocket_idle_timeout = "0s", lifetime = "0s" }
+asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s", websocket_idle_timeout = "0s", lifetime = "0s", trusted_proxies = ["10.0.0.0/99"] }
 [[route]]
 prefix = "/b/"
 asgi = { }
@@ -213,6 +221,7 @@ asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
                 "route[0].asgi.root_path",
                 "route[0].asgi.request_timeout",
                 "route[0].asgi.websocket_idle_timeout",
+                "route[0].asgi.trusted_proxies[0]",
                 "route[0].asgi.lifetime",
                 "route[1].asgi.app",
                 "route.asgi.loop",

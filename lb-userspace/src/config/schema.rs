@@ -389,6 +389,7 @@ impl WsgiConfig {
             max_requests_jitter: self.max_requests_jitter,
             max_rss: self.max_rss,
             lifetime: self.lifetime,
+            trusted_proxies: self.trusted_proxies.clone(),
             ..AsgiConfig::default()
         }
     }

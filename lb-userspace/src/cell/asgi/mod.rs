@@ -60,7 +60,14 @@ pub fn start_apps(
                 LifespanMode::On => Lifespan::On,
                 LifespanMode::Off => Lifespan::Off,
             },
-            mount: Mount::new(&a.root_path, prefix),
+            mount: Mount::new(
+                &a.root_path,
+                prefix,
+                a.trusted_proxies
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect(),
+            ),
             lifespan_timeout: LIFESPAN_TIMEOUT,
             observer: stats.map(|stats| {
                 Arc::new(crate::cell::wsgi::RouteObserver {
