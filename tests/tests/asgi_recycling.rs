@@ -1,7 +1,8 @@
 //! Recycling on ASGI routes (`max_requests`, `lifetime`) and SIGHUP reloads against the real
 //! binary, with a raw ASGI app (fixture in `asgi_cell_app/`) that writes its lifespan events
 //! to a file: the cell is replaced with no failed request, and the old cell's lifespan
-//! shutdown and the new cell's startup both run.
+//! shutdown and the new cell's startup both run; and the lifespan runs in the cells only,
+//! never in the check before them.
 use std::time::{Duration, Instant};
 
 use portico_tests::*;
@@ -11,10 +12,14 @@ const APP: &str = include_str!("asgi_cell_app/cellapp.py");
 
 /// portico with one cell serving the fixture at `/`, with `extra` keys in its asgi table.
 fn serve(site: &Site, extra: &str) -> Portico {
+    serve_cells(site, 1, extra)
+}
+
+fn serve_cells(site: &Site, workers: usize, extra: &str) -> Portico {
     site.file("cellapp.py", APP.as_bytes());
     site.file(
         "portico.toml",
-        format!("[server]\nworkers = 1\n[[route]]\nprefix = \"/\"\nasgi = {{ app = \"cellapp:app\"{extra} }}\n")
+        format!("[server]\nworkers = {workers}\n[[route]]\nprefix = \"/\"\nasgi = {{ app = \"cellapp:app\"{extra} }}\n")
             .as_bytes(),
     );
     Portico::start(&["-c", &site.root("portico.toml")])
@@ -115,5 +120,27 @@ fn asgi_sighup_replaces_cells_through_their_lifespan() {
             format!("shutdown {first}"),
             format!("startup {second}"),
         ],
+    );
+}
+
+#[test]
+fn asgi_lifespan_runs_once_per_cell_and_nowhere_else() {
+    let site = Site::new();
+    let p = serve_cells(&site, 2, "");
+    p.wait_metrics(Duration::from_secs(20), |m| {
+        metric_sum(m, "portico_cell_up{") == 2.0
+    });
+    let mut want: Vec<String> = p
+        .cell_pids()
+        .iter()
+        .map(|pid| format!("startup {pid}"))
+        .collect();
+    want.sort();
+    assert_eq!(want.len(), 2);
+    let mut lines: Vec<String> = lifespan_log(&site).lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(
+        lines, want,
+        "one startup per cell, none in the import check"
     );
 }
