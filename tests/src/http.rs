@@ -201,6 +201,59 @@ impl Conn {
         self.send(raw_request(method, path, headers).as_bytes())?;
         self.read_response(method)
     }
+
+    /// Opens a WebSocket on `path`: a valid handshake plus `headers`; returns the connection
+    /// and the head of the answer, a `101` or not (what follows it stays buffered).
+    pub fn websocket(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<(Conn, String)> {
+        let mut all = vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        all.extend_from_slice(headers);
+        let mut c = Conn::open(addr)?;
+        c.send(raw_request("GET", path, &all).as_bytes())?;
+        let end = loop {
+            if let Some(i) = find(&c.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            c.fill()?;
+        };
+        let head = String::from_utf8_lossy(&c.buf[..end]).into_owned();
+        c.buf.drain(..end);
+        Ok((c, head))
+    }
+
+    /// Reads one unmasked (server) WebSocket frame: its first byte (FIN and opcode) and its
+    /// payload.
+    pub fn read_frame(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+        loop {
+            let b = &self.buf;
+            let header = match b.get(1).map(|l| l & 0x7f) {
+                Some(126) if b.len() >= 4 => Some((u16::from_be_bytes([b[2], b[3]]) as usize, 4)),
+                Some(127) if b.len() >= 10 => Some((
+                    u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
+                    10,
+                )),
+                Some(n) if n < 126 => Some((n as usize, 2)),
+                _ => None,
+            };
+            if let Some((len, at)) = header
+                && b.len() >= at + len
+            {
+                let first = b[0];
+                let payload = b[at..at + len].to_vec();
+                self.buf.drain(..at + len);
+                return Ok((first, payload));
+            }
+            self.fill()?;
+        }
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

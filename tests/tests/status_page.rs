@@ -1,5 +1,6 @@
 //! The admin status page in a real browser (headless Chromium), under load: it loads, redraws
-//! itself every second from /status.json, and a screenshot is kept as a test artifact.
+//! itself every second from /status.json, and a screenshot is kept as a test artifact; and the
+//! open ASGI WebSockets of each cell it lists.
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -115,4 +116,65 @@ fn status_page_renders_and_refreshes_under_load() {
     for t in load {
         t.join().unwrap();
     }
+}
+
+/// The `websockets_active` of cell 0 in /status.json.
+fn websockets_on_status(admin: std::net::SocketAddr) -> u64 {
+    let json = get(admin, "/status.json").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    v["cells"][0]["websockets_active"].as_u64().unwrap()
+}
+
+#[test]
+fn status_counts_open_asgi_websockets() {
+    let site = Site::new();
+    site.file(
+        "cellapp.py",
+        include_str!("asgi_cell_app/cellapp.py").as_bytes(),
+    );
+    site.file(
+        "portico.toml",
+        b"[server]\nworkers = 1\n[[route]]\nprefix = \"/\"\nasgi = { app = \"cellapp:app\" }\n",
+    );
+    let p = Portico::start(&["-c", &site.root("portico.toml")]);
+    let admin = p.admin.unwrap();
+    assert_eq!(websockets_on_status(admin), 0);
+
+    let open: Vec<Conn> = (0..3)
+        .map(|_| {
+            let (mut c, head) = Conn::websocket(p.addr, "/ws", &[]).unwrap();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            // The app's first message: the WebSocket is accepted and running.
+            assert_eq!(c.read_frame().unwrap().0, 0x81);
+            c
+        })
+        .collect();
+    let mut n = 0;
+    assert!(
+        poll_until(Duration::from_secs(5), || {
+            n = websockets_on_status(admin);
+            n == 3
+        }),
+        "/status.json shows {n} open WebSockets, not 3"
+    );
+    if let Some(dom) = chromium(&["--dump-dom"], &format!("http://{admin}/status")) {
+        let html = String::from_utf8_lossy(&dom.stdout);
+        assert!(html.contains("data-websockets=\"3\""), "{html}");
+    } else {
+        skip_part(
+            "status_counts_open_asgi_websockets",
+            "browser part",
+            "chromium not installed (cargo xtask test installs it)",
+        );
+    }
+
+    // The clients go: the cell sees each close, and the count goes back to 0.
+    drop(open);
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            n = websockets_on_status(admin);
+            n == 0
+        }),
+        "/status.json still shows {n} open WebSockets"
+    );
 }

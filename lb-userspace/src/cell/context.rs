@@ -25,9 +25,9 @@ pub struct CellCtx {
     pub control: RefCell<Option<OwnedFd>>,
     /// A recycle was requested (asked once).
     pub recycling: Cell<bool>,
-    /// Requests to WSGI routes, and when the last one came.
-    pub wsgi_served: Cell<u64>,
-    pub last_wsgi: Cell<Instant>,
+    /// Requests to app routes (WSGI and ASGI), and when the last one came.
+    pub app_served: Cell<u64>,
+    pub last_app_request: Cell<Instant>,
     /// `max_requests` plus this cell's jitter (0: never).
     pub max_requests: u64,
     /// `[metrics] enabled`: record per-request histograms.
@@ -63,8 +63,8 @@ impl CellCtx {
             draining: Cell::new(false),
             control: RefCell::new(Some(control)),
             recycling: Cell::new(false),
-            wsgi_served: Cell::new(0),
-            last_wsgi: Cell::new(Instant::now()),
+            app_served: Cell::new(0),
+            last_app_request: Cell::new(Instant::now()),
             max_requests,
             histograms,
             load,
@@ -72,11 +72,11 @@ impl CellCtx {
         }
     }
 
-    /// Counts a WSGI request; asks for recycling at `max_requests`.
-    pub fn wsgi_request(&self) {
-        let n = self.wsgi_served.get() + 1;
-        self.wsgi_served.set(n);
-        self.last_wsgi.set(Instant::now());
+    /// Counts a request to an app route (WSGI or ASGI); asks for recycling at `max_requests`.
+    pub fn app_request(&self) {
+        let n = self.app_served.get() + 1;
+        self.app_served.set(n);
+        self.last_app_request.set(Instant::now());
         if self.max_requests > 0 && n >= self.max_requests {
             self.recycle(Recycle::MaxRequests);
         }

@@ -137,9 +137,9 @@ pub fn run() -> anyhow::Result<()> {
     )
 }
 
-/// `portico app-check`: imports every WSGI and ASGI app once (and runs the ASGI apps' lifespan
-/// startup and shutdown), in this throw-away process, so a broken app stops `portico serve`
-/// with its traceback before anything is bound. `detect`: print `asgi` or `wsgi` for the
+/// `portico app-check`: imports every WSGI and ASGI app once, in this throw-away process, so a
+/// broken app stops `portico serve` with its traceback before anything is bound. The ASGI
+/// lifespan runs in the cells only. `detect`: print `asgi` or `wsgi` for the
 /// WSGI route at `/` instead (`--interface auto`).
 pub fn app_check(detect: bool) -> i32 {
     let cfg: Config = match std::env::var(env::CONFIG)
@@ -164,13 +164,7 @@ pub fn app_check(detect: bool) -> i32 {
             }
         };
     }
-    let checked = wsgi::start_pools(&cfg, 1, None)
-        .and_then(|_| asgi::start_apps(&cfg, None))
-        .map(|apps| {
-            for a in apps.iter().flatten() {
-                a.app.shutdown();
-            }
-        });
+    let checked = wsgi::start_pools(&cfg, 1, None).and_then(|_| asgi::import_apps(&cfg));
     match checked {
         Ok(()) => 0,
         Err(e) => {

@@ -1,21 +1,28 @@
 //! The recycling limits a cell watches itself (`max_requests` with jitter, `max_rss`,
-//! `lifetime`, `inactivity_timeout`, changed sources), and the WSGI gauges it publishes.
+//! `lifetime`, `inactivity_timeout`, changed sources) for its WSGI and ASGI routes alike, and
+//! the WSGI gauges it publishes.
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cell::context::CellCtx;
-use crate::config::Config;
+use crate::config::{Config, Recycling};
 use crate::proto::Recycle;
+
+/// The recycling limits of every app route (WSGI and ASGI) of the configuration.
+fn limits(cfg: &Config) -> Vec<Recycling> {
+    cfg.routes
+        .iter()
+        .filter_map(crate::config::RouteConfig::recycling)
+        .collect()
+}
 
 /// This cell's `max_requests`: the configured value plus up to `max_requests_jitter`, chosen
 /// per process so cells do not all recycle at once.
 pub fn max_requests(cfg: &Config) -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    let Some(w) = cfg
-        .routes
-        .iter()
-        .filter_map(|r| r.wsgi.as_ref())
+    let Some(w) = limits(cfg)
+        .into_iter()
         .filter(|w| w.max_requests > 0)
         .min_by_key(|w| w.max_requests)
     else {
@@ -70,22 +77,27 @@ pub async fn publish_wsgi_gauges(ctx: Rc<CellCtx>) {
 
 /// Once a second: the recycling limits that are not per request.
 pub async fn watch(ctx: Rc<CellCtx>, cfg: Config) {
-    let wsgi: Vec<_> = cfg.routes.iter().filter_map(|r| r.wsgi.as_ref()).collect();
-    if wsgi.is_empty() {
+    let apps = limits(&cfg);
+    if apps.is_empty() {
         return;
     }
-    let min_of = |f: &dyn Fn(&crate::config::WsgiConfig) -> Option<Duration>| {
-        wsgi.iter().filter_map(|w| f(w)).min()
-    };
-    let lifetime = min_of(&|w| w.lifetime.map(|d| d.0));
-    let inactivity = min_of(&|w| w.inactivity_timeout.map(|d| d.0));
-    let max_rss = wsgi
+    let lifetime = apps.iter().filter_map(|w| w.lifetime).map(|d| d.0).min();
+    let inactivity = apps
+        .iter()
+        .filter_map(|w| w.inactivity_timeout)
+        .map(|d| d.0)
+        .min();
+    let max_rss = apps
         .iter()
         .map(|w| w.max_rss)
         .filter(|m| *m > 0)
         .min()
         .map(|m| m << 20);
-    let sources: Vec<PathBuf> = if wsgi.iter().any(|w| w.reload) {
+    let reload = cfg
+        .routes
+        .iter()
+        .any(|r| r.wsgi.as_ref().is_some_and(|w| w.reload));
+    let sources: Vec<PathBuf> = if reload {
         ctx.router
             .wsgi_routes()
             .flat_map(|w| w.pool.sources().iter().cloned())
@@ -103,7 +115,7 @@ pub async fn watch(ctx: Rc<CellCtx>, cfg: Config) {
         }
         if lifetime.is_some_and(|l| born.elapsed() >= l) {
             ctx.recycle(Recycle::Lifetime);
-        } else if inactivity.is_some_and(|i| ctx.last_wsgi.get().elapsed() >= i) {
+        } else if inactivity.is_some_and(|i| ctx.last_app_request.get().elapsed() >= i) {
             ctx.recycle(Recycle::Inactivity);
         } else if let Some(limit) = max_rss
             && rss_bytes().is_some_and(|r| r > limit)

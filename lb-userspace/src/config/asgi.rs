@@ -54,6 +54,16 @@ pub struct AsgiConfig {
     pub websocket_max_message: Size,
     /// A WebSocket with no message either way for this long closes with 1001 (None: never).
     pub websocket_idle_timeout: Option<Dur>,
+    /// Recycle a cell after this many requests to its apps (0: never), as for WSGI.
+    pub max_requests: u64,
+    /// Up to this many more, chosen per cell, so cells do not recycle together.
+    pub max_requests_jitter: u64,
+    /// Recycle a cell whose resident memory exceeds this many MiB (0: never).
+    pub max_rss: u64,
+    /// Recycle a cell after it has run this long.
+    pub lifetime: Option<Dur>,
+    /// Peers whose X-Forwarded-* headers are believed (CIDR blocks or addresses).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AsgiConfig {
@@ -70,6 +80,11 @@ impl Default for AsgiConfig {
             request_timeout: Dur(Duration::from_secs(30)),
             websocket_max_message: Size(16 << 20),
             websocket_idle_timeout: None,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss: 0,
+            lifetime: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -160,10 +175,67 @@ pub(super) fn validate(
             "must be more than 0 (leave it out to disable)".into(),
         );
     }
+    for (j, p) in a.trusted_proxies.iter().enumerate() {
+        if let Err(e) = super::units::parse_cidr(p) {
+            bad(key(&format!("asgi.trusted_proxies[{j}]")), e);
+        }
+    }
     if !(1..=1 << 30).contains(&a.websocket_max_message.0) {
         bad(
             key("asgi.websocket_max_message"),
             format!("{} is out of range (1..=1G)", a.websocket_max_message.0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn asgi_routes_are_validated() {
+        let text = r#"
+[[route]]
+prefix = "/"
+asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s", websocket_idle_timeout = "0s", lifetime = "0s", trusted_proxies = ["10.0.0.0/99"] }
+[[route]]
+prefix = "/b/"
+asgi = { }
+[[route]]
+prefix = "/c/"
+asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
+"#;
+        let mut cfg = Config::parse(text, "t.toml").unwrap();
+        let keys: Vec<String> = cfg
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "route[0].asgi.app",
+                "route[0].asgi.max_concurrency",
+                "route[0].asgi.root_path",
+                "route[0].asgi.request_timeout",
+                "route[0].asgi.websocket_idle_timeout",
+                "route[0].asgi.trusted_proxies[0]",
+                "route[0].asgi.lifetime",
+                "route[1].asgi.app",
+                "route.asgi.loop",
+            ]
+        );
+        let c = cfg.routes[2].asgi.as_ref().unwrap();
+        assert_eq!(c.lifespan, crate::config::LifespanMode::On);
+        assert_eq!(c.event_loop, crate::config::EventLoop::Uvloop);
+        assert_eq!(c.max_concurrency, 1000);
+        assert_eq!(c.websocket_idle_timeout, None, "off unless set");
+        assert_eq!(
+            (c.max_requests, c.max_rss, c.lifetime),
+            (0, 0, None),
+            "as WSGI's"
         );
     }
 }

@@ -21,7 +21,7 @@ pub use error::ConfigErrors;
 pub use overrides::{Interface, Overrides};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};
 pub use schema::{
-    Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, RouteConfig, StaticConfig,
+    Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, Recycling, RouteConfig, StaticConfig,
     SteeringPolicy, WsgiConfig, XdpConfig, XdpMode,
 };
 pub use units::ListenAddr;

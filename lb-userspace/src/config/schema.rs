@@ -385,6 +385,11 @@ impl WsgiConfig {
             python_path: self.python_path.clone(),
             venv: self.venv.clone(),
             request_timeout: self.request_timeout,
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter,
+            max_rss: self.max_rss,
+            lifetime: self.lifetime,
+            trusted_proxies: self.trusted_proxies.clone(),
             ..AsgiConfig::default()
         }
     }
@@ -422,6 +427,41 @@ pub struct RouteConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub proxy: Option<ProxyConfig>,
+}
+
+/// The recycling limits of an app route, WSGI or ASGI: what a cell watches itself for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recycling {
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// MiB (0: never).
+    pub max_rss: u64,
+    pub lifetime: Option<Dur>,
+    /// WSGI only.
+    pub inactivity_timeout: Option<Dur>,
+}
+
+impl RouteConfig {
+    /// The route's recycling limits; None for a route that runs no app.
+    pub fn recycling(&self) -> Option<Recycling> {
+        if let Some(w) = &self.wsgi {
+            return Some(Recycling {
+                max_requests: w.max_requests,
+                max_requests_jitter: w.max_requests_jitter,
+                max_rss: w.max_rss,
+                lifetime: w.lifetime,
+                inactivity_timeout: w.inactivity_timeout,
+            });
+        }
+        let a = self.asgi.as_ref()?;
+        Some(Recycling {
+            max_requests: a.max_requests,
+            max_requests_jitter: a.max_requests_jitter,
+            max_rss: a.max_rss,
+            lifetime: a.lifetime,
+            inactivity_timeout: None,
+        })
+    }
 }
 
 /// The whole configuration.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::proxy::validate::{validate_proxy, validate_upstreams};
-use super::schema::{Config, EbpfConfig, EbpfMode, Workers, WsgiConfig};
+use super::schema::{Config, EbpfConfig, EbpfMode, Recycling, Workers, WsgiConfig};
 use super::units::parse_cidr;
 
 impl Config {
@@ -176,6 +176,10 @@ impl Config {
                 super::asgi::validate(a, &base, &key, &mut bad);
                 loops.insert(a.event_loop as u8);
             }
+            if let Some(limits) = r.recycling() {
+                let kind = if r.wsgi.is_some() { "wsgi" } else { "asgi" };
+                validate_recycling(&limits, kind, &key, &mut bad);
+            }
             match &mut r.static_files {
                 None if r.wsgi.is_none() && r.asgi.is_none() && r.proxy.is_none() => bad(
                     format!("route[{i}]"),
@@ -296,6 +300,26 @@ fn validate_ebpf(e: &EbpfConfig, bad: &mut dyn FnMut(String, String)) {
     }
 }
 
+/// The recycling limits of an app route (`kind`: `wsgi` or `asgi`), the same checks for both.
+fn validate_recycling(
+    r: &Recycling,
+    kind: &str,
+    key: &dyn Fn(&str) -> String,
+    bad: &mut dyn FnMut(String, String),
+) {
+    for (name, d) in [
+        ("lifetime", r.lifetime),
+        ("inactivity_timeout", r.inactivity_timeout),
+    ] {
+        if d.is_some_and(|d| d.0.is_zero()) {
+            bad(
+                key(&format!("{kind}.{name}")),
+                "must be more than 0 (leave it out to disable)".into(),
+            );
+        }
+    }
+}
+
 /// Checks one WSGI route and makes its paths absolute.
 fn validate_wsgi(
     w: &mut WsgiConfig,
@@ -400,17 +424,6 @@ fn validate_wsgi(
     ] {
         if d.0.is_zero() {
             bad(key(&format!("wsgi.{name}")), "must be more than 0".into());
-        }
-    }
-    for (name, d) in [
-        ("lifetime", w.lifetime),
-        ("inactivity_timeout", w.inactivity_timeout),
-    ] {
-        if d.is_some_and(|d| d.0.is_zero()) {
-            bad(
-                key(&format!("wsgi.{name}")),
-                "must be more than 0 (leave it out to disable)".into(),
-            );
         }
     }
     for (j, p) in w.trusted_proxies.iter().enumerate() {
@@ -539,45 +552,5 @@ wsgi = { }
         ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }
-    }
-
-    #[test]
-    fn asgi_routes_are_validated() {
-        let text = r#"
-[[route]]
-prefix = "/"
-asgi = { app = "site/app.py", max_concurrency = 0, root_path = "api/", request_timeout = "0s", websocket_idle_timeout = "0s" }
-[[route]]
-prefix = "/b/"
-asgi = { }
-[[route]]
-prefix = "/c/"
-asgi = { app = "mysite.asgi:application", lifespan = "on", loop = "uvloop" }
-"#;
-        let mut cfg = Config::parse(text, "t.toml").unwrap();
-        let keys: Vec<String> = cfg
-            .validate()
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                "route[0].asgi.app",
-                "route[0].asgi.max_concurrency",
-                "route[0].asgi.root_path",
-                "route[0].asgi.request_timeout",
-                "route[0].asgi.websocket_idle_timeout",
-                "route[1].asgi.app",
-                "route.asgi.loop",
-            ]
-        );
-        let c = cfg.routes[2].asgi.as_ref().unwrap();
-        assert_eq!(c.lifespan, crate::config::LifespanMode::On);
-        assert_eq!(c.event_loop, crate::config::EventLoop::Uvloop);
-        assert_eq!(c.max_concurrency, 1000);
-        assert_eq!(c.websocket_idle_timeout, None, "off unless set");
     }
 }

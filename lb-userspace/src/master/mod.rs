@@ -45,9 +45,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     if cfg.has_python() {
         tracing::info!("importing the Python application(s) once before starting cells");
         if !check_apps(&cfg)? {
-            tracing::error!(
-                "the application failed to import or start (error above); not starting"
-            );
+            tracing::error!("the application failed to import (error above); not starting");
             return Ok(EXIT_APP);
         }
     }
@@ -94,16 +92,6 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             tracing::info!("admin on http://{}", l.local_addr()?);
             tokio::task::spawn_local(admin::serve(l, state.clone()));
         }
-        for l in &listeners {
-            match l {
-                ListenerSet::Tcp { addr, .. } => {
-                    tracing::info!("listening on http://{addr} ({cells} cells)");
-                }
-                ListenerSet::Unix { path, .. } => {
-                    tracing::info!("listening on unix:{} ({cells} cells)", path.display());
-                }
-            }
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         let cfg_json = serde_json::to_string(&cfg)?;
         let mut master = Master {
@@ -116,6 +104,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             state,
             sup,
             events: tx,
+            app_failed: false,
         };
         // A cell that cannot even be started at startup stops `serve`.
         for action in master.sup.start() {
@@ -140,6 +129,8 @@ struct Master {
     state: Rc<MasterState>,
     sup: Supervisor,
     events: mpsc::UnboundedSender<Event>,
+    /// A cell's app failed to start before serving began (`Action::AppFailed`).
+    app_failed: bool,
 }
 
 impl Master {
@@ -202,11 +193,15 @@ impl Master {
         let pid = child.id().context("cell pid")?;
         let tx = self.events.clone();
         tokio::task::spawn_local(async move {
-            let how = match child.wait().await {
-                Ok(st) => describe(st),
-                Err(e) => e.to_string(),
+            let (how, app_failed) = match child.wait().await {
+                Ok(st) => (describe(st), st.code() == Some(EXIT_APP)),
+                Err(e) => (e.to_string(), false),
             };
-            let _ = tx.send(Event::Exited { pid, how });
+            let _ = tx.send(Event::Exited {
+                pid,
+                how,
+                app_failed,
+            });
         });
         let tx = self.events.clone();
         tokio::task::spawn_local(async move {
@@ -240,6 +235,11 @@ impl Master {
                 Some(ev) = rx.recv() => {
                     let actions = self.sup.handle(ev, Instant::now());
                     self.apply(actions);
+                    if self.app_failed {
+                        tracing::error!("the application failed to start (error above); not serving");
+                        self.shutdown(&mut rx, false).await?;
+                        return Ok(EXIT_APP);
+                    }
                 }
                 _ = hup.recv() => self.reload(),
                 _ = term.recv() => return self.shutdown(&mut rx, false).await,
@@ -285,6 +285,8 @@ impl Master {
                     .metrics
                     .cell(worker)
                     .set(cell_counter::PID, u64::from(pid)),
+                Action::Serving => self.log_listening(),
+                Action::AppFailed => self.app_failed = true,
                 Action::Restarted { worker, why } => {
                     let counter = match why {
                         Restart::Crash => cell_counter::RESTARTS_CRASH,
@@ -292,6 +294,22 @@ impl Master {
                         Restart::Recycle(r) => cell_counter::RESTARTS_RECYCLE + r.index(),
                     };
                     self.state.metrics.cell(worker).add(counter, 1);
+                }
+            }
+        }
+    }
+
+    /// Says where `serve` listens, once every cell is ready (a cell whose app fails to start
+    /// before that stops `serve`, and nothing was served).
+    fn log_listening(&self) {
+        let cells = self.state.cells();
+        for l in &self.listeners {
+            match l {
+                ListenerSet::Tcp { addr, .. } => {
+                    tracing::info!("listening on http://{addr} ({cells} cells)");
+                }
+                ListenerSet::Unix { path, .. } => {
+                    tracing::info!("listening on unix:{} ({cells} cells)", path.display());
                 }
             }
         }

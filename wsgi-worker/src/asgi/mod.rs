@@ -239,6 +239,13 @@ pub fn detect(spec: &AppSpec, paths: &LoadPaths<'_>) -> Result<bool, AppError> {
     })
 }
 
+/// Imports the app named by `spec` and nothing more: no event loop, no lifespan, whose
+/// startup side effects (pools, files) belong in the cells only (the pre-start check).
+pub fn import(spec: &AppSpec, paths: &LoadPaths<'_>) -> Result<(), AppError> {
+    python::init();
+    Python::attach(|py| python::load_app(py, spec, paths).map(drop))
+}
+
 impl AsgiApp {
     /// Imports the apps (in the calling thread), starts the cell's one loop thread for all of
     /// them and runs their lifespan startups; returns once every app is ready for requests.

@@ -7,7 +7,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::environ::ConnInfo;
+use crate::environ::{self, Cidr, ConnInfo};
 
 /// What the cell knows of a request when it hands it to the loop.
 #[derive(Debug)]
@@ -21,19 +21,22 @@ pub struct RequestHead {
     pub websocket: bool,
 }
 
-/// `root_path` of the scope: the route's mount point (no trailing slash) after the configured
-/// `root_path` (a prefix a proxy in front strips); `proxy_root` is that configured part.
+/// Where a route sits behind the proxies in front: `root_path` of the scope is the route's
+/// mount point (no trailing slash) after the configured `root_path` (a prefix a proxy in front
+/// strips, `proxy_root`); `trusted_proxies` are the peers whose X-Forwarded-* are believed.
 #[derive(Debug, Clone)]
 pub struct Mount {
     pub proxy_root: String,
     pub root_path: String,
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Mount {
-    pub fn new(proxy_root: &str, prefix: &str) -> Self {
+    pub fn new(proxy_root: &str, prefix: &str, trusted_proxies: Vec<Cidr>) -> Self {
         Mount {
             proxy_root: proxy_root.to_string(),
             root_path: format!("{proxy_root}{}", prefix.trim_end_matches('/')),
+            trusted_proxies,
         }
     }
 }
@@ -67,24 +70,35 @@ fn method<'py>(py: Python<'py>, m: &Method) -> Bound<'py, PyString> {
     s.clone()
 }
 
-/// The scope dict; `state` is added by the loop (a copy of the lifespan state). Keys and fixed
-/// values are interned: they are hashed once, not once per request.
+/// `a` then `b` as one Python str, without a Rust string in between when `a` is empty.
+fn joined<'py>(py: Python<'py>, a: &str, b: &str) -> Bound<'py, PyString> {
+    if a.is_empty() {
+        PyString::new(py, b)
+    } else {
+        PyString::new(py, &format!("{a}{b}"))
+    }
+}
+
+/// The scope dict; `state` is added by the loop (a copy of the lifespan state). From a trusted
+/// proxy, X-Forwarded-For/-Proto/-Host/-Prefix set `client`, `scheme`, the `host` header and a
+/// prefix of `root_path` and `path`, as for WSGI (and as uvicorn's `--forwarded-allow-ips`).
+/// Keys and fixed values are interned: hashed once, not once per request.
 pub fn build<'py>(
     py: Python<'py>,
     head: &RequestHead,
     mount: &Mount,
     asgi: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let fwd = environ::forwarded(&head.headers, &head.conn, &mount.trusted_proxies);
+    let https = fwd.scheme == Some("https");
     let d = PyDict::new(py);
     let ws = head.websocket;
-    d.set_item(
-        intern!(py, "type"),
-        if ws {
-            intern!(py, "websocket")
-        } else {
-            intern!(py, "http")
-        },
-    )?;
+    let kind = if ws {
+        intern!(py, "websocket")
+    } else {
+        intern!(py, "http")
+    };
+    d.set_item(intern!(py, "type"), kind)?;
     d.set_item(intern!(py, "asgi"), asgi.copy()?)?;
     let version = match head.version {
         Version::HTTP_10 => intern!(py, "1.0"),
@@ -92,66 +106,69 @@ pub fn build<'py>(
         _ => intern!(py, "1.1"),
     };
     d.set_item(intern!(py, "http_version"), version)?;
+    let scheme = match (ws, https) {
+        (true, true) => intern!(py, "wss"),
+        (true, false) => intern!(py, "ws"),
+        (false, true) => intern!(py, "https"),
+        (false, false) => intern!(py, "http"),
+    };
+    d.set_item(intern!(py, "scheme"), scheme)?;
     if ws {
-        d.set_item(intern!(py, "scheme"), intern!(py, "ws"))?;
-        d.set_item(
-            intern!(py, "subprotocols"),
-            subprotocols(py, &head.headers)?,
-        )?;
+        let offered = subprotocols(py, &head.headers)?;
+        d.set_item(intern!(py, "subprotocols"), offered)?;
     } else {
         d.set_item(intern!(py, "method"), method(py, &head.method))?;
-        d.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
     }
+    let prefix = fwd.prefix.as_deref().unwrap_or("");
     let raw = head.uri.path();
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    if mount.proxy_root.is_empty() {
-        d.set_item(intern!(py, "path"), PyString::new(py, &decoded))?;
-    } else {
-        d.set_item(
-            intern!(py, "path"),
-            format!("{}{decoded}", mount.proxy_root),
-        )?;
-    }
-    let raw_path = if mount.proxy_root.is_empty() {
+    let before = format!("{prefix}{}", mount.proxy_root);
+    d.set_item(intern!(py, "path"), joined(py, &before, &decoded))?;
+    let raw_path = if before.is_empty() {
         PyBytes::new(py, raw.as_bytes())
     } else {
-        let mut v = Vec::with_capacity(mount.proxy_root.len() + raw.len());
-        v.extend_from_slice(mount.proxy_root.as_bytes());
-        v.extend_from_slice(raw.as_bytes());
-        PyBytes::new(py, &v)
+        PyBytes::new(py, format!("{before}{raw}").as_bytes())
     };
     d.set_item(intern!(py, "raw_path"), raw_path)?;
+    let query = PyBytes::new(py, head.uri.query().unwrap_or("").as_bytes());
+    d.set_item(intern!(py, "query_string"), query)?;
     d.set_item(
-        intern!(py, "query_string"),
-        PyBytes::new(py, head.uri.query().unwrap_or("").as_bytes()),
+        intern!(py, "root_path"),
+        joined(py, prefix, &mount.root_path),
     )?;
-    d.set_item(intern!(py, "root_path"), mount.root_path.as_str())?;
     let headers = PyList::empty(py);
     for (name, value) in &head.headers {
         // HeaderName is already lowercase.
+        let value = match &fwd.host {
+            Some(h) if name == http::header::HOST => h.as_bytes(),
+            _ => value.as_bytes(),
+        };
         headers.append(PyTuple::new(
             py,
             [
                 PyBytes::new(py, name.as_str().as_bytes()),
-                PyBytes::new(py, value.as_bytes()),
+                PyBytes::new(py, value),
             ],
         )?)?;
     }
     d.set_item(intern!(py, "headers"), headers)?;
     let c = &head.conn;
-    d.set_item(
-        intern!(py, "client"),
-        (c.remote_addr.as_str(), c.remote_port),
-    )?;
+    let client = intern!(py, "client");
+    match &fwd.remote_addr {
+        // The forwarded client's port is not known (uvicorn says 0 too).
+        Some(ip) => d.set_item(client, (ip.as_str(), 0))?,
+        None => d.set_item(client, (c.remote_addr.as_str(), c.remote_port))?,
+    }
     d.set_item(intern!(py, "server"), (c.local_addr.as_str(), c.local_port))?;
     // The extensions the cell implements: a refusal with a response of the app's own, and
     // trailer fields after a response body.
     let extensions = PyDict::new(py);
-    if head.websocket {
-        extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    let ext = if ws {
+        intern!(py, "websocket.http.response")
     } else {
-        extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
-    }
+        intern!(py, "http.response.trailers")
+    };
+    extensions.set_item(ext, PyDict::new(py))?;
     d.set_item(intern!(py, "extensions"), extensions)?;
     Ok(d)
 }

@@ -31,9 +31,25 @@ use crate::metrics::CellStats;
 /// Longest wait for the app's lifespan startup (and shutdown) to answer.
 const LIFESPAN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Imports every ASGI route's app and nothing more (`portico app-check`): the lifespan
+/// startup runs in the cells only, and a failure there stops `portico serve` (the supervisor).
+pub fn import_apps(cfg: &Config) -> Result<(), AppError> {
+    for a in cfg.routes.iter().filter_map(|r| r.asgi.as_ref()) {
+        wsgi_worker::asgi::import(
+            &a.spec().expect("validated"),
+            &wsgi_worker::LoadPaths {
+                base_dir: a.chdir.as_deref().unwrap_or(std::path::Path::new(".")),
+                python_path: &a.python_path,
+                venv: a.venv.as_deref(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Imports every ASGI route's app, starts the cell's event loop thread for them and runs
 /// their lifespan startups; index-aligned with `cfg.routes`. `stats`: the cell's metrics (None
-/// in the import check).
+/// with `[metrics] enabled = false`).
 pub fn start_apps(
     cfg: &Config,
     stats: Option<CellStats<'static>>,
@@ -60,7 +76,14 @@ pub fn start_apps(
                 LifespanMode::On => Lifespan::On,
                 LifespanMode::Off => Lifespan::Off,
             },
-            mount: Mount::new(&a.root_path, prefix),
+            mount: Mount::new(
+                &a.root_path,
+                prefix,
+                a.trusted_proxies
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect(),
+            ),
             lifespan_timeout: LIFESPAN_TIMEOUT,
             observer: stats.map(|stats| {
                 Arc::new(crate::cell::wsgi::RouteObserver {
@@ -120,7 +143,7 @@ fn admit(ctx: &CellCtx, route: usize) -> Result<&AsgiRoute, StatusCode> {
             .add(crate::metrics::cell_counter::WSGI_QUEUE_FULL, 1);
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
-    ctx.wsgi_request();
+    ctx.app_request();
     Ok(a)
 }
 

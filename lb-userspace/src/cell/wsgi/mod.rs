@@ -158,7 +158,7 @@ pub async fn call(
         enqueued: std::time::Instant::now(),
         id: 0,
     };
-    ctx.wsgi_request();
+    ctx.app_request();
     // Counted in the cell's steering load until the response head is ready (or fails).
     let _in_flight = ctx.load.as_ref().map(|l| InFlight(l, l.wsgi_started()));
     let id = match w.pool.submit(job) {

@@ -111,6 +111,8 @@ pub struct CellStatus {
     /// Requests per second, one value per second of the window (oldest first).
     pub rps_history: Vec<f64>,
     pub connections_active: u64,
+    /// ASGI WebSockets open now (`portico_websocket_connections_active`).
+    pub websockets_active: u64,
     pub wsgi_queue_depth: u64,
     pub wsgi_threads_busy: u64,
     pub wsgi_threads: u64,
@@ -196,6 +198,7 @@ pub fn status(shared: &MasterState, history: &History) -> Status {
                 rps,
                 rps_history,
                 connections_active: c.get(cell_counter::CONNECTIONS_ACTIVE),
+                websockets_active: c.get(cell_counter::WEBSOCKETS_ACTIVE),
                 wsgi_queue_depth: c.get(cell_counter::WSGI_QUEUE_DEPTH),
                 wsgi_threads_busy: c.get(cell_counter::WSGI_THREADS_BUSY),
                 wsgi_threads: c.get(cell_counter::WSGI_THREADS),

@@ -18,8 +18,13 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub enum Event {
     /// A cell wrote its readiness byte: it accepts connections.
     Ready { pid: u32 },
-    /// A cell process ended (`how`: its exit status, for the log).
-    Exited { pid: u32, how: String },
+    /// A cell process ended (`how`: its exit status, for the log; `app_failed`: it exited with
+    /// `EXIT_APP`, its app failed to import or start).
+    Exited {
+        pid: u32,
+        how: String,
+        app_failed: bool,
+    },
     /// A cell asks to be replaced (recycling limits, stuck thread, changed sources).
     RecycleRequested { pid: u32, why: Recycle },
     /// A respawn delay chosen earlier has passed.
@@ -61,6 +66,11 @@ pub enum Action {
     Pid { worker: usize, pid: u32 },
     /// Count a restart of this worker.
     Restarted { worker: usize, why: Restart },
+    /// Every worker has had a ready cell for the first time: `serve` is serving.
+    Serving,
+    /// A cell's app failed to start before `serve` was serving (a `lifespan.startup.failed`):
+    /// stop every cell and exit with `EXIT_APP`, as an import error does.
+    AppFailed,
 }
 
 /// A replacement in progress for one worker: the old cell serves until the new one is ready.
@@ -125,6 +135,8 @@ pub struct Supervisor {
     next_gen: u64,
     /// Steering programs are attached (listeners can be rebound after a crash).
     steering: bool,
+    /// Every worker has had a ready cell once (`Action::Serving` was given).
+    serving: bool,
 }
 
 impl Supervisor {
@@ -136,6 +148,7 @@ impl Supervisor {
             reload: None,
             next_gen: 0,
             steering,
+            serving: false,
         }
     }
 
@@ -215,7 +228,17 @@ impl Supervisor {
         match ev {
             Event::Ready { pid } => self.ready(pid),
             Event::RecycleRequested { pid, why } => self.recycle_requested(pid, why),
-            Event::Exited { pid, how } => self.exited(pid, &how, now),
+            Event::Exited {
+                pid,
+                how,
+                app_failed,
+            } => {
+                if app_failed && !self.serving && self.children.remove(&pid).is_some() {
+                    tracing::error!(pid, "a cell could not start the application ({how})");
+                    return vec![Action::AppFailed];
+                }
+                self.exited(pid, &how, now)
+            }
             Event::RespawnDue { worker, generation } => {
                 let due = self
                     .workers
@@ -272,6 +295,10 @@ impl Supervisor {
         // The next cell of a reload (this one, if its turn came while it was starting).
         if self.reload.as_ref().is_some_and(|r| r.current.is_none()) {
             out.extend(self.reload_step());
+        }
+        if !self.serving && self.workers.iter().all(|w| w.ready) {
+            self.serving = true;
+            out.push(Action::Serving);
         }
         out
     }

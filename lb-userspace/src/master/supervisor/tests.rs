@@ -11,6 +11,7 @@ fn exit(s: &mut Supervisor, pid: u32, now: Instant) -> Vec<Action> {
         Event::Exited {
             pid,
             how: String::new(),
+            app_failed: false,
         },
         now,
     )
@@ -50,7 +51,8 @@ fn ready_marks_up_and_steers() {
             Action::Steer {
                 worker: 0,
                 live: true
-            }
+            },
+            Action::Serving
         ]
     );
     assert_eq!(s.cpu(0), 3);
@@ -65,6 +67,7 @@ fn crash_backs_off_doubling_and_resets_after_a_stable_run() {
         Event::Exited {
             pid: 100,
             how: "killed by signal 9".into(),
+            app_failed: false,
         },
         now + Duration::from_secs(1),
     );
@@ -107,6 +110,7 @@ fn crash_backs_off_doubling_and_resets_after_a_stable_run() {
         Event::Exited {
             pid: 102,
             how: "exit code 1".into(),
+            app_failed: false,
         },
         now + Duration::from_millis(10),
     );
@@ -122,6 +126,7 @@ fn crash_backs_off_doubling_and_resets_after_a_stable_run() {
             Event::Exited {
                 pid,
                 how: String::new(),
+                app_failed: false,
             },
             now,
         );
@@ -241,6 +246,8 @@ fn a_replacement_that_dies_leaves_the_old_cell_serving() {
         Event::Exited {
             pid: 120,
             how: "exit code 3".into(),
+            // Once serving, an app that fails in a replacement is not fatal.
+            app_failed: true,
         },
         now,
     );
@@ -442,4 +449,57 @@ fn a_reload_for_changed_sources_counts_as_source_change() {
         worker: 0,
         why: Restart::Recycle(Recycle::SourceChange)
     }));
+}
+
+#[test]
+fn serving_once_every_worker_had_a_ready_cell() {
+    let now = t0();
+    let mut s = Supervisor::new(&[0, 1], false, now);
+    s.spawned(0, 100, now);
+    s.spawned(1, 101, now);
+    assert!(
+        !s.handle(Event::Ready { pid: 100 }, now)
+            .contains(&Action::Serving)
+    );
+    assert!(
+        s.handle(Event::Ready { pid: 101 }, now)
+            .contains(&Action::Serving)
+    );
+    // Only the first time: a respawned cell's readiness is not news.
+    exit(&mut s, 100, now);
+    s.spawned(0, 102, now);
+    assert!(
+        !s.handle(Event::Ready { pid: 102 }, now)
+            .contains(&Action::Serving)
+    );
+}
+
+#[test]
+fn an_app_that_fails_before_serving_stops_serve() {
+    let now = t0();
+    let mut s = Supervisor::new(&[0, 1], false, now);
+    s.spawned(0, 100, now);
+    s.spawned(1, 101, now);
+    s.handle(Event::Ready { pid: 100 }, now);
+    // A crash that is not the app's is respawned as ever...
+    let acts = exit(&mut s, 101, now);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::RespawnAfter { worker: 1, .. }))
+    );
+    // ...but a cell whose app fails to start (lifespan.startup.failed) stops everything.
+    s.spawned(1, 102, now);
+    let fail = |pid| Event::Exited {
+        pid,
+        how: "exit code 3".into(),
+        app_failed: true,
+    };
+    assert_eq!(s.handle(fail(102), now), vec![Action::AppFailed]);
+    assert_eq!(
+        s.children().collect::<Vec<_>>(),
+        [100],
+        "shutdown waits for the others only"
+    );
+    // An exit the supervisor does not know (already forgotten) decides nothing.
+    assert!(s.handle(fail(999), now).is_empty());
 }
