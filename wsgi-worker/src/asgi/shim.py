@@ -2,7 +2,7 @@
 # app of the cell (`_state.apps`, indexed like the Rust side's list). The cell posts
 # commands to a Rust queue and wakes the loop through a socket it watches; `receive` and
 # `send` are plain coroutines over per-request state, and `send` hands events to Rust at once.
-import asyncio, collections, socket, traceback
+import asyncio, socket, traceback
 
 ASGI = {"version": "3.0", "spec_version": "2.4"}
 
@@ -16,7 +16,8 @@ class Request:
 
     def __init__(self, sink):
         self.sink = sink
-        self.queue = collections.deque()
+        # A list, not a deque: most requests never queue anything, and an empty list is cheap.
+        self.queue = []
         self.waiter = None
         self.resume = None
         self.gone = False
@@ -24,7 +25,7 @@ class Request:
 
     async def receive(self):
         if self.queue:
-            return self.queue.popleft()
+            return self.queue.pop(0)
         if self.gone:
             return {"type": "http.disconnect"}
         self.sink.want()
@@ -77,7 +78,7 @@ class WebSocket(Request):
 
     async def receive(self):
         if self.queue:
-            event = self.queue.popleft()
+            event = self.queue.pop(0)
         elif self.gone:
             return {"type": "websocket.disconnect", "code": 1006}
         else:
@@ -97,6 +98,10 @@ class WebSocket(Request):
         self.gone = True
         self.feed({"type": "websocket.disconnect", "code": code})
         self.wake()
+
+
+_Task = asyncio.Task
+_NAME = "portico-asgi-request"
 
 
 class _State:
@@ -139,7 +144,8 @@ def _on_wake():
             scope["state"] = dict(_state.lifespan_states[i])
             req = (WebSocket if scope["type"] == "websocket" else Request)(sink)
             requests[rid] = req
-            req.task = _state.loop.create_task(_run(_state.apps[i], rid, scope, req))
+            # A named Task: an unnamed one formats "Task-N" for every request.
+            req.task = _Task(_run(_state.apps[i], rid, scope, req), loop=_state.loop, name=_NAME)
             continue
         if kind == 1:  # shutdown: (1, app index)
             fut = _state.shutdowns[cmd[1]]
