@@ -214,3 +214,28 @@ pub fn socket_cookie(fd: BorrowedFd<'_>) -> Result<u64, SysError> {
         source: e.into(),
     })
 }
+
+/// TCP_DEFER_ACCEPT on a listener: a connection reaches the accept queue once its first data
+/// has arrived (or after about `secs`), so the cell's first read finds the request there
+/// instead of an empty socket (nginx's `listen ... deferred`).
+pub fn set_defer_accept(fd: BorrowedFd<'_>, secs: u32) -> Result<(), SysError> {
+    use std::os::fd::AsRawFd as _;
+    let v = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one int from the pointer, which points at `v` for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&v).cast(),
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    if rc != 0 {
+        return Err(SysError {
+            op: "setsockopt(TCP_DEFER_ACCEPT)",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}

@@ -23,6 +23,10 @@ pub struct Acceptor {
 
 impl Acceptor {
     pub async fn tcp(mut self, l: TcpListener) {
+        // A listener bound to one address gives every connection that local address: no
+        // getsockname per connection then (only a wildcard one needs it).
+        let bound = l.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+        let bound_ip = bound.map(|a| a.ip().to_string());
         loop {
             let accepted = tokio::select! {
                 r = l.accept() => r,
@@ -30,12 +34,16 @@ impl Acceptor {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let local = stream.local_addr().ok();
+                    let local = bound.or_else(|| stream.local_addr().ok());
+                    let local_addr = match (&bound_ip, local) {
+                        (Some(ip), _) => ip.clone(),
+                        (None, l) => l.map(|l| l.ip().to_string()).unwrap_or_default(),
+                    };
                     let info = ConnInfo {
                         remote_ip: Some(peer.ip().to_canonical()),
                         remote_addr: peer.ip().to_canonical().to_string(),
                         remote_port: peer.port(),
-                        local_addr: local.map(|l| l.ip().to_string()).unwrap_or_default(),
+                        local_addr,
                         local_port: local.map_or(0, |l| l.port()),
                     };
                     self.spawn(stream, info);

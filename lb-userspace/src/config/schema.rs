@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub chdir: Option<PathBuf>,
     pub backlog: i64,
     pub shutdown_timeout: Dur,
+    /// TCP_DEFER_ACCEPT on TCP listeners (nginx's `deferred`): a connection is accepted once
+    /// its request has arrived, which spares a read and a wake-up per new connection.
+    pub defer_accept: bool,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             chdir: None,
             backlog: 4096,
             shutdown_timeout: Dur(Duration::from_secs(30)),
+            defer_accept: true,
         }
     }
 }

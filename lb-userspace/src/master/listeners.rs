@@ -29,9 +29,9 @@ pub fn cell_listener(
     state: &MasterState,
     addr: SocketAddr,
     cell: usize,
-    backlog: i32,
+    opts: ListenOpts,
 ) -> std::io::Result<OwnedFd> {
-    let fd = OwnedFd::from(tcp_listener(addr, backlog)?);
+    let fd = OwnedFd::from(tcp_listener(addr, opts)?);
     let name = addr.to_string();
     let mut dups = state.listeners.borrow_mut();
     dups.retain(|(a, c, _)| !(*c == cell && *a == name));
@@ -54,7 +54,8 @@ pub fn listener_dups(listeners: &[ListenerSet]) -> Vec<(String, usize, OwnedFd)>
 }
 
 pub fn bind_all(cfg: &Config, cells: usize) -> anyhow::Result<Vec<ListenerSet>> {
-    let backlog = cfg.server.backlog as i32;
+    let opts = ListenOpts::of(cfg);
+    let backlog = opts.backlog;
     let mut out = Vec::new();
     for addr in &cfg.server.listen {
         match addr {
@@ -66,8 +67,7 @@ pub fn bind_all(cfg: &Config, cells: usize) -> anyhow::Result<Vec<ListenerSet>> 
                 let mut per_cell = Vec::with_capacity(cells);
                 let mut bound = *a;
                 for _ in 0..cells {
-                    let s =
-                        tcp_listener(bound, backlog).with_context(|| format!("bind {bound}"))?;
+                    let s = tcp_listener(bound, opts).with_context(|| format!("bind {bound}"))?;
                     if bound.port() == 0 {
                         bound = s.local_addr()?.as_socket().context("local address")?;
                     }
@@ -103,7 +103,27 @@ pub fn bind_all(cfg: &Config, cells: usize) -> anyhow::Result<Vec<ListenerSet>> 
     Ok(out)
 }
 
-fn tcp_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
+/// How each TCP listener is set up (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOpts {
+    pub backlog: i32,
+    pub defer_accept: bool,
+}
+
+impl ListenOpts {
+    pub fn of(cfg: &Config) -> Self {
+        ListenOpts {
+            backlog: i32::try_from(cfg.server.backlog).unwrap_or(i32::MAX),
+            defer_accept: cfg.server.defer_accept,
+        }
+    }
+}
+
+/// How long a connection that sends nothing waits before it is accepted anyway (the kernel
+/// rounds it to its SYN-ACK retransmissions, so about 1 to 3 s).
+const DEFER_ACCEPT_SECS: u32 = 1;
+
+fn tcp_listener(addr: SocketAddr, opts: ListenOpts) -> std::io::Result<Socket> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.cloexec(),
@@ -117,6 +137,10 @@ fn tcp_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
         s.set_only_v6(true)?;
     }
     s.bind(&addr.into())?;
-    s.listen(backlog)?;
+    if opts.defer_accept {
+        use std::os::fd::AsFd as _;
+        crate::sys::set_defer_accept(s.as_fd(), DEFER_ACCEPT_SECS)?;
+    }
+    s.listen(opts.backlog)?;
     Ok(s)
 }

@@ -319,12 +319,12 @@ impl Master {
     /// respawn; closing the old one makes the kernel hand what was queued there to the
     /// steering program, which moves it to a live cell.
     fn rebind(&mut self, worker: usize) {
-        let backlog = self.cfg.server.backlog as i32;
+        let opts = listeners::ListenOpts::of(&self.cfg);
         for l in &mut self.listeners {
             let ListenerSet::Tcp { addr, per_cell } = l else {
                 continue;
             };
-            match cell_listener(&self.state, *addr, worker, backlog) {
+            match cell_listener(&self.state, *addr, worker, opts) {
                 // The old listener closes here (the dead cell's copy died with it).
                 Ok(fd) => per_cell[worker] = fd,
                 Err(e) => tracing::warn!(
@@ -366,12 +366,12 @@ impl Master {
         let mut new_cpus = self.sup.cpus();
         new_cpus.truncate(cells);
         new_cpus.extend((old..cells).map(|i| cpus[i % cpus.len()]));
-        let backlog = self.cfg.server.backlog as i32;
+        let opts = listeners::ListenOpts::of(&self.cfg);
         for l in &mut self.listeners {
             if let ListenerSet::Tcp { addr, per_cell } = l {
                 for cell in per_cell.len()..cells {
                     per_cell.push(
-                        cell_listener(&self.state, *addr, cell, backlog)
+                        cell_listener(&self.state, *addr, cell, opts)
                             .with_context(|| format!("bind {addr} for a new cell"))?,
                     );
                 }
