@@ -594,3 +594,47 @@ fn asgi_websocket_protocol_frames() {
         ws.file("disconnect.log").lines().any(|l| l == "1002")
     });
 }
+
+#[test]
+fn asgi_websocket_extensions_an_app_claims_are_dropped() {
+    let Some(ws) = Ws::start("asgi_websocket_extensions_an_app_claims_are_dropped", "") else {
+        return;
+    };
+    // The client offers permessage-deflate and the app claims it in its accept: the 101 goes
+    // out without it (the cell has no deflate), and frames stay plain.
+    let mut c = Conn::open(ws.portico.addr).unwrap();
+    let offer = [
+        UPGRADE[0],
+        UPGRADE[1],
+        KEY,
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+    ];
+    c.send(raw_request("GET", "/ws/claims_deflate", &offer).as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        got.extend(c.read_some(1).unwrap());
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+    let mask = [9u8, 8, 7, 6];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    c.send(&frame).unwrap();
+    let mut echo = Vec::new();
+    while echo.len() < 4 {
+        echo.extend(c.read_some(1).unwrap());
+    }
+    assert_eq!(
+        &echo[..4],
+        &[0x81, 2, b'h', b'i'],
+        "a plain, unmasked text frame"
+    );
+    ws.portico.wait_stderr(
+        Duration::from_secs(10),
+        "accepted a WebSocket with Sec-WebSocket-Extensions; dropped",
+    );
+}

@@ -42,6 +42,13 @@ async def scope(ws):
     await ws.close()
 
 
+async def claims_deflate(ws):
+    """Accepts claiming permessage-deflate, which the server does not speak; echoes one text."""
+    await ws.accept(headers=[(b"sec-websocket-extensions", b"permessage-deflate")])
+    await ws.send_text(await ws.receive_text())
+    await ws.close()
+
+
 async def reject(ws):
     await ws.close()
 
@@ -102,6 +109,7 @@ app = Starlette(routes=[
     WebSocketRoute("/echo", echo),
     WebSocketRoute("/scope", scope),
     WebSocketRoute("/reject", reject),
+    WebSocketRoute("/claims_deflate", claims_deflate),
     WebSocketRoute("/boom", boom),
     WebSocketRoute("/slow", slow),
     WebSocketRoute("/deny", deny),

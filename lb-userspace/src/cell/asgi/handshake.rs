@@ -105,6 +105,15 @@ pub async fn handshake(
                     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                     let h = resp.headers_mut();
                     for (n, v) in headers {
+                        // The cell speaks no WebSocket extension (no permessage-deflate in
+                        // tungstenite): an app's claim of one would garble every frame.
+                        if n == header::SEC_WEBSOCKET_EXTENSIONS {
+                            tracing::warn!(
+                                "ASGI app accepted a WebSocket with Sec-WebSocket-Extensions; \
+                                 dropped (no extension is supported)"
+                            );
+                            continue;
+                        }
                         h.append(n, v);
                     }
                     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
