@@ -62,6 +62,14 @@ fn next_pid(p: &Portico, first: u64, within: Duration) -> u64 {
     }
 }
 
+/// Waits for cell 0's restart counter for `reason` to show the recycle.
+fn wait_restart(p: &Portico, reason: &str) {
+    let series = format!("portico_cell_restarts_total{{cell=\"0\",reason=\"{reason}\"}}");
+    p.wait_metrics(Duration::from_secs(5), |m| {
+        metric_value(m, &series).unwrap_or(0.0) >= 1.0
+    });
+}
+
 #[test]
 fn asgi_max_requests_recycles_without_errors() {
     let site = Site::new();
@@ -76,14 +84,7 @@ fn asgi_max_requests_recycles_without_errors() {
             format!("startup {second}"),
         ],
     );
-    p.wait_metrics(Duration::from_secs(5), |m| {
-        metric_value(
-            m,
-            "portico_cell_restarts_total{cell=\"0\",reason=\"max_requests\"}",
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    });
+    wait_restart(&p, "max_requests");
 }
 
 #[test]
@@ -96,14 +97,7 @@ fn asgi_lifetime_recycles_the_cell() {
         &site,
         &[format!("shutdown {first}"), format!("startup {second}")],
     );
-    p.wait_metrics(Duration::from_secs(5), |m| {
-        metric_value(
-            m,
-            "portico_cell_restarts_total{cell=\"0\",reason=\"lifetime\"}",
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    });
+    wait_restart(&p, "lifetime");
 }
 
 #[test]
