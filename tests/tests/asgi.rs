@@ -188,6 +188,21 @@ fn asgi_response_trailers() {
     let r = c.request("GET", "/raw/trailers?whole=1", &te).unwrap();
     assert_eq!(r.text(), "all of it\n");
     assert_eq!(pairs(&r.trailers), want);
+    // The app's Content-Length gives way to chunked framing, which carries the trailers; a
+    // client that takes no trailers keeps the length.
+    let r = c
+        .request("GET", "/raw/trailers?whole=1&length=1", &te)
+        .unwrap();
+    assert_eq!(r.text(), "all of it\n");
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(pairs(&r.trailers), want);
+    let r = c
+        .request("GET", "/raw/trailers?whole=1&length=1", &[])
+        .unwrap();
+    assert_eq!(
+        (r.text().as_str(), r.header("content-length")),
+        ("all of it\n", Some("10"))
+    );
     // A field the Trailer header does not name is dropped (said in the log).
     let r = c.request("GET", "/raw/trailers?undeclared=1", &te).unwrap();
     assert_eq!(pairs(&r.trailers), want);

@@ -1,4 +1,4 @@
-//! Recycling on ASGI routes (`max_requests`, `lifetime`) and SIGHUP reloads against the real
+//! Recycling on ASGI routes (`max_requests`, `lifetime`, `reload`) and SIGHUP reloads against the real
 //! binary, with a raw ASGI app (fixture in `asgi_cell_app/`) that writes its lifespan events
 //! to a file: the cell is replaced with no failed request, and the old cell's lifespan
 //! shutdown and the new cell's startup both run; and the lifespan runs in the cells only,
@@ -137,4 +137,25 @@ fn asgi_lifespan_runs_once_per_cell_and_nowhere_else() {
         lines, want,
         "one startup per cell, none in the import check"
     );
+}
+
+#[test]
+fn asgi_reload_replaces_the_cell_when_a_source_changes() {
+    let site = Site::new();
+    let p = serve(&site, ", reload = true");
+    let first = answering_pid(&p);
+    // Cells compare modification times: make the edit's one differ whatever the file system's
+    // timestamp granularity (instead of sleeping past it).
+    let app = site.file("cellapp.py", APP.as_bytes());
+    std::fs::File::options()
+        .write(true)
+        .open(&app)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2)))
+        .unwrap();
+    let second = next_pid(&p, first, Duration::from_secs(20));
+    wait_lifespan(
+        &site,
+        &[format!("shutdown {first}"), format!("startup {second}")],
+    );
+    wait_restart(&p, "source_change");
 }

@@ -37,7 +37,11 @@ fn http_scope(p: &Portico, path: &str) -> Value {
 
 /// The scope of a WebSocket on `path`, as the app's first message tells it.
 fn websocket_scope(p: &Portico, path: &str) -> Value {
-    let (mut c, head) = Conn::websocket(p.addr, path, &FORWARDED).unwrap();
+    websocket_scope_with(p, path, &FORWARDED)
+}
+
+fn websocket_scope_with(p: &Portico, path: &str, headers: &[(&str, &str)]) -> Value {
+    let (mut c, head) = Conn::websocket(p.addr, path, headers).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let (first, payload) = c.read_frame().unwrap();
     assert_eq!(first, 0x81, "one text frame");
@@ -58,6 +62,12 @@ fn asgi_trusted_proxies_set_client_and_scheme() {
     let s = websocket_scope(&p, "/trusted/ws");
     assert_eq!(s["scheme"], "wss", "{s}");
     assert_eq!(s["client"][0], "203.0.113.7", "{s}");
+    // A proxy that names the WebSocket schemes themselves (`wss`, `ws`) is understood too.
+    for (proto, want) in [("wss", "wss"), ("ws", "ws")] {
+        let h = [FORWARDED[0], ("X-Forwarded-Proto", proto)];
+        let s = websocket_scope_with(&p, "/trusted/ws", &h);
+        assert_eq!(s["scheme"], want, "X-Forwarded-Proto: {proto}: {s}");
+    }
 
     // The same headers from a peer that is not a trusted proxy change nothing.
     let s = http_scope(&p, "/open/x");

@@ -138,8 +138,11 @@ pub fn forwarded(h: &HeaderMap, conn: &ConnInfo, trusted: &[Cidr]) -> Forwarded 
         f.remote_addr = Some(first.to_string());
     }
     f.scheme = match last_value(h, "x-forwarded-proto").as_deref() {
-        Some(p) if p.eq_ignore_ascii_case("https") => Some("https"),
-        Some(p) if p.eq_ignore_ascii_case("http") => Some("http"),
+        // A proxy may say `wss`/`ws` for a WebSocket upgrade (uvicorn accepts both too).
+        Some(p) if p.eq_ignore_ascii_case("https") || p.eq_ignore_ascii_case("wss") => {
+            Some("https")
+        }
+        Some(p) if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("ws") => Some("http"),
         _ => None,
     };
     f.host = last_value(h, "x-forwarded-host").filter(|v| !v.contains(['/', ' ']));

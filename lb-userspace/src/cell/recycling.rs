@@ -93,15 +93,16 @@ pub async fn watch(ctx: Rc<CellCtx>, cfg: Config) {
         .filter(|m| *m > 0)
         .min()
         .map(|m| m << 20);
-    let reload = cfg
-        .routes
-        .iter()
-        .any(|r| r.wsgi.as_ref().is_some_and(|w| w.reload));
+    let reload = cfg.routes.iter().any(|r| {
+        r.wsgi.as_ref().is_some_and(|w| w.reload) || r.asgi.as_ref().is_some_and(|a| a.reload)
+    });
     let sources: Vec<PathBuf> = if reload {
-        ctx.router
-            .wsgi_routes()
-            .flat_map(|w| w.pool.sources().iter().cloned())
-            .collect()
+        let wsgi = ctx.router.wsgi_routes().flat_map(|w| w.pool.sources());
+        let asgi = ctx.router.asgi_routes().flat_map(|a| a.app.sources());
+        let mut all: Vec<PathBuf> = wsgi.chain(asgi).cloned().collect();
+        all.sort();
+        all.dedup();
+        all
     } else {
         Vec::new()
     };

@@ -64,6 +64,8 @@ pub struct AsgiConfig {
     pub lifetime: Option<Dur>,
     /// Peers whose X-Forwarded-* headers are believed (CIDR blocks or addresses).
     pub trusted_proxies: Vec<String>,
+    /// Development: replace the cells when one of the app's Python files changes.
+    pub reload: bool,
 }
 
 impl Default for AsgiConfig {
@@ -85,6 +87,7 @@ impl Default for AsgiConfig {
             max_rss: 0,
             lifetime: None,
             trusted_proxies: Vec::new(),
+            reload: false,
         }
     }
 }

@@ -394,6 +394,7 @@ impl WsgiConfig {
             max_rss: self.max_rss,
             lifetime: self.lifetime,
             trusted_proxies: self.trusted_proxies.clone(),
+            reload: self.reload,
             ..AsgiConfig::default()
         }
     }

@@ -439,6 +439,16 @@ impl Master {
         } else if cfg.server.workers != self.cfg.server.workers {
             resize_to = Some(cfg.cell_count(usable_cpus().len()));
         }
+        let listen_opts = (cfg.server.backlog, cfg.server.defer_accept);
+        if listen_opts != (self.cfg.server.backlog, self.cfg.server.defer_accept) {
+            // New listeners (a rebind, more workers) join the existing reuseport groups: one
+            // setting for every socket of a group.
+            tracing::warn!(
+                "reload: changes to server.backlog and server.defer_accept need a restart; keeping the current ones"
+            );
+            cfg.server.backlog = self.cfg.server.backlog;
+            cfg.server.defer_accept = self.cfg.server.defer_accept;
+        }
         if cfg.server.admin != self.cfg.server.admin || cfg.ebpf != self.cfg.ebpf {
             tracing::warn!(
                 "reload: changes to server.admin and [ebpf] need a restart; keeping the current ones"

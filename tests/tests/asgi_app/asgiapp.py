@@ -154,20 +154,20 @@ async def raw_disconnect(scope, receive, send):
             return
 
 
-async def trailers_start(send, names=b"x-checksum, x-count"):
+async def trailers_start(send, names=b"x-checksum, x-count", extra=()):
     await send({
         "type": "http.response.start",
         "status": 200,
         "trailers": True,
-        "headers": [(b"content-type", b"text/plain"), (b"trailer", names)],
+        "headers": [(b"content-type", b"text/plain"), (b"trailer", names), *extra],
     })
 
 
 async def raw_trailers(scope, receive, send):
     """A body in two pieces (one with ?whole=1), then trailer fields in two messages, named in
-    the Trailer header (?undeclared=1 adds one it does not name)."""
+    the Trailer header (?undeclared=1 adds one it does not name; ?length=1 a Content-Length)."""
     q = scope["query_string"].decode()
-    await trailers_start(send)
+    await trailers_start(send, extra=[(b"content-length", b"10")] if "length" in q else ())
     if "whole" in q:
         await send({"type": "http.response.body", "body": b"all of it\n"})
     else:

@@ -186,6 +186,9 @@ pub struct AsgiApp {
     reports: Mutex<std::sync::mpsc::Receiver<(String, String)>>,
     timeout: Duration,
     spec: String,
+    /// The app's own Python files (not the interpreter's or site-packages): what `reload`
+    /// watches. One list for every app of the loop: they share one interpreter.
+    sources: Arc<[PathBuf]>,
 }
 
 impl std::fmt::Debug for AsgiApp {
@@ -254,7 +257,7 @@ impl AsgiApp {
             return Ok(Vec::new());
         }
         python::init();
-        let (apps, shim) = Python::attach(|py| -> Result<_, AppError> {
+        let (apps, shim, sources) = Python::attach(|py| -> Result<_, AppError> {
             let mut apps = Vec::with_capacity(list.len());
             for s in &list {
                 apps.push(python::load_app(
@@ -271,8 +274,9 @@ impl AsgiApp {
                 spec: list[0].spec.to_string(),
                 traceback: python::format_err(py, &e),
             })?;
-            Ok((apps, shim))
+            Ok((apps, shim, python::app_source_files(py)))
         })?;
+        let sources: Arc<[PathBuf]> = sources.into();
         let (ours, theirs) = UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -333,9 +337,15 @@ impl AsgiApp {
                 reports: Mutex::new(rrx),
                 timeout: s.lifespan_timeout,
                 spec,
+                sources: sources.clone(),
             });
         }
         Ok(out)
+    }
+
+    /// The app's own Python source files (see `reload`).
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
     }
 
     /// Hands a request to the loop; its events come back on the exchange.

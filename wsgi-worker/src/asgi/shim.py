@@ -144,8 +144,14 @@ def _on_wake():
             scope["state"] = dict(_state.lifespan_states[i])
             req = (WebSocket if scope["type"] == "websocket" else Request)(sink)
             requests[rid] = req
-            # A named Task: an unnamed one formats "Task-N" for every request.
-            req.task = _Task(_run(_state.apps[i], rid, scope, req), loop=_state.loop, name=_NAME)
+            coro = _run(_state.apps[i], rid, scope, req)
+            loop = _state.loop
+            if loop.get_task_factory() is None:
+                # A named Task: an unnamed one formats "Task-N" for every request.
+                req.task = _Task(coro, loop=loop, name=_NAME)
+            else:
+                # The app's own factory (set in its lifespan startup, say) makes the tasks.
+                req.task = loop.create_task(coro, name=_NAME)
             continue
         if kind == 1:  # shutdown: (1, app index)
             fut = _state.shutdowns[cmd[1]]

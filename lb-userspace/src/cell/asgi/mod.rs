@@ -385,6 +385,9 @@ fn respond(
     mut rest: StreamTo,
 ) -> Response<Body> {
     let more = more || rest.trailers.is_some();
+    // Trailers the client gets need a chunked body: an app's Content-Length would make hyper
+    // send a fixed-length one and drop them.
+    let drop_length = rest.trailers == Some(true) && !is_head;
     rest.trailer_names = headers
         .iter()
         .filter(|(n, _)| n == header::TRAILER)
@@ -401,7 +404,11 @@ fn respond(
         let (route, rid) = (rest.route, rest.x.rid);
         let stream = Stream {
             rx,
-            declared: if is_head { None } else { declared },
+            declared: if is_head || drop_length {
+                None
+            } else {
+                declared
+            },
             sent: 0,
             deadline: Box::pin(tokio::time::sleep_until(rest.deadline)),
             on_timeout: Some(Box::new(move || {
@@ -425,7 +432,7 @@ fn respond(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     for (n, v) in headers {
-        if n == header::CONTENT_LENGTH && !more && !is_head {
+        if n == header::CONTENT_LENGTH && ((!more && !is_head) || drop_length) {
             // A whole body gets its own, true length (a HEAD answer keeps the app's).
             continue;
         }
