@@ -200,6 +200,22 @@ fn every_relay_carries_both_ways_and_half_closes() {
         let status: serde_json::Value = serde_json::from_str(&status).unwrap();
         assert_eq!(status["upstreams"][0]["tunnels"], 1, "{relay}: {status}");
         let echoed = EARLY.len() as u64 + sent;
+        if used != "sockmap" {
+            // Counted as they move, not when the tunnel closes (the sockmap relay's kernel
+            // counts are read at its end).
+            let up = "portico_tunnel_bytes_total{direction=\"client_to_upstream\"}";
+            let down = "portico_tunnel_bytes_total{direction=\"upstream_to_client\"}";
+            let m = p.wait_metrics(Duration::from_secs(10), |m| {
+                metric_value(m, up) == Some(echoed as f64)
+            });
+            let down_now = metric_value(&m, down).unwrap_or(-1.0);
+            assert_eq!(down_now, (HELLO.len() as u64 + echoed) as f64, "{relay}");
+            assert_eq!(
+                p.metric("portico_tunnels_active"),
+                Some(1.0),
+                "{relay}: still open"
+            );
+        }
         half_close(&mut s, echoed, relay);
         let m = after_close(&p);
         let v = |series: &str| metric_value(&m, series).unwrap_or(-1.0);

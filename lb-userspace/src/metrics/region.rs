@@ -234,7 +234,7 @@ impl std::fmt::Debug for CellStats<'_> {
     }
 }
 
-impl CellStats<'_> {
+impl<'a> CellStats<'a> {
     pub fn get(&self, counter: usize) -> u64 {
         self.s[counter].load(Relaxed)
     }
@@ -257,9 +257,10 @@ impl CellStats<'_> {
         &self.routes[r..r + route_counter::LEN]
     }
     /// One upstream server's block (`server`: its index over every upstream's servers).
-    pub fn upstream(&self, server: usize) -> &[AtomicU64] {
+    pub fn upstream(&self, server: usize) -> &'a [AtomicU64] {
         let r = server.min(MAX_UPSTREAM_SERVERS - 1) * upstream_counter::LEN;
-        &self.upstreams[r..r + upstream_counter::LEN]
+        let all: &'a [AtomicU64] = self.upstreams;
+        &all[r..r + upstream_counter::LEN]
     }
     /// A response head from an upstream server, after `ns`.
     pub fn observe_upstream(&self, server: usize, status: u16, ns: u64) {

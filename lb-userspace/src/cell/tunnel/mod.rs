@@ -46,18 +46,14 @@ pub struct Pending {
     pub maps: Option<Rc<RefCell<TunnelMaps>>>,
 }
 
-/// The tunnel's gauge while it is open; the bytes counted when it closes.
+/// The tunnel's gauge while it is open (its bytes are counted as they move: `Flow`).
 struct Open<'a> {
     counters: &'a [AtomicU64],
-    flow: &'a Flow,
 }
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        let c = self.counters;
-        c[upstream_counter::TUNNELS_ACTIVE].fetch_sub(1, Relaxed);
-        c[upstream_counter::TUNNEL_BYTES_UP].fetch_add(self.flow.up.get(), Relaxed);
-        c[upstream_counter::TUNNEL_BYTES_DOWN].fetch_add(self.flow.down.get(), Relaxed);
+        self.counters[upstream_counter::TUNNELS_ACTIVE].fetch_sub(1, Relaxed);
     }
 }
 
@@ -86,11 +82,8 @@ where
     };
     let counters = pending.stats.upstream(pending.server);
     counters[upstream_counter::TUNNELS_ACTIVE].fetch_add(1, Relaxed);
-    let flow = Flow::new();
-    let _open = Open {
-        counters,
-        flow: &flow,
-    };
+    let flow = Flow::new(counters);
+    let _open = Open { counters };
     let used = |r: Relay| {
         let i = upstream_counter::TUNNEL_RELAYS
             .iter()

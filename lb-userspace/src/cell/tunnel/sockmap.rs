@@ -76,8 +76,8 @@ pub async fn run(
     ];
     let result = watch(&sides, maps, flow, idle).await;
     let m = maps.borrow();
-    flow.up.set(flow.up.get() + m.bytes(c));
-    flow.down.set(flow.down.get() + m.bytes(u));
+    flow.counted_up(m.bytes(c));
+    flow.counted_down(m.bytes(u));
     drop(m);
     maps.borrow_mut().part(c, u);
     Ok(result)
