@@ -1,5 +1,6 @@
 //! Project tasks: `setup` (toolchain parts and packages, idempotent), `run` (the demo), `test`
-//! (lints and the whole suite), `bench` (Portico against its peers, side by side).
+//! (lints and the whole suite), `bench` (Portico against its peers, side by side), `profile`
+//! (a flame graph of one bench scenario).
 //!
 //! This file is the command line only; each task lives in its own module.
 #![forbid(unsafe_code)]
@@ -40,31 +41,57 @@ enum Cmd {
     /// Check lb-userspace's module graph (no import cycle, master and cell apart) and that no
     /// source file passes 600 lines.
     Layout,
-    /// Benchmarks against peers, started side by side in the same run.
+    /// Benchmarks against peers, started side by side in the same run, per core by default;
+    /// writes target/bench/<timestamp>/results.json and report.html (see README, Benchmarks).
     Bench {
         /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern), `asgi`
-        /// (uvicorn, granian, hypercorn, daphne; one worker each on CPU0, load on CPU1),
-        /// `metrics` (the cost of the per-request histograms, and scrape time), `steering`
-        /// (the steering policies side by side, and the XDP guard's cost per packet), `proxy`
-        /// (the reverse proxy against nginx `proxy_pass`, one worker each, same backend) or
-        /// `tunnel` (the tunnel relays copy, splice and sockmap side by side).
+        /// (uvicorn, granian, hypercorn, daphne), `proxy` (nginx `proxy_pass`, same backend),
+        /// `tunnel` (the relays copy, splice and sockmap), `metrics` (the cost of the
+        /// per-request metrics, and scrape time), `steering` (the policies side by side, and
+        /// the XDP guard's cost per packet), or `all` of them into one report.
         #[arg(default_value = "static")]
         which: String,
-        /// Seconds per wrk run.
+        /// Seconds per measured run.
         #[arg(long, default_value_t = 5)]
         duration: u64,
-        /// Interleaved repeats per row (the median is reported).
+        /// Interleaved rounds per scenario (the median and the min-max spread are reported).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// wrk connections.
+        /// Load generator connections.
         #[arg(long, default_value_t = 64)]
         connections: usize,
-        /// Workers for both servers (default: usable CPUs).
+        /// Workers per server, pinned to CPUs 0..N-1 with the load on the others (default 1:
+        /// per core; `steering` defaults to every CPU, shared with the load).
         #[arg(long)]
         workers: Option<usize>,
-        /// wrk threads (default: the worker count, so new connections start on every CPU).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// A previous results.json: print ratios against it and fail (exit 1) when a rate
+        /// fell or a CPU per request rose beyond both runs' spread and the tolerance.
+        #[arg(long, value_name = "PREVIOUS.json")]
+        compare: Option<PathBuf>,
+        /// With --compare: compare this results.json instead of running a bench.
+        #[arg(long, value_name = "RESULTS.json", requires = "compare")]
+        results: Option<PathBuf>,
+        /// With --compare: the relative change, beyond the spread, that counts (percent).
+        #[arg(long, default_value_t = 3.0)]
+        tolerance: f64,
+    },
+    /// Run one bench scenario (FAMILY/ID, e.g. `static/1k`) against Portico alone under
+    /// `perf record`, attached to its cells only, and write a flame graph to
+    /// target/bench/profile-FAMILY-ID-<timestamp>.svg.
+    Profile {
+        scenario: String,
+        /// Seconds of recorded load.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Load generator connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// perf's call-graph mode (`dwarf` unwinds code built without frame pointers; `fp`).
+        #[arg(long, default_value = "dwarf")]
+        call_graph: String,
+        /// Samples per second.
+        #[arg(long, default_value_t = 499)]
+        frequency: u32,
     },
 }
 
@@ -84,7 +111,9 @@ fn main() -> anyhow::Result<()> {
             repeats,
             connections,
             workers,
-            threads,
+            compare,
+            results,
+            tolerance,
         } => bench::bench(
             &root,
             &which,
@@ -93,7 +122,25 @@ fn main() -> anyhow::Result<()> {
                 repeats,
                 conns: connections,
                 workers,
-                threads,
+                compare,
+                results,
+                tolerance: tolerance / 100.0,
+            },
+        ),
+        Cmd::Profile {
+            scenario,
+            duration,
+            connections,
+            call_graph,
+            frequency,
+        } => bench::profile::profile(
+            &root,
+            &bench::profile::ProfileOpts {
+                scenario,
+                secs: duration,
+                conns: connections,
+                call_graph,
+                frequency,
             },
         ),
     }

@@ -24,6 +24,12 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("libev-dev", "/usr/include/ev.h"),
 ];
+/// Debian packages of `xtask profile`: perf (a wrapper that runs the kernel's own version).
+pub const PROFILE_PACKAGES: &[(&str, &str)] = &[("linux-perf", "perf")];
+/// The HTTP load generator of the benches: latency percentiles without coordinated omission
+/// and JSON output. Pinned: its flags and output are parsed.
+const OHA_VERSION: &str = "1.16.0";
+
 /// Python packages the end-to-end tests need, in the project's venv (`.venv`)
 /// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn, gevent,
 /// channels and daphne: the upstream servers of the reverse-proxy tests; requests: a client
@@ -130,6 +136,23 @@ fn short_hash(s: &str) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}")
+}
+
+/// `oha` at `OHA_VERSION` (cargo install; nothing when that version is already there).
+pub fn setup_oha() -> anyhow::Result<()> {
+    let have = crate::bench::oha_bin()
+        .and_then(|b| output(Command::new(b).arg("--version")))
+        .unwrap_or_default();
+    if !have.contains(OHA_VERSION) {
+        eprintln!("xtask setup: installing oha {OHA_VERSION}");
+        run(Command::new("cargo").args([
+            "install",
+            &format!("oha@{OHA_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    Ok(())
 }
 
 pub fn setup_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {

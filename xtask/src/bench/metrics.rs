@@ -1,82 +1,78 @@
-//! `bench metrics`: the cost of the per-request metrics, and the scrape time of many cells.
+//! `bench metrics`: the cost of the per-request metrics (Portico with and without them, same
+//! layout), and the scrape time of many cells.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{
-    BENCH_APP, BenchOpts, Server, finish_bench, median, mixed_bench_dir, scrape,
-    start_portico_with, wrk,
-};
+use super::measure::{Ctx, Layout, Load, measure};
+use super::results::Family;
+use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::{BENCH_APP, BenchOpts, Server, median, mixed_bench_dir, scrape, start_portico_with};
 
-/// Starts portico with a config file in `dir` (static `/static/` + WSGI `/`) and `extra` TOML.
-fn start_portico_cfg(
-    root: &Path,
-    dir: &Path,
+/// Portico with static `/static/` + WSGI `/` in the scratch directory and `extra` TOML.
+fn start(
+    ctx: &Ctx,
+    layout: &Layout,
     name: &'static str,
     extra: &str,
-    workers: usize,
     admin: bool,
 ) -> anyhow::Result<(Server, Option<u16>)> {
     start_portico_with(
-        root,
-        dir,
+        ctx,
+        layout,
         name,
         "[ebpf]\nmode = \"off\"",
         extra,
         "benchapp:app",
-        workers,
         admin,
     )
 }
 
-pub(super) fn bench_metrics(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
-    let (workers, threads) = o.workers_and_threads();
-    let dir = mixed_bench_dir(("benchapp.py", BENCH_APP))?;
+const SCENARIOS: [(&str, &str, Load); 2] = [
+    ("static-1k", "static 1 KiB", Load::get("/static/1k.bin")),
+    ("wsgi-hello", "WSGI hello", Load::get("/")),
+];
+
+pub(super) fn bench_metrics(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
+    mixed_bench_dir(&ctx.scratch, ("benchapp.py", BENCH_APP))?;
     let servers = [
-        start_portico_cfg(root, &dir, "metrics on", "", workers, false)?.0,
-        start_portico_cfg(
-            root,
-            &dir,
+        start(ctx, &ctx.layout, "metrics on", "", false)?.0,
+        start(
+            ctx,
+            &ctx.layout,
             "metrics off",
             "[metrics]\nenabled = false",
-            workers,
             false,
         )?
         .0,
     ];
-    println!(
-        "bench metrics: {workers} workers, wrk -t{threads} -c{conns} -d{secs}s, {repeats} interleaved repeats (median)\n"
+    let mut family = o.family(
+        "metrics",
+        ctx,
+        format!(
+            "bench metrics: portico with and without per-request metrics, {}; oha -c{}",
+            ctx.layout.describe(),
+            o.conns
+        ),
     );
-    let mut table = String::from(
-        "| row | metrics on req/s | metrics off req/s | cost |\n|---|---:|---:|---:|\n",
-    );
-    for (label, path) in [("static 1 KiB", "/static/1k.bin"), ("WSGI hello", "/")] {
-        for s in &servers {
-            wrk(s.port, path, threads, conns, 1, false)?;
-        }
-        let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..repeats {
-            for (i, s) in servers.iter().enumerate() {
-                samples[i].push(wrk(s.port, path, threads, conns, secs, false)?.rps);
-            }
-        }
-        let (on, off) = (median(samples[0].clone()), median(samples[1].clone()));
-        let line = format!(
-            "| {label} | {on:.0} | {off:.0} | {:+.1}% |\n",
-            (off - on) / off * 100.0
-        );
-        print!("{line}");
-        table.push_str(&line);
+    let refs: Vec<&Server> = servers.iter().collect();
+    for (id, label, load) in SCENARIOS {
+        let def = ScenarioDef {
+            id,
+            label,
+            load,
+            conns: o.conns,
+        };
+        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
+        family.scenarios.push(sc);
     }
     drop(servers);
 
-    // Scrape time with 64 cells' worth of series (cells share the CPUs here).
-    let (big, admin) = start_portico_cfg(root, &dir, "64 cells", "", 64, true)?;
+    // Scrape time with 64 cells' worth of series (the cells share every CPU here).
+    let (big, admin) = start(ctx, &Layout::shared(64), "64 cells", "", true)?;
     let admin = admin.expect("admin port");
     for _ in 0..3 {
-        wrk(big.port, "/static/1k.bin", threads, 64, 1, false)?;
-        wrk(big.port, "/", threads, 64, 1, false)?;
+        measure(ctx, &big, Load::get("/static/1k.bin"), 64, 1)?;
+        measure(ctx, &big, Load::get("/"), 64, 1)?;
     }
     let mut times = Vec::new();
     for _ in 0..30 {
@@ -86,12 +82,11 @@ pub(super) fn bench_metrics(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let max = times.iter().copied().fold(0.0, f64::max);
-    let line = format!(
-        "| scrape of 64 cells (ms, median / max of 30) | {:.2} | {max:.2} | |\n",
+    let note = format!(
+        "scrape of 64 cells: {:.2} ms median, {max:.2} ms max of 30",
         median(times)
     );
-    print!("{line}");
-    table.push_str(&line);
-    drop(big);
-    finish_bench(root, &dir, "metrics", &table)
+    println!("{note}");
+    family.notes.push(note);
+    Ok(family)
 }

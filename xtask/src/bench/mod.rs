@@ -1,13 +1,21 @@
 //! `cargo xtask bench`: Portico against its peers, started side by side in the same run and
-//! measured with wrk in interleaved repeats. Shared here: starting and stopping servers, wrk and
-//! its parsing, medians, the scratch directory and the result file. One module per scenario
-//! family.
+//! measured in interleaved rounds through one measurement layer (`measure`: oha / ws-load, CPU
+//! and RSS of each server's processes from /proc). Every run writes
+//! target/bench/<timestamp>/results.json and report.html and the bench-results/*.md tables;
+//! `--compare` flags regressions against a previous results.json. One module per family.
 
 mod asgi;
+mod compare;
+mod measure;
 mod metrics;
+pub mod profile;
 mod proxy;
+mod report;
+mod results;
+mod runner;
 mod static_files;
 mod steering;
+mod targets;
 mod tunnel;
 mod wsgi;
 
@@ -18,48 +26,188 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::{compile, setup};
+pub use measure::oha_bin;
+use measure::{Ctx, Layout, Units};
+use results::{Family, Results};
+
+/// Every family, in the order `bench all` runs them.
+pub const FAMILIES: [&str; 7] = [
+    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering",
+];
 
 /// Options shared by every bench (the `bench` command line).
+#[derive(Debug)]
 pub struct BenchOpts {
     pub secs: u64,
     pub repeats: usize,
     pub conns: usize,
+    /// Workers per server; the default is one (per core), and `steering` uses every CPU.
     pub workers: Option<usize>,
-    pub threads: Option<usize>,
+    /// A previous results.json to compare this run with.
+    pub compare: Option<PathBuf>,
+    /// Compare this results.json instead of running (with `compare`).
+    pub results: Option<PathBuf>,
+    /// Relative change beyond the spread that counts as a regression.
+    pub tolerance: f64,
 }
 
-/// Installs what the benches need, builds the server and runs bench `which`.
-pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
-    setup::setup(setup::TEST_PACKAGES)?;
-    setup::setup_packages(setup::BENCH_PACKAGES)?;
-    compile::build()?;
-    match which {
-        "static" => static_files::bench_static(root, opts),
-        "wsgi" => {
-            let venv = setup::setup_venv(root, &[setup::TEST_PY, setup::BENCH_PY].concat())?;
-            wsgi::bench_wsgi(root, &venv, opts)
-        }
-        "asgi" => {
-            compile::build_bench_backend()?;
-            let venv = setup::setup_venv(root, &[setup::TEST_PY, setup::BENCH_PY].concat())?;
-            asgi::bench_asgi(root, &venv, opts)
-        }
-        "metrics" => metrics::bench_metrics(root, opts),
-        "steering" => steering::bench_steering(root, opts),
-        "proxy" => {
-            compile::build_bench_backend()?;
-            proxy::bench_proxy(root, opts)
-        }
-        "tunnel" => {
-            compile::build_bench_backend()?;
-            tunnel::bench_tunnel(root, opts)
-        }
-        other => {
-            bail!(
-                "unknown bench {other:?} (available: static, wsgi, asgi, metrics, steering, proxy, tunnel)"
-            )
+impl BenchOpts {
+    /// An empty family run with this run's settings.
+    fn family(&self, name: &str, ctx: &Ctx, setup: String) -> Family {
+        Family {
+            family: name.to_string(),
+            setup: format!(
+                "{setup}; {}s per run, {} interleaved rounds (median, min-max)",
+                self.secs, self.repeats
+            ),
+            server_cpus: ctx.layout.server_cpus.clone(),
+            load_cpus: ctx.layout.load_cpus.clone(),
+            workers: ctx.layout.workers,
+            secs: self.secs,
+            repeats: self.repeats.max(1),
+            scenarios: Vec::new(),
+            notes: Vec::new(),
         }
     }
+
+    /// Per core unless --workers asks for more; steering spreads its cells over every CPU.
+    fn layout(&self, family: &str) -> Layout {
+        if family == "steering" {
+            Layout::shared(self.workers.unwrap_or_else(measure::usable_cpus).max(2))
+        } else {
+            Layout::new(self.workers.unwrap_or(1))
+        }
+    }
+}
+
+/// Installs what the benches need, builds, runs bench `which` (a family or `all`), writes the
+/// results and the report, and compares with a previous run when asked.
+pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
+    if let (Some(prev), Some(cur)) = (&opts.compare, &opts.results) {
+        return compare_files(prev, cur, opts.tolerance).map(|_| ());
+    }
+    let families: Vec<&str> = if which == "all" {
+        FAMILIES.to_vec()
+    } else if FAMILIES.contains(&which) {
+        vec![which]
+    } else {
+        bail!("unknown bench {which:?} (available: {}, all)", FAMILIES.join(", "))
+    };
+    let previous = opts.compare.as_deref().map(Results::read).transpose()?;
+    setup::setup(setup::TEST_PACKAGES)?;
+    setup::setup_packages(setup::BENCH_PACKAGES)?;
+    setup::setup_oha()?;
+    compile::build()?;
+    compile::build_bench_backend()?;
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let mut results = Results::new(format!("cargo xtask {command}"));
+    println!("machine: {}
+", results.machine.describe());
+    for name in families {
+        let family = run_family(root, name, &opts)
+            .with_context(|| format!("bench {name}"))?;
+        results.families.push(family);
+        // Written after every family, so a later failure keeps what was measured.
+        results.write(root)?;
+    }
+    let dir = results.write(root)?;
+    std::fs::create_dir_all(root.join("bench-results"))?;
+    for f in &results.families {
+        let mut md = runner::markdown(f, &results.machine.describe());
+        md.push_str(&targets_markdown(&results, &f.family));
+        std::fs::write(root.join(format!("bench-results/{}.md", f.family)), &md)?;
+        println!("\n{md}(written to bench-results/{}.md)", f.family);
+    }
+    println!(
+        "results: {}\nreport:  {}",
+        dir.join("results.json").display(),
+        dir.join("report.html").display()
+    );
+    if let Some(prev) = previous {
+        let (text, regressions) =
+            compare::compare(&prev, &results, opts.tolerance);
+        std::fs::write(dir.join("compare.md"), &text)?;
+        println!("\n{text}");
+        if regressions > 0 {
+            bail!("{regressions} regression(s) against {}", prev.started);
+        }
+    }
+    Ok(())
+}
+
+/// `--compare OLD --results NEW`: no run, only the comparison.
+fn compare_files(prev: &Path, cur: &Path, tolerance: f64) -> anyhow::Result<usize> {
+    let (old, new) = (Results::read(prev)?, Results::read(cur)?);
+    let (text, regressions) = compare::compare(&old, &new, tolerance);
+    println!("{text}");
+    if regressions > 0 {
+        bail!("{regressions} regression(s) against {}", old.started);
+    }
+    Ok(regressions)
+}
+
+/// The targets of one family as a Markdown table (empty when it has none).
+fn targets_markdown(results: &Results, family: &str) -> String {
+    let rows: Vec<_> = results.targets.iter().filter(|v| v.family == family).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\n| target | scenario | req/s ratio | CPU/req ratio | verdict | from |\n|---|---|---:|---:|---|---|\n",
+    );
+    let x = |o: Option<f64>| o.map_or("-".into(), |v| format!("{v:.2}x"));
+    for v in rows {
+        let met = match v.met {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "not measured",
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {met} | {} |\n",
+            v.want,
+            v.label,
+            x(v.ratio),
+            x(v.cpu_ratio),
+            v.source
+        ));
+    }
+    t
+}
+
+/// The measurement context of one family: its layout, a fresh scratch directory.
+fn context(root: &Path, family: &str, opts: &BenchOpts) -> anyhow::Result<Ctx> {
+    let scratch = std::env::temp_dir().join(format!(
+        "portico-bench-{}-{family}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let layout = opts.layout(family);
+    layout.pin_self();
+    Ok(Ctx {
+        root: root.to_path_buf(),
+        layout,
+        scratch,
+        units: Units::read(),
+    })
+}
+
+fn run_family(root: &Path, name: &str, opts: &BenchOpts) -> anyhow::Result<Family> {
+    let ctx = context(root, name, opts)?;
+    println!("== bench {name}: {}", ctx.layout.describe());
+    let venv = || setup::setup_venv(root, &[setup::TEST_PY, setup::BENCH_PY].concat());
+    let family = match name {
+        "static" => static_files::bench_static(&ctx, opts),
+        "wsgi" => wsgi::bench_wsgi(&ctx, &venv()?, opts),
+        "asgi" => asgi::bench_asgi(&ctx, &venv()?, opts),
+        "proxy" => proxy::bench_proxy(&ctx, opts),
+        "tunnel" => tunnel::bench_tunnel(&ctx, opts),
+        "metrics" => metrics::bench_metrics(&ctx, opts),
+        "steering" => steering::bench_steering(&ctx, opts),
+        other => bail!("unknown bench {other:?}"),
+    };
+    let _ = std::fs::remove_dir_all(&ctx.scratch);
+    family
 }
 
 struct Server {
@@ -120,121 +268,17 @@ fn spawn_server(name: &'static str, mut cmd: Command, port: u16) -> anyhow::Resu
     Ok(server)
 }
 
-#[derive(Clone, Copy, Default)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-impl BenchOpts {
-    /// Workers per server (default: usable CPUs) and wrk threads (default: the workers, so new
-    /// connections start on every CPU).
-    fn workers_and_threads(&self) -> (usize, usize) {
-        let workers = self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-        });
-        (workers, self.threads.unwrap_or(workers))
-    }
-}
-
-fn wrk(
-    port: u16,
-    path: &str,
-    threads: usize,
-    conns: usize,
-    secs: u64,
-    close: bool,
-) -> anyhow::Result<Sample> {
-    wrk_with(port, path, threads, conns, secs, close, None)
-}
-
-fn wrk_with(
-    port: u16,
-    path: &str,
-    threads: usize,
-    conns: usize,
-    secs: u64,
-    close: bool,
-    script: Option<&Path>,
-) -> anyhow::Result<Sample> {
-    let mut cmd = Command::new("wrk");
-    if let Some(s) = script {
-        cmd.arg("-s").arg(s);
-    }
-    cmd.args([
-        "-t",
-        &threads.to_string(),
-        "-c",
-        &conns.to_string(),
-        "-d",
-        &format!("{secs}s"),
-        "--latency",
-    ]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = cmd.output().context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
-    let pct = |p: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(p))
-            .and_then(|v| parse_ms(v.trim()))
-            .unwrap_or(f64::NAN)
-    };
-    Ok(Sample {
-        rps,
-        p50_ms: pct("50%"),
-        p99_ms: pct("99%"),
-    })
-}
-
-fn parse_ms(v: &str) -> Option<f64> {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => return None,
-    })
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
 
-/// Prints the table, writes it to bench-results/NAME.md and removes the scratch directory.
-fn finish_bench(root: &Path, scratch: &Path, name: &str, table: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(root.join("bench-results"))?;
-    let out = root.join(format!("bench-results/{name}.md"));
-    std::fs::write(&out, table)?;
-    println!("\n{table}\n(written to bench-results/{name}.md)");
-    let _ = std::fs::remove_dir_all(scratch);
-    Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("portico-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 /// The bench directory for a static + WSGI Portico: `www/1k.bin` and the app module `app`.
-fn mixed_bench_dir(app: (&str, &str)) -> anyhow::Result<PathBuf> {
-    let dir = tempfile_dir()?;
+fn mixed_bench_dir(dir: &Path, app: (&str, &str)) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www/1k.bin"), vec![b'x'; 1024])?;
     std::fs::write(dir.join(app.0), app.1)?;
-    Ok(dir)
+    Ok(())
 }
 
 /// The app of the WSGI and metrics benches: hello world, a 10 KiB body and a POST echo.
@@ -264,21 +308,18 @@ def app(environ, start_response):
     return ROUTES[environ["PATH_INFO"]](environ, start_response)
 "#;
 
-/// A portico with `ebpf` as its `[ebpf]` section, a static route at /static/ and `app` at /.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "each bench passes a different mix; a builder would only rename them"
-)]
+/// A portico with `ebpf` as its `[ebpf]` section, a static route at /static/ and `app` at /,
+/// files in the scratch directory, `layout.workers` cells on the layout's server CPUs.
 fn start_portico_with(
-    root: &Path,
-    dir: &Path,
+    ctx: &Ctx,
+    layout: &Layout,
     name: &'static str,
     ebpf: &str,
     extra: &str,
     app: &str,
-    workers: usize,
     admin: bool,
 ) -> anyhow::Result<(Server, Option<u16>)> {
+    let dir = &ctx.scratch;
     let port = free_port()?;
     let admin_port = if admin { Some(free_port()?) } else { None };
     let cfg = dir.join(format!("{}.toml", name.replace(' ', "-")));
@@ -291,7 +332,7 @@ fn start_portico_with(
         ),
     )?;
     let admin_arg = admin_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
-    let mut cmd = Command::new(root.join("target/release/portico"));
+    let mut cmd = layout.server(ctx.root.join("target/release/portico"));
     cmd.arg("serve")
         .arg("-c")
         .arg(&cfg)
@@ -301,7 +342,7 @@ fn start_portico_with(
             "--admin",
             &admin_arg,
         ])
-        .args(["--access-log", "off", "--workers", &workers.to_string()]);
+        .args(["--access-log", "off", "--workers", &layout.workers.to_string()]);
     let server = spawn_server(name, cmd, port)?;
     if let Some(a) = admin_port {
         wait_port(a)?;

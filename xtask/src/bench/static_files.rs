@@ -1,39 +1,30 @@
-//! `bench static`: static files, Portico against nginx with the same workers.
+//! `bench static`: static files, Portico against nginx with the same workers (per core by
+//! default: one worker each on CPU 0, the load on the other CPUs).
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::Context as _;
 
-use super::{
-    BenchOpts, Sample, Server, finish_bench, free_port, median, spawn_server, tempfile_dir, wrk,
-};
+use super::measure::{Ctx, Load};
+use super::results::Family;
+use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
-fn start_portico(root: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
+pub(super) fn start_portico(ctx: &Ctx, docroot: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
-    let mut cmd = Command::new(root.join("target/release/portico"));
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin",
-        "off",
-        "--access-log",
-        "off",
-    ])
-    .args([
-        "--workers",
-        &workers.to_string(),
-        "--static",
-        &format!("/={}", docroot.display()),
-    ]);
+    let mut cmd = ctx.layout.server(ctx.root.join("target/release/portico"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", "off", "--access-log", "off"])
+        .args(["--workers", &ctx.layout.workers.to_string(), "--static"])
+        .arg(format!("/={}", docroot.display()));
     spawn_server("portico", cmd, port)
 }
 
-fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Server> {
+fn start_nginx(ctx: &Ctx, dir: &Path, docroot: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
+    // `auto` binds worker i to CPU i: the server CPUs, which start at 0.
     std::fs::write(
         &conf,
         format!(
@@ -45,19 +36,31 @@ fn start_nginx(dir: &Path, docroot: &Path, workers: usize) -> anyhow::Result<Ser
                open_file_cache max=10000 inactive=60s;\n  open_file_cache_valid 60s;\n\
                types {{ application/octet-stream bin; text/plain txt; }}\n\
                server {{\n    listen 127.0.0.1:{port} reuseport;\n    root {root};\n  }}\n}}\n",
+            workers = ctx.layout.workers,
             dir = dir.display(),
             root = docroot.display()
         ),
     )?;
-    let mut cmd = Command::new(which("nginx").context("nginx not installed")?);
+    let mut cmd = ctx
+        .layout
+        .server(which("nginx").context("nginx not installed")?);
     cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
     spawn_server("nginx", cmd, port)
 }
 
-pub(super) fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
-    let (workers, threads) = o.workers_and_threads();
-    let dir = tempfile_dir()?;
+pub(super) const SCENARIOS: [(&str, &str, Load); 4] = [
+    ("1k", "1 KiB keep-alive", Load::get("/1k.bin")),
+    ("64k", "64 KiB keep-alive", Load::get("/64k.bin")),
+    ("1m", "1 MiB keep-alive", Load::get("/1m.bin")),
+    (
+        "1k-new-conn",
+        "1 KiB new connection per request",
+        Load::get_close("/1k.bin"),
+    ),
+];
+
+/// The document root of the static scenarios, under `dir`.
+pub(super) fn docroot(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let docroot = dir.join("www");
     std::fs::create_dir_all(&docroot)?;
     for (name, size) in [
@@ -67,62 +70,37 @@ pub(super) fn bench_static(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
     ] {
         std::fs::write(docroot.join(name), vec![b'x'; size])?;
     }
-    let nginx_dir = dir.join("nginx");
+    Ok(docroot)
+}
+
+pub(super) fn bench_static(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
+    let docroot = docroot(&ctx.scratch)?;
+    let nginx_dir = ctx.scratch.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let servers = [
-        start_portico(root, &docroot, workers)?,
-        start_nginx(&nginx_dir, &docroot, workers)?,
+        start_portico(ctx, &docroot)?,
+        start_nginx(ctx, &nginx_dir, &docroot)?,
     ];
-    let rows: [(&str, &str, bool); 4] = [
-        ("1 KiB keep-alive", "/1k.bin", false),
-        ("64 KiB keep-alive", "/64k.bin", false),
-        ("1 MiB keep-alive", "/1m.bin", false),
-        ("1 KiB new connection per request", "/1k.bin", true),
-    ];
-    println!(
-        "bench static: {workers} workers each, wrk -t{threads} -c{conns} -d{secs}s, {repeats} interleaved repeats (median), same machine\n"
+    let mut family = o.family(
+        "static",
+        ctx,
+        format!(
+            "bench static: portico and nginx (sendfile, open_file_cache), {}; oha -c{}",
+            ctx.layout.describe(),
+            o.conns
+        ),
     );
-    let mut table = String::from(
-        "| row | portico req/s | nginx req/s | ratio | portico p50 / p99 (ms) | nginx p50 / p99 (ms) |\n|---|---:|---:|---:|---:|---:|\n",
-    );
-    for (label, path, close) in rows {
-        // Warm both (file caches, page cache).
-        for s in &servers {
-            wrk(s.port, path, threads, conns, 1, close)?;
-        }
-        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..repeats {
-            for (i, s) in servers.iter().enumerate() {
-                samples[i].push(wrk(s.port, path, threads, conns, secs, close)?);
-            }
-        }
-        let med = |i: usize| Sample {
-            rps: median(samples[i].iter().map(|s| s.rps).collect()),
-            p50_ms: median(samples[i].iter().map(|s| s.p50_ms).collect()),
-            p99_ms: median(samples[i].iter().map(|s| s.p99_ms).collect()),
+    let refs: Vec<&Server> = servers.iter().collect();
+    for (id, label, load) in SCENARIOS {
+        let def = ScenarioDef {
+            id,
+            label,
+            load,
+            conns: o.conns,
         };
-        let (p, n) = (med(0), med(1));
-        let line = format!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |\n",
-            p.rps,
-            n.rps,
-            p.rps / n.rps,
-            p.p50_ms,
-            p.p99_ms,
-            n.p50_ms,
-            n.p99_ms
-        );
-        print!("{line}");
-        table.push_str(&line);
+        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
+        family.scenarios.push(sc);
     }
-    eprintln!(
-        "stopping {}",
-        servers
-            .iter()
-            .map(|s| s.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    drop(servers);
-    finish_bench(root, &dir, "static", &table)
+    Ok(family)
 }
+

@@ -1,15 +1,15 @@
 //! `bench steering`: the steering policies side by side (keep-alive, new connections, one
 //! stalled cell), and the XDP guard's cost per packet.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::{
-    BenchOpts, finish_bench, median, mixed_bench_dir, scrape, series, start_portico_with, wrk,
-};
+use super::measure::{Ctx, Load};
+use super::results::{Family, Round};
+use super::runner::{Probe, ScenarioDef, run_scenario};
+use super::{BenchOpts, Server, mixed_bench_dir, scrape, series, start_portico_with};
 
 /// The steering bench's app: `/sleep` holds its cell's Python thread for 200 ms.
 const STALL_APP: &str = r#"import time
@@ -94,97 +94,115 @@ fn stall_cell(
         .collect())
 }
 
-pub(super) fn bench_steering(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
-    let (workers, threads) = o.workers_and_threads();
-    let dir = mixed_bench_dir(("stallapp.py", STALL_APP))?;
+/// Each round's spread of requests over the cells: max / min of the per-cell counts.
+struct CellShare<'a> {
+    admins: &'a [u16],
+    cells: usize,
+    before: Vec<f64>,
+}
+
+impl Probe for CellShare<'_> {
+    fn before(&mut self, server: usize) -> anyhow::Result<()> {
+        self.before = per_cell_requests(self.admins[server], self.cells)?;
+        Ok(())
+    }
+    fn after(&mut self, server: usize, round: &mut Round) -> anyhow::Result<()> {
+        let after = per_cell_requests(self.admins[server], self.cells)?;
+        let d: Vec<f64> = after.iter().zip(&self.before).map(|(a, b)| a - b).collect();
+        let (max, min) = d
+            .iter()
+            .fold((0.0f64, f64::MAX), |(mx, mn), v| (mx.max(*v), mn.min(*v)));
+        let share = if min > 0.0 { max / min } else { f64::INFINITY };
+        round.extra.insert("max/min cell share".into(), share);
+        Ok(())
+    }
+}
+
+pub(super) fn bench_steering(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
+    let workers = ctx.layout.workers;
+    mixed_bench_dir(&ctx.scratch, ("stallapp.py", STALL_APP))?;
     let policies: [&'static str; 4] = ["kernel", "cpu", "hash", "least-loaded"];
-    let mut servers = Vec::new();
+    let mut servers: Vec<Server> = Vec::new();
+    let mut admins = Vec::new();
     for p in policies {
         let (s, admin) = start_portico_with(
-            root,
-            &dir,
+            ctx,
+            &ctx.layout,
             p,
             &format!("[ebpf]\nsteering = \"{p}\""),
             "",
             "stallapp:app",
-            workers,
             true,
         )?;
-        servers.push((p, s, admin.expect("admin port")));
+        servers.push(s);
+        admins.push(admin.expect("admin port"));
     }
-    for (p, _, admin) in &servers {
+    for (p, admin) in policies.iter().zip(&admins) {
         let m = scrape(*admin)?;
         let enabled = series(&m, "portico_ebpf_enabled");
         if *p != "kernel" && enabled != 1.0 {
             bail!("steering policy {p}: eBPF did not attach (run the bench as root)");
         }
     }
-    println!(
-        "bench steering: {workers} workers, wrk -t{threads}, {secs}s per run, {repeats} repeats (median)\n"
+    let mut family = o.family(
+        "steering",
+        ctx,
+        format!(
+            "bench steering: one portico per policy, {} (steering needs several cells); the \
+             stalled-cell scenario keeps 2 connections of the last cell in a 200 ms handler",
+            ctx.layout.describe()
+        ),
     );
-    let mut table = String::from(
-        "| scenario | policy | req/s | p99 ms | max/min cell share |\n|---|---|---:|---:|---:|\n",
-    );
-    let scenarios: [(&str, &str, bool, usize); 3] = [
+    let refs: Vec<&Server> = servers.iter().collect();
+    let scenarios: [(&str, &str, Load, usize); 3] = [
         (
+            "keepalive",
             "uniform keep-alive (static 1 KiB)",
-            "/static/1k.bin",
-            false,
-            conns,
+            Load::get("/static/1k.bin"),
+            o.conns,
         ),
         (
+            "new-conn",
             "new connection per request (static 1 KiB)",
-            "/static/1k.bin",
-            true,
-            conns,
+            Load::get_close("/static/1k.bin"),
+            o.conns,
         ),
         (
+            "stalled",
             "one stalled cell (WSGI hello, new connections)",
-            "/",
-            true,
+            Load::get_close("/"),
             16,
         ),
     ];
-    for (label, path, close, c) in scenarios {
-        for (p, s, admin) in &servers {
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let stallers = if path == "/" && workers > 1 {
-                stall_cell(s.port, *admin, workers - 1, 2, stop.clone())?
-            } else {
-                Vec::new()
-            };
-            wrk(s.port, path, threads, c, 1, close)?;
-            let (mut rps, mut p99, mut share) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..repeats {
-                let before = per_cell_requests(*admin, workers)?;
-                let sample = wrk(s.port, path, threads, c, secs, close)?;
-                let after = per_cell_requests(*admin, workers)?;
-                let d: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-                let (max, min) = d
-                    .iter()
-                    .fold((0.0f64, f64::MAX), |(mx, mn), v| (mx.max(*v), mn.min(*v)));
-                rps.push(sample.rps);
-                p99.push(sample.p99_ms);
-                share.push(if min > 0.0 { max / min } else { f64::INFINITY });
+    for (id, label, load, conns) in scenarios {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut stallers = Vec::new();
+        if id == "stalled" && workers > 1 {
+            for (s, admin) in servers.iter().zip(&admins) {
+                stallers.extend(stall_cell(s.port, *admin, workers - 1, 2, stop.clone())?);
             }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            for t in stallers {
-                let _ = t.join();
-            }
-            let line = format!(
-                "| {label} | {p} | {:.0} | {:.2} | {:.2} |\n",
-                median(rps),
-                median(p99),
-                median(share)
-            );
-            print!("{line}");
-            table.push_str(&line);
+        }
+        let def = ScenarioDef {
+            id,
+            label,
+            load,
+            conns,
+        };
+        let mut probe = CellShare {
+            admins: &admins,
+            cells: workers,
+            before: Vec::new(),
+        };
+        let sc = run_scenario(ctx, &family, &refs, &def, &mut probe);
+        family.scenarios.push(sc);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in stallers {
+            let _ = t.join();
         }
     }
     drop(servers);
     // The XDP guard's decisions and cost per packet (BPF_PROG_TEST_RUN, 1M runs each).
-    let out = Command::new(root.join("target/release/portico"))
+    let out = Command::new(ctx.root.join("target/release/portico"))
         .args(["xdp-test-run", "--repeat", "1000000"])
         .output()
         .context("portico xdp-test-run")?;
@@ -195,12 +213,9 @@ pub(super) fn bench_steering(root: &Path, o: BenchOpts) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    table.push_str("\nXDP guard (BPF_PROG_TEST_RUN):\n\n```\n");
     for l in text.lines().filter(|l| l.starts_with("cost")) {
         println!("{l}");
-        table.push_str(l);
-        table.push('\n');
+        family.notes.push(format!("XDP guard (BPF_PROG_TEST_RUN): {l}"));
     }
-    table.push_str("```\n");
-    finish_bench(root, &dir, "steering", &table)
+    Ok(family)
 }

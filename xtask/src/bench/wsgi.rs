@@ -1,12 +1,11 @@
 //! `bench wsgi`: the WSGI gateway, Portico against granian, gunicorn, uWSGI and bjoern.
 
 use std::path::Path;
-use std::process::Command;
 
-use super::{
-    BENCH_APP, BenchOpts, Sample, Server, finish_bench, free_port, median, spawn_server,
-    tempfile_dir, wrk_with,
-};
+use super::measure::{Ctx, Load};
+use super::results::Family;
+use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::{BENCH_APP, BenchOpts, Server, free_port, spawn_server};
 
 const BENCH_FLASK: &str = r#"
 from flask import Flask, jsonify
@@ -29,8 +28,6 @@ for _ in range(int(sys.argv[3]) - 1):
         break
 bjoern.run()
 "#;
-
-const POST_LUA: &str = "wrk.method = \"POST\"\nwrk.body = string.rep(\"a\", 4096)\nwrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -65,24 +62,23 @@ impl Peer {
 
 fn start_peer(
     peer: Peer,
-    root: &Path,
+    ctx: &Ctx,
     venv: &Path,
-    dir: &Path,
     app: &str,
-    workers: usize,
 ) -> anyhow::Result<Server> {
+    let (root, dir, layout) = (&ctx.root, &ctx.scratch, &ctx.layout);
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let bin = |b: &str| venv.join("bin").join(b);
-    let w = workers.to_string();
+    let w = layout.workers.to_string();
     let mut cmd = match peer {
         Peer::Portico => {
             // Plain SO_REUSEPORT, like every peer: on loopback the `cpu` steering policy puts
-            // all of wrk's connections on the cell of the CPU wrk connected from (see README);
-            // this bench measures the WSGI gateway, `bench steering` the policies.
+            // all of the load's connections on the cell of the CPU it connected from (see
+            // README); this bench measures the WSGI gateway, `bench steering` the policies.
             let cfg = dir.join("portico-bench.toml");
             std::fs::write(&cfg, "[ebpf]\nmode = \"off\"\n")?;
-            let mut c = Command::new(root.join("target/release/portico"));
+            let mut c = layout.server(root.join("target/release/portico"));
             c.arg("serve")
                 .arg("-c")
                 .arg(&cfg)
@@ -92,22 +88,14 @@ fn start_peer(
             c
         }
         Peer::Granian => {
-            let mut c = Command::new(bin("granian"));
+            let mut c = layout.server(bin("granian"));
             c.args(["--interface", "wsgi", "--host", "127.0.0.1", "--port"])
                 .arg(port.to_string())
-                .args([
-                    "--workers",
-                    &w,
-                    "--http",
-                    "1",
-                    "--log-level",
-                    "warning",
-                    app,
-                ]);
+                .args(["--workers", &w, "--http", "1", "--log-level", "warning", app]);
             c
         }
         Peer::GunicornSync | Peer::GunicornGthread => {
-            let mut c = Command::new(bin("gunicorn"));
+            let mut c = layout.server(bin("gunicorn"));
             c.args(["-w", &w, "-b", &addr, "--log-level", "warning"]);
             if peer == Peer::GunicornGthread {
                 c.args(["-k", "gthread", "--threads", "4"]);
@@ -116,7 +104,7 @@ fn start_peer(
             c
         }
         Peer::Uwsgi => {
-            let mut c = Command::new(bin("uwsgi"));
+            let mut c = layout.server(bin("uwsgi"));
             c.args(["--http11-socket", &addr, "--master", "--processes", &w])
                 .args(["--module", app, "--disable-logging", "--need-app"])
                 .args(["--pythonpath"])
@@ -126,7 +114,7 @@ fn start_peer(
             c
         }
         Peer::Bjoern => {
-            let mut c = Command::new(bin("python"));
+            let mut c = layout.server(bin("python"));
             c.arg(dir.join("bjoern_run.py"))
                 .args([app, &port.to_string(), &w]);
             c
@@ -136,77 +124,80 @@ fn start_peer(
     spawn_server(peer.name(), cmd, port)
 }
 
-/// (label, path, POST a 4 KiB body)
-type Row = (&'static str, &'static str, bool);
-
-pub(super) fn bench_wsgi(root: &Path, venv: &Path, o: BenchOpts) -> anyhow::Result<()> {
-    let (secs, repeats, conns) = (o.secs, o.repeats, o.conns);
-    let (workers, threads) = o.workers_and_threads();
-    let dir = tempfile_dir()?;
+/// Writes the apps (and bjoern's launcher) into the scratch directory.
+pub(super) fn write_apps(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("benchapp.py"), BENCH_APP)?;
     std::fs::write(dir.join("benchflask.py"), BENCH_FLASK)?;
     std::fs::write(dir.join("bjoern_run.py"), BJOERN_RUN)?;
-    let post = dir.join("post.lua");
-    std::fs::write(&post, POST_LUA)?;
-    println!(
-        "bench wsgi: {workers} workers each, wrk -t{threads} -c{conns} -d{secs}s, {repeats} interleaved repeats (median), same machine\n"
-    );
-    let groups: [(&str, &[Row]); 2] = [
-        (
-            "benchapp:app",
-            &[
-                ("hello world (13 B)", "/", false),
-                ("10 KiB body", "/10k", false),
-                ("4 KiB POST echo", "/echo", true),
-            ],
+    Ok(())
+}
+
+/// (app, its scenarios)
+pub(super) const GROUPS: [(&str, &[(&str, &str, Load)]); 2] = [
+    (
+        "benchapp:app",
+        &[
+            ("hello", "hello world (13 B) keep-alive", Load::get("/")),
+            (
+                "hello-new-conn",
+                "hello world, new connection per request",
+                Load::get_close("/"),
+            ),
+            ("10k", "10 KiB body", Load::get("/10k")),
+            (
+                "post-echo",
+                "4 KiB POST echo",
+                Load::Http {
+                    path: "/echo",
+                    close: false,
+                    body: 4096,
+                },
+            ),
+        ],
+    ),
+    ("benchflask:app", &[("flask-json", "Flask JSON", Load::get("/json"))]),
+];
+
+/// Portico alone serving `app`, for `xtask profile`.
+pub(super) fn start_portico(ctx: &Ctx, venv: &Path, app: &str) -> anyhow::Result<Server> {
+    write_apps(&ctx.scratch)?;
+    start_peer(Peer::Portico, ctx, venv, app)
+}
+
+pub(super) fn bench_wsgi(ctx: &Ctx, venv: &Path, o: &BenchOpts) -> anyhow::Result<Family> {
+    write_apps(&ctx.scratch)?;
+    let mut family = o.family(
+        "wsgi",
+        ctx,
+        format!(
+            "bench wsgi: portico, granian, gunicorn (sync, gthread), uWSGI and bjoern, {}; oha -c{}",
+            ctx.layout.describe(),
+            o.conns
         ),
-        ("benchflask:app", &[("Flask JSON", "/json", false)]),
-    ];
-    let mut table = String::from(
-        "| row | server | req/s | p50 (ms) | p99 (ms) | portico / server |\n|---|---|---:|---:|---:|---:|\n",
     );
-    for (app, rows) in groups {
+    for (app, rows) in GROUPS {
         let mut servers = Vec::new();
         for peer in Peer::ALL {
-            match start_peer(peer, root, venv, &dir, app, workers) {
+            match start_peer(peer, ctx, venv, app) {
                 Ok(s) => servers.push(s),
-                Err(e) => eprintln!("skipping {}: {e:#}", peer.name()),
-            }
-        }
-        for &(label, path, post_body) in rows {
-            let script = post_body.then_some(post.as_path());
-            for s in &servers {
-                wrk_with(s.port, path, threads, conns, 1, false, script)?;
-            }
-            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
-            for _ in 0..repeats {
-                for (i, s) in servers.iter().enumerate() {
-                    samples[i].push(wrk_with(s.port, path, threads, conns, secs, false, script)?);
+                Err(e) => {
+                    let why = format!("{} ({app}) skipped: {e:#}", peer.name());
+                    eprintln!("{why}");
+                    family.notes.push(why);
                 }
             }
-            let med: Vec<Sample> = samples
-                .iter()
-                .map(|v| Sample {
-                    rps: median(v.iter().map(|s| s.rps).collect()),
-                    p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
-                    p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
-                })
-                .collect();
-            let ours = servers
-                .iter()
-                .position(|s| s.name == "portico")
-                .map(|i| med[i].rps);
-            for (s, m) in servers.iter().zip(&med) {
-                let ratio = ours.map_or("-".to_string(), |p| format!("{:.2}", p / m.rps));
-                let line = format!(
-                    "| {label} | {} | {:.0} | {:.2} | {:.2} | {ratio} |\n",
-                    s.name, m.rps, m.p50_ms, m.p99_ms
-                );
-                print!("{line}");
-                table.push_str(&line);
-            }
         }
-        drop(servers);
+        let refs: Vec<&Server> = servers.iter().collect();
+        for &(id, label, load) in rows {
+            let def = ScenarioDef {
+                id,
+                label,
+                load,
+                conns: o.conns,
+            };
+            let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
+            family.scenarios.push(sc);
+        }
     }
-    finish_bench(root, &dir, "wsgi", &table)
+    Ok(family)
 }

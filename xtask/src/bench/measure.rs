@@ -1,0 +1,496 @@
+//! The one measurement layer of every bench: where servers and load run (`Layout`), one load
+//! run (`oha` for HTTP, `ws-load` for WebSocket echo) and what the server's processes spent
+//! during it, from /proc: CPU (utime + stime of the whole process tree) and sampled peak RSS.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::Server;
+use super::results::{Percentile, Round};
+use crate::process::output;
+
+/// Which CPUs the servers and the load generator get.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Workers (cells) per server.
+    pub workers: usize,
+    /// `taskset -c` lists; `None` when servers and load share every CPU.
+    pub server_cpus: Option<String>,
+    pub load_cpus: Option<String>,
+}
+
+impl Layout {
+    /// Per core when the machine has a CPU left for the load: `workers` servers' CPUs from 0,
+    /// the load on the rest; otherwise everything shares the CPUs (said in `describe`).
+    pub fn new(workers: usize) -> Self {
+        let cpus = usable_cpus();
+        let workers = workers.max(1);
+        if workers < cpus {
+            Layout {
+                workers,
+                server_cpus: Some(cpu_range(0, workers)),
+                load_cpus: Some(cpu_range(workers, cpus)),
+            }
+        } else {
+            Layout::shared(workers)
+        }
+    }
+
+    /// Servers and load share every CPU (`bench steering` needs several cells).
+    pub fn shared(workers: usize) -> Self {
+        Layout {
+            workers,
+            server_cpus: None,
+            load_cpus: None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match (&self.server_cpus, &self.load_cpus) {
+            (Some(s), Some(l)) => format!(
+                "{} worker(s) per server pinned to CPU {s}, the load generator on CPU {l}",
+                self.workers
+            ),
+            _ => format!(
+                "{} worker(s) per server, servers and load generator sharing all {} CPUs",
+                self.workers,
+                usable_cpus()
+            ),
+        }
+    }
+
+    /// `bin` as a server process: under `taskset` on the server CPUs when pinned.
+    pub fn server(&self, bin: impl AsRef<std::ffi::OsStr>) -> Command {
+        pinned(bin, self.server_cpus.as_deref())
+    }
+
+    /// `bin` as a load generator or backend: on the load CPUs when pinned.
+    pub fn load(&self, bin: impl AsRef<std::ffi::OsStr>) -> Command {
+        pinned(bin, self.load_cpus.as_deref())
+    }
+
+    /// Moves this process (the sampler) off the servers' CPUs, so it does not steal their
+    /// time; back onto every CPU when shared (what it starts unpinned inherits this).
+    pub fn pin_self(&self) {
+        let all = cpu_range(0, usable_cpus());
+        let cpus = self.load_cpus.as_deref().unwrap_or(&all);
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn cpu_range(from: usize, to: usize) -> String {
+    if to - from == 1 {
+        from.to_string()
+    } else {
+        format!("{from}-{}", to - 1)
+    }
+}
+
+/// The CPUs this process could use when it started (read once: `pin_self` narrows them later).
+pub fn usable_cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+fn pinned(bin: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", c]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// What a load run sends.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// GETs of `path` (POSTs of `body` bytes when not 0), a new connection per request when
+    /// `close`.
+    Http {
+        path: &'static str,
+        close: bool,
+        body: usize,
+    },
+    /// `ws-load` echo messages of `size` bytes on /ws.
+    WebSocket { size: usize },
+}
+
+impl Load {
+    pub const fn get(path: &'static str) -> Self {
+        Load::Http {
+            path,
+            close: false,
+            body: 0,
+        }
+    }
+    pub const fn get_close(path: &'static str) -> Self {
+        Load::Http {
+            path,
+            close: true,
+            body: 0,
+        }
+    }
+    /// "req" or "msg": what one counted unit is.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Load::Http { .. } => "req",
+            Load::WebSocket { .. } => "msg",
+        }
+    }
+}
+
+/// One process from /proc/PID/stat.
+struct Stat {
+    ppid: u32,
+    state: char,
+    ticks: u64,
+    rss_pages: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces and parentheses).
+    let f: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        state: f.first()?.chars().next()?,
+        ppid: u32::try_from(num(1)?).ok()?,
+        ticks: num(11)? + num(12)?,
+        rss_pages: num(21)?,
+    })
+}
+
+/// CPU ticks and resident pages of `root` and all its descendants, now.
+#[derive(Clone, Copy, Default)]
+struct TreeSample {
+    ticks: u64,
+    root_ticks: u64,
+    rss_pages: u64,
+}
+
+fn tree_sample(root: u32) -> anyhow::Result<TreeSample> {
+    let mut all: HashMap<u32, Stat> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A process that exits between the listing and the read is gone from the tree too.
+        if let Some(s) = stat(pid) {
+            all.insert(pid, s);
+        }
+    }
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (pid, s) in &all {
+        children.entry(s.ppid).or_default().push(*pid);
+    }
+    let root_stat = all
+        .get(&root)
+        .with_context(|| format!("server process {root} is gone"))?;
+    let mut sample = TreeSample {
+        root_ticks: root_stat.ticks,
+        ..TreeSample::default()
+    };
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if let Some(s) = all.get(&pid) {
+            sample.ticks += s.ticks;
+            sample.rss_pages += s.rss_pages;
+        }
+        todo.extend(children.get(&pid).into_iter().flatten());
+    }
+    Ok(sample)
+}
+
+/// The pids of `root`'s children whose command line contains `arg` (Portico's cells).
+pub fn children_with_arg(root: u32, arg: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat(pid).is_some_and(|s| s.ppid == root))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .collect()
+}
+
+/// Machine constants for turning ticks and pages into µs and KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct Units {
+    pub hz: f64,
+    pub page_kib: f64,
+}
+
+impl Units {
+    pub fn read() -> Self {
+        let conf = |name: &str, default: f64| {
+            output(Command::new("getconf").arg(name))
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Units {
+            hz: conf("CLK_TCK", 100.0),
+            page_kib: conf("PAGESIZE", 4096.0) / 1024.0,
+        }
+    }
+}
+
+/// How often the server tree's RSS is sampled (and the load's end looked for) during a run.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Everything one measured run needs besides the server.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub root: PathBuf,
+    pub layout: Layout,
+    pub scratch: PathBuf,
+    pub units: Units,
+}
+
+/// One load run of `secs` seconds with `conns` connections against `server`, with the server's
+/// CPU and peak RSS over the same window. Fails when no request succeeded or the load failed.
+pub fn measure(
+    ctx: &Ctx,
+    server: &Server,
+    load: Load,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<Round> {
+    let pid = server.child.id();
+    let out_path = ctx.scratch.join("load.out");
+    let err_path = ctx.scratch.join("load.err");
+    let mut cmd = load_command(ctx, server.port, load, conns, secs)?;
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?);
+    let before = tree_sample(pid)?;
+    let mut peak_rss = before.rss_pages;
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().context("starting the load generator")?;
+    let load_pid = child.id();
+    // The load's own CPU is read while it is a zombie: exited (all threads' time summed into
+    // its stat) but not yet reaped.
+    let (load_ticks, after) = loop {
+        std::thread::sleep(SAMPLE_EVERY);
+        let s = tree_sample(pid)?;
+        peak_rss = peak_rss.max(s.rss_pages);
+        match stat(load_pid) {
+            Some(st) if st.state == 'Z' => break (st.ticks, s),
+            Some(_) => {}
+            None => break (0, s),
+        }
+        if t0.elapsed() > Duration::from_secs(secs + 60) {
+            let _ = child.kill();
+            bail!("the load generator ran 60 s past its {secs} s");
+        }
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    let status = child.wait()?;
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "load generator failed ({status}):\n{text}{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+    }
+    let parsed = match load {
+        Load::Http { .. } => parse_oha(&text)?,
+        Load::WebSocket { .. } => parse_ws_load(&text)?,
+    };
+    if parsed.count <= 0.0 {
+        bail!(
+            "{}: no request succeeded ({} errors)",
+            server.name,
+            parsed.errors
+        );
+    }
+    let us = |ticks: u64| ticks as f64 / ctx.units.hz * 1e6;
+    let cpu = us(after.ticks.saturating_sub(before.ticks));
+    let load_cpus = ctx
+        .layout
+        .load_cpus
+        .as_ref()
+        .map_or(usable_cpus(), |_| usable_cpus() - ctx.layout.workers);
+    Ok(Round {
+        rate: parsed.count / parsed.secs.unwrap_or(wall),
+        count: parsed.count,
+        errors: parsed.errors,
+        wall_s: wall,
+        latency_ms: parsed.latency_ms,
+        cpu_us: cpu / parsed.count,
+        root_cpu_us: us(after.root_ticks.saturating_sub(before.root_ticks)) / parsed.count,
+        server_busy: cpu / 1e6 / wall,
+        load_busy: us(load_ticks) / 1e6 / wall / load_cpus as f64,
+        peak_rss_kib: peak_rss as f64 * ctx.units.page_kib,
+        extra: BTreeMap::new(),
+    })
+}
+
+fn load_command(
+    ctx: &Ctx,
+    port: u16,
+    load: Load,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<Command> {
+    Ok(match load {
+        Load::Http { path, close, body } => {
+            let mut cmd = ctx.layout.load(oha_bin().context("oha not installed")?);
+            // -w: requests still running at the deadline are waited for, not counted as
+            // errors; no latency correction: each connection sends when the last answer came.
+            cmd.args(["--no-tui", "--output-format", "json", "-w"])
+                .args(["-z", &format!("{secs}s"), "-c", &conns.to_string()]);
+            if close {
+                cmd.arg("--disable-keepalive");
+            }
+            if body > 0 {
+                let file = ctx.scratch.join(format!("body-{body}.bin"));
+                if !file.exists() {
+                    std::fs::write(&file, vec![b'a'; body])?;
+                }
+                cmd.args(["-m", "POST", "-T", "application/octet-stream", "-D"])
+                    .arg(file);
+            }
+            cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+            cmd
+        }
+        Load::WebSocket { size } => {
+            let mut cmd = ctx.layout.load(ctx.root.join("target/release/ws-load"));
+            cmd.arg(format!("ws://127.0.0.1:{port}/ws")).args([
+                "--connections",
+                &conns.to_string(),
+                "--duration",
+                &secs.to_string(),
+                "--size",
+                &size.to_string(),
+            ]);
+            cmd
+        }
+    })
+}
+
+/// `oha` on PATH or where `cargo install` puts it.
+pub fn oha_bin() -> Option<PathBuf> {
+    crate::process::which("oha").or_else(|| {
+        let p = Path::new(&std::env::var_os("HOME")?).join(".cargo/bin/oha");
+        p.is_file().then_some(p)
+    })
+}
+
+struct Parsed {
+    /// Successful requests (2xx and 3xx) or echoed messages.
+    count: f64,
+    errors: f64,
+    /// The generator's own measured duration, when it reports one.
+    secs: Option<f64>,
+    latency_ms: Vec<Percentile>,
+}
+
+fn parse_oha(text: &str) -> anyhow::Result<Parsed> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .with_context(|| format!("oha printed no JSON:\n{text}"))?;
+    let mut count = 0.0;
+    let mut errors = 0.0;
+    if let Some(codes) = v["statusCodeDistribution"].as_object() {
+        for (code, n) in codes {
+            let n = n.as_f64().unwrap_or(0.0);
+            if code.starts_with('2') || code.starts_with('3') {
+                count += n;
+            } else {
+                errors += n;
+            }
+        }
+    }
+    if let Some(errs) = v["errorDistribution"].as_object() {
+        errors += errs.values().filter_map(serde_json::Value::as_f64).sum::<f64>();
+    }
+    let latency_ms = v["latencyPercentiles"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, s)| {
+            Some(Percentile {
+                p: k.strip_prefix('p')?.parse().ok()?,
+                ms: s.as_f64()? * 1e3,
+            })
+        })
+        .collect::<Vec<_>>();
+    Ok(Parsed {
+        count,
+        errors,
+        secs: v["summary"]["total"].as_f64().filter(|s| *s > 0.0),
+        latency_ms: sorted(latency_ms),
+    })
+}
+
+fn parse_ws_load(text: &str) -> anyhow::Result<Parsed> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+    };
+    let count = field("messages").with_context(|| format!("no count in ws-load output:\n{text}"))?;
+    let rate = field("messages/s").context("no messages/s in ws-load output")?;
+    let latency_ms = ["50", "90", "99", "99.9", "99.99"]
+        .iter()
+        .filter_map(|p| {
+            Some(Percentile {
+                p: p.parse().ok()?,
+                ms: field(&format!("p{p}_us"))? / 1e3,
+            })
+        })
+        .collect();
+    Ok(Parsed {
+        count,
+        errors: 0.0,
+        secs: (rate > 0.0).then(|| count / rate),
+        latency_ms: sorted(latency_ms),
+    })
+}
+
+fn sorted(mut v: Vec<Percentile>) -> Vec<Percentile> {
+    v.sort_by(|a, b| a.p.total_cmp(&b.p));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oha_json_counts_successes_errors_and_percentiles() {
+        let p = parse_oha(
+            r#"{"summary":{"total":2.0},"latencyPercentiles":{"p50":0.001,"p99.9":0.004},
+               "statusCodeDistribution":{"200":90,"503":4},"errorDistribution":{"reset":6}}"#,
+        )
+        .unwrap();
+        assert_eq!((p.count, p.errors, p.secs), (90.0, 10.0, Some(2.0)));
+        assert_eq!(p.latency_ms.len(), 2);
+        assert_eq!(p.latency_ms[1].p, 99.9);
+        assert!((p.latency_ms[1].ms - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ws_load_output_parses() {
+        let p = parse_ws_load("messages: 500\nmessages/s: 250\np50_us: 100\np99.9_us: 900\n")
+            .unwrap();
+        assert_eq!((p.count, p.secs), (500.0, Some(2.0)));
+        assert_eq!(p.latency_ms.len(), 2);
+    }
+
+    #[test]
+    fn layout_pins_servers_first() {
+        assert_eq!(cpu_range(0, 1), "0");
+        assert_eq!(cpu_range(1, 4), "1-3");
+    }
+}

@@ -1,0 +1,184 @@
+//! `report.html`: one self-contained page per run (no script, no external file): the targets
+//! with met / not met, then per family its setup, grouped bars of rate and CPU per request,
+//! latency percentile curves and the table of every median with its spread.
+
+mod charts;
+
+use std::fmt::Write as _;
+
+use super::results::{Family, Results, Round, Scenario};
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}\
+table{border-collapse:collapse;margin:0.6em 0;font-size:13px}\
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}\
+td:first-child,td:nth-child(2),th{text-align:left}\
+.met{background:#d8f5d0}.notmet{background:#f8d6d6}.na{background:#eee}\
+.charts{display:flex;flex-wrap:wrap;gap:8px}.note{color:#555;font-size:13px}\
+code{background:#f4f4f4;padding:1px 3px}";
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The whole page.
+pub fn html(r: &Results) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Portico bench {}</title>\
+         <style>{STYLE}</style></head><body>\n<h1>Portico bench report</h1>\n\
+         <p>Started {} (UTC) with <code>{}</code><br>Machine: {}</p>\n",
+        esc(&r.started),
+        esc(&r.started),
+        esc(&r.command),
+        esc(&r.machine.describe()),
+    );
+    targets(&mut h, r);
+    for f in &r.families {
+        family(&mut h, f);
+    }
+    h.push_str(
+        "<p class=\"note\">Medians over interleaved rounds; ranges are min-max. CPU per request \
+         is utime + stime of all the server's processes over the measured window (from /proc) \
+         divided by the successful requests; latency comes from the load generator (oha or \
+         ws-load) without coordinated-omission correction. When the load generator is near \
+         100% busy it set the pace: judge by CPU per request then.</p>\n</body></html>\n",
+    );
+    h
+}
+
+fn targets(h: &mut String, r: &Results) {
+    if r.targets.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h2>Targets</h2>\n<table><tr><th>family</th><th>scenario</th><th>target</th>\
+         <th>req/s ratio</th><th>CPU/req ratio</th><th>p99 ms portico / peer</th><th>verdict</th>\
+         <th>from</th></tr>\n",
+    );
+    for v in &r.targets {
+        let (class, word) = match v.met {
+            Some(true) => ("met", "met"),
+            Some(false) => ("notmet", "not met"),
+            None => ("na", "not measured"),
+        };
+        let x = |o: Option<f64>| o.map_or("-".into(), |v| format!("{v:.2}x"));
+        let _ = writeln!(
+            h,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{word}</td><td>{}</td></tr>",
+            esc(&v.family),
+            esc(&v.label),
+            esc(&v.want),
+            x(v.ratio),
+            x(v.cpu_ratio),
+            v.p99_ms
+                .map_or("-".into(), |(a, b)| format!("{a:.2} / {b:.2}")),
+            esc(&v.source),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn family(h: &mut String, f: &Family) {
+    let _ = writeln!(
+        h,
+        "<h2>{}</h2>\n<p>{}</p>",
+        esc(&f.family),
+        esc(&f.setup)
+    );
+    let unit = if f.scenarios.iter().all(|s| s.unit == "msg") {
+        "msg"
+    } else {
+        "req"
+    };
+    h.push_str("<div class=\"charts\">\n");
+    let bars: [(&str, String, fn(&Round) -> f64); 3] = [
+        ("rate", format!("{unit}/s"), |r| r.rate),
+        ("CPU per request", format!("server CPU µs/{unit}"), |r| r.cpu_us),
+        ("peak RSS", "MiB".into(), |r| r.peak_rss_kib / 1024.0),
+    ];
+    for (title, y, fig) in bars {
+        chart(h, charts::grouped_bars(f, &format!("{} {title}", f.family), &y, fig));
+    }
+    h.push_str("</div>\n<h3>Latency percentiles</h3>\n<div class=\"charts\">\n");
+    for sc in &f.scenarios {
+        chart(h, charts::latency_curves(f, sc));
+    }
+    h.push_str("</div>\n");
+    table(h, f);
+    for n in &f.notes {
+        let _ = writeln!(h, "<p class=\"note\">{}</p>", esc(n));
+    }
+}
+
+/// An inlined chart, or the reason it could not be drawn.
+fn chart(h: &mut String, svg: anyhow::Result<String>) {
+    match svg {
+        Ok(svg) => {
+            let _ = writeln!(h, "<div>{svg}</div>");
+        }
+        Err(e) => {
+            let _ = writeln!(h, "<p class=\"note\">chart not drawn: {}</p>", esc(&format!("{e:#}")));
+        }
+    }
+}
+
+fn table(h: &mut String, f: &Family) {
+    h.push_str(
+        "<table><tr><th>scenario</th><th>server</th><th>rate /s</th><th>min-max</th>\
+         <th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>errors</th><th>CPU µs/req</th>\
+         <th>min-max</th><th>server busy</th><th>load busy</th><th>peak RSS MiB</th>\
+         <th>portico / server</th></tr>\n",
+    );
+    for sc in &f.scenarios {
+        rows(h, sc);
+    }
+    h.push_str("</table>\n");
+}
+
+fn rows(h: &mut String, sc: &Scenario) {
+    let ours = sc
+        .server("portico")
+        .and_then(|s| s.stat(|r| r.rate))
+        .map(|s| s.median);
+    for s in &sc.servers {
+        let mut name = esc(&s.server);
+        if let Some(f) = &s.failed {
+            let _ = write!(name, " <span class=\"note\">(failed: {})</span>", esc(f));
+        }
+        let (Some(rate), Some(cpu)) = (s.stat(|r| r.rate), s.stat(|r| r.cpu_us)) else {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{name}</td><td colspan=\"12\"></td></tr>",
+                esc(&sc.label)
+            );
+            continue;
+        };
+        let med = |f: fn(&Round) -> f64| s.stat(f).map_or(f64::NAN, |x| x.median);
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{name}</td><td>{:.0}</td><td>{:.0}-{:.0}</td><td>{:.2}</td>\
+             <td>{:.2}</td><td>{:.2}</td><td>{:.0}</td><td>{:.1}</td><td>{:.1}-{:.1}</td>\
+             <td>{:.0}%</td><td>{:.0}%</td><td>{:.1}</td><td>{}</td></tr>",
+            esc(&sc.label),
+            rate.median,
+            rate.min,
+            rate.max,
+            med(|r| r.latency(50.0)),
+            med(|r| r.latency(99.0)),
+            med(|r| r.latency(99.9)),
+            med(|r| r.errors),
+            cpu.median,
+            cpu.min,
+            cpu.max,
+            med(|r| r.server_busy) * 100.0,
+            med(|r| r.load_busy) * 100.0,
+            med(|r| r.peak_rss_kib) / 1024.0,
+            ours.map_or("-".into(), |o| format!("{:.2}", o / rate.median)),
+        );
+    }
+}
