@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Parser)]
 #[command(
     name = "ws-load",
-    about = "WebSocket echo load: messages/s and p50/p99 latency"
+    about = "WebSocket echo load: messages/s and p50 to p99.99 latency"
 )]
 struct Args {
     /// ws://host:port/path of an echo endpoint.
@@ -95,7 +95,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     println!("messages: {}", lat.len());
     println!("messages/s: {:.0}", lat.len() as f64 / secs);
-    println!("p50_us: {}", pct(0.50));
-    println!("p99_us: {}", pct(0.99));
+    for (name, p) in [
+        ("p50", 0.50),
+        ("p90", 0.90),
+        ("p99", 0.99),
+        ("p99.9", 0.999),
+        ("p99.99", 0.9999),
+    ] {
+        println!("{name}_us: {}", pct(p));
+    }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The report's SVG charts, drawn with plotters' SVG backend into strings for inlining: grouped
-//! bars per family (a figure per scenario, one bar per server, min-max whiskers) and latency
-//! percentile curves per scenario.
+//! bars per scenario (rate, CPU per request and peak RSS, one bar per server with a min-max
+//! whisker, linear from zero so bar heights compare) and latency percentile curves.
 
 use plotters::prelude::*;
 
@@ -43,75 +43,93 @@ fn at_integer(labels: &[String], x: f64) -> String {
     labels.get(i as usize).cloned().unwrap_or_default()
 }
 
-/// Grouped bars of `figure` (median, min-max whisker) per scenario on a log axis.
-pub fn grouped_bars(
-    family: &Family,
-    title: &str,
-    y_desc: &str,
-    figure: fn(&Round) -> f64,
-) -> anyhow::Result<String> {
-    let names = servers(family);
-    let labels: Vec<String> = family.scenarios.iter().map(|s| s.label.clone()).collect();
-    // (group, server index, median, min, max)
-    let mut bars = Vec::new();
-    for (g, sc) in family.scenarios.iter().enumerate() {
-        for s in &sc.servers {
-            if let Some(st) = s.stat(figure).filter(|st| st.median > 0.0) {
-                let i = names.iter().position(|n| *n == s.server).unwrap_or(0);
-                bars.push((g, i, st.median, st.min.max(st.median / 1e3), st.max));
-            }
-        }
-    }
-    let hi = bars.iter().map(|b| b.4).fold(0.0, f64::max);
-    let lo = bars.iter().map(|b| b.3).fold(f64::INFINITY, f64::min);
-    let (lo, hi) = if bars.is_empty() {
-        (1.0, 10.0)
+/// Compact axis numbers: 1.5k, 2M, 0.25.
+fn human(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.3}M", v / 1e6).trim_end_matches('0').trim_end_matches('.').to_string() + ""
+    } else if a >= 1e3 {
+        format!("{}k", trim(v / 1e3))
     } else {
-        (lo / 2.0, hi * 2.0)
-    };
-    let width = 120 + 60 * u32::try_from(labels.len().max(2) * names.len().max(1)).unwrap_or(20);
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The panels of a scenario's bar chart: title and figure.
+type Panel = (&'static str, fn(&Round) -> f64);
+
+/// One scenario: a panel per figure (rate, CPU per request, peak RSS), a bar per server from
+/// zero to its median with a min-max whisker, the servers in the family's colours.
+pub fn scenario_bars(family: &Family, sc: &Scenario, panels: &[Panel]) -> anyhow::Result<String> {
+    let names = servers(family);
     let mut svg = String::new();
     {
-        let area = SVGBackend::with_string(&mut svg, (width.clamp(520, 1100), 380))
-            .into_drawing_area();
+        let width = 300 * u32::try_from(panels.len()).unwrap_or(3);
+        let area = SVGBackend::with_string(&mut svg, (width, 300)).into_drawing_area();
         area.fill(&WHITE)?;
-        let n = labels.len().max(1) as f64;
-        let mut chart = ChartBuilder::on(&area)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(70)
-            .build_cartesian_2d(-0.5..n - 0.5, (lo..hi).log_scale())?;
-        let fmt = |x: &f64| at_integer(&labels, *x);
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(labels.len() + 1)
-            .x_label_formatter(&fmt)
-            .y_desc(y_desc)
-            .draw()?;
-        let slot = 0.8 / names.len().max(1) as f64;
-        for (i, name) in names.iter().enumerate() {
-            let c = color(&names, name);
-            let mine: Vec<_> = bars.iter().filter(|b| b.1 == i).copied().collect();
-            let left = |g: usize| g as f64 - 0.4 + slot * i as f64;
+        let (top, body) = area.split_vertically(28);
+        top.titled(&sc.label, ("sans-serif", 16))?;
+        let cells = body.split_evenly((1, panels.len()));
+        for (k, ((title, figure), cell)) in panels.iter().zip(&cells).enumerate() {
+            // (server index, median, min, max)
+            let bars: Vec<(usize, f64, f64, f64)> = sc
+                .servers
+                .iter()
+                .filter_map(|s| {
+                    let st = s.stat(figure)?;
+                    let i = names.iter().position(|n| *n == s.server)?;
+                    Some((i, st.median, st.min, st.max))
+                })
+                .collect();
+            let hi = bars.iter().map(|b| b.3).fold(0.0, f64::max);
+            let hi = if hi > 0.0 { hi * 1.15 } else { 1.0 };
+            let n = sc.servers.len().max(1);
+            let mut chart = ChartBuilder::on(cell)
+                .caption(*title, ("sans-serif", 13))
+                .margin(6)
+                .x_label_area_size(8)
+                .y_label_area_size(46)
+                .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..hi)?;
+            let fmt = |y: &f64| human(*y);
             chart
-                .draw_series(mine.iter().map(|&(g, _, med, _, _)| {
-                    Rectangle::new([(left(g), lo), (left(g) + slot * 0.9, med)], c.filled())
-                }))?
-                .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
-            chart.draw_series(mine.iter().map(|&(g, _, _, min, max)| {
-                let mid = left(g) + slot * 0.45;
-                PathElement::new(vec![(mid, min), (mid, max)], BLACK.stroke_width(1))
-            }))?;
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .y_labels(6)
+                .y_label_formatter(&fmt)
+                .draw()?;
+            for (slot, &(i, med, min, max)) in bars.iter().enumerate() {
+                let c = color(&names, &names[i]);
+                let x = slot as f64;
+                let series = chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.38, 0.0), (x + 0.38, med)],
+                    c.filled(),
+                )))?;
+                if k == 0 {
+                    series
+                        .label(names[i].as_str())
+                        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+                }
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, min), (x, max)],
+                    BLACK.stroke_width(1),
+                )))?;
+            }
+            if k == 0 && !bars.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerLeft)
+                    .label_font(("sans-serif", 11))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
         area.present()?;
     }
     Ok(svg)
@@ -164,10 +182,12 @@ pub fn latency_curves(family: &Family, sc: &Scenario) -> anyhow::Result<String> 
             .y_label_area_size(60)
             .build_cartesian_2d(-0.2..n - 0.8, (lo..hi).log_scale())?;
         let fmt = |x: &f64| at_integer(&labels, *x);
+        let yfmt = |y: &f64| human(*y);
         chart
             .configure_mesh()
             .x_labels(labels.len() + 1)
             .x_label_formatter(&fmt)
+            .y_label_formatter(&yfmt)
             .y_desc("latency ms")
             .draw()?;
         for (name, pts) in &lines {

@@ -90,19 +90,22 @@ fn family(h: &mut String, f: &Family) {
         esc(&f.family),
         esc(&f.setup)
     );
-    let unit = if f.scenarios.iter().all(|s| s.unit == "msg") {
-        "msg"
-    } else {
-        "req"
-    };
     h.push_str("<div class=\"charts\">\n");
-    let bars: [(&str, String, fn(&Round) -> f64); 3] = [
-        ("rate", format!("{unit}/s"), |r| r.rate),
-        ("CPU per request", format!("server CPU µs/{unit}"), |r| r.cpu_us),
-        ("peak RSS", "MiB".into(), |r| r.peak_rss_kib / 1024.0),
-    ];
-    for (title, y, fig) in bars {
-        chart(h, charts::grouped_bars(f, &format!("{} {title}", f.family), &y, fig));
+    for sc in &f.scenarios {
+        let panels: [(&str, fn(&Round) -> f64); 3] = if sc.unit == "msg" {
+            [
+                ("msg/s", |r| r.rate),
+                ("server CPU µs/msg", |r| r.cpu_us),
+                ("peak RSS MiB", |r| r.peak_rss_kib / 1024.0),
+            ]
+        } else {
+            [
+                ("req/s", |r| r.rate),
+                ("server CPU µs/req", |r| r.cpu_us),
+                ("peak RSS MiB", |r| r.peak_rss_kib / 1024.0),
+            ]
+        };
+        chart(h, charts::scenario_bars(f, sc, &panels));
     }
     h.push_str("</div>\n<h3>Latency percentiles</h3>\n<div class=\"charts\">\n");
     for sc in &f.scenarios {
@@ -180,5 +183,85 @@ fn rows(h: &mut String, sc: &Scenario) {
             med(|r| r.peak_rss_kib) / 1024.0,
             ours.map_or("-".into(), |o| format!("{:.2}", o / rate.median)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::results::{Family, Percentile, ServerRuns};
+
+    fn round(rate: f64, cpu: f64) -> Round {
+        Round {
+            rate,
+            cpu_us: cpu,
+            latency_ms: [(50.0, 0.5), (99.0, 2.0), (99.9, 4.0)]
+                .iter()
+                .map(|&(p, ms)| Percentile { p, ms: ms * 1000.0 / rate })
+                .collect(),
+            peak_rss_kib: 20_000.0,
+            ..Round::default()
+        }
+    }
+
+    /// A run where Portico is ~1.4x nginx on both scenarios, at 0.6x its CPU on 1 KiB (target
+    /// met) and 1.2x on 1 MiB (not met); round-tripped through results.json.
+    fn sample() -> Results {
+        let servers = |scale: f64, cpu: f64| {
+            vec![
+                ServerRuns {
+                    server: "portico".into(),
+                    rounds: vec![round(140.0 * scale, cpu), round(150.0 * scale, cpu)],
+                    failed: None,
+                },
+                ServerRuns {
+                    server: "nginx".into(),
+                    rounds: vec![round(100.0 * scale, 10.0), round(104.0 * scale, 10.5)],
+                    failed: Some("round 3: reset <by peer>".into()),
+                },
+            ]
+        };
+        let mut r = Results::new("cargo xtask bench static".into());
+        r.families.push(Family {
+            family: "static".into(),
+            setup: "test".into(),
+            server_cpus: Some("0".into()),
+            load_cpus: Some("1".into()),
+            workers: 1,
+            secs: 1,
+            repeats: 2,
+            scenarios: vec![
+                Scenario {
+                    id: "1k".into(),
+                    label: "1 KiB keep-alive".into(),
+                    unit: "req".into(),
+                    conns: 8,
+                    servers: servers(1000.0, 6.0),
+                },
+                Scenario {
+                    id: "1m".into(),
+                    label: "1 MiB keep-alive".into(),
+                    unit: "req".into(),
+                    conns: 8,
+                    servers: servers(10.0, 12.0),
+                },
+            ],
+            notes: vec![],
+        });
+        r.targets = crate::bench::targets::judge(&r);
+        let json = serde_json::to_string(&r).unwrap();
+        serde_json::from_str(&json).unwrap()
+    }
+
+    #[test]
+    fn page_has_charts_targets_and_escaped_failures() {
+        let page = html(&sample());
+        assert!(!page.contains("chart not drawn"), "{page}");
+        // Per scenario: bars (rate, CPU, RSS) and latency curves.
+        assert_eq!(page.matches("<svg").count(), 4);
+        assert!(page.contains("<tr class=\"met\"><td>static</td><td>1 KiB keep-alive</td>"));
+        assert!(page.contains("<tr class=\"notmet\"><td>static</td><td>1 MiB keep-alive</td>"));
+        assert!(page.contains("reset &lt;by peer&gt;"));
+        assert!(!page.contains("<script"));
     }
 }
