@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
 use super::{BenchOpts, Server, free_port, spawn_server};
 
 /// A raw ASGI app: hello world at `/` and a WebSocket echo at `/ws`; it answers the lifespan
@@ -180,11 +180,7 @@ fn check_get(port: u16, path: &str, want_body: &str) -> anyhow::Result<()> {
 }
 
 /// (app, the GET that checks it and the body it must contain, its scenarios)
-type Group = (
-    &'static str,
-    (&'static str, &'static str),
-    &'static [(&'static str, &'static str, Load)],
-);
+type Group = (&'static str, (&'static str, &'static str), &'static [Row]);
 
 pub(super) const GROUPS: [Group; 2] = [
     (
@@ -197,7 +193,11 @@ pub(super) const GROUPS: [Group; 2] = [
                 "hello world, new connection per request",
                 Load::get_close("/"),
             ),
-            ("ws-64", "WebSocket echo (64 B)", Load::WebSocket { size: 64 }),
+            (
+                "ws-64",
+                "WebSocket echo (64 B)",
+                Load::WebSocket { size: 64 },
+            ),
             (
                 "ws-4k",
                 "WebSocket echo (4 KiB)",

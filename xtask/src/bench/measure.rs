@@ -398,8 +398,8 @@ struct Parsed {
 }
 
 fn parse_oha(text: &str) -> anyhow::Result<Parsed> {
-    let v: serde_json::Value = serde_json::from_str(text)
-        .with_context(|| format!("oha printed no JSON:\n{text}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("oha printed no JSON:\n{text}"))?;
     let mut count = 0.0;
     let mut errors = 0.0;
     if let Some(codes) = v["statusCodeDistribution"].as_object() {
@@ -413,7 +413,10 @@ fn parse_oha(text: &str) -> anyhow::Result<Parsed> {
         }
     }
     if let Some(errs) = v["errorDistribution"].as_object() {
-        errors += errs.values().filter_map(serde_json::Value::as_f64).sum::<f64>();
+        errors += errs
+            .values()
+            .filter_map(serde_json::Value::as_f64)
+            .sum::<f64>();
     }
     let latency_ms = v["latencyPercentiles"]
         .as_object()
@@ -436,10 +439,16 @@ fn parse_oha(text: &str) -> anyhow::Result<Parsed> {
 
 fn parse_ws_load(text: &str) -> anyhow::Result<Parsed> {
     let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     };
-    let count = field("messages").with_context(|| format!("no count in ws-load output:\n{text}"))?;
+    let count =
+        field("messages").with_context(|| format!("no count in ws-load output:\n{text}"))?;
     let rate = field("messages/s").context("no messages/s in ws-load output")?;
     let latency_ms = ["50", "90", "99", "99.9", "99.99"]
         .iter()
@@ -482,8 +491,8 @@ mod tests {
 
     #[test]
     fn ws_load_output_parses() {
-        let p = parse_ws_load("messages: 500\nmessages/s: 250\np50_us: 100\np99.9_us: 900\n")
-            .unwrap();
+        let p =
+            parse_ws_load("messages: 500\nmessages/s: 250\np50_us: 100\np99.9_us: 900\n").unwrap();
         assert_eq!((p.count, p.secs), (500.0, Some(2.0)));
         assert_eq!(p.latency_ms.len(), 2);
     }

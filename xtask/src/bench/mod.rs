@@ -91,7 +91,10 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
     } else if FAMILIES.contains(&which) {
         vec![which]
     } else {
-        bail!("unknown bench {which:?} (available: {}, all)", FAMILIES.join(", "))
+        bail!(
+            "unknown bench {which:?} (available: {}, all)",
+            FAMILIES.join(", ")
+        )
     };
     let previous = opts.compare.as_deref().map(Results::read).transpose()?;
     setup::setup(setup::TEST_PACKAGES)?;
@@ -101,11 +104,13 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
     compile::build_bench_backend()?;
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let mut results = Results::new(format!("cargo xtask {command}"));
-    println!("machine: {}
-", results.machine.describe());
+    println!(
+        "machine: {}
+",
+        results.machine.describe()
+    );
     for name in families {
-        let family = run_family(root, name, &opts)
-            .with_context(|| format!("bench {name}"))?;
+        let family = run_family(root, name, &opts).with_context(|| format!("bench {name}"))?;
         results.families.push(family);
         // Written after every family, so a later failure keeps what was measured.
         results.write(root)?;
@@ -124,8 +129,7 @@ pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
         dir.join("report.html").display()
     );
     if let Some(prev) = previous {
-        let (text, regressions) =
-            compare::compare(&prev, &results, opts.tolerance);
+        let (text, regressions) = compare::compare(&prev, &results, opts.tolerance);
         std::fs::write(dir.join("compare.md"), &text)?;
         println!("\n{text}");
         if regressions > 0 {
@@ -148,7 +152,11 @@ fn compare_files(prev: &Path, cur: &Path, tolerance: f64) -> anyhow::Result<usiz
 
 /// The targets of one family as a Markdown table (empty when it has none).
 fn targets_markdown(results: &Results, family: &str) -> String {
-    let rows: Vec<_> = results.targets.iter().filter(|v| v.family == family).collect();
+    let rows: Vec<_> = results
+        .targets
+        .iter()
+        .filter(|v| v.family == family)
+        .collect();
     if rows.is_empty() {
         return String::new();
     }
@@ -176,10 +184,8 @@ fn targets_markdown(results: &Results, family: &str) -> String {
 
 /// The measurement context of one family: its layout, a fresh scratch directory.
 fn context(root: &Path, family: &str, opts: &BenchOpts) -> anyhow::Result<Ctx> {
-    let scratch = std::env::temp_dir().join(format!(
-        "portico-bench-{}-{family}",
-        std::process::id()
-    ));
+    let scratch =
+        std::env::temp_dir().join(format!("portico-bench-{}-{family}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
     let layout = opts.layout(family);
@@ -342,7 +348,12 @@ fn start_portico_with(
             "--admin",
             &admin_arg,
         ])
-        .args(["--access-log", "off", "--workers", &layout.workers.to_string()]);
+        .args([
+            "--access-log",
+            "off",
+            "--workers",
+            &layout.workers.to_string(),
+        ]);
     let server = spawn_server(name, cmd, port)?;
     if let Some(a) = admin_port {
         wait_port(a)?;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::measure::{Ctx, Layout, Load, Units, children_with_arg, measure};
 use super::Server;
+use super::measure::{Ctx, Layout, Load, Units, children_with_arg, measure};
 use crate::{compile, setup};
 
 /// Options of `xtask profile`.
@@ -53,7 +53,10 @@ fn start(ctx: &Ctx, family: &str, id: &str, conns: usize) -> anyhow::Result<(Vec
                 .find(|s| s.0 == id)
                 .context("no such static scenario")?;
             let docroot = super::static_files::docroot(&ctx.scratch)?;
-            Ok((vec![super::static_files::start_portico(ctx, &docroot)?], load))
+            Ok((
+                vec![super::static_files::start_portico(ctx, &docroot)?],
+                load,
+            ))
         }
         "wsgi" => {
             let (app, load) = super::wsgi::GROUPS
@@ -138,7 +141,9 @@ fn run(ctx: &Ctx, family: &str, id: &str, o: &ProfileOpts) -> anyhow::Result<Pat
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let perf = perf.spawn().context("starting perf record (is linux-perf installed?)")?;
+    let perf = perf
+        .spawn()
+        .context("starting perf record (is linux-perf installed?)")?;
     // perf needs a moment to attach; the load's window lies inside its recording.
     std::thread::sleep(Duration::from_millis(500));
     let round = measure(ctx, portico, load, o.conns, o.secs);
@@ -165,9 +170,8 @@ fn run(ctx: &Ctx, family: &str, id: &str, o: &ProfileOpts) -> anyhow::Result<Pat
     let mut folded = Vec::new();
     {
         use inferno::collapse::Collapse as _;
-        let mut folder = inferno::collapse::perf::Folder::from(
-            inferno::collapse::perf::Options::default(),
-        );
+        let mut folder =
+            inferno::collapse::perf::Folder::from(inferno::collapse::perf::Options::default());
         folder
             .collapse(BufReader::new(&script.stdout[..]), &mut folded)
             .context("folding perf script output")?;
@@ -190,7 +194,8 @@ fn run(ctx: &Ctx, family: &str, id: &str, o: &ProfileOpts) -> anyhow::Result<Pat
         o.frequency,
         o.call_graph
     ));
-    let file = std::fs::File::create(&svg).with_context(|| format!("creating {}", svg.display()))?;
+    let file =
+        std::fs::File::create(&svg).with_context(|| format!("creating {}", svg.display()))?;
     inferno::flamegraph::from_reader(&mut opts, &folded[..], std::io::BufWriter::new(file))
         .context("drawing the flame graph")?;
     Ok(svg)
@@ -208,4 +213,3 @@ fn finish(perf: Child) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -7,11 +7,11 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
 use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
-pub(super) const SCENARIOS: [(&str, &str, Load); 4] = [
+pub(super) const SCENARIOS: [Row; 4] = [
     ("1k", "1 KiB keep-alive", Load::get("/1k")),
     (
         "1k-new-conn",
@@ -29,7 +29,9 @@ pub(super) const SCENARIOS: [(&str, &str, Load); 4] = [
 /// The native backend (HTTP and WebSocket echo), on the load CPUs.
 pub(super) fn start_backend(ctx: &Ctx) -> anyhow::Result<Server> {
     let port = free_port()?;
-    let mut cmd = ctx.layout.load(ctx.root.join("target/release/bench-backend"));
+    let mut cmd = ctx
+        .layout
+        .load(ctx.root.join("target/release/bench-backend"));
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     spawn_server("bench-backend", cmd, port)
 }
@@ -49,7 +51,12 @@ pub(super) fn start_portico(ctx: &Ctx, backend: u16, conns: usize) -> anyhow::Re
         .arg("-c")
         .arg(&cfg)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--admin", "off"])
-        .args(["--access-log", "off", "--workers", &ctx.layout.workers.to_string()]);
+        .args([
+            "--access-log",
+            "off",
+            "--workers",
+            &ctx.layout.workers.to_string(),
+        ]);
     spawn_server("portico", cmd, port)
 }
 

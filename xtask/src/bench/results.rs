@@ -259,7 +259,11 @@ impl Machine {
             self.os,
             self.kernel,
             self.commit.get(..12).unwrap_or(&self.commit),
-            if self.dirty { " (with local changes)" } else { "" }
+            if self.dirty {
+                " (with local changes)"
+            } else {
+                ""
+            }
         )
     }
 }

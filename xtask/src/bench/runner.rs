@@ -8,6 +8,9 @@ use super::Server;
 use super::measure::{Ctx, Load, measure};
 use super::results::{Family, Round, Scenario, ServerRuns};
 
+/// A family's scenario table entry: (id, label, load).
+pub type Row = (&'static str, &'static str, Load);
+
 /// One scenario of a family: what load, how many connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ScenarioDef {
@@ -86,10 +89,7 @@ pub fn run_scenario(
 
 /// The Markdown table of a family: one row per scenario and server, medians with min-max.
 pub fn markdown(family: &Family, machine: &str) -> String {
-    let mut t = format!(
-        "{}\n\nMachine: {machine}\n\n{HEADER}",
-        family.setup
-    );
+    let mut t = format!("{}\n\nMachine: {machine}\n\n{HEADER}", family.setup);
     for sc in &family.scenarios {
         t.push_str(&rows(sc));
     }
@@ -129,7 +129,13 @@ pub fn rows(sc: &Scenario) -> String {
         let med = |f: fn(&Round) -> f64| s.stat(f).map_or(f64::NAN, |x| x.median);
         // Family-specific figures go beside the server's name.
         let mut name = s.server.clone();
-        for k in s.rounds.first().map(|r| r.extra.keys()).into_iter().flatten() {
+        for k in s
+            .rounds
+            .first()
+            .map(|r| r.extra.keys())
+            .into_iter()
+            .flatten()
+        {
             if let Some(x) = s.stat(|r| r.extra.get(k).copied().unwrap_or(f64::NAN)) {
                 name.push_str(&format!(" ({k} {:.2})", x.median));
             }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
 use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
@@ -48,7 +48,7 @@ fn start_nginx(ctx: &Ctx, dir: &Path, docroot: &Path) -> anyhow::Result<Server> 
     spawn_server("nginx", cmd, port)
 }
 
-pub(super) const SCENARIOS: [(&str, &str, Load); 4] = [
+pub(super) const SCENARIOS: [Row; 4] = [
     ("1k", "1 KiB keep-alive", Load::get("/1k.bin")),
     ("64k", "64 KiB keep-alive", Load::get("/64k.bin")),
     ("1m", "1 MiB keep-alive", Load::get("/1m.bin")),
@@ -103,4 +103,3 @@ pub(super) fn bench_static(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
     }
     Ok(family)
 }
-

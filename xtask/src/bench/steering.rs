@@ -215,7 +215,9 @@ pub(super) fn bench_steering(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family>
     }
     for l in text.lines().filter(|l| l.starts_with("cost")) {
         println!("{l}");
-        family.notes.push(format!("XDP guard (BPF_PROG_TEST_RUN): {l}"));
+        family
+            .notes
+            .push(format!("XDP guard (BPF_PROG_TEST_RUN): {l}"));
     }
     Ok(family)
 }

@@ -76,7 +76,10 @@ const TARGETS: &[Target] = &[
     t("wsgi", "post-echo", "bjoern", 1.0),
     t("wsgi", "flask-json", "granian", 1.3),
     from(cpu(t("proxy", "1k", "nginx", 1.2), Cpu::Below), "issue 12"),
-    from(cpu(t("proxy", "1k-new-conn", "nginx", 1.2), Cpu::Below), "issue 12"),
+    from(
+        cpu(t("proxy", "1k-new-conn", "nginx", 1.2), Cpu::Below),
+        "issue 12",
+    ),
     from(t("proxy", "1m", "nginx", 1.0), "issue 12"),
     from(t("proxy", "ws-64", "nginx", 1.0), "issue 12"),
     asgi("hello"),
@@ -167,7 +170,9 @@ fn verdict(target: &Target, sc: &Scenario) -> Verdict {
     let (Some(o), Some(p)) = (ours, peer) else {
         return v;
     };
-    let ratio = med(o, |r| r.rate).zip(med(p, |r| r.rate)).map(|(a, b)| a / b);
+    let ratio = med(o, |r| r.rate)
+        .zip(med(p, |r| r.rate))
+        .map(|(a, b)| a / b);
     let cpu_ratio = med(o, |r| r.cpu_us)
         .zip(med(p, |r| r.cpu_us))
         .map(|(a, b)| a / b);

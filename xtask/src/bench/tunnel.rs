@@ -45,7 +45,12 @@ pub(super) fn start_portico(ctx: &Ctx, i: usize, backend: u16) -> anyhow::Result
         .arg(&cfg)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--access-log", "off", "--workers", &ctx.layout.workers.to_string()]);
+        .args([
+            "--access-log",
+            "off",
+            "--workers",
+            &ctx.layout.workers.to_string(),
+        ]);
     let server = spawn_server(NAMES[i], cmd, port)?;
     wait_port(admin).with_context(|| format!("{}: admin endpoint", NAMES[i]))?;
     Ok((server, admin))
@@ -96,9 +101,9 @@ pub(super) fn bench_tunnel(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
     );
     let sockmap = sockmap_available(proxies[2].1)?;
     if !sockmap {
-        family.notes.push(
-            "sockmap relay unavailable (needs root and kernel support): not measured".into(),
-        );
+        family
+            .notes
+            .push("sockmap relay unavailable (needs root and kernel support): not measured".into());
     }
     let measured: Vec<usize> = (0..RELAYS.len())
         .filter(|&i| RELAYS[i] != "sockmap" || sockmap)

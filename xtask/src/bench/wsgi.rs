@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
 use super::{BENCH_APP, BenchOpts, Server, free_port, spawn_server};
 
 const BENCH_FLASK: &str = r#"
@@ -60,12 +60,7 @@ impl Peer {
     }
 }
 
-fn start_peer(
-    peer: Peer,
-    ctx: &Ctx,
-    venv: &Path,
-    app: &str,
-) -> anyhow::Result<Server> {
+fn start_peer(peer: Peer, ctx: &Ctx, venv: &Path, app: &str) -> anyhow::Result<Server> {
     let (root, dir, layout) = (&ctx.root, &ctx.scratch, &ctx.layout);
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
@@ -91,7 +86,15 @@ fn start_peer(
             let mut c = layout.server(bin("granian"));
             c.args(["--interface", "wsgi", "--host", "127.0.0.1", "--port"])
                 .arg(port.to_string())
-                .args(["--workers", &w, "--http", "1", "--log-level", "warning", app]);
+                .args([
+                    "--workers",
+                    &w,
+                    "--http",
+                    "1",
+                    "--log-level",
+                    "warning",
+                    app,
+                ]);
             c
         }
         Peer::GunicornSync | Peer::GunicornGthread => {
@@ -133,7 +136,7 @@ pub(super) fn write_apps(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// (app, its scenarios)
-pub(super) const GROUPS: [(&str, &[(&str, &str, Load)]); 2] = [
+pub(super) const GROUPS: [(&str, &[Row]); 2] = [
     (
         "benchapp:app",
         &[
@@ -155,7 +158,10 @@ pub(super) const GROUPS: [(&str, &[(&str, &str, Load)]); 2] = [
             ),
         ],
     ),
-    ("benchflask:app", &[("flask-json", "Flask JSON", Load::get("/json"))]),
+    (
+        "benchflask:app",
+        &[("flask-json", "Flask JSON", Load::get("/json"))],
+    ),
 ];
 
 /// Portico alone serving `app`, for `xtask profile`.

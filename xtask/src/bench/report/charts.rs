@@ -47,7 +47,11 @@ fn at_integer(labels: &[String], x: f64) -> String {
 fn human(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
-        format!("{:.3}M", v / 1e6).trim_end_matches('0').trim_end_matches('.').to_string() + ""
+        format!("{:.3}M", v / 1e6)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + ""
     } else if a >= 1e3 {
         format!("{}k", trim(v / 1e3))
     } else {
@@ -61,7 +65,7 @@ fn trim(v: f64) -> String {
 }
 
 /// The panels of a scenario's bar chart: title and figure.
-type Panel = (&'static str, fn(&Round) -> f64);
+pub type Panel = (&'static str, fn(&Round) -> f64);
 
 /// One scenario: a panel per figure (rate, CPU per request, peak RSS), a bar per server from
 /// zero to its median with a min-max whisker, the servers in the family's colours.
@@ -111,9 +115,9 @@ pub fn scenario_bars(family: &Family, sc: &Scenario, panels: &[Panel]) -> anyhow
                     c.filled(),
                 )))?;
                 if k == 0 {
-                    series
-                        .label(names[i].as_str())
-                        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+                    series.label(names[i].as_str()).legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled())
+                    });
                 }
                 chart.draw_series(std::iter::once(PathElement::new(
                     vec![(x, min), (x, max)],

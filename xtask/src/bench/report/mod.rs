@@ -84,15 +84,10 @@ fn targets(h: &mut String, r: &Results) {
 }
 
 fn family(h: &mut String, f: &Family) {
-    let _ = writeln!(
-        h,
-        "<h2>{}</h2>\n<p>{}</p>",
-        esc(&f.family),
-        esc(&f.setup)
-    );
+    let _ = writeln!(h, "<h2>{}</h2>\n<p>{}</p>", esc(&f.family), esc(&f.setup));
     h.push_str("<div class=\"charts\">\n");
     for sc in &f.scenarios {
-        let panels: [(&str, fn(&Round) -> f64); 3] = if sc.unit == "msg" {
+        let panels: [charts::Panel; 3] = if sc.unit == "msg" {
             [
                 ("msg/s", |r| r.rate),
                 ("server CPU µs/msg", |r| r.cpu_us),
@@ -125,7 +120,11 @@ fn chart(h: &mut String, svg: anyhow::Result<String>) {
             let _ = writeln!(h, "<div>{svg}</div>");
         }
         Err(e) => {
-            let _ = writeln!(h, "<p class=\"note\">chart not drawn: {}</p>", esc(&format!("{e:#}")));
+            let _ = writeln!(
+                h,
+                "<p class=\"note\">chart not drawn: {}</p>",
+                esc(&format!("{e:#}"))
+            );
         }
     }
 }
@@ -197,7 +196,10 @@ mod tests {
             cpu_us: cpu,
             latency_ms: [(50.0, 0.5), (99.0, 2.0), (99.9, 4.0)]
                 .iter()
-                .map(|&(p, ms)| Percentile { p, ms: ms * 1000.0 / rate })
+                .map(|&(p, ms)| Percentile {
+                    p,
+                    ms: ms * 1000.0 / rate,
+                })
                 .collect(),
             peak_rss_kib: 20_000.0,
             ..Round::default()
