@@ -96,9 +96,17 @@ pub struct Round {
     pub load_busy: f64,
     /// Peak of the sampled sum of the server processes' RSS.
     pub peak_rss_kib: f64,
-    /// Family-specific figures (e.g. steering's max/min cell share).
-    #[serde(default)]
+    /// Family-specific figures (e.g. steering's busiest-cell share); JSON has no NaN or
+    /// infinity, so such a value is written as null and read back as NaN.
+    #[serde(default, deserialize_with = "nan_for_null")]
     pub extra: BTreeMap<String, f64>,
+}
+
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let m: BTreeMap<String, Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
@@ -132,12 +140,28 @@ impl Stat {
             return None;
         }
         v.sort_by(f64::total_cmp);
+        let n = v.len();
+        // An even count takes the mean of the middle two: with two rounds, not the larger.
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
         Some(Stat {
-            median: super::median(v.clone()),
+            median,
             min: v[0],
-            max: v[v.len() - 1],
+            max: v[n - 1],
         })
     }
+}
+
+#[cfg(test)]
+#[test]
+fn stat_median_spread_and_nan() {
+    let s = Stat::of([3.0, f64::NAN, 1.0, 2.0, 10.0]).unwrap();
+    assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+    assert_eq!(Stat::of([4.0, 1.0, 2.0]).unwrap().median, 2.0);
+    assert!(Stat::of([f64::NAN]).is_none());
 }
 
 impl ServerRuns {

@@ -94,7 +94,8 @@ fn stall_cell(
         .collect())
 }
 
-/// Each round's spread of requests over the cells: max / min of the per-cell counts.
+/// Each round's spread of requests over the cells: the busiest cell's share of them (1/cells
+/// when even, 1.0 when one cell took everything).
 struct CellShare<'a> {
     admins: &'a [u16],
     cells: usize,
@@ -109,11 +110,10 @@ impl Probe for CellShare<'_> {
     fn after(&mut self, server: usize, round: &mut Round) -> anyhow::Result<()> {
         let after = per_cell_requests(self.admins[server], self.cells)?;
         let d: Vec<f64> = after.iter().zip(&self.before).map(|(a, b)| a - b).collect();
-        let (max, min) = d
-            .iter()
-            .fold((0.0f64, f64::MAX), |(mx, mn), v| (mx.max(*v), mn.min(*v)));
-        let share = if min > 0.0 { max / min } else { f64::INFINITY };
-        round.extra.insert("max/min cell share".into(), share);
+        let (max, sum) = d.iter().fold((0.0f64, 0.0), |(mx, s), v| (mx.max(*v), s + v));
+        if sum > 0.0 {
+            round.extra.insert("busiest cell share".into(), max / sum);
+        }
         Ok(())
     }
 }
