@@ -110,7 +110,9 @@ impl Probe for CellShare<'_> {
     fn after(&mut self, server: usize, round: &mut Round) -> anyhow::Result<()> {
         let after = per_cell_requests(self.admins[server], self.cells)?;
         let d: Vec<f64> = after.iter().zip(&self.before).map(|(a, b)| a - b).collect();
-        let (max, sum) = d.iter().fold((0.0f64, 0.0), |(mx, s), v| (mx.max(*v), s + v));
+        let (max, sum) = d
+            .iter()
+            .fold((0.0f64, 0.0), |(mx, s), v| (mx.max(*v), s + v));
         if sum > 0.0 {
             round.extra.insert("busiest cell share".into(), max / sum);
         }

@@ -191,6 +191,7 @@ pub fn latency_curves(family: &Family, sc: &Scenario) -> anyhow::Result<String> 
             .configure_mesh()
             .x_labels(labels.len() + 1)
             .x_label_formatter(&fmt)
+            .y_labels(10)
             .y_label_formatter(&yfmt)
             .y_desc("latency ms")
             .draw()?;

@@ -11,7 +11,7 @@ use super::results::{Family, Results, Round, Scenario};
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}\
 table{border-collapse:collapse;margin:0.6em 0;font-size:13px}\
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}\
-td:first-child,td:nth-child(2),th{text-align:left}\
+td:first-child,td:nth-child(2),th,.targets td:nth-child(3){text-align:left}\
 .met{background:#d8f5d0}.notmet{background:#f8d6d6}.na{background:#eee}\
 .charts{display:flex;flex-wrap:wrap;gap:8px}.note{color:#555;font-size:13px}\
 code{background:#f4f4f4;padding:1px 3px}";
@@ -55,7 +55,7 @@ fn targets(h: &mut String, r: &Results) {
         return;
     }
     h.push_str(
-        "<h2>Targets</h2>\n<table><tr><th>family</th><th>scenario</th><th>target</th>\
+        "<h2>Targets</h2>\n<table class=\"targets\"><tr><th>family</th><th>scenario</th><th>target</th>\
          <th>req/s ratio</th><th>CPU/req ratio</th><th>p99 ms portico / peer</th><th>verdict</th>\
          <th>from</th></tr>\n",
     );
@@ -149,6 +149,17 @@ fn rows(h: &mut String, sc: &Scenario) {
         .map(|s| s.median);
     for s in &sc.servers {
         let mut name = esc(&s.server);
+        for k in s
+            .rounds
+            .first()
+            .map(|r| r.extra.keys())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(x) = s.stat(|r| r.extra.get(k).copied().unwrap_or(f64::NAN)) {
+                let _ = write!(name, " ({} {:.2})", esc(k), x.median);
+            }
+        }
         if let Some(f) = &s.failed {
             let _ = write!(name, " <span class=\"note\">(failed: {})</span>", esc(f));
         }
