@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Notify, watch};
 use wsgi_worker::ConnInfo;
 
-use crate::cell::conn::{SendFile, serve_connection};
+use crate::cell::conn::{ConnSocket, serve_connection};
 use crate::cell::context::CellCtx;
 
 #[derive(Clone)]
@@ -79,7 +79,7 @@ impl Acceptor {
     where
         S: tokio::io::AsyncRead
             + tokio::io::AsyncWrite
-            + SendFile
+            + ConnSocket
             + crate::cell::tunnel::sock::IntoSock
             + Unpin
             + 'static,

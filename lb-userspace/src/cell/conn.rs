@@ -22,6 +22,8 @@ use crate::metrics::CellStats;
 /// The socket as hyper sees it, reporting each read to the connection state.
 struct TrackedIo<S> {
     inner: S,
+    /// Bytes a previous hyper connection read but did not use, given to this one first.
+    prefix: bytes::Bytes,
     state: Rc<ConnState>,
     stats: CellStats<'static>,
 }
@@ -32,17 +34,35 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            self.state.on_read(&buf.filled()[before..]);
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
         }
-        r
+        let before = buf.filled().len();
+        let room = buf.remaining() > 0;
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() || room {
+                    // Data, or the client's own end of file: no parking either way.
+                    self.state.park.set(false);
+                }
+                self.state.on_read(new);
+                Poll::Ready(Ok(()))
+            }
+            // Parking: an end of file at a request boundary makes hyper finish the connection
+            // without writing anything, and `into_parts` hands the socket back.
+            Poll::Pending if self.state.park.get() => Poll::Ready(Ok(())),
+            r => r,
+        }
     }
 }
 
-/// A socket that can send a file region with sendfile(2) when it is writable.
-pub trait SendFile {
+/// What a connection needs of its socket beyond reads and writes: sendfile(2) of a file region
+/// when writable, and readiness alone (to wake a parked connection without a buffer).
+pub trait ConnSocket {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn poll_sendfile(
         &self,
         cx: &mut Context<'_>,
@@ -54,7 +74,10 @@ pub trait SendFile {
 
 macro_rules! impl_sendfile {
     ($t:ty) => {
-        impl SendFile for $t {
+        impl ConnSocket for $t {
+            fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.poll_read_ready(cx)
+            }
             fn poll_sendfile(
                 &self,
                 cx: &mut Context<'_>,
@@ -82,7 +105,7 @@ macro_rules! impl_sendfile {
 impl_sendfile!(tokio::net::TcpStream);
 impl_sendfile!(tokio::net::UnixStream);
 
-impl<S: SendFile> TrackedIo<S> {
+impl<S: ConnSocket> TrackedIo<S> {
     /// If `buf` lies in a registered file region, sends (part of) it with sendfile.
     fn try_sendfile(&self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
         let p = buf.as_ptr() as usize;
@@ -114,7 +137,7 @@ impl<S: SendFile> TrackedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
+impl<S: AsyncWrite + ConnSocket + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -176,26 +199,136 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n408 Request Timeout\n";
 
+/// How long a keep-alive connection idles before it is parked: hyper's connection and its
+/// buffers are dropped, only the socket is kept, and a new one starts when bytes arrive. Back-
+/// to-back requests never wait this long, so they keep one hyper connection.
+const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// While draining, every answer says `Connection: close`. An idle keep-alive connection is
+/// closed only after a grace period: its client may already be sending the next request,
+/// which is then answered (and closed) instead of meeting a reset.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// What one connection's tasks share, whichever hyper connection is serving it.
+struct Shared {
+    state: Rc<ConnState>,
+    conn_info: Arc<ConnInfo>,
+    ctx: Rc<CellCtx>,
+    drain: watch::Receiver<bool>,
+    drain_at: Option<Instant>,
+}
+
 /// Serves one accepted connection until it closes, times out, or the cell drains.
 pub async fn serve_connection<S>(
     stream: S,
     conn_info: Arc<ConnInfo>,
     ctx: Rc<CellCtx>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + SendFile + IntoSock + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + ConnSocket + IntoSock + Unpin + 'static,
 {
-    let state = Rc::new(ConnState::new(ctx.stats));
+    let drain_at = drain.borrow().then(Instant::now);
+    let mut sh = Shared {
+        state: Rc::new(ConnState::new(ctx.stats)),
+        drain_at,
+        conn_info,
+        ctx,
+        drain,
+    };
+    let (mut stream, mut prefix) = (stream, bytes::Bytes::new());
+    loop {
+        // Boxed, so that a parked connection holds only the socket and this loop's state.
+        let Some((s, rest)) = Box::pin(serve_http(stream, prefix, &mut sh)).await else {
+            return;
+        };
+        stream = s;
+        // An empty `Bytes` from hyper may still own its whole read buffer: let it go.
+        prefix = if rest.is_empty() {
+            drop(rest);
+            bytes::Bytes::new()
+        } else {
+            rest
+        };
+        if prefix.is_empty() && !park(&stream, &mut sh).await {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            return;
+        }
+    }
+}
+
+/// Waits, without any buffer, until a parked connection's client sends something (true), or
+/// until its keep-alive time (or the drain grace) is over (false).
+async fn park<S: ConnSocket>(stream: &S, sh: &mut Shared) -> bool {
+    let state = &sh.state;
+    {
+        // Between requests these hold nothing: give back what the last requests grew.
+        state.regions.borrow_mut().shrink_to_fit();
+        state.framing.borrow_mut().shrink();
+    }
+    let stats = sh.ctx.stats;
+    stats.connection_parked(true);
+    let woken = park_until(stream, sh).await;
+    stats.connection_parked(false);
+    woken
+}
+
+/// `park`'s wait, between the gauge's two changes.
+async fn park_until<S: ConnSocket>(stream: &S, sh: &mut Shared) -> bool {
+    let state = &sh.state;
+    let limits = &sh.ctx.limits;
+    // A connection that has not sent a request yet has the header timeout to send one.
+    let idle_limit = if state.requests.get() == 0 {
+        limits.header_timeout.0
+    } else {
+        limits.keepalive_timeout.0
+    };
+    loop {
+        let since = state.since.get();
+        let end = match sh.drain_at {
+            Some(at) => since.max(at) + DRAIN_GRACE,
+            None => since + idle_limit,
+        };
+        tokio::select! {
+            r = std::future::poll_fn(|cx| stream.poll_readable(cx)) => return r.is_ok(),
+            changed = sh.drain.changed(), if sh.drain_at.is_none() => {
+                if changed.is_err() || *sh.drain.borrow() {
+                    sh.drain_at = Some(Instant::now());
+                }
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(end)) => return false,
+        }
+    }
+}
+
+/// One hyper connection over the socket. Returns the socket (and any bytes hyper read but did
+/// not use) when the connection was parked; `None` when it is finished.
+async fn serve_http<S>(
+    stream: S,
+    prefix: bytes::Bytes,
+    sh: &mut Shared,
+) -> Option<(S, bytes::Bytes)>
+where
+    S: AsyncRead + AsyncWrite + ConnSocket + IntoSock + Unpin + 'static,
+{
+    let Shared {
+        state,
+        conn_info,
+        ctx,
+        drain,
+        drain_at,
+    } = sh;
+    state.park.set(false);
     let io = TrackedIo {
         inner: stream,
+        prefix,
         state: state.clone(),
         stats: ctx.stats,
     };
     let svc_state = state.clone();
     let svc_ctx = ctx.clone();
-    let peer = conn_info.remote_addr.clone();
+    let svc_info = conn_info.clone();
     let service =
-        hyper::service::service_fn(move |req| handle(&svc_ctx, &svc_state, &conn_info, req));
+        hyper::service::service_fn(move |req| handle(&svc_ctx, &svc_state, &svc_info, req));
     let limits = &ctx.limits;
     let max_head = (limits.max_uri_length.0 + limits.max_header_size.0 + 1024).max(8192) as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -212,16 +345,13 @@ pub async fn serve_connection<S>(
 
     let header_timeout = limits.header_timeout.0;
     let keepalive_timeout = limits.keepalive_timeout.0;
-    // While draining, every answer says `Connection: close`. An idle keep-alive connection is
-    // closed only after a grace period: its client may already be sending the next request,
-    // which is then answered (and closed) instead of meeting a reset.
-    const DRAIN_GRACE: Duration = Duration::from_secs(1);
-    let mut drain_at = drain.borrow().then(Instant::now);
-    let sleep = tokio::time::sleep(if drain_at.is_some() {
+    let started = Instant::now();
+    let first = if drain_at.is_some() {
         DRAIN_GRACE
     } else {
-        header_timeout
-    });
+        PARK_AFTER.min(header_timeout)
+    };
+    let sleep = tokio::time::sleep(first);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
@@ -230,9 +360,9 @@ pub async fn serve_connection<S>(
             res = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if let Err(e) = res {
                     if !e.is_incomplete_message() {
-                        tracing::debug!("connection from {peer}: {e}");
+                        tracing::debug!("connection from {}: {e}", conn_info.remote_addr);
                     }
-                    return;
+                    return None;
                 }
                 let parts = conn.into_parts();
                 let io = parts.io.into_inner().inner;
@@ -243,43 +373,71 @@ pub async fn serve_connection<S>(
                     (None, Some(s)) => {
                         crate::cell::asgi::websocket::run(io, parts.read_buf, s).await;
                     }
+                    (None, None) if state.park.get() => return Some((io, parts.read_buf)),
                     (None, None) => {
                         let mut io = io;
                         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                     }
                 }
-                return;
+                return None;
             }
             changed = drain.changed(), if drain_at.is_none() => {
                 if changed.is_err() || *drain.borrow() {
-                    drain_at = Some(Instant::now());
+                    *drain_at = Some(Instant::now());
                     sleep.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
                 }
             }
             () = &mut sleep => {
                 let since = state.since.get();
+                let now = Instant::now();
                 // A response still being written is not idle, whatever its body's state.
                 let current = match state.phase.get() {
                     Phase::Idle if state.unflushed.get() => Phase::Busy,
                     p => p,
                 };
-                let (deadline, phase) = match (current, drain_at) {
-                    (Phase::Idle, Some(at)) => (since.max(at) + DRAIN_GRACE, Phase::Idle),
-                    // A fresh connection gets the header timeout to send its first request.
-                    (Phase::Idle, None) if state.requests.get() == 0 => {
-                        (since + header_timeout, Phase::Idle)
-                    }
-                    (Phase::Idle, None) => (since + keepalive_timeout, Phase::Idle),
-                    (Phase::Head, _) => (since + header_timeout, Phase::Head),
-                    (Phase::Busy, _) => {
-                        // Look again soon while draining: an answer that went out without
-                        // `Connection: close` leaves an idle connection to close after the grace.
-                        let again = if drain_at.is_some() { DRAIN_GRACE } else { header_timeout };
-                        sleep.as_mut().reset(tokio::time::Instant::now() + again);
+                let (deadline, phase) = match (current, *drain_at) {
+                    (Phase::Head, _) if now >= since + header_timeout => (now, Phase::Head),
+                    (Phase::Head | Phase::Busy, _) => {
+                        // Look again later, the longer the request has taken (an idle
+                        // connection is parked soon after it ends, a long poll wakes rarely);
+                        // soon while draining: an answer that went out without `Connection:
+                        // close` leaves an idle connection to close after the grace.
+                        let step = if drain_at.is_some() {
+                            DRAIN_GRACE
+                        } else {
+                            (now - since).clamp(PARK_AFTER, header_timeout)
+                        };
+                        let mut next = now + step;
+                        if current == Phase::Head {
+                            next = next.min(since + header_timeout);
+                        }
+                        sleep.as_mut().reset(tokio::time::Instant::from_std(next));
                         continue;
                     }
+                    (Phase::Idle, Some(at)) => (since.max(at) + DRAIN_GRACE, Phase::Idle),
+                    (Phase::Idle, None) => {
+                        // A fresh connection gets the header timeout to send its first request.
+                        let limit = since + if state.requests.get() == 0 {
+                            header_timeout
+                        } else {
+                            keepalive_timeout
+                        };
+                        let park_at = since.max(started) + PARK_AFTER;
+                        if park_at < limit && now < limit {
+                            if now < park_at {
+                                sleep.as_mut().reset(tokio::time::Instant::from_std(park_at));
+                            } else {
+                                // hyper reads again when polled next, sees the end of file and
+                                // finishes, handing the socket back.
+                                state.park.set(true);
+                                sleep.as_mut().reset(tokio::time::Instant::from_std(limit));
+                            }
+                            continue;
+                        }
+                        (limit, Phase::Idle)
+                    }
                 };
-                if Instant::now() < deadline {
+                if now < deadline {
                     sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
                     continue;
                 }
@@ -293,7 +451,7 @@ pub async fn serve_connection<S>(
                     })
                     .await;
                 }
-                return;
+                return None;
             }
         }
     }

@@ -55,6 +55,9 @@ pub struct ConnState {
     /// Set when the last answer was an ASGI app's `101`: the connection becomes its WebSocket
     /// once hyper has written it.
     pub websocket: RefCell<Option<crate::cell::asgi::websocket::Session>>,
+    /// The connection idled long enough to be parked: the socket's next would-block read
+    /// reaches hyper as an end of file.
+    pub park: Cell<bool>,
 }
 
 impl ConnState {
@@ -73,6 +76,7 @@ impl ConnState {
             unflushed: Cell::new(false),
             tunnel: RefCell::new(None),
             websocket: RefCell::new(None),
+            park: Cell::new(false),
         }
     }
 

@@ -98,6 +98,15 @@ impl FramingTracker {
         }
     }
 
+    /// Gives back the memory the carried line and the pipelining queue grew (a parked
+    /// connection holds nothing).
+    pub fn shrink(&mut self) {
+        if self.line.is_empty() {
+            self.line = Vec::new();
+        }
+        self.ready.shrink_to_fit();
+    }
+
     /// The framing of the next request hyper hands to the service.
     pub fn next_head(&mut self) -> HeadFraming {
         self.ready.pop_front().unwrap_or_default()

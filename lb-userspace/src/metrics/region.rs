@@ -39,6 +39,8 @@ pub mod cell_counter {
     pub const WEBSOCKETS_ACTIVE: usize = 26;
     pub const WEBSOCKET_MESSAGES_IN: usize = 27;
     pub const WEBSOCKET_MESSAGES_OUT: usize = 28;
+    /// Idle keep-alive connections held as a bare socket, without hyper's buffers (gauge).
+    pub const CONNECTIONS_PARKED: usize = 29;
 }
 
 /// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in
@@ -250,6 +252,14 @@ impl<'a> CellStats<'a> {
     }
     pub fn connection_closed(&self) {
         self.s[cell_counter::CONNECTIONS_ACTIVE].fetch_sub(1, Relaxed);
+    }
+    /// An idle connection parked (`true`) or woken (`false`).
+    pub fn connection_parked(&self, parked: bool) {
+        if parked {
+            self.add(cell_counter::CONNECTIONS_PARKED, 1);
+        } else {
+            self.s[cell_counter::CONNECTIONS_PARKED].fetch_sub(1, Relaxed);
+        }
     }
     /// One route's block (`route`: 0 = no route, else config index + 1).
     pub fn route(&self, route: usize) -> &[AtomicU64] {

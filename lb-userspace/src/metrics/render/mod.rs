@@ -83,8 +83,8 @@ fn process_families(bpf: &EbpfSnapshot) -> anyhow::Result<Vec<MetricFamily>> {
 fn cell_families(out: &mut Families, region: &MetricsRegion, cells: usize, procs: &ProcSnapshot) {
     let mut up = Vec::with_capacity(cells);
     let mut requests = Vec::with_capacity(cells * CLASSES.len());
-    let (mut body_bytes, mut sendfile, mut accepted, mut active) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut body_bytes, mut sendfile, mut accepted, mut active, mut parked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut restarts, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..cells {
         let c = region.cell(i);
@@ -105,6 +105,10 @@ fn cell_families(out: &mut Families, region: &MetricsRegion, cells: usize, procs
         active.push(gauge_metric(
             &[("cell", cell)],
             value(cell_counter::CONNECTIONS_ACTIVE),
+        ));
+        parked.push(gauge_metric(
+            &[("cell", cell)],
+            value(cell_counter::CONNECTIONS_PARKED),
         ));
         for (reason, counter) in [
             ("crash", cell_counter::RESTARTS_CRASH),
@@ -165,6 +169,12 @@ fn cell_families(out: &mut Families, region: &MetricsRegion, cells: usize, procs
         "Connections the cell has open now.",
         GAUGE,
         active,
+    );
+    out.add(
+        "portico_connections_parked",
+        "Idle keep-alive connections the cell holds as a bare socket, without HTTP buffers.",
+        GAUGE,
+        parked,
     );
     out.add(
         "portico_cell_restarts_total",
