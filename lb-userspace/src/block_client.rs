@@ -32,8 +32,7 @@ pub struct Target<'a> {
 pub fn run(op: BlockOp, target: &Target<'_>) -> anyhow::Result<u8> {
     let cfg = match target.config {
         Some(c) => Some(
-            Config::resolve(Some(c), &Overrides::default())
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            Config::resolve(Some(c), &Overrides::default()).map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
         None => None,
     };

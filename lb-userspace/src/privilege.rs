@@ -96,7 +96,8 @@ fn switch_user(id: &Identity, may_setgroups: bool) -> Result<(), SysError> {
         nix::unistd::getresuid().map_err(nix_err("getresuid"))?,
         nix::unistd::getresgid().map_err(nix_err("getresgid"))?,
     );
-    if (u.real, u.effective, u.saved, g.real, g.effective, g.saved) != (uid, uid, uid, gid, gid, gid)
+    if (u.real, u.effective, u.saved, g.real, g.effective, g.saved)
+        != (uid, uid, uid, gid, gid, gid)
     {
         return Err(SysError {
             op: "setresuid/setresgid",
@@ -153,7 +154,8 @@ fn single_threaded() -> Result<(), SysError> {
 /// Whether this process can make a cell `id`: it is `id` already, or it holds CAP_SETUID and
 /// CAP_SETGID (root, or the unit file's ambient capabilities). The master checks it at start.
 pub fn can_become(id: &Identity) -> bool {
-    let same = nix::unistd::geteuid().as_raw() == id.uid && nix::unistd::getegid().as_raw() == id.gid;
+    let same =
+        nix::unistd::geteuid().as_raw() == id.uid && nix::unistd::getegid().as_raw() == id.gid;
     same || rustix::thread::capabilities(None).is_ok_and(|c| {
         c.effective
             .contains(CapabilitySet::SETUID | CapabilitySet::SETGID)

@@ -32,54 +32,64 @@ pub struct LookupError {
     pub message: String,
 }
 
+fn lookup_user(name: &str) -> Result<nix::unistd::User, LookupError> {
+    nix::unistd::User::from_name(name)
+        .map_err(|e| LookupError {
+            key: "server.user",
+            message: format!("looking up {name:?}: {e}"),
+        })?
+        .ok_or_else(|| LookupError {
+            key: "server.user",
+            message: format!("no such user {name:?}"),
+        })
+}
+
+fn lookup_group(name: &str) -> Result<nix::unistd::Group, LookupError> {
+    nix::unistd::Group::from_name(name)
+        .map_err(|e| LookupError {
+            key: "server.group",
+            message: format!("looking up {name:?}: {e}"),
+        })?
+        .ok_or_else(|| LookupError {
+            key: "server.group",
+            message: format!("no such group {name:?}"),
+        })
+}
+
 impl ServerConfig {
     /// The cells' account, or None when `user` is not set. The group defaults to the user's
     /// primary group, as with nginx's `user` and systemd's `User=`.
     pub fn identity(&self) -> Result<Option<Identity>, LookupError> {
         let Some(name) = &self.user else {
             return match &self.group {
-                Some(_) => Err(LookupError {
-                    key: "server.group",
-                    message: "needs server.user (the group of which user?)".into(),
-                }),
+                Some(_) => Err(group_without_user()),
                 None => Ok(None),
             };
         };
-        let user = nix::unistd::User::from_name(name)
-            .map_err(|e| LookupError {
-                key: "server.user",
-                message: format!("looking up {name:?}: {e}"),
-            })?
-            .ok_or_else(|| LookupError {
-                key: "server.user",
-                message: format!("no such user {name:?}"),
-            })?;
-        let group = match &self.group {
-            Some(g) => nix::unistd::Group::from_name(g)
-                .map_err(|e| LookupError {
-                    key: "server.group",
-                    message: format!("looking up {g:?}: {e}"),
-                })?
-                .ok_or_else(|| LookupError {
-                    key: "server.group",
-                    message: format!("no such group {g:?}"),
-                })?,
-            None => nix::unistd::Group::from_gid(user.gid)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| nix::unistd::Group {
-                    name: user.gid.to_string(),
-                    passwd: Default::default(),
-                    gid: user.gid,
-                    mem: Vec::new(),
-                }),
+        let user = lookup_user(name)?;
+        let (group, gid) = match &self.group {
+            Some(g) => {
+                let g = lookup_group(g)?;
+                (g.name, g.gid)
+            }
+            None => match nix::unistd::Group::from_gid(user.gid) {
+                Ok(Some(g)) => (g.name, g.gid),
+                _ => (user.gid.to_string(), user.gid),
+            },
         };
         Ok(Some(Identity {
             user: user.name,
             uid: user.uid.as_raw(),
-            group: group.name,
-            gid: group.gid.as_raw(),
+            group,
+            gid: gid.as_raw(),
         }))
+    }
+}
+
+fn group_without_user() -> LookupError {
+    LookupError {
+        key: "server.group",
+        message: "needs server.user (the group of which user?)".into(),
     }
 }
 
@@ -94,7 +104,10 @@ pub fn read_admin_token(path: &Path) -> Result<Vec<u8>, String> {
         .trim_ascii()
         .to_vec();
     if token.is_empty() {
-        return Err(format!("{} holds no token (empty first line)", path.display()));
+        return Err(format!(
+            "{} holds no token (empty first line)",
+            path.display()
+        ));
     }
     if token.iter().any(|b| !b.is_ascii_graphic()) {
         return Err(format!(
@@ -111,7 +124,17 @@ pub(super) fn validate_privilege(
     base: &Path,
     bad: &mut dyn FnMut(String, String),
 ) {
-    if let Err(e) = s.identity() {
+    // Each looked up on its own, so a wrong user and a wrong group are reported together.
+    let user = s.user.as_deref().map(lookup_user);
+    let group = s.group.as_deref().map(lookup_group);
+    for e in [user.and_then(Result::err), group.and_then(Result::err)]
+        .into_iter()
+        .flatten()
+    {
+        bad(e.key.into(), e.message);
+    }
+    if s.user.is_none() && s.group.is_some() {
+        let e = group_without_user();
         bad(e.key.into(), e.message);
     }
     if let Some(p) = &mut s.admin_token_file {

@@ -467,7 +467,10 @@ impl Master {
         }
         *self.state.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
         *self.state.upstream_servers.borrow_mut() = upstream_labels(&cfg);
-        admin::auth::reload(&self.state.admin_token, cfg.server.admin_token_file.as_deref());
+        admin::auth::reload(
+            &self.state.admin_token,
+            cfg.server.admin_token_file.as_deref(),
+        );
         self.cfg = cfg;
         if self.state.tunnel_relay.borrow().is_none() {
             // A route that turned to relay = "sockmap": probe it now (cells started from here on

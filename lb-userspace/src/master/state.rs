@@ -2,8 +2,8 @@
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd as _, OwnedFd};
 
-use crate::master::admin::auth::AdminToken;
 use crate::ebpf::{PinDir, Steering, TunnelRelay, XdpGuard};
+use crate::master::admin::auth::AdminToken;
 use crate::metrics::{EbpfSnapshot, MetricsRegion, ProcSnapshot, cell_counter, process_usage};
 
 pub struct MasterState {
