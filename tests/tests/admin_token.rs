@@ -1,7 +1,7 @@
 //! The admin endpoint's access rules, for real: without a token, state changes (the XDP
 //! blocklist) are refused from a non-loopback peer; with `[server] admin_token_file`, every
 //! request needs the bearer token (401 otherwise) and a change may come from anywhere. A
-//! "non-loopback" peer is a dummy interface's address in a namespace the test creates (127/8
+//! "non-loopback" peer is an interface's address (a veth) in a namespace the test creates (127/8
 //! is loopback, so 127.0.0.2 would not do); the blocklist is the XDP guard's on that interface.
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use portico_tests::*;
 
-/// A namespace with a dummy interface `lp0` holding 10.213.<n>.1/24, or a skip marker.
+/// A namespace with an interface `lp0` holding 10.213.<n>.1/24, or a skip marker.
 fn setup(test: &str, tag: &str, n: u8) -> Option<(Netns, IpAddr)> {
     if !is_root() {
         skip(test, "needs root for a namespace and the XDP guard");
@@ -24,9 +24,11 @@ fn setup(test: &str, tag: &str, n: u8) -> Option<(Netns, IpAddr)> {
         return None;
     };
     let ip: IpAddr = format!("10.213.{n}.1").parse().unwrap();
-    ns.ip(&["link", "add", "lp0", "type", "dummy"]);
+    // A veth pair with both ends here (this kernel may lack the dummy driver).
+    ns.ip(&["link", "add", "lp0", "type", "veth", "peer", "name", "lp1"]);
     ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "lp0"]);
     ns.ip(&["link", "set", "lp0", "up"]);
+    ns.ip(&["link", "set", "lp1", "up"]);
     Some((ns, ip))
 }
 
