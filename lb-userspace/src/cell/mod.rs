@@ -175,9 +175,10 @@ pub fn app_check(detect: bool) -> i32 {
         }
     };
     // The import runs app code: as the cells' account, without capabilities, like a cell.
-    if let Err(e) = crate::privilege::identity(&cfg)
-        .and_then(|id| crate::privilege::drop_privileges(id.as_ref()))
-    {
+    // (`portico check` by a user who cannot switch accounts imports as that user.)
+    if let Err(e) = crate::privilege::identity(&cfg).and_then(|id| {
+        crate::privilege::drop_privileges(id.filter(crate::privilege::can_become).as_ref())
+    }) {
         eprintln!("portico app-check: dropping privileges: {e}");
         return 1;
     }

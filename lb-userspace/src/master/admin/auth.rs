@@ -12,6 +12,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use subtle::ConstantTimeEq as _;
 
+use crate::config::Config;
+
 /// The token, read from its file at start and on SIGHUP.
 pub struct AdminToken(Vec<u8>);
 
@@ -67,7 +69,8 @@ pub fn unauthorized(headers: &HeaderMap) -> Response<Full<Bytes>> {
 }
 
 /// The token at start (validation read the file a moment ago).
-pub fn at_start(path: Option<&Path>) -> anyhow::Result<Option<AdminToken>> {
+pub fn at_start(cfg: &Config) -> anyhow::Result<Option<AdminToken>> {
+    let path = cfg.server.admin_token_file.as_deref();
     path.map(AdminToken::read)
         .transpose()
         .map_err(|e| anyhow::anyhow!("server.admin_token_file: {e}"))
@@ -76,8 +79,8 @@ pub fn at_start(path: Option<&Path>) -> anyhow::Result<Option<AdminToken>> {
 /// SIGHUP: the reloaded configuration's token (none when it has no file). An unreadable file
 /// keeps the token in use, with an error logged (validation read it a moment ago, so this
 /// is a race with whoever changes it).
-pub fn reload(token: &RefCell<Option<AdminToken>>, path: Option<&Path>) {
-    let Some(path) = path else {
+pub fn reload(token: &RefCell<Option<AdminToken>>, cfg: &Config) {
+    let Some(path) = cfg.server.admin_token_file.as_deref() else {
         *token.borrow_mut() = None;
         return;
     };
