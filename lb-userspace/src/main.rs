@@ -8,6 +8,7 @@ mod config;
 mod ebpf;
 mod master;
 mod metrics;
+mod privilege;
 mod proto;
 #[expect(unsafe_code, reason = "the one module that wraps syscalls")]
 mod sys;
@@ -50,9 +51,12 @@ enum Command {
         /// The server's admin address (default: from --config, else 127.0.0.1:9090).
         #[arg(long, global = true, value_name = "ADDR")]
         admin: Option<String>,
-        /// Read the admin address from this configuration file.
+        /// Read the admin address (and admin_token_file) from this configuration file.
         #[arg(short = 'c', long = "config", global = true)]
         config: Option<PathBuf>,
+        /// Send the bearer token in this file (default: the configuration's admin_token_file).
+        #[arg(long = "token-file", global = true, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Internal: run the XDP guard's decision table through BPF_PROG_TEST_RUN and time it.
     #[command(hide = true)]
@@ -207,8 +211,18 @@ fn main() -> ExitCode {
             }
         },
         Command::AppCheck { detect } => ExitCode::from(cell::app_check(detect) as u8),
-        Command::Block { op, admin, config } => {
-            match block_client::run(op, admin.as_deref(), config.as_deref()) {
+        Command::Block {
+            op,
+            admin,
+            config,
+            token_file,
+        } => {
+            let target = block_client::Target {
+                admin: admin.as_deref(),
+                config: config.as_deref(),
+                token_file: token_file.as_deref(),
+            };
+            match block_client::run(op, &target) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("portico block: {e:#}");
@@ -219,6 +233,9 @@ fn main() -> ExitCode {
         Command::XdpTestRun { repeat } => xdp_test_run(repeat),
         Command::Check { config } => match load(Some(&config), &Overrides::default()) {
             Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 if cfg.has_python() {
                     match master::check_apps(&cfg) {
                         Ok(true) => {}

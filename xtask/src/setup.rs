@@ -10,11 +10,12 @@ use crate::process::{output, run, which};
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the test suite needs: network namespaces for the eBPF tests (and ethtool to
-/// turn off a veth's checksum offload), promtool (from `prometheus`) for the metrics checks,
-/// headless Chromium for the status page.
+/// turn off a veth's checksum offload), setpriv (starting Portico as the unit file does),
+/// promtool (from `prometheus`) for the metrics checks, headless Chromium for the status page.
 pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
+    ("util-linux", "setpriv"),
     ("prometheus", "promtool"),
     ("chromium", "chromium"),
 ];

@@ -93,6 +93,28 @@ pub fn run() -> anyhow::Result<()> {
     };
     // The region lives as long as the process.
     let metrics: &'static MetricsRegion = Box::leak(Box::new(metrics));
+    // Opened while the cell may still write where the master can: after the drop below, the
+    // file stays writable through this descriptor.
+    let log =
+        AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
+    // Everything inherited or opened: give up the master's privileges before any app code.
+    // A cell that cannot drop them never serves (EXIT_APP: the master stops at startup).
+    let dropped = match crate::privilege::identity(&cfg)
+        .and_then(|id| crate::privilege::drop_privileges(id.as_ref()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(cell = index, "dropping privileges: {e}");
+            std::process::exit(EXIT_APP);
+        }
+    };
+    tracing::debug!(cell = index, ?dropped, "privileges dropped");
+    // A change of user clears the parent-death signal: set it again, and look again.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("prctl(PR_SET_PDEATHSIG)")?;
+    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        bail!("master is gone");
+    }
 
     if cfg.has_python()
         && let Err(e) = crate::sys::set_batch_scheduling()
@@ -129,7 +151,7 @@ pub fn run() -> anyhow::Result<()> {
             cfg,
             fds,
             metrics,
-            control,
+            (control, log),
             (pools, asgi_apps),
             load,
             tunnel_maps,
@@ -152,6 +174,14 @@ pub fn app_check(detect: bool) -> i32 {
             return 1;
         }
     };
+    // The import runs app code: as the cells' account, without capabilities, like a cell.
+    // (`portico check` by a user who cannot switch accounts imports as that user.)
+    if let Err(e) = crate::privilege::identity(&cfg).and_then(|id| {
+        crate::privilege::drop_privileges(id.filter(crate::privilege::can_become).as_ref())
+    }) {
+        eprintln!("portico app-check: dropping privileges: {e}");
+        return 1;
+    }
     if detect {
         return match detect_interface(&cfg) {
             Ok(asgi) => {
@@ -207,13 +237,11 @@ async fn serve(
     cfg: Config,
     fds: Vec<OwnedFd>,
     metrics: &'static MetricsRegion,
-    control: OwnedFd,
+    (control, log): (OwnedFd, AccessLog),
     (pools, asgi_apps): (Vec<Option<wsgi::WsgiRoute>>, Vec<Option<asgi::AsgiRoute>>),
     load: Option<crate::ebpf::cell_load::CellLoadEntry>,
     tunnel_maps: Option<crate::ebpf::TunnelMaps>,
 ) -> anyhow::Result<()> {
-    let log =
-        AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
     let upstreams = proxy::pool::Upstreams::new(&cfg.upstreams, metrics.cell(index));
     proxy::health::start(&upstreams, &cfg.upstreams);
     let ctx = Rc::new(CellCtx::new(

@@ -5,12 +5,14 @@
 //! `units` parses the value syntaxes (durations, sizes, CIDRs, listen addresses), `schema` is
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
 //! applies the command line, and `validate` checks the result; `paste` holds what is
-//! specific to PasteDeploy apps, `asgi` the ASGI route table.
+//! specific to PasteDeploy apps, `asgi` the ASGI route table, `privilege` the cells' account and
+//! the admin token.
 pub mod asgi;
 mod error;
 mod load;
 mod overrides;
 pub mod paste;
+mod privilege;
 mod proxy;
 mod schema;
 mod units;
@@ -19,6 +21,7 @@ mod validate;
 pub use asgi::{AsgiConfig, EventLoop, LifespanMode};
 pub use error::ConfigErrors;
 pub use overrides::{Interface, Overrides};
+pub use privilege::{Identity, read_admin_token};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};
 pub use schema::{
     Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, Recycling, RouteConfig, StaticConfig,

@@ -48,6 +48,12 @@ pub struct ServerConfig {
     /// TCP_DEFER_ACCEPT on TCP listeners (nginx's `deferred`): a connection is accepted once
     /// its request has arrived, which spares a read and a wake-up per new connection.
     pub defer_accept: bool,
+    /// The account the cells (and the app import check) run as when started as root.
+    pub user: Option<String>,
+    /// Its group; None: the user's primary group.
+    pub group: Option<String>,
+    /// A file with the admin endpoint's bearer token; every admin request must carry it.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +66,9 @@ impl Default for ServerConfig {
             backlog: 4096,
             shutdown_timeout: Dur(Duration::from_secs(30)),
             defer_accept: true,
+            user: None,
+            group: None,
+            admin_token_file: None,
         }
     }
 }

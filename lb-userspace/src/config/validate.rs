@@ -127,6 +127,7 @@ impl Config {
                 _ => self.log.access_log = p.to_string_lossy().into_owned(),
             }
         }
+        super::privilege::validate_privilege(&mut self.server, &base, &mut bad);
 
         if self.routes.len() > crate::metrics::MAX_ROUTES {
             bad(

@@ -34,6 +34,7 @@ use supervisor::{Action, Event, Restart, Supervisor};
 /// `portico serve`: returns the process exit code.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<i32> {
     raise_nofile_limit();
+    crate::privilege::before_serving(&cfg)?;
     if let Some(dir) = &cfg.server.chdir {
         std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
     }
@@ -74,6 +75,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         routes: std::cell::RefCell::new(cfg.routes.iter().map(|r| r.prefix.clone()).collect()),
         upstream_servers: std::cell::RefCell::new(upstream_labels(&cfg)),
         listeners: std::cell::RefCell::new(listener_dups(&listeners)),
+        admin_token: admin::auth::at_start(&cfg)?.into(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -465,6 +467,7 @@ impl Master {
         }
         *self.state.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
         *self.state.upstream_servers.borrow_mut() = upstream_labels(&cfg);
+        admin::auth::reload(&self.state.admin_token, &cfg);
         self.cfg = cfg;
         if self.state.tunnel_relay.borrow().is_none() {
             // A route that turned to relay = "sockmap": probe it now (cells started from here on

@@ -3,6 +3,7 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd as _, OwnedFd};
 
 use crate::ebpf::{PinDir, Steering, TunnelRelay, XdpGuard};
+use crate::master::admin::auth::AdminToken;
 use crate::metrics::{EbpfSnapshot, MetricsRegion, ProcSnapshot, cell_counter, process_usage};
 
 pub struct MasterState {
@@ -24,6 +25,8 @@ pub struct MasterState {
     pub upstream_servers: RefCell<Vec<(String, String)>>,
     /// (listen address, cell, a duplicate of the listener) for accept-queue lengths.
     pub listeners: RefCell<Vec<(String, usize, OwnedFd)>>,
+    /// The admin endpoint's bearer token (`server.admin_token_file`; read again on reload).
+    pub admin_token: RefCell<Option<AdminToken>>,
 }
 
 impl MasterState {

@@ -1,7 +1,9 @@
 //! The master's admin endpoint: `/healthz`, `/metrics`, `/status`, and the XDP blocklist.
-//! Loopback by default; requests that change state are refused from any other peer.
+//! Loopback by default; requests that change state are refused from any other peer unless
+//! a bearer token (`auth`) guards the endpoint.
 use std::rc::Rc;
 
+pub mod auth;
 pub mod status;
 
 use bytes::Bytes;
@@ -56,6 +58,11 @@ fn handle<B>(
     req: &Request<B>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
+    if let Some(t) = shared.admin_token.borrow().as_ref()
+        && !t.admits(req.headers())
+    {
+        return auth::unauthorized(req.headers());
+    }
     if let Some(op) = req.uri().path().strip_prefix("/blocklist/") {
         return blocklist_change(shared, req, op, peer);
     }
@@ -144,7 +151,8 @@ fn no_guard() -> Response<Body> {
 }
 
 /// `POST /blocklist/add?cidr=...` and `POST /blocklist/del?cidr=...` (what `portico block`
-/// sends): takes effect for the next packet, no restart; loopback peers only.
+/// sends): takes effect for the next packet, no restart; loopback peers only, unless the
+/// endpoint has a token (which `handle` checked).
 fn blocklist_change<B>(
     shared: &MasterState,
     req: &Request<B>,
@@ -152,11 +160,12 @@ fn blocklist_change<B>(
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let plain = "text/plain; charset=utf-8";
-    if !peer.ip().to_canonical().is_loopback() {
+    if !peer.ip().to_canonical().is_loopback() && shared.admin_token.borrow().is_none() {
         return text(
             StatusCode::FORBIDDEN,
             plain,
-            "changing the blocklist is only allowed from loopback\n".into(),
+            "changing the blocklist is only allowed from loopback (or with server.admin_token_file)\n"
+                .into(),
         );
     }
     if req.method() != Method::POST {
