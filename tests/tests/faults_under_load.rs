@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portico_tests::mixed::{
-    Check, Failure, MixedLoad, MixedSite, Options, Stream, Tally, pattern, procs,
+    Check, Failure, MixedLoad, MixedSite, Options, Stream, StreamTally, Tally, pattern, procs,
 };
 use portico_tests::*;
 use rustix::process::{Pid, Signal, kill_process};
@@ -76,13 +76,35 @@ fn warm_load(p: &Portico, streams: &[Stream]) -> MixedLoad {
 /// Checks that a phase had no failure; records a problem otherwise.
 fn expect_none(fault: &str, tally: &Tally, failures: &[Failure], problems: &mut Vec<String>) {
     if tally.failures() > 0 {
-        let first: Vec<&str> = failures.iter().take(5).map(|f| f.detail.as_str()).collect();
         problems.push(format!(
-            "{fault}: {} failures ({}), first: {first:?}",
+            "{fault}: {} failures ({}): {}",
             tally.failures(),
-            tally.failure_kinds()
+            tally.failure_kinds(),
+            summary(failures.iter())
         ));
     }
+}
+
+/// Failures grouped by what happened (the request's query left out), most frequent first.
+fn summary<'a>(failures: impl Iterator<Item = &'a Failure>) -> String {
+    let mut by: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for f in failures {
+        let detail: String = f
+            .detail
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(120)
+            .collect();
+        *by.entry(format!("{} {}: {detail}", f.stream, f.kind)).or_default() += 1;
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.iter()
+        .take(8)
+        .map(|(k, n)| format!("\n  {n} x {k}"))
+        .collect()
 }
 
 fn restarts(p: &Portico, reason: &str) -> u64 {
@@ -135,9 +157,9 @@ fn kill_cell(site: &MixedSite, problems: &mut Vec<String>) -> Row {
         .collect();
     if !unexplained.is_empty() {
         problems.push(format!(
-            "cell killed: {} failures not on the killed cell's connections: {:?}",
+            "cell killed: {} failures not on the killed cell's connections: {}",
             unexplained.len(),
-            unexplained.iter().take(5).map(|f| &f.detail).collect::<Vec<_>>()
+            summary(unexplained.into_iter())
         ));
     }
     if tally.failures() > held.len() as u64 {
@@ -218,7 +240,8 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
     // Down long enough for every cell to meet it (a second of traffic).
     std::thread::sleep(Duration::from_secs(1));
     site.restart_upstream(0);
-    let down = down_at.elapsed();
+    let up_at = Instant::now();
+    let down = up_at - down_at;
     wait_served(&load, &before, 100, "the load served after the upstream restart");
     let (tally, failures) = load.finish();
     let fault = if servers == 2 {
@@ -228,8 +251,8 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
         let elsewhere: Vec<&Failure> = failures.iter().filter(|f| f.stream != "proxy").collect();
         if !elsewhere.is_empty() {
             problems.push(format!(
-                "upstream restart (1 server): failures outside the proxy route: {:?}",
-                elsewhere.iter().take(5).map(|f| &f.detail).collect::<Vec<_>>()
+                "upstream restart (1 server): failures outside the proxy route: {}",
+                summary(elsewhere.into_iter())
             ));
         }
         "upstream killed, restarted (1 server)"
@@ -238,9 +261,11 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
         fault,
         allowed: if servers == 2 { "0" } else { "proxy route only" }.into(),
         note: format!(
-            "down {:.1} s; proxy failures: {}",
+            "down {:.1} s; proxy failures: {} ({}), {} after it was back",
             down.as_secs_f64(),
-            tally.streams.get("proxy").map_or(0, |s| s.failures())
+            tally.streams.get("proxy").map_or(0, StreamTally::failures),
+            tally.failure_kinds(),
+            failures.iter().filter(|f| f.at > up_at).count()
         ),
         tally,
     }
@@ -295,7 +320,7 @@ fn file_replaced(site: &MixedSite, problems: &mut Vec<String>) -> Row {
     let absent = tally
         .streams
         .get("replaced")
-        .map_or(0, |s| s.allowed_total());
+        .map_or(0, StreamTally::allowed_total);
     Row {
         fault: "file removed, replaced mid-serve",
         allowed: "0".into(),
@@ -368,7 +393,7 @@ fn disk_eio(site: &MixedSite, dir: &FaultyDir, problems: &mut Vec<String>) -> Ro
     tally.streams.extend(cold_tally.streams.clone());
     let all: Vec<Failure> = failures.into_iter().chain(cold_failures).collect();
     expect_none("static root EIO", &tally, &all, problems);
-    let served_5xx: u64 = tally.streams.values().map(|s| s.allowed_total()).sum();
+    let served_5xx: u64 = tally.streams.values().map(StreamTally::allowed_total).sum();
     if served_5xx == 0 {
         problems.push("EIO: no request met the failing disk (no 5xx)".into());
     }

@@ -398,6 +398,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_absence_is_a_404() {
+        use std::io::{Error, ErrorKind};
+        assert!(absent(&Error::from(ErrorKind::NotFound)));
+        assert!(absent(&Error::from_raw_os_error(libc::ENOTDIR)));
+        assert!(absent(&Error::from_raw_os_error(libc::EACCES)));
+        assert!(absent(&Error::from_raw_os_error(libc::ELOOP)));
+        assert!(absent(&Error::from_raw_os_error(libc::ENAMETOOLONG)));
+        assert!(!absent(&Error::from_raw_os_error(libc::EIO)));
+        assert!(!absent(&Error::from_raw_os_error(libc::EMFILE)));
+        let missing = not_served(Path::new("/nowhere"), "open", &Error::from(ErrorKind::NotFound));
+        assert!(matches!(missing, Found::Missing));
+        let failed = not_served(Path::new("/x"), "read", &Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(failed, Found::Failed));
+    }
+
+    #[test]
     fn content_types() {
         assert_eq!(
             content_type_for(Path::new("a.html")),
