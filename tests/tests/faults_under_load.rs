@@ -100,7 +100,7 @@ fn summary<'a>(failures: impl Iterator<Item = &'a Failure>) -> String {
         *by.entry(format!("{} {}: {detail}", f.stream, f.kind)).or_default() += 1;
     }
     let mut v: Vec<(String, u64)> = by.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v.iter()
         .take(8)
         .map(|(k, n)| format!("\n  {n} x {k}"))
@@ -225,8 +225,8 @@ fn recycling(site: &MixedSite, problems: &mut Vec<String>) -> Row {
 
 /// An upstream server killed (SIGKILL) and started again. With two servers in the group the
 /// other takes every request (a refused connect moves on, an unanswered GET is sent again):
-/// no failure. With one, the proxy's requests fail while it is down: reported, and it must
-/// serve again once the server is back.
+/// no failure. With one, the proxy's requests fail (502) while it is down: reported, and every
+/// request sent once it accepts again must be served.
 fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<String>) -> Row {
     let p = site.portico(&Options {
         workers: 2,
@@ -255,17 +255,24 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
                 summary(elsewhere.into_iter())
             ));
         }
+        let late: Vec<&Failure> = failures.iter().filter(|f| f.started > up_at).collect();
+        if !late.is_empty() {
+            problems.push(format!(
+                "upstream restart (1 server): requests sent after it was back failed: {}",
+                summary(late.into_iter())
+            ));
+        }
         "upstream killed, restarted (1 server)"
     };
     Row {
         fault,
         allowed: if servers == 2 { "0" } else { "proxy route only" }.into(),
         note: format!(
-            "down {:.1} s; proxy failures: {} ({}), {} after it was back",
+            "down {:.1} s; proxy failures: {} ({}), {} of requests sent after it was back",
             down.as_secs_f64(),
             tally.streams.get("proxy").map_or(0, StreamTally::failures),
             tally.failure_kinds(),
-            failures.iter().filter(|f| f.at > up_at).count()
+            failures.iter().filter(|f| f.started > up_at).count()
         ),
         tally,
     }

@@ -61,6 +61,8 @@ pub struct Failure {
     /// The client's port of the connection (None: it never connected).
     pub local_port: Option<u16>,
     pub conn_opened: Option<Instant>,
+    /// When the request (or WebSocket message) was sent, and when it failed.
+    pub started: Instant,
     pub at: Instant,
     pub detail: String,
 }
@@ -248,15 +250,16 @@ impl Client {
         while self.running() {
             if let Check::WebSocket { path, messages } = &self.stream.check {
                 let (id, addr) = (self.id, self.addr);
-                ws::session(addr, path, *messages, id, &mut |n, o, c| {
+                ws::session(addr, path, *messages, id, &mut |n, o, c, started| {
                     seq += 1;
-                    self.record(o, c);
+                    self.record(o, c, started);
                     self.wait_turn(start, seq);
                     n < *messages && self.running()
                 });
                 continue;
             }
             seq += 1;
+            let started = Instant::now();
             let opened = match conn.take() {
                 Some(c) => Ok(c),
                 None => Open::connect(self.addr),
@@ -264,14 +267,14 @@ impl Client {
             let mut open = match opened {
                 Ok(o) => o,
                 Err(e) => {
-                    self.record(Outcome::Failed("connect", e.to_string()), None);
+                    self.record(Outcome::Failed("connect", e.to_string()), None, started);
                     // A refused connect returns at once: do not spin.
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
             };
             let (outcome, keep) = self.one(&mut open, seq);
-            self.record(outcome, Some(open.info));
+            self.record(outcome, Some(open.info), started);
             open.used += 1;
             if keep && self.stream.keepalive && open.used < 100 {
                 conn = Some(open);
@@ -327,7 +330,7 @@ impl Client {
         }
     }
 
-    fn record(&self, outcome: Outcome, conn: Option<ConnInfo>) {
+    fn record(&self, outcome: Outcome, conn: Option<ConnInfo>, started: Instant) {
         let mut s = self.shared.lock().unwrap();
         let t = s.tally.streams.entry(self.stream.name).or_default();
         match outcome {
@@ -341,6 +344,7 @@ impl Client {
                         kind,
                         local_port: conn.and_then(|c| c.port),
                         conn_opened: conn.map(|c| c.opened),
+                        started,
                         at: Instant::now(),
                         detail,
                     });

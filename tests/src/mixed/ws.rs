@@ -7,14 +7,14 @@ use super::load::{ConnInfo, Outcome, io_kind};
 use crate::Conn;
 
 /// Runs a session of up to `messages` echoes. `each(n, outcome, conn)` is called after every
-/// message (n counts them from 1) and for a failed handshake or close; the session goes on
-/// while it returns true.
+/// message (n counts them from 1, with when it was sent) and for a failed handshake or close;
+/// the session goes on while it returns true.
 pub(super) fn session(
     addr: SocketAddr,
     path: &str,
     messages: usize,
     client: usize,
-    each: &mut dyn FnMut(usize, Outcome, Option<ConnInfo>) -> bool,
+    each: &mut dyn FnMut(usize, Outcome, Option<ConnInfo>, Instant) -> bool,
 ) {
     let opened = Instant::now();
     let (mut c, head) = match Conn::websocket(addr, path, &[]) {
@@ -25,7 +25,12 @@ pub(super) fn session(
             } else {
                 io_kind(&e)
             };
-            each(messages, Outcome::Failed(kind, format!("WebSocket {path}: {e}")), None);
+            each(
+                messages,
+                Outcome::Failed(kind, format!("WebSocket {path}: {e}")),
+                None,
+                opened,
+            );
             std::thread::sleep(Duration::from_millis(5));
             return;
         }
@@ -37,6 +42,7 @@ pub(super) fn session(
             messages,
             Outcome::Failed("handshake", format!("WebSocket {path}: {first}")),
             Some(info),
+            opened,
         );
         return;
     }
@@ -44,6 +50,7 @@ pub(super) fn session(
     loop {
         n += 1;
         let msg = format!("m{client}-{n}");
+        let sent = Instant::now();
         let outcome = match send(&mut c, 0x1, msg.as_bytes()).and_then(|()| c.read_frame()) {
             Ok((0x81, p)) if p == msg.as_bytes() => Outcome::Ok,
             Ok((first, p)) => Outcome::Failed(
@@ -56,7 +63,7 @@ pub(super) fn session(
             Err(e) => Outcome::Failed(io_kind(&e), format!("WebSocket {path}: {e}")),
         };
         let failed = matches!(outcome, Outcome::Failed(..));
-        if failed || !each(n, outcome, Some(info)) {
+        if failed || !each(n, outcome, Some(info), sent) {
             if failed {
                 return;
             }
@@ -64,6 +71,7 @@ pub(super) fn session(
         }
     }
     // The close handshake: our close (1000), then frames until the server's close.
+    let sent = Instant::now();
     let closed = send(&mut c, 0x8, &1000u16.to_be_bytes()).and_then(|()| loop {
         let (first, _) = c.read_frame()?;
         if first & 0x0f == 0x8 {
@@ -75,6 +83,7 @@ pub(super) fn session(
             messages,
             Outcome::Failed("close", format!("WebSocket {path} close: {e}")),
             Some(info),
+            sent,
         );
     }
 }
