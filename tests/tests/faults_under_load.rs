@@ -33,7 +33,10 @@ fn faults_under_mixed_load() {
         return;
     };
     if !venv.join("bin/gunicorn").is_file() {
-        skip(TEST, "no gunicorn in the test virtualenv (`cargo xtask test` installs it)");
+        skip(
+            TEST,
+            "no gunicorn in the test virtualenv (`cargo xtask test` installs it)",
+        );
         return;
     }
     let mut site = MixedSite::new(&venv, 2);
@@ -97,7 +100,8 @@ fn summary<'a>(failures: impl Iterator<Item = &'a Failure>) -> String {
             .chars()
             .take(120)
             .collect();
-        *by.entry(format!("{} {}: {detail}", f.stream, f.kind)).or_default() += 1;
+        *by.entry(format!("{} {}: {detail}", f.stream, f.kind))
+            .or_default() += 1;
     }
     let mut v: Vec<(String, u64)> = by.into_iter().collect();
     v.sort_by_key(|e| std::cmp::Reverse(e.1));
@@ -242,7 +246,12 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
     site.restart_upstream(0);
     let up_at = Instant::now();
     let down = up_at - down_at;
-    wait_served(&load, &before, 100, "the load served after the upstream restart");
+    wait_served(
+        &load,
+        &before,
+        100,
+        "the load served after the upstream restart",
+    );
     let (tally, failures) = load.finish();
     let fault = if servers == 2 {
         expect_none("upstream restart (group of 2)", &tally, &failures, problems);
@@ -266,7 +275,12 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
     };
     Row {
         fault,
-        allowed: if servers == 2 { "0" } else { "proxy route only" }.into(),
+        allowed: if servers == 2 {
+            "0"
+        } else {
+            "proxy route only"
+        }
+        .into(),
         note: format!(
             "down {:.1} s; proxy failures: {} ({}), {} of requests sent after it was back",
             down.as_secs_f64(),
@@ -282,11 +296,12 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
 /// clients download them: each answer is one whole version or a 404, never mixed bytes.
 fn file_replaced(site: &MixedSite, problems: &mut Vec<String>) -> Row {
     let versions = |len: usize| -> Vec<Arc<Vec<u8>>> {
-        (0..2u8)
-            .map(|v| Arc::new(pattern(len, 10 + v)))
-            .collect()
+        (0..2u8).map(|v| Arc::new(pattern(len, 10 + v))).collect()
     };
-    let files = [("swap.txt", versions(4096)), ("swap.bin", versions(1 << 20))];
+    let files = [
+        ("swap.txt", versions(4096)),
+        ("swap.bin", versions(1 << 20)),
+    ];
     for (name, v) in &files {
         site.site.file(&format!("www/{name}"), &v[0]);
     }
@@ -376,7 +391,11 @@ fn disk_eio(site: &MixedSite, dir: &FaultyDir, problems: &mut Vec<String>) -> Ro
     };
     let mut streams = site.streams(1);
     for keepalive in [true, false] {
-        streams.push(Stream::new("faulty-warm", keepalive, faulty(&["warm.txt", "warm.bin"])));
+        streams.push(Stream::new(
+            "faulty-warm",
+            keepalive,
+            faulty(&["warm.txt", "warm.bin"]),
+        ));
     }
     let load = warm_load(&p, &streams);
     for cold in ["cold.txt", "cold.bin"] {
@@ -388,7 +407,13 @@ fn disk_eio(site: &MixedSite, dir: &FaultyDir, problems: &mut Vec<String>) -> Ro
     }
     let cold_streams: Vec<Stream> = [true, false]
         .into_iter()
-        .map(|k| Stream::new("faulty-cold", k, faulty(&["cold.txt", "cold.bin", "unseen.txt"])))
+        .map(|k| {
+            Stream::new(
+                "faulty-cold",
+                k,
+                faulty(&["cold.txt", "cold.bin", "unseen.txt"]),
+            )
+        })
         .collect();
     let cold = MixedLoad::start(p.addr, &cold_streams, PHASE_MAX, None);
     wait_until(Duration::from_secs(60), "cold files asked for", || {

@@ -322,7 +322,10 @@ impl Client {
             .send(raw_request("GET", &path, close).as_bytes())
             .and_then(|()| open.conn.read_response("GET"));
         match sent {
-            Err(e) => (Outcome::Failed(io_kind(&e), format!("GET {path}: {e}")), false),
+            Err(e) => (
+                Outcome::Failed(io_kind(&e), format!("GET {path}: {e}")),
+                false,
+            ),
             Ok(r) => {
                 let keep = r.header("connection") != Some("close");
                 (want.judge(&path, &r), keep)
@@ -396,4 +399,3 @@ pub(super) fn io_kind(e: &std::io::Error) -> &'static str {
         _ => "io",
     }
 }
-

@@ -121,10 +121,24 @@ impl MixedSite {
 
     fn gunicorn(&self, bind: Bind) -> Upstream {
         let mut cmd = Command::new(self.venv.join("bin/gunicorn"));
-        cmd.args(["-b", &bind.server(), "-w", "1", "-k", "gthread", "--threads", "4"])
-            .args(["--keep-alive", "30", "--graceful-timeout", "1"])
-            .args(["--log-level", "warning", "--chdir", &self.site.root("upstream")])
-            .arg("upapp:application");
+        cmd.args([
+            "-b",
+            &bind.server(),
+            "-w",
+            "1",
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+        ])
+        .args(["--keep-alive", "30", "--graceful-timeout", "1"])
+        .args([
+            "--log-level",
+            "warning",
+            "--chdir",
+            &self.site.root("upstream"),
+        ])
+        .arg("upapp:application");
         let log = self
             .site
             .path()

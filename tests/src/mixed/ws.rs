@@ -72,10 +72,12 @@ pub(super) fn session(
     }
     // The close handshake: our close (1000), then frames until the server's close.
     let sent = Instant::now();
-    let closed = send(&mut c, 0x8, &1000u16.to_be_bytes()).and_then(|()| loop {
-        let (first, _) = c.read_frame()?;
-        if first & 0x0f == 0x8 {
-            break Ok(());
+    let closed = send(&mut c, 0x8, &1000u16.to_be_bytes()).and_then(|()| {
+        loop {
+            let (first, _) = c.read_frame()?;
+            if first & 0x0f == 0x8 {
+                break Ok(());
+            }
         }
     });
     if let Err(e) = closed {

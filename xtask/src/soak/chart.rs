@@ -17,8 +17,20 @@ pub fn draw(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
         "resident memory (MiB)",
         t_max,
         &[
-            ("master", samples.iter().map(|s| (s.t_secs, mib(s.master_rss_kib))).collect()),
-            ("cells", samples.iter().map(|s| (s.t_secs, mib(s.cells_rss_kib))).collect()),
+            (
+                "master",
+                samples
+                    .iter()
+                    .map(|s| (s.t_secs, mib(s.master_rss_kib)))
+                    .collect(),
+            ),
+            (
+                "cells",
+                samples
+                    .iter()
+                    .map(|s| (s.t_secs, mib(s.cells_rss_kib)))
+                    .collect(),
+            ),
         ],
     )?;
     panel(
@@ -26,8 +38,20 @@ pub fn draw(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
         "open descriptors",
         t_max,
         &[
-            ("master", samples.iter().map(|s| (s.t_secs, s.master_fds as f64)).collect()),
-            ("cells", samples.iter().map(|s| (s.t_secs, s.cells_fds as f64)).collect()),
+            (
+                "master",
+                samples
+                    .iter()
+                    .map(|s| (s.t_secs, s.master_fds as f64))
+                    .collect(),
+            ),
+            (
+                "cells",
+                samples
+                    .iter()
+                    .map(|s| (s.t_secs, s.cells_fds as f64))
+                    .collect(),
+            ),
         ],
     )?;
     root.present()?;

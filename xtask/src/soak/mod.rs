@@ -53,8 +53,8 @@ pub fn soak(root: &Path, minutes: f64) -> anyhow::Result<()> {
     let venv = setup::setup_venv(root, setup::TEST_PY)?;
     compile::build()?;
     let bin = root.join("target/release/portico");
-    let stamp = output(Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"]))
-        .context("reading the date")?;
+    let stamp =
+        output(Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"])).context("reading the date")?;
     let dir = root.join("target/soak").join(stamp.trim());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
@@ -64,9 +64,7 @@ pub fn soak(root: &Path, minutes: f64) -> anyhow::Result<()> {
         workers,
         ..Options::default()
     });
-    let mut cmd = Command::new(&bin);
-    cmd.env("RUST_LOG", "warn");
-    let p = portico_tests::Portico::start_with(cmd, &["-c", &cfg.to_string_lossy()]);
+    let p = portico_tests::Portico::start_with(Command::new(&bin), &["-c", &cfg.to_string_lossy()]);
     let streams = site.streams(2);
 
     // Capacity: the same mix unpaced, after two seconds to warm the caches and pools.
@@ -107,7 +105,12 @@ pub fn soak(root: &Path, minutes: f64) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     loop {
         let t = load.tally();
-        let s = sample(&p, start.elapsed().as_secs_f64(), t.requests(), t.failures());
+        let s = sample(
+            &p,
+            start.elapsed().as_secs_f64(),
+            t.requests(),
+            t.failures(),
+        );
         writeln!(
             csv,
             "{:.1},{},{},{},{},{},{},{}",

@@ -407,9 +407,17 @@ mod tests {
         assert!(absent(&Error::from_raw_os_error(libc::ENAMETOOLONG)));
         assert!(!absent(&Error::from_raw_os_error(libc::EIO)));
         assert!(!absent(&Error::from_raw_os_error(libc::EMFILE)));
-        let missing = not_served(Path::new("/nowhere"), "open", &Error::from(ErrorKind::NotFound));
+        let missing = not_served(
+            Path::new("/nowhere"),
+            "open",
+            &Error::from(ErrorKind::NotFound),
+        );
         assert!(matches!(missing, Found::Missing));
-        let failed = not_served(Path::new("/x"), "read", &Error::from_raw_os_error(libc::EIO));
+        let failed = not_served(
+            Path::new("/x"),
+            "read",
+            &Error::from_raw_os_error(libc::EIO),
+        );
         assert!(matches!(failed, Found::Failed));
     }
 
