@@ -107,13 +107,16 @@ impl Tally {
     pub fn ok_of(&self, name: &str) -> u64 {
         self.streams.get(name).map_or(0, |s| s.ok)
     }
-    /// Failures by kind over every stream, e.g. `eof=3 reset=1`.
+    /// Failures by kind over every stream, e.g. `eof=3 reset=1` (`none`).
     pub fn failure_kinds(&self) -> String {
         let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
         for s in self.streams.values() {
             for (k, n) in &s.failed {
                 *kinds.entry(k).or_default() += n;
             }
+        }
+        if kinds.is_empty() {
+            return "none".into();
         }
         let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
         parts.join(" ")
