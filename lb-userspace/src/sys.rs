@@ -95,8 +95,21 @@ pub fn monotonic_ns() -> u64 {
 pub fn map_file(file: &File, len: usize) -> Result<memmap2::Mmap, SysError> {
     // SAFETY: read-only private mapping. Truncating a file that is being served is the one
     // hazard (SIGBUS); deploy by rename, as with nginx's open_file_cache.
-    unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(err("mmap(static file)"))
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }
+        .map_err(err("mmap(static file)"))?;
+    // Its first pages read in now: a disk that fails them fails here, before any header went
+    // out (a 500), not in the middle of the body. EINVAL: a kernel before 5.14, served lazily.
+    match map.advise_range(memmap2::Advice::PopulateRead, 0, len.min(POPULATE_MAX)) {
+        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+            Err(err("madvise(MADV_POPULATE_READ, static file)")(e))
+        }
+        _ => Ok(map),
+    }
 }
+
+/// How much of a mapped file `map_file` reads in up front (a file served by ranges need not
+/// be read whole).
+const POPULATE_MAX: usize = 64 << 20;
 
 /// Puts the calling thread (and the threads it creates later) under SCHED_BATCH: a woken thread
 /// of the cell does not preempt the running one, so the event loop finishes a batch of requests

@@ -2,11 +2,14 @@
 //! addresses it logs, and speaks raw HTTP/1.1 to it (so malformed requests can be sent too).
 #![forbid(unsafe_code)]
 
+mod faultfs;
 mod http;
 mod load;
+pub mod mixed;
 mod netns;
 mod upstream;
 
+pub use faultfs::FaultyDir;
 pub use http::{Conn, Response, get, raw, raw_request, request};
 pub use load::{Load, Target};
 pub use netns::Netns;

@@ -11,6 +11,7 @@ mod layout;
 mod process;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -41,6 +42,14 @@ enum Cmd {
     /// Check lb-userspace's module graph (no import cycle, master and cell apart) and that no
     /// source file passes 600 lines.
     Layout,
+    /// The mixed load at half its measured capacity for a while, sampling memory and
+    /// descriptors of the master and cells: passes when neither grows and nothing fails
+    /// (`target/soak/<timestamp>/soak.csv` and `soak.svg`). Not part of `test`.
+    Soak {
+        /// How long to run the load.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Benchmarks against peers, started side by side in the same run, per core by default;
     /// writes target/bench/<timestamp>/results.json and report.html (see README, Benchmarks).
     Bench {
@@ -105,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => run::run(&root, &args),
         Cmd::Test => test::test(&root),
         Cmd::Layout => layout::check(&root),
+        Cmd::Soak { minutes } => soak::soak(&root, minutes),
         Cmd::Bench {
             which,
             duration,

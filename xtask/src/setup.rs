@@ -11,13 +11,17 @@ use crate::process::{output, run, which};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the test suite needs: network namespaces for the eBPF tests (and ethtool to
 /// turn off a veth's checksum offload), setpriv (starting Portico as the unit file does),
-/// promtool (from `prometheus`) for the metrics checks, headless Chromium for the status page.
+/// promtool (from `prometheus`) for the metrics checks, headless Chromium for the status page,
+/// an ext4 image on a loop device for the disk that fails under the fault test (mkfs.ext4;
+/// losetup from `mount`).
 pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("util-linux", "setpriv"),
     ("prometheus", "promtool"),
     ("chromium", "chromium"),
+    ("e2fsprogs", "mkfs.ext4"),
+    ("mount", "losetup"),
 ];
 /// Debian packages the benchmarks need (libev-dev: bjoern builds against it).
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[

@@ -98,6 +98,52 @@ pub enum Found {
     Forbidden,
     /// Nothing servable there.
     Missing,
+    /// The file system failed (EIO, too many open files, ...): a 500, never cached, so the
+    /// file is tried again once the disk is back.
+    Failed,
+}
+
+/// An error that says the file is not there (or not ours to show): a 404, as before; any
+/// other error is the disk or the system failing.
+fn absent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::NotFound | K::NotADirectory | K::PermissionDenied | K::InvalidFilename
+    ) || e.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// `Missing` for an absent file, else `Failed` (logged: what failed and where).
+fn not_served(path: &Path, what: &str, e: &std::io::Error) -> Found {
+    if absent(e) {
+        return Found::Missing;
+    }
+    log_failure(path, what, e);
+    Found::Failed
+}
+
+thread_local! {
+    /// When the cell last logged a disk failure, and how many it has not logged since: a
+    /// failing disk fails every request, one line a second says so.
+    static LAST_FAILURE_LOG: std::cell::Cell<(Option<Instant>, u64)> =
+        const { std::cell::Cell::new((None, 0)) };
+}
+
+fn log_failure(path: &Path, what: &str, e: &dyn std::fmt::Display) {
+    LAST_FAILURE_LOG.with(|last| {
+        let (at, skipped) = last.get();
+        if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            last.set((at, skipped + 1));
+            return;
+        }
+        last.set((Some(Instant::now()), 0));
+        tracing::error!(
+            path = %path.display(),
+            error = %e,
+            not_logged_since = skipped,
+            "static file: {what} failed (answered 500)"
+        );
+    });
 }
 
 #[derive(Debug)]
@@ -146,6 +192,9 @@ impl FileCache {
             }
         }
         let (found, checked_path) = Self::load(route, rel);
+        if matches!(found, Found::Failed) {
+            return found;
+        }
         let mut lookups = self.lookups.borrow_mut();
         if self.entries.get() >= MAX_ENTRIES || self.inline_bytes.get() > MAX_INLINE_BYTES {
             lookups.clear();
@@ -176,14 +225,16 @@ impl FileCache {
     fn load(route: &StaticRoute, rel: &RelPath) -> (Found, Option<PathBuf>) {
         let joined = route.root.join(std::ffi::OsStr::from_bytes(&rel.path));
         // canonicalize resolves symlinks; anything that lands outside the root is not there.
-        let Ok(real) = joined.canonicalize() else {
-            return (Found::Missing, None);
+        let real = match joined.canonicalize() {
+            Ok(r) => r,
+            Err(e) => return (not_served(&joined, "resolving", &e), None),
         };
         if !real.starts_with(&route.root) {
             return (Found::Missing, None);
         }
-        let Ok(meta) = std::fs::metadata(&real) else {
-            return (Found::Missing, None);
+        let meta = match std::fs::metadata(&real) {
+            Ok(m) => m,
+            Err(e) => return (not_served(&real, "stat", &e), None),
         };
         if meta.is_dir() {
             if !rel.trailing_slash {
@@ -191,11 +242,18 @@ impl FileCache {
             }
             for idx in &route.index {
                 let candidate = real.join(idx);
-                if let Ok(c) = candidate.canonicalize()
-                    && c.starts_with(&route.root)
-                    && let Some(entry) = open_entry(&c, route.precompressed)
-                {
-                    return (Found::File(Rc::new(entry)), Some(c));
+                let c = match candidate.canonicalize() {
+                    Ok(c) => c,
+                    Err(e) if absent(&e) => continue,
+                    Err(e) => return (not_served(&candidate, "resolving", &e), None),
+                };
+                if !c.starts_with(&route.root) {
+                    continue;
+                }
+                match open_entry(&c, route.precompressed) {
+                    Ok(Some(entry)) => return (Found::File(Rc::new(entry)), Some(c)),
+                    Ok(None) => {}
+                    Err(failed) => return (failed, None),
                 }
             }
             return (Found::Forbidden, None);
@@ -204,8 +262,9 @@ impl FileCache {
             return (Found::Missing, None);
         }
         match open_entry(&real, route.precompressed) {
-            Some(e) => (Found::File(Rc::new(e)), Some(real)),
-            None => (Found::Missing, None),
+            Ok(Some(e)) => (Found::File(Rc::new(e)), Some(real)),
+            Ok(None) => (Found::Missing, None),
+            Err(failed) => (failed, None),
         }
     }
 }
@@ -217,51 +276,84 @@ fn sibling(path: &Path, coding: Coding) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn open_entry(path: &Path, precompressed: bool) -> Option<FileEntry> {
-    let mut entry = open_one(path, content_type_for(path))?;
+/// The file and its precompressed siblings: None when it is not a servable file, Err(`Failed`)
+/// when reading it failed (a sibling that fails is left out).
+fn open_entry(path: &Path, precompressed: bool) -> Result<Option<FileEntry>, Found> {
+    let Some(mut entry) = open_one(path, content_type_for(path))? else {
+        return Ok(None);
+    };
     if precompressed {
         for coding in [Coding::Br, Coding::Gzip] {
             let sib = sibling(path, coding);
             // The sibling must also be a regular file inside the same directory tree.
             if let Ok(real) = sib.canonicalize()
                 && real.parent() == path.parent()
-                && let Some(mut v) = open_one(&real, entry.content_type.clone())
-            {
-                v.etag = HeaderValue::from_str(&format!(
+                && let Ok(Some(mut v)) = open_one(&real, entry.content_type.clone())
+                && let Ok(etag) = HeaderValue::from_str(&format!(
                     "{}-{}\"",
                     v.etag.to_str().unwrap_or("\"").trim_end_matches('"'),
                     coding.suffix()
                 ))
-                .ok()?;
+            {
+                v.etag = etag;
                 entry.variants.push((coding, Rc::new(v)));
             }
         }
     }
-    Some(entry)
+    Ok(Some(entry))
 }
 
-fn open_one(path: &Path, content_type: HeaderValue) -> Option<FileEntry> {
-    let mut file = File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
+/// One regular file, read or mapped: None when it is not one (or changed while read),
+/// Err(`Failed`) when the disk failed.
+fn open_one(path: &Path, content_type: HeaderValue) -> Result<Option<FileEntry>, Found> {
+    let fail = |what: &str, e: &std::io::Error| match not_served(path, what, e) {
+        Found::Missing => Ok(None),
+        failed => Err(failed),
+    };
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail("open", &e),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return fail("stat", &e),
+    };
     if !meta.is_file() {
-        return None;
+        return Ok(None);
     }
     let len = meta.len();
     let body = if len == 0 {
         Bytes::new()
     } else if len <= INLINE_MAX {
         let mut buf = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut buf).ok()?;
+        if let Err(e) = file.read_to_end(&mut buf) {
+            return fail("read", &e);
+        }
         if buf.len() as u64 != len {
-            return None;
+            return Ok(None);
         }
         Bytes::from(buf)
     } else {
-        Bytes::from_owner(crate::sys::map_file(&file, len as usize).ok()?)
+        match crate::sys::map_file(&file, len as usize) {
+            Ok(m) => Bytes::from_owner(m),
+            Err(e) => {
+                log_failure(path, "mapping", &e);
+                return Err(Found::Failed);
+            }
+        }
     };
+    Ok(entry_of(&meta, body, len, content_type))
+}
+
+fn entry_of(
+    meta: &std::fs::Metadata,
+    body: Bytes,
+    len: u64,
+    content_type: HeaderValue,
+) -> Option<FileEntry> {
     let mtime = meta.modified().ok()?;
     let mtime_secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let ident = Ident::of(&meta);
+    let ident = Ident::of(meta);
     // Strong validator from version identity, like nginx: mtime (ns) and size.
     let etag = format!("\"{:x}-{:x}\"", ident.mtime_ns as u64, len);
     Some(FileEntry {
@@ -304,6 +396,30 @@ pub fn content_type_for(path: &Path) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_absence_is_a_404() {
+        use std::io::{Error, ErrorKind};
+        assert!(absent(&Error::from(ErrorKind::NotFound)));
+        assert!(absent(&Error::from_raw_os_error(libc::ENOTDIR)));
+        assert!(absent(&Error::from_raw_os_error(libc::EACCES)));
+        assert!(absent(&Error::from_raw_os_error(libc::ELOOP)));
+        assert!(absent(&Error::from_raw_os_error(libc::ENAMETOOLONG)));
+        assert!(!absent(&Error::from_raw_os_error(libc::EIO)));
+        assert!(!absent(&Error::from_raw_os_error(libc::EMFILE)));
+        let missing = not_served(
+            Path::new("/nowhere"),
+            "open",
+            &Error::from(ErrorKind::NotFound),
+        );
+        assert!(matches!(missing, Found::Missing));
+        let failed = not_served(
+            Path::new("/x"),
+            "read",
+            &Error::from_raw_os_error(libc::EIO),
+        );
+        assert!(matches!(failed, Found::Failed));
+    }
 
     #[test]
     fn content_types() {

@@ -60,6 +60,7 @@ pub fn serve(
         Found::File(f) => f,
         Found::Missing => return simple(StatusCode::NOT_FOUND),
         Found::Forbidden => return simple(StatusCode::FORBIDDEN),
+        Found::Failed => return simple(StatusCode::INTERNAL_SERVER_ERROR),
         Found::Redirect => {
             let mut loc = String::with_capacity(req.path.len() + 2);
             loc.push_str(req.path);
