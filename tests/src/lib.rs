@@ -5,6 +5,9 @@
 mod http;
 mod load;
 mod netns;
+pub mod smuggle;
+pub mod smuggle_cases;
+pub mod strict;
 mod upstream;
 
 pub use http::{Conn, Response, get, raw, raw_request, request};
