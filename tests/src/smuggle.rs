@@ -1,7 +1,7 @@
 //! The request smuggling differential: a recording backend that reads what it receives with
 //! the strict RFC 9112 reader, the cases' model (bytes and their RFC reading), the verdict of
 //! one case and the summary table.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -135,9 +135,23 @@ pub fn exchange(addr: SocketAddr, case: &Case) -> ClientSide {
             Err(e) => out.error = Some(e),
         }
     }
+    r.s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    if out.responses.last().is_some_and(|r| !r.1) {
+        // After a refusal the server must close by itself, the client still sending.
+        match r.response() {
+            Ok(None) => out.closed = true,
+            Ok(Some(resp)) => out.responses.push(resp),
+            Err(e) => {
+                out.closed = r.eof;
+                if !r.eof {
+                    out.error = Some(e);
+                }
+            }
+        }
+        return out;
+    }
     // The rest: the client stops sending, and whatever else comes back is read to the close.
     r.s.shutdown(Shutdown::Write).ok();
-    r.s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     loop {
         match r.response() {
             Ok(Some((status, _, _))) if (100..200).contains(&status) => {}
@@ -245,6 +259,8 @@ struct Seen {
     events: Vec<Event>,
     /// Unparsed bytes per open connection.
     pending: HashMap<u64, usize>,
+    /// Connections whose unparsed bytes an earlier case already reported.
+    stale: HashSet<u64>,
     next_conn: u64,
 }
 
@@ -278,23 +294,26 @@ impl RecordingBackend {
 
     /// Forgets what was seen (each case starts from nothing; open connections stay).
     pub fn clear(&self) {
-        self.seen.lock().unwrap().events.clear();
+        let mut s = self.seen.lock().unwrap();
+        s.events.clear();
+        let open: Vec<u64> = s.pending.keys().copied().collect();
+        s.stale.extend(open);
     }
 
     /// Events since the last `clear`, once no connection holds an unfinished request (or
     /// after `within`, with those bytes reported as leftovers).
     pub fn settle(&self, within: Duration) -> Vec<Event> {
-        poll_until(within, || {
-            self.seen.lock().unwrap().pending.values().all(|n| *n == 0)
-        });
+        let unfinished = |s: &Seen| -> Vec<usize> {
+            s.pending
+                .iter()
+                .filter(|(id, n)| **n > 0 && !s.stale.contains(id))
+                .map(|(_, n)| *n)
+                .collect()
+        };
+        poll_until(within, || unfinished(&self.seen.lock().unwrap()).is_empty());
         let s = self.seen.lock().unwrap();
         let mut events = s.events.clone();
-        events.extend(
-            s.pending
-                .values()
-                .filter(|n| **n > 0)
-                .map(|n| Event::Leftover(*n)),
-        );
+        events.extend(unfinished(&s).into_iter().map(Event::Leftover));
         events
     }
 }
@@ -312,7 +331,7 @@ fn serve(mut conn: TcpStream, id: u64, seen: &Mutex<Seen>) {
         if n == 0 {
             let mut s = seen.lock().unwrap();
             s.pending.remove(&id);
-            if !buf.is_empty() {
+            if !buf.is_empty() && !s.stale.remove(&id) {
                 s.events.push(Event::Leftover(buf.len()));
             }
             return;
@@ -341,7 +360,9 @@ fn serve(mut conn: TcpStream, id: u64, seen: &Mutex<Seen>) {
                 }
             }
         }
-        seen.lock().unwrap().pending.insert(id, buf.len());
+        let mut s = seen.lock().unwrap();
+        s.pending.insert(id, buf.len());
+        s.stale.remove(&id);
     }
 }
 

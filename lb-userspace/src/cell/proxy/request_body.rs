@@ -1,0 +1,125 @@
+//! The request body on its way upstream. A small body is read whole before the upstream sees
+//! the request (nginx's request buffering), so a broken chunked body is the client's 400 and no
+//! upstream ever holds part of a request; it then goes out with a Content-Length. Larger
+//! bodies stream, their first `PREREAD_LIMIT` bytes first.
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+/// Bodies up to this size are read before the request goes upstream (as the WSGI pre-read).
+pub const PREREAD_LIMIT: usize = 64 * 1024;
+
+/// The body sent upstream.
+#[derive(Debug)]
+pub enum UpBody {
+    /// The client's, as it arrives.
+    Client(Incoming),
+    /// None: a request without a body can be sent again.
+    Empty,
+    /// Read whole beforehand, with the chunked body's trailer fields if any.
+    Ready {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// The first bytes, read beforehand, then the rest as it arrives.
+    Prefixed { first: Option<Bytes>, rest: Incoming },
+}
+
+impl http_body::Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Ready { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(|d| Ok(Frame::data(d)))
+                    .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            ),
+            UpBody::Prefixed { first, rest } => match first.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Client(b) => b.is_end_stream(),
+            UpBody::Empty => true,
+            UpBody::Ready { data, trailers } => data.is_none() && trailers.is_none(),
+            UpBody::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Client(b) => b.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Ready {
+                data,
+                trailers: None,
+            } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            // Trailers need chunked framing: no exact size.
+            UpBody::Ready { .. } => SizeHint::default(),
+            UpBody::Prefixed { first, rest } => {
+                let ahead = first.as_ref().map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.size_hint().lower() + ahead);
+                if let Some(upper) = rest.size_hint().upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// Reads the client's body up to `PREREAD_LIMIT`, within `within`: the whole body when it
+/// ends there, else what was read and the rest. A framing error or a client gone is a 400, a
+/// body that does not come a 408 (the connection then closes).
+pub async fn preread(mut body: Incoming, within: Duration) -> Result<UpBody, StatusCode> {
+    let read = async {
+        let mut data = BytesMut::new();
+        while data.len() <= PREREAD_LIMIT {
+            match body.frame().await {
+                None => {
+                    return Ok(UpBody::Ready {
+                        data: Some(data.freeze()),
+                        trailers: None,
+                    });
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(frame) => {
+                        // Trailers end the body.
+                        return Ok(UpBody::Ready {
+                            data: Some(data.freeze()),
+                            trailers: frame.into_trailers().ok(),
+                        });
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::info!("client error: request body: {e}; 400");
+                    return Err(StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+        Ok(UpBody::Prefixed {
+            first: Some(data.freeze()),
+            rest: body,
+        })
+    };
+    tokio::time::timeout(within, read).await.unwrap_or_else(|_| {
+        tracing::info!("client error: request body not sent within {within:?}; 408");
+        Err(StatusCode::REQUEST_TIMEOUT)
+    })
+}
