@@ -300,6 +300,12 @@ impl RecordingBackend {
         s.stale.extend(open);
     }
 
+    /// Open connections that hold bytes which are not a whole request.
+    pub fn unfinished_open(&self) -> usize {
+        let s = self.seen.lock().unwrap();
+        s.pending.values().filter(|n| **n > 0).count()
+    }
+
     /// Events since the last `clear`, once no connection holds an unfinished request (or
     /// after `within`, with those bytes reported as leftovers).
     pub fn settle(&self, within: Duration) -> Vec<Event> {

@@ -5,6 +5,8 @@
 //! backend reads exactly the requests Portico answered for, each as RFC 9112 reads the client's
 //! bytes. The same cases then go to the direct server (a WSGI app that reports what it got).
 //! A table per suite is printed; any desync fails the test.
+use std::time::Duration;
+
 use portico_tests::smuggle::{RecordingBackend, Served, backend_view, run_suite};
 use portico_tests::smuggle_cases::cases;
 use portico_tests::*;
@@ -35,6 +37,47 @@ fn proxy_differential_has_no_desyncs() {
     let (served, problems) = backend_view(&backend);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(served.len(), 1);
+}
+
+#[test]
+fn a_broken_chunk_past_the_preread_closes_the_upstream_connection() {
+    // Past the pre-read the body streams: the upstream has part of the request when the
+    // framing error comes, so that connection must be closed, never reused.
+    let backend = RecordingBackend::start();
+    let route = format!("/=http://{}", backend.addr);
+    let p = Portico::start(&["--workers", "1", "--proxy", &route]);
+    assert_eq!(get(p.addr, "/warm").unwrap().status, 200);
+    backend.clear();
+    let mut raw = b"POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..80 {
+        raw.extend_from_slice(b"400\r\n");
+        raw.extend_from_slice(&[b'x'; 1024]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"+5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut c = Conn::open(p.addr).unwrap();
+    c.send(&raw).unwrap();
+    let r = c.read_response("POST").unwrap();
+    assert!(r.header("x-backend").is_none(), "the upstream answered: {}", r.status);
+    assert!(
+        r.status == 400 || r.status == 502,
+        "status {}",
+        r.status
+    );
+    assert!(c.closed_within(Duration::from_secs(5)), "client connection left open");
+    wait_until(
+        Duration::from_secs(10),
+        "the upstream connection holding part of the request is closed",
+        || backend.unfinished_open() == 0,
+    );
+    let (served, _) = backend_view(&backend);
+    assert!(served.is_empty(), "served: {served:?}");
+    // The next request is read cleanly by the backend.
+    backend.clear();
+    assert_eq!(get(p.addr, "/next").unwrap().status, 200);
+    let (served, problems) = backend_view(&backend);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(served.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["/next"]);
 }
 
 /// Reports what it got (method, raw target, Host, body as latin-1) and marks its answers.
