@@ -97,7 +97,7 @@ pub const BACKEND_MARK: &str = "x-backend";
 /// connection closes or nothing more comes after the expected ones.
 pub fn exchange(addr: SocketAddr, case: &Case) -> ClientSide {
     let mut out = ClientSide::default();
-    let mut s = match TcpStream::connect(addr) {
+    let s = match TcpStream::connect(addr) {
         Ok(s) => s,
         Err(e) => {
             out.error = Some(format!("connect: {e}"));
@@ -208,7 +208,10 @@ impl Reader {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(format!("cut response {:?}", String::from_utf8_lossy(&self.buf)))
+                    Err(format!(
+                        "cut response {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ))
                 };
             }
         };
@@ -298,6 +301,15 @@ impl RecordingBackend {
         s.events.clear();
         let open: Vec<u64> = s.pending.keys().copied().collect();
         s.stale.extend(open);
+    }
+
+    /// Connections that ended holding bytes which are not a whole request, since `clear`.
+    pub fn closed_unfinished(&self) -> usize {
+        let s = self.seen.lock().unwrap();
+        s.events
+            .iter()
+            .filter(|e| matches!(e, Event::Leftover(_)))
+            .count()
     }
 
     /// Open connections that hold bytes which are not a whole request.
@@ -432,10 +444,7 @@ pub fn judge(case: &Case, client: &ClientSide, served: &[Served], problems: &[St
     match refusal {
         Some((i, status)) => {
             if i != served.len() || i + 1 != client.responses.len() {
-                return Verdict::Desync(format!(
-                    "answers after a refusal: {:?}",
-                    statuses(client)
-                ));
+                return Verdict::Desync(format!("answers after a refusal: {:?}", statuses(client)));
             }
             if !((400..500).contains(&status) || status == 501) {
                 return Verdict::Desync(format!("refused with {status}"));

@@ -82,7 +82,10 @@ fn te_cases() -> Vec<Case> {
         ),
         Case::invalid(
             "TE identity",
-            &post(&["Transfer-Encoding: identity", "Content-Length: 5"], b"hello"),
+            &post(
+                &["Transfer-Encoding: identity", "Content-Length: 5"],
+                b"hello",
+            ),
         ),
         Case::invalid(
             "TE identity, chunked",
@@ -107,7 +110,10 @@ fn te_cases() -> Vec<Case> {
         ),
         Case::invalid(
             "TE xchunked",
-            &post(&["Transfer-Encoding: xchunked", "Content-Length: 5"], b"hello"),
+            &post(
+                &["Transfer-Encoding: xchunked", "Content-Length: 5"],
+                b"hello",
+            ),
         ),
         Case::invalid(
             "TE quoted \"chunked\"",
@@ -134,7 +140,10 @@ fn te_cases() -> Vec<Case> {
         ),
         Case::valid(
             "Transfer_Encoding (underscore) is another field",
-            &post(&["Transfer_Encoding: chunked", "Content-Length: 5"], b"hello"),
+            &post(
+                &["Transfer_Encoding: chunked", "Content-Length: 5"],
+                b"hello",
+            ),
             hello(),
         ),
     ]
@@ -180,7 +189,10 @@ fn cl_cases() -> Vec<Case> {
         Case::invalid("CL hex", &post(&["Content-Length: 0x5"], b"hello")),
         Case::invalid("CL empty", &post(&["Content-Length:"], b"hello")),
         Case::invalid("CL with a NUL", &post(&["Content-Length: 5\0"], b"hello")),
-        Case::invalid("CL with a space inside", &post(&["Content-Length: 1 0"], b"hello")),
+        Case::invalid(
+            "CL with a space inside",
+            &post(&["Content-Length: 1 0"], b"hello"),
+        ),
         Case::valid(
             "CL shorter than the data: the rest is the next request",
             &post(&["Content-Length: 3"], &cat(&[b"abc", GET_B])),
@@ -313,11 +325,7 @@ fn chunk_cases() -> Vec<Case> {
 fn line_cases() -> Vec<Case> {
     let a = || vec![req("GET", "/a", b"")];
     vec![
-        Case::valid(
-            "bare LF line endings",
-            b"GET /a HTTP/1.1\nHost: t\n\n",
-            a(),
-        ),
+        Case::valid("bare LF line endings", b"GET /a HTTP/1.1\nHost: t\n\n", a()),
         Case::valid(
             "bare LF ending the head only",
             b"GET /a HTTP/1.1\r\nHost: t\r\n\n",
@@ -327,18 +335,30 @@ fn line_cases() -> Vec<Case> {
             "bare CR ending the request line",
             b"GET /a HTTP/1.1\rHost: t\r\n\r\n",
         ),
-        Case::invalid("bare CR in a value", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n"),
+        Case::invalid(
+            "bare CR in a value",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n",
+        ),
         Case::invalid(
             "bare CR before the empty line",
             b"GET /a HTTP/1.1\r\nHost: t\r\n\rX-A: b\r\n\r\n",
         ),
-        Case::invalid("NUL in a value", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n"),
-        Case::invalid("NUL in a name", b"GET /a HTTP/1.1\r\nHost: t\r\nX\0A: b\r\n\r\n"),
+        Case::invalid(
+            "NUL in a value",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n",
+        ),
+        Case::invalid(
+            "NUL in a name",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX\0A: b\r\n\r\n",
+        ),
         Case::invalid(
             "control byte in a value",
             b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n",
         ),
-        Case::invalid("DEL in a value", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\x7fb\r\n\r\n"),
+        Case::invalid(
+            "DEL in a value",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\x7fb\r\n\r\n",
+        ),
         Case::invalid(
             "escape byte in a name",
             b"GET /a HTTP/1.1\r\nHost: t\r\nX\x1bA: b\r\n\r\n",
@@ -347,9 +367,15 @@ fn line_cases() -> Vec<Case> {
             "whitespace before the colon",
             b"GET /a HTTP/1.1\r\nHost: t\r\nX-A : b\r\n\r\n",
         ),
-        Case::invalid("space inside a name", b"GET /a HTTP/1.1\r\nHost: t\r\nX A: b\r\n\r\n"),
+        Case::invalid(
+            "space inside a name",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX A: b\r\n\r\n",
+        ),
         Case::invalid("empty name", b"GET /a HTTP/1.1\r\nHost: t\r\n: b\r\n\r\n"),
-        Case::invalid("line without a colon", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A\r\n\r\n"),
+        Case::invalid(
+            "line without a colon",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nX-A\r\n\r\n",
+        ),
         Case::invalid(
             "obs-fold",
             b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  b\r\n\r\n",
@@ -369,11 +395,20 @@ fn line_cases() -> Vec<Case> {
             a(),
         ),
         Case::invalid("no Host", b"GET /a HTTP/1.1\r\n\r\n"),
-        Case::invalid("two Hosts", b"GET /a HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n"),
+        Case::invalid(
+            "two Hosts",
+            b"GET /a HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n",
+        ),
         Case::invalid("Host with a space", b"GET /a HTTP/1.1\r\nHost: t u\r\n\r\n"),
         Case::invalid("Host with a slash", b"GET /a HTTP/1.1\r\nHost: t/x\r\n\r\n"),
-        Case::invalid("Host with userinfo", b"GET /a HTTP/1.1\r\nHost: u@t\r\n\r\n"),
-        Case::invalid("Host with a bad port", b"GET /a HTTP/1.1\r\nHost: t:8x\r\n\r\n"),
+        Case::invalid(
+            "Host with userinfo",
+            b"GET /a HTTP/1.1\r\nHost: u@t\r\n\r\n",
+        ),
+        Case::invalid(
+            "Host with a bad port",
+            b"GET /a HTTP/1.1\r\nHost: t:8x\r\n\r\n",
+        ),
         Case::valid(
             "Host with a port",
             b"GET /a HTTP/1.1\r\nHost: t:80\r\n\r\n",
@@ -386,16 +421,31 @@ fn request_line_cases() -> Vec<Case> {
     let long_target = format!("/{}", "a".repeat(12_000));
     let long_field = format!("X-Long: {}", "b".repeat(40_000));
     vec![
-        Case::invalid("two spaces after the method", b"GET  /a HTTP/1.1\r\nHost: t\r\n\r\n"),
-        Case::invalid("two spaces before the version", b"GET /a  HTTP/1.1\r\nHost: t\r\n\r\n"),
+        Case::invalid(
+            "two spaces after the method",
+            b"GET  /a HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        Case::invalid(
+            "two spaces before the version",
+            b"GET /a  HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
         Case::invalid("tab as a separator", b"GET\t/a HTTP/1.1\r\nHost: t\r\n\r\n"),
-        Case::invalid("space after the version", b"GET /a HTTP/1.1 \r\nHost: t\r\n\r\n"),
+        Case::invalid(
+            "space after the version",
+            b"GET /a HTTP/1.1 \r\nHost: t\r\n\r\n",
+        ),
         Case::invalid("leading space", b" GET /a HTTP/1.1\r\nHost: t\r\n\r\n"),
         Case::invalid("no version", b"GET /a\r\nHost: t\r\n\r\n"),
         Case::invalid("version HTTP/1.2", b"GET /a HTTP/1.2\r\nHost: t\r\n\r\n"),
         Case::invalid("version HTTP/2.0", b"GET /a HTTP/2.0\r\nHost: t\r\n\r\n"),
-        Case::invalid("version in lower case", b"GET /a http/1.1\r\nHost: t\r\n\r\n"),
-        Case::invalid("method with a bracket", b"G[T /a HTTP/1.1\r\nHost: t\r\n\r\n"),
+        Case::invalid(
+            "version in lower case",
+            b"GET /a http/1.1\r\nHost: t\r\n\r\n",
+        ),
+        Case::invalid(
+            "method with a bracket",
+            b"G[T /a HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
         Case::invalid("method with a NUL", b"G\0T /a HTTP/1.1\r\nHost: t\r\n\r\n"),
         Case::invalid("empty method", b" /a HTTP/1.1\r\nHost: t\r\n\r\n"),
         Case::valid(
@@ -408,9 +458,18 @@ fn request_line_cases() -> Vec<Case> {
             b"PURGE /a HTTP/1.1\r\nHost: t\r\n\r\n",
             vec![req("PURGE", "/a", b"")],
         ),
-        Case::invalid("space in the target", b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n"),
-        Case::invalid("raw UTF-8 in the target", "GET /é HTTP/1.1\r\nHost: t\r\n\r\n".as_bytes()),
-        Case::invalid("fragment in the target", b"GET /a#b HTTP/1.1\r\nHost: t\r\n\r\n"),
+        Case::invalid(
+            "space in the target",
+            b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        Case::invalid(
+            "raw UTF-8 in the target",
+            "GET /é HTTP/1.1\r\nHost: t\r\n\r\n".as_bytes(),
+        ),
+        Case::invalid(
+            "fragment in the target",
+            b"GET /a#b HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
         Case::valid(
             "absolute-form with another Host",
             b"GET http://other.example/x?y=1 HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -425,8 +484,14 @@ fn request_line_cases() -> Vec<Case> {
             "absolute-form with userinfo",
             b"GET http://u@other.example/x HTTP/1.1\r\nHost: t\r\n\r\n",
         ),
-        Case::invalid("authority-form GET", b"GET t:80 HTTP/1.1\r\nHost: t\r\n\r\n"),
-        Case::invalid("CONNECT (not served here)", b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n"),
+        Case::invalid(
+            "authority-form GET",
+            b"GET t:80 HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        Case::invalid(
+            "CONNECT (not served here)",
+            b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n",
+        ),
         Case::valid(
             "asterisk-form OPTIONS",
             b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",

@@ -29,22 +29,62 @@ const CASES: &[(&str, &str, Outcome)] = &[
     ("Fragmented URL 3", "GET /hello ", Waits),
     ("Fragmented HTTP version", "GET /hello HTTP", Waits),
     ("Fragmented request line", "GET /hello HTTP/1.1", Waits),
-    ("Fragmented request line newline 1", "GET /hello HTTP/1.1\r", Waits),
-    ("Fragmented request line newline 2", "GET /hello HTTP/1.1\r\n", Waits),
+    (
+        "Fragmented request line newline 1",
+        "GET /hello HTTP/1.1\r",
+        Waits,
+    ),
+    (
+        "Fragmented request line newline 2",
+        "GET /hello HTTP/1.1\r\n",
+        Waits,
+    ),
     ("Fragmented field name", "GET /hello HTTP/1.1\r\nHos", Waits),
-    ("Fragmented field value 1", "GET /hello HTTP/1.1\r\nHost:", Waits),
-    ("Fragmented field value 2", "GET /hello HTTP/1.1\r\nHost: ", Waits),
-    ("Fragmented field value 3", "GET /hello HTTP/1.1\r\nHost: localhost", Waits),
-    ("Fragmented field value 4", "GET /hello HTTP/1.1\r\nHost: localhost\r", Waits),
-    ("Fragmented request", "GET /hello HTTP/1.1\r\nHost: localhost\r\n", Waits),
-    ("Fragmented request termination", "GET /hello HTTP/1.1\r\nHost: localhost\r\n\r", Waits),
-    ("Request without HTTP version", "GET / \r\n\r\n", Refused(400, 599)),
+    (
+        "Fragmented field value 1",
+        "GET /hello HTTP/1.1\r\nHost:",
+        Waits,
+    ),
+    (
+        "Fragmented field value 2",
+        "GET /hello HTTP/1.1\r\nHost: ",
+        Waits,
+    ),
+    (
+        "Fragmented field value 3",
+        "GET /hello HTTP/1.1\r\nHost: localhost",
+        Waits,
+    ),
+    (
+        "Fragmented field value 4",
+        "GET /hello HTTP/1.1\r\nHost: localhost\r",
+        Waits,
+    ),
+    (
+        "Fragmented request",
+        "GET /hello HTTP/1.1\r\nHost: localhost\r\n",
+        Waits,
+    ),
+    (
+        "Fragmented request termination",
+        "GET /hello HTTP/1.1\r\nHost: localhost\r\n\r",
+        Waits,
+    ),
+    (
+        "Request without HTTP version",
+        "GET / \r\n\r\n",
+        Refused(400, 599),
+    ),
     (
         "Request with Expect header",
         "GET / HTTP/1.1\r\nHost: example.com\r\nExpect: 100-continue\r\n\r\n",
         Served(None),
     ),
-    ("Valid GET request", "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", Served(None)),
+    (
+        "Valid GET request",
+        "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        Served(None),
+    ),
     (
         "Valid GET request with edge cases",
         "GET / HTTP/1.1\r\nhoSt:\texample.com\r\nempty:\r\n\r\n",
@@ -55,7 +95,11 @@ const CASES: &[(&str, &str, Outcome)] = &[
         "GET / HTTP/1.1\r\nHost: example.com\r\nX-Invalid[]: test\r\n\r\n",
         Refused(400, 499),
     ),
-    ("Missing Host header", "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", Refused(400, 499)),
+    (
+        "Missing Host header",
+        "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        Refused(400, 499),
+    ),
     (
         "Multiple Host headers",
         "GET / HTTP/1.1\r\nHost: example.com\r\nHost: example.org\r\n\r\n",
@@ -86,7 +130,11 @@ const CASES: &[(&str, &str, Outcome)] = &[
         "GET / HTTP/1.1\r\nHost: example.com\r\nX-Bad-Control-Char: test\x07\r\n\r\n",
         Refused(400, 499),
     ),
-    ("Invalid HTTP version", "GET / HTTP/9.9\r\nHost: example.com\r\n\r\n", Refused(400, 599)),
+    (
+        "Invalid HTTP version",
+        "GET / HTTP/9.9\r\nHost: example.com\r\n\r\n",
+        Refused(400, 599),
+    ),
     (
         "Invalid prefix of request",
         "Extra lineGET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
@@ -139,7 +187,12 @@ fn final_response(s: &mut TcpStream) -> Result<(u16, Vec<u8>, bool), String> {
 
 #[test]
 fn h1spec_cases_against_the_direct_server() {
-    if venv_for("h1spec_cases_against_the_direct_server", "nothing but Python").is_none() {
+    if venv_for(
+        "h1spec_cases_against_the_direct_server",
+        "nothing but Python",
+    )
+    .is_none()
+    {
         return;
     }
     let site = Site::new();
@@ -188,9 +241,10 @@ fn h1spec_cases_against_the_direct_server() {
                 s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 match final_response(s) {
                     Ok((st, got, _)) if (200..300).contains(&st) => match body {
-                        Some(b) if got != b.as_bytes() => {
-                            Err(format!("{st} with body {:?}", String::from_utf8_lossy(&got)))
-                        }
+                        Some(b) if got != b.as_bytes() => Err(format!(
+                            "{st} with body {:?}",
+                            String::from_utf8_lossy(&got)
+                        )),
                         _ => Ok(format!("{st}")),
                     },
                     Ok((st, ..)) => Err(format!("{st}")),

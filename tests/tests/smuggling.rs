@@ -58,17 +58,20 @@ fn a_broken_chunk_past_the_preread_closes_the_upstream_connection() {
     let mut c = Conn::open(p.addr).unwrap();
     c.send(&raw).unwrap();
     let r = c.read_response("POST").unwrap();
-    assert!(r.header("x-backend").is_none(), "the upstream answered: {}", r.status);
     assert!(
-        r.status == 400 || r.status == 502,
-        "status {}",
+        r.header("x-backend").is_none(),
+        "the upstream answered: {}",
         r.status
     );
-    assert!(c.closed_within(Duration::from_secs(5)), "client connection left open");
+    assert!(r.status == 400 || r.status == 502, "status {}", r.status);
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "client connection left open"
+    );
     wait_until(
         Duration::from_secs(10),
         "the upstream connection holding part of the request is closed",
-        || backend.unfinished_open() == 0,
+        || backend.closed_unfinished() == 1 && backend.unfinished_open() == 0,
     );
     let (served, _) = backend_view(&backend);
     assert!(served.is_empty(), "served: {served:?}");
@@ -77,7 +80,10 @@ fn a_broken_chunk_past_the_preread_closes_the_upstream_connection() {
     assert_eq!(get(p.addr, "/next").unwrap().status, 200);
     let (served, problems) = backend_view(&backend);
     assert!(problems.is_empty(), "{problems:?}");
-    assert_eq!(served.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["/next"]);
+    assert_eq!(
+        served.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(),
+        ["/next"]
+    );
 }
 
 /// Reports what it got (method, raw target, Host, body as latin-1) and marks its answers.
@@ -109,7 +115,12 @@ pub fn echo_server(site: &Site) -> Portico {
 
 #[test]
 fn direct_server_reads_every_case_as_rfc_9112() {
-    if venv_for("direct_server_reads_every_case_as_rfc_9112", "nothing but Python").is_none() {
+    if venv_for(
+        "direct_server_reads_every_case_as_rfc_9112",
+        "nothing but Python",
+    )
+    .is_none()
+    {
         return;
     }
     let site = Site::new();
@@ -129,7 +140,12 @@ fn direct_server_reads_every_case_as_rfc_9112() {
                         method: v["m"].as_str().unwrap_or_default().into(),
                         target: v["u"].as_str().unwrap_or_default().into(),
                         host: v["h"].as_str().map(Into::into),
-                        body: v["b"].as_str().unwrap_or_default().chars().map(|c| c as u8).collect(),
+                        body: v["b"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .chars()
+                            .map(|c| c as u8)
+                            .collect(),
                     }),
                     Err(e) => problems.push(format!("echo body: {e}")),
                 }

@@ -368,7 +368,9 @@ mod tests {
     #[test]
     fn a_hash_in_the_request_line_is_seen_across_reads() {
         let long = "a".repeat(LINE_KEEP * 2);
-        let head = format!("GET /{long}#frag HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nX-A: #\r\n\r\n");
+        let head = format!(
+            "GET /{long}#frag HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nX-A: #\r\n\r\n"
+        );
         let (first, second) = head.as_bytes().split_at(LINE_KEEP + 10);
         let h = heads(&[first, second]);
         assert!(h[0].fragment);

@@ -288,10 +288,18 @@ mod tests {
 
     #[test]
     fn transfer_codings_other_than_one_chunked_are_501() {
-        for te in [&["gzip, chunked"][..], &["chunked, chunked"], &["chunked", "chunked"]] {
+        for te in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+        ] {
             let mut h = vec![("host", "x")];
             h.extend(te.iter().map(|v| ("transfer-encoding", *v)));
-            assert_eq!(status(&req("/", &h), HeadFraming::default()), Some(501), "{te:?}");
+            assert_eq!(
+                status(&req("/", &h), HeadFraming::default()),
+                Some(501),
+                "{te:?}"
+            );
         }
         let r = req("/", &[("host", "x"), ("transfer-encoding", " Chunked ")]);
         assert_eq!(status(&r, HeadFraming::default()), None);
@@ -303,7 +311,13 @@ mod tests {
             let r = req("/", &[("host", host)]);
             assert_eq!(status(&r, HeadFraming::default()), Some(400), "{host:?}");
         }
-        for host in ["t", "t:80", "127.0.0.1:8080", "[::1]:80", "xn--caf-dma.example"] {
+        for host in [
+            "t",
+            "t:80",
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "xn--caf-dma.example",
+        ] {
             let r = req("/", &[("host", host)]);
             assert_eq!(status(&r, HeadFraming::default()), None, "{host:?}");
         }

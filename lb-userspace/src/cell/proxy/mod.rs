@@ -144,7 +144,9 @@ pub async fn call(
             parts.headers.remove(header::EXPECT);
             if trailers.is_none() {
                 let len = data.as_ref().map_or(0, Bytes::len);
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
     }

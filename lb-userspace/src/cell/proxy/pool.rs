@@ -231,4 +231,3 @@ impl Upstreams {
         self.0.iter().find(|u| u.name == name).cloned()
     }
 }
-

@@ -28,7 +28,10 @@ pub enum UpBody {
         trailers: Option<HeaderMap>,
     },
     /// The first bytes, read beforehand, then the rest as it arrives.
-    Prefixed { first: Option<Bytes>, rest: Incoming },
+    Prefixed {
+        first: Option<Bytes>,
+        rest: Incoming,
+    },
 }
 
 impl http_body::Body for UpBody {
@@ -118,8 +121,10 @@ pub async fn preread(mut body: Incoming, within: Duration) -> Result<UpBody, Sta
             rest: body,
         })
     };
-    tokio::time::timeout(within, read).await.unwrap_or_else(|_| {
-        tracing::info!("client error: request body not sent within {within:?}; 408");
-        Err(StatusCode::REQUEST_TIMEOUT)
-    })
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or_else(|_| {
+            tracing::info!("client error: request body not sent within {within:?}; 408");
+            Err(StatusCode::REQUEST_TIMEOUT)
+        })
 }
