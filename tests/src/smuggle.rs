@@ -42,6 +42,8 @@ pub struct Case {
     pub invalid_tail: bool,
     /// Sent only after an interim `100 Continue` arrives (`Expect: 100-continue`).
     pub after_continue: Option<Vec<u8>>,
+    /// The client stops sending (shuts down its side) right after the bytes.
+    pub half_close: bool,
 }
 
 impl Case {
@@ -53,6 +55,7 @@ impl Case {
             reading,
             invalid_tail: false,
             after_continue: None,
+            half_close: false,
         }
     }
     /// Bytes with no reading a server may serve: refused, at once.
@@ -113,6 +116,9 @@ pub fn exchange(addr: SocketAddr, case: &Case) -> ClientSide {
     };
     if let Err(e) = r.s.write_all(&case.bytes) {
         out.error = Some(format!("write: {e}"));
+    }
+    if case.half_close {
+        r.s.shutdown(Shutdown::Write).ok();
     }
     let want = case.reading.len() + usize::from(case.invalid_tail);
     let mut continue_body = case.after_continue.clone();

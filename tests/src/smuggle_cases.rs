@@ -29,6 +29,12 @@ const TE: &str = "Transfer-Encoding: chunked";
 const GET_B: &[u8] = b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n";
 const HELLO: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
 
+/// The client shuts down its side right after the bytes.
+fn stops(mut c: Case) -> Case {
+    c.half_close = true;
+    c
+}
+
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
@@ -306,14 +312,18 @@ fn chunk_cases() -> Vec<Case> {
             "trailer with a NUL",
             &body(b"5\r\nhello\r\n0\r\nX-A: a\0b\r\n\r\n"),
         ),
-        Case::invalid(
+        stops(Case::invalid(
             "last chunk without its final CRLF, then the client stops",
             &body(b"5\r\nhello\r\n0\r\n"),
-        ),
-        Case::invalid(
+        )),
+        stops(Case::invalid(
             "chunked body cut short, then the client stops",
             &body(b"5\r\nhel"),
-        ),
+        )),
+        stops(Case::invalid(
+            "Content-Length body cut short, then the client stops",
+            &post(&["Content-Length: 5"], b"hel"),
+        )),
         Case::valid(
             "chunked then a pipelined request",
             &cat(&[&body(HELLO), GET_B]),

@@ -133,7 +133,7 @@ pub async fn call(
         up_body = if length.is_some_and(|n| n > request_body::PREREAD_LIMIT as u64) {
             UpBody::Client(body)
         } else {
-            match request_body::preread(body, ctx.limits.header_timeout.0).await {
+            match request_body::preread(body).await {
                 Ok(b) => b,
                 Err(status) => return (status_page(status), true),
             }

@@ -1,15 +1,13 @@
-//! The request body on its way upstream. A small body is read whole before the upstream sees
-//! the request (nginx's request buffering), so a broken chunked body is the client's 400 and no
-//! upstream ever holds part of a request; it then goes out with a Content-Length. Larger
-//! bodies stream, their first `PREREAD_LIMIT` bytes first.
+//! The request body on its way upstream. A small body that came with its head is read whole
+//! before the upstream sees the request, so a broken chunked body is the client's 400 and no
+//! upstream holds part of a request; it then goes out with a Content-Length. Larger bodies,
+//! and bodies still on their way, stream, what was already there first.
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 /// Bodies up to this size are read before the request goes upstream (as the WSGI pre-read).
@@ -86,45 +84,45 @@ impl http_body::Body for UpBody {
     }
 }
 
-/// Reads the client's body up to `PREREAD_LIMIT`, within `within`: the whole body when it
-/// ends there, else what was read and the rest. A framing error or a client gone is a 400, a
-/// body that does not come a 408 (the connection then closes).
-pub async fn preread(mut body: Incoming, within: Duration) -> Result<UpBody, StatusCode> {
-    let read = async {
-        let mut data = BytesMut::new();
-        while data.len() <= PREREAD_LIMIT {
-            match body.frame().await {
-                None => {
+/// Takes what the client already sent of its body, up to `PREREAD_LIMIT`, without waiting:
+/// the whole body when it ended there (the usual small request, sent with its head), else what
+/// was there and the rest as it arrives (a client that trickles its body still streams). A
+/// framing error, or a client gone, in what was there is a 400 (the connection then closes).
+pub async fn preread(mut body: Incoming) -> Result<UpBody, StatusCode> {
+    let mut data = BytesMut::new();
+    while data.len() <= PREREAD_LIMIT {
+        // Ready frames only: Pending means the client has sent no more yet.
+        let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+        })
+        .await;
+        match next {
+            None => break,
+            Some(None) => {
+                return Ok(UpBody::Ready {
+                    data: Some(data.freeze()),
+                    trailers: None,
+                });
+            }
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                // Trailers end the body.
+                Err(frame) => {
                     return Ok(UpBody::Ready {
                         data: Some(data.freeze()),
-                        trailers: None,
+                        trailers: frame.into_trailers().ok(),
                     });
                 }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(d) => data.extend_from_slice(&d),
-                    Err(frame) => {
-                        // Trailers end the body.
-                        return Ok(UpBody::Ready {
-                            data: Some(data.freeze()),
-                            trailers: frame.into_trailers().ok(),
-                        });
-                    }
-                },
-                Some(Err(e)) => {
-                    tracing::info!("client error: request body: {e}; 400");
-                    return Err(StatusCode::BAD_REQUEST);
-                }
+            },
+            Some(Some(Err(e))) => {
+                tracing::info!("client error: request body: {e}; 400");
+                return Err(StatusCode::BAD_REQUEST);
             }
         }
-        Ok(UpBody::Prefixed {
-            first: Some(data.freeze()),
-            rest: body,
-        })
-    };
-    tokio::time::timeout(within, read)
-        .await
-        .unwrap_or_else(|_| {
-            tracing::info!("client error: request body not sent within {within:?}; 408");
-            Err(StatusCode::REQUEST_TIMEOUT)
-        })
+    }
+    Ok(UpBody::Prefixed {
+        first: (!data.is_empty()).then(|| data.freeze()),
+        rest: body,
+    })
 }
