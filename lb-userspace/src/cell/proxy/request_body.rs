@@ -126,3 +126,86 @@ pub async fn preread(mut body: Incoming) -> Result<UpBody, StatusCode> {
         rest: body,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serves `raw` through hyper's server with `preread` on the request body: what it gave.
+    async fn outcome(raw: &'static [u8], half_close: bool) -> String {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+            let what = match preread(req.into_body()).await {
+                Err(s) => format!("error {}", s.as_u16()),
+                Ok(UpBody::Ready { data, trailers }) => format!(
+                    "ready {} trailers {}",
+                    data.map_or(0, |d| d.len()),
+                    trailers.map_or(0, |t| t.len())
+                ),
+                Ok(UpBody::Prefixed { first, .. }) => {
+                    format!("prefixed {}", first.map_or(0, |d| d.len()))
+                }
+                Ok(_) => "other".into(),
+            };
+            let body = http_body_util::Full::new(Bytes::from(what));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        });
+        client.write_all(raw).await.expect("write");
+        if half_close {
+            client.shutdown().await.expect("half-close");
+        }
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+        let read = async move {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&all).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.parse().ok())
+                        .expect("a length");
+                    if body.len() >= len {
+                        let _ = client.shutdown().await;
+                        return body[..len].to_string();
+                    }
+                }
+                let n = client.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before the answer: {text}");
+                all.extend_from_slice(&buf[..n]);
+            }
+        };
+        let ((), out) = tokio::join!(
+            async {
+                let _ = conn.await;
+            },
+            read
+        );
+        out
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_with_its_head_is_read_whole_or_refused() {
+        let chunked = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let with_trailer: &'static [u8] = [&chunked[..], b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"]
+            .concat()
+            .leak();
+        assert_eq!(outcome(with_trailer, false).await, "ready 5 trailers 1");
+        let broken: &'static [u8] = [&chunked[..], b"+5\r\nhello\r\n0\r\n\r\n"].concat().leak();
+        assert_eq!(outcome(broken, false).await, "error 400");
+        let cut = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhel";
+        assert_eq!(outcome(cut, true).await, "error 400");
+    }
+
+    #[tokio::test]
+    async fn a_body_still_on_its_way_streams() {
+        let mut raw =
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n".to_vec();
+        raw.extend_from_slice(&[b'x'; 1024]);
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(outcome(raw.leak(), false).await, "prefixed 1024");
+    }
+}
