@@ -13,6 +13,10 @@ use hyper::body::Incoming;
 /// Bodies up to this size are read before the request goes upstream (as the WSGI pre-read).
 pub const PREREAD_LIMIT: usize = 64 * 1024;
 
+/// Turns of the connection's task without a new body frame after which the client is taken
+/// to have sent no more for now.
+const IDLE_TURNS: u32 = 4;
+
 /// The body sent upstream.
 #[derive(Debug)]
 pub enum UpBody {
@@ -90,14 +94,23 @@ impl http_body::Body for UpBody {
 /// framing error, or a client gone, in what was there is a 400 (the connection then closes).
 pub async fn preread(mut body: Incoming) -> Result<UpBody, StatusCode> {
     let mut data = BytesMut::new();
+    let mut idle = 0;
     while data.len() <= PREREAD_LIMIT {
-        // Ready frames only: Pending means the client has sent no more yet.
+        // Ready frames only. hyper's connection task decodes the body a piece per turn, in
+        // this same task: a few turns without a frame mean it found no more bytes to read.
         let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending => Poll::Ready(None),
             Poll::Ready(frame) => Poll::Ready(Some(frame)),
         })
         .await;
+        if next.is_some() {
+            idle = 0;
+        }
         match next {
+            None if idle < IDLE_TURNS => {
+                idle += 1;
+                tokio::task::yield_now().await;
+            }
             None => break,
             Some(None) => {
                 return Ok(UpBody::Ready {
