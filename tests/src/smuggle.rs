@@ -79,6 +79,9 @@ pub enum Verdict {
     RefusedClosed(u16),
     /// Everything was served, each request as read.
     Consistent,
+    /// The client went away mid-request: nothing served, and any upstream connection that held
+    /// part of it was closed (`cut`: how many did), never reused.
+    ClientGone { cut: usize },
     /// Anything else: why.
     Desync(String),
 }
@@ -261,6 +264,8 @@ pub enum Event {
     Error(String),
     /// The connection ended with bytes that are not a whole request.
     Leftover(usize),
+    /// A connection still open holds bytes that are not a whole request.
+    Unfinished(usize),
 }
 
 #[derive(Debug, Default)]
@@ -337,7 +342,7 @@ impl RecordingBackend {
         poll_until(within, || unfinished(&self.seen.lock().unwrap()).is_empty());
         let s = self.seen.lock().unwrap();
         let mut events = s.events.clone();
-        events.extend(unfinished(&s).into_iter().map(Event::Leftover));
+        events.extend(unfinished(&s).into_iter().map(Event::Unfinished));
         events
     }
 }
@@ -420,6 +425,21 @@ fn matches(e: &Expected, s: &Served) -> bool {
 /// The verdict of one case from what the client saw and what was served behind the server
 /// (`served`: in order; `problems`: anything the backend could not read).
 pub fn judge(case: &Case, client: &ClientSide, served: &[Served], problems: &[String]) -> Verdict {
+    let cut = problems.iter().filter(|p| p.starts_with(CUT)).count();
+    if case.half_close
+        && served.is_empty()
+        && problems.len() == cut
+        && client.closed
+        && client.responses.iter().all(|r| !r.1 && r.0 >= 400)
+    {
+        return match client.responses.first() {
+            Some(&(status, ..)) if cut == 0 && (400..500).contains(&status) => {
+                Verdict::RefusedClosed(status)
+            }
+            None if cut == 0 => Verdict::RefusedClosed(0),
+            _ => Verdict::ClientGone { cut },
+        };
+    }
     if let Some(p) = problems.first() {
         return Verdict::Desync(format!("backend: {p}"));
     }
@@ -491,7 +511,7 @@ pub fn run_suite(
     mut before: impl FnMut(),
     mut behind: impl FnMut(&ClientSide) -> (Vec<Served>, Vec<String>),
 ) -> Vec<String> {
-    let (mut refused, mut consistent, mut desyncs) = (0, 0, Vec::new());
+    let (mut refused, mut consistent, mut gone, mut desyncs) = (0, 0, 0, Vec::new());
     let started = Instant::now();
     println!("\n{title}");
     println!("{:<58} verdict", "case");
@@ -504,23 +524,30 @@ pub fn run_suite(
             Verdict::RefusedClosed(0) => "closed without an answer".to_string(),
             Verdict::RefusedClosed(s) => format!("refused {s}, closed"),
             Verdict::Consistent => format!("served {} as read", served.len()),
+            Verdict::ClientGone { cut } => {
+                format!("client gone: {cut} upstream connection(s) cut, nothing served")
+            }
             Verdict::Desync(why) => format!("DESYNC: {why}"),
         };
         println!("{:<58} {line}", case.name);
         match v {
             Verdict::RefusedClosed(_) => refused += 1,
             Verdict::Consistent => consistent += 1,
+            Verdict::ClientGone { .. } => gone += 1,
             Verdict::Desync(why) => desyncs.push(format!("{}: {why}", case.name)),
         }
     }
     println!(
-        "\n| suite | cases | 4xx-and-closed | forwarded-consistent | desyncs |\n|---|---|---|---|---|\n| {title} | {} | {refused} | {consistent} | {} |\n({:.1} s)",
+        "\n| suite | cases | 4xx-and-closed | forwarded-consistent | client-gone-cut | desyncs |\n|---|---|---|---|---|---|\n| {title} | {} | {refused} | {consistent} | {gone} | {} |\n({:.1} s)",
         cases.len(),
         desyncs.len(),
         started.elapsed().as_secs_f64()
     );
     desyncs
 }
+
+/// How `backend_view` names a connection that closed holding part of a request.
+pub const CUT: &str = "closed holding";
 
 /// `behind` for a suite through the proxy: what the recording backend read for the case.
 pub fn backend_view(backend: &RecordingBackend) -> (Vec<Served>, Vec<String>) {
@@ -530,7 +557,12 @@ pub fn backend_view(backend: &RecordingBackend) -> (Vec<Served>, Vec<String>) {
         match e {
             Event::Request(r) => served.push(Served::from(&r)),
             Event::Error(e) => problems.push(format!("strict reader: {e}")),
-            Event::Leftover(n) => problems.push(format!("{n} bytes that are no whole request")),
+            Event::Leftover(n) => {
+                problems.push(format!("{CUT} {n} bytes of an unfinished request"))
+            }
+            Event::Unfinished(n) => {
+                problems.push(format!("open, holding {n} bytes that are no whole request"));
+            }
         }
     }
     (served, problems)

@@ -15,7 +15,7 @@ pub const PREREAD_LIMIT: usize = 64 * 1024;
 
 /// Turns of the connection's task without a new body frame after which the client is taken
 /// to have sent no more for now.
-const IDLE_TURNS: u32 = 4;
+const IDLE_TURNS: u32 = 16;
 
 /// The body sent upstream.
 #[derive(Debug)]
