@@ -7,6 +7,7 @@ mod load;
 mod netns;
 pub mod smuggle;
 pub mod smuggle_cases;
+mod smuggle_pipeline;
 pub mod strict;
 mod upstream;
 

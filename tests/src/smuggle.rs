@@ -558,7 +558,7 @@ pub fn backend_view(backend: &RecordingBackend) -> (Vec<Served>, Vec<String>) {
             Event::Request(r) => served.push(Served::from(&r)),
             Event::Error(e) => problems.push(format!("strict reader: {e}")),
             Event::Leftover(n) => {
-                problems.push(format!("{CUT} {n} bytes of an unfinished request"))
+                problems.push(format!("{CUT} {n} bytes of an unfinished request"));
             }
             Event::Unfinished(n) => {
                 problems.push(format!("open, holding {n} bytes that are no whole request"));

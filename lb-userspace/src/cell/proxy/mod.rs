@@ -34,8 +34,9 @@ use route::ProxyRoute;
 /// How an attempt on one connection ended.
 enum Attempt {
     Answered(Response<Incoming>, Sender),
-    /// Nothing reached the server: the request comes back for the next try.
-    NotSent(Request<UpBody>, String),
+    /// Nothing reached the server: the request comes back for the next try (boxed: the
+    /// rare path carries the largest payload).
+    NotSent(Box<Request<UpBody>>, String),
     /// The request (or part of it) was sent and no response came.
     Failed(String),
     /// No response head within read_timeout, or the upstream stopped taking the request
@@ -45,7 +46,7 @@ enum Attempt {
 
 async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duration) -> Attempt {
     if sender.ready().await.is_err() {
-        return Attempt::NotSent(req, "connection closed".into());
+        return Attempt::NotSent(Box::new(req), "connection closed".into());
     }
     match tokio::time::timeout(read_timeout, sender.try_send_request(req)).await {
         Err(_) => Attempt::TimedOut(format!(
@@ -57,7 +58,7 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
         }
         Ok(Ok(resp)) => Attempt::Answered(resp, sender),
         Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Attempt::NotSent(req, e.error().to_string()),
+            Some(req) => Attempt::NotSent(Box::new(req), e.error().to_string()),
             // The upstream stopped taking the request (send_timeout): a timeout, like a read.
             None => match send_timeout::timeout_in(e.error()) {
                 Some(why) => Attempt::TimedOut(why),
