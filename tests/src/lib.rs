@@ -7,6 +7,10 @@ mod http;
 mod load;
 pub mod mixed;
 mod netns;
+pub mod smuggle;
+pub mod smuggle_cases;
+mod smuggle_pipeline;
+pub mod strict;
 mod upstream;
 
 pub use faultfs::FaultyDir;

@@ -83,10 +83,11 @@ pub fn handle(
     ctx: &Rc<CellCtx>,
     state: &Rc<ConnState>,
     conn: &Arc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Handled {
     let start = Instant::now();
     let framing = state.begin_request();
+    head::use_target_authority(&mut req);
     let method = crate::metrics::method_index(req.method());
     match route(ctx, &req, framing) {
         Routed::Ready(resp, close, metrics_route) => {

@@ -55,6 +55,9 @@ enum State {
 pub struct HeadFraming {
     pub content_length: bool,
     pub transfer_encoding: bool,
+    /// A `#` in the request line: the URI parser drops a fragment, so the target hyper hands
+    /// over would not be the one sent.
+    pub fragment: bool,
 }
 
 impl HeadFraming {
@@ -116,7 +119,11 @@ impl FramingTracker {
     fn step(&mut self, data: &[u8]) -> usize {
         match self.state {
             State::Head { lines } => {
-                let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                let nl = data.iter().position(|&b| b == b'\n');
+                if lines == 0 && data[..nl.unwrap_or(data.len())].contains(&b'#') {
+                    self.head.fragment = true;
+                }
+                let Some(nl) = nl else {
                     self.keep(data);
                     return data.len();
                 };
@@ -294,10 +301,12 @@ mod tests {
     const BOTH: HeadFraming = HeadFraming {
         content_length: true,
         transfer_encoding: true,
+        fragment: false,
     };
     const CL: HeadFraming = HeadFraming {
         content_length: true,
         transfer_encoding: false,
+        fragment: false,
     };
 
     #[test]
@@ -332,7 +341,8 @@ mod tests {
             vec![
                 HeadFraming {
                     content_length: false,
-                    transfer_encoding: true
+                    transfer_encoding: true,
+                    fragment: false,
                 },
                 BOTH
             ]
@@ -362,6 +372,19 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
         ]);
         assert_eq!(h, vec![CL, BOTH]);
+    }
+
+    #[test]
+    fn a_hash_in_the_request_line_is_seen_across_reads() {
+        let long = "a".repeat(LINE_KEEP * 2);
+        let head = format!(
+            "GET /{long}#frag HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nX-A: #\r\n\r\n"
+        );
+        let (first, second) = head.as_bytes().split_at(LINE_KEEP + 10);
+        let h = heads(&[first, second]);
+        assert!(h[0].fragment);
+        // A `#` in a field value is not the target's.
+        assert!(!h[1].fragment);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Checks on a request head before it is routed: what hyper leaves to the server (RFC 9112
 //! framing ambiguities, Host rules, target bytes) and the configured limits. A refused
 //! request never reaches an application.
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode, Version};
 
 use crate::cell::framing::HeadFraming;
@@ -37,6 +37,11 @@ pub fn check<B>(
         // Request smuggling shape (RFC 9112 section 6.3): refuse and close.
         return Err(Refusal::bad_request());
     }
+    if framing.fragment {
+        // `#` is not part of a request target (RFC 9112 section 3.2); the URI parser would
+        // drop what follows it, so the target read would not be the one sent.
+        return Err(Refusal::bad_request());
+    }
     let headers = req.headers();
     if req.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
         return Err(Refusal::bad_request());
@@ -44,6 +49,26 @@ pub fn check<B>(
     if let Some(name) = repeated_singleton(headers) {
         tracing::debug!("refused: repeated {name} field");
         return Err(Refusal::bad_request());
+    }
+    if headers
+        .get(header::HOST)
+        .is_some_and(|h| !valid_host(h.as_bytes()))
+        || req
+            .uri()
+            .authority()
+            .is_some_and(|a| !valid_host(a.as_str().as_bytes()))
+    {
+        // RFC 9112 section 3.2: an invalid Host is a 400; userinfo in a target is an error.
+        return Err(Refusal::bad_request());
+    }
+    if !only_chunked(headers) {
+        // hyper has refused a coding list that does not end in chunked; any other coding
+        // before it (gzip, chunked twice) is one this server does not implement (RFC 9112
+        // section 6.1), and passing it on would hand the next hop a different body.
+        return Err(Refusal {
+            status: StatusCode::NOT_IMPLEMENTED,
+            close: true,
+        });
     }
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
     if !visible_ascii(target.as_bytes())
@@ -84,12 +109,64 @@ pub fn check<B>(
     }
     if !req.uri().path().starts_with('/') {
         // Asterisk-form targets are not served here.
-        return Err(Refusal {
-            status: StatusCode::BAD_REQUEST,
-            close: false,
-        });
+        return Err(Refusal::bad_request());
     }
     Ok(())
+}
+
+/// In absolute-form the target's authority is the request's host and `Host` is ignored (RFC
+/// 9112 section 3.2.2): `Host` is set to it, so the routes and the next hop read the same host.
+pub fn use_target_authority<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    if req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
+/// Transfer-Encoding, if any, is one field line whose value is `chunked`.
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => true,
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986): a reg-name or IPv4 address, or a bracketed IP literal;
+/// no userinfo, path or whitespace.
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inner = &v[1..end];
+                let literal = !inner.is_empty()
+                    && inner
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || b":.".contains(b));
+                if !literal {
+                    return false;
+                }
+                (&[][..], &v[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &[][..]),
+        },
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host.iter().all(reg_name) && port_ok
 }
 
 fn repeated_singleton(headers: &HeaderMap) -> Option<&'static str> {
@@ -152,6 +229,7 @@ mod tests {
         let both = HeadFraming {
             content_length: true,
             transfer_encoding: true,
+            fragment: false,
         };
         assert_eq!(check(&r, both, &limits()), Err(Refusal::bad_request()));
     }
@@ -199,14 +277,66 @@ mod tests {
         );
         let r = req("/", &[("host", "x"), ("content-length", "99999999999")]);
         assert_eq!(status(&r, HeadFraming::default()), Some(413));
-        // Asterisk-form (OPTIONS *) is not served here.
+        // Asterisk-form (OPTIONS *) is not served here; the connection closes, like every
+        // refusal.
         let r = req("*", &[("host", "x")]);
         assert_eq!(
             check(&r, HeadFraming::default(), &limits()),
-            Err(Refusal {
-                status: StatusCode::BAD_REQUEST,
-                close: false
-            })
+            Err(Refusal::bad_request())
         );
+    }
+
+    #[test]
+    fn transfer_codings_other_than_one_chunked_are_501() {
+        for te in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+        ] {
+            let mut h = vec![("host", "x")];
+            h.extend(te.iter().map(|v| ("transfer-encoding", *v)));
+            assert_eq!(
+                status(&req("/", &h), HeadFraming::default()),
+                Some(501),
+                "{te:?}"
+            );
+        }
+        let r = req("/", &[("host", "x"), ("transfer-encoding", " Chunked ")]);
+        assert_eq!(status(&r, HeadFraming::default()), None);
+    }
+
+    #[test]
+    fn invalid_hosts_and_userinfo_are_400() {
+        for host in ["t u", "t/x", "u@t", "t:8x", "[::1", "a:1:2"] {
+            let r = req("/", &[("host", host)]);
+            assert_eq!(status(&r, HeadFraming::default()), Some(400), "{host:?}");
+        }
+        for host in [
+            "t",
+            "t:80",
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "xn--caf-dma.example",
+        ] {
+            let r = req("/", &[("host", host)]);
+            assert_eq!(status(&r, HeadFraming::default()), None, "{host:?}");
+        }
+        let r = req("http://u@other/x", &[("host", "t")]);
+        assert_eq!(status(&r, HeadFraming::default()), Some(400));
+    }
+
+    #[test]
+    fn absolute_form_sets_host_and_a_fragment_is_400() {
+        let mut r = req("http://other.example:8080/x", &[("host", "t")]);
+        use_target_authority(&mut r);
+        assert_eq!(r.headers()[header::HOST], "other.example:8080");
+        let mut r = req("/x", &[("host", "t")]);
+        use_target_authority(&mut r);
+        assert_eq!(r.headers()[header::HOST], "t");
+        let fragment = HeadFraming {
+            fragment: true,
+            ..HeadFraming::default()
+        };
+        assert_eq!(status(&req("/a", &[("host", "x")]), fragment), Some(400));
     }
 }

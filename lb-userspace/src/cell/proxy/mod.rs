@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod headers;
 pub mod health;
 pub mod pool;
+pub mod request_body;
 pub mod rewrite;
 pub mod route;
 pub mod send_timeout;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -32,8 +34,9 @@ use route::ProxyRoute;
 /// How an attempt on one connection ended.
 enum Attempt {
     Answered(Response<Incoming>, Sender),
-    /// Nothing reached the server: the request comes back for the next try.
-    NotSent(Request<UpBody>, String),
+    /// Nothing reached the server: the request comes back for the next try (boxed: the
+    /// rare path carries the largest payload).
+    NotSent(Box<Request<UpBody>>, String),
     /// The request (or part of it) was sent and no response came.
     Failed(String),
     /// No response head within read_timeout, or the upstream stopped taking the request
@@ -43,7 +46,7 @@ enum Attempt {
 
 async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duration) -> Attempt {
     if sender.ready().await.is_err() {
-        return Attempt::NotSent(req, "connection closed".into());
+        return Attempt::NotSent(Box::new(req), "connection closed".into());
     }
     match tokio::time::timeout(read_timeout, sender.try_send_request(req)).await {
         Err(_) => Attempt::TimedOut(format!(
@@ -55,7 +58,7 @@ async fn attempt(mut sender: Sender, req: Request<UpBody>, read_timeout: Duratio
         }
         Ok(Ok(resp)) => Attempt::Answered(resp, sender),
         Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Attempt::NotSent(req, e.error().to_string()),
+            Some(req) => Attempt::NotSent(Box::new(req), e.error().to_string()),
             // The upstream stopped taking the request (send_timeout): a timeout, like a read.
             None => match send_timeout::timeout_in(e.error()) {
                 Some(why) => Attempt::TimedOut(why),
@@ -122,6 +125,32 @@ pub async fn call(
             parts.headers.insert(name.clone(), v);
         }
     }
+    let mut up_body = UpBody::Empty;
+    if has_body {
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        up_body = if length.is_some_and(|n| n > request_body::PREREAD_LIMIT as u64) {
+            UpBody::Client(body)
+        } else {
+            match request_body::preread(body).await {
+                Ok(b) => b,
+                Err(status) => return (status_page(status), true),
+            }
+        };
+        if let UpBody::Ready { data, trailers } = &up_body {
+            // The whole body is here: nothing for the upstream to continue, and (without
+            // trailers) a Content-Length frames it, whatever framing the client used.
+            parts.headers.remove(header::EXPECT);
+            if trailers.is_none() {
+                let len = data.as_ref().map_or(0, Bytes::len);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+    }
     let Ok(uri) = target.parse::<Uri>() else {
         return (status_page(StatusCode::BAD_REQUEST), false);
     };
@@ -144,11 +173,7 @@ pub async fn call(
         }
         req
     };
-    let mut body = Some(if has_body {
-        UpBody::Client(body)
-    } else {
-        UpBody::Empty
-    });
+    let mut body = Some(up_body);
     upstream.request();
     let idempotent = method.is_idempotent();
     let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();

@@ -3,17 +3,14 @@
 //! upstream's own keep-alive timeout closes them under a request). No lock: one cell, one
 //! thread.
 use std::cell::{Cell, RefCell};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::balance::Balancer;
+pub use super::request_body::UpBody;
 use super::send_timeout::SendTimeout;
 use crate::config::{ListenAddr, UpstreamConfig};
 use crate::metrics::{CellStats, upstream_counter};
@@ -232,38 +229,5 @@ impl Upstreams {
 
     pub fn get(&self, name: &str) -> Option<Rc<Upstream>> {
         self.0.iter().find(|u| u.name == name).cloned()
-    }
-}
-
-/// The body sent upstream: the client's, or none (then a request can be sent again).
-#[derive(Debug)]
-pub enum UpBody {
-    Client(Incoming),
-    Empty,
-}
-
-impl http_body::Body for UpBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
-            UpBody::Empty => Poll::Ready(None),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Client(b) => b.is_end_stream(),
-            UpBody::Empty => true,
-        }
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            UpBody::Client(b) => b.size_hint(),
-            UpBody::Empty => http_body::SizeHint::with_exact(0),
-        }
     }
 }
