@@ -173,6 +173,9 @@ pub struct CellLoad {
     /// CLOCK_MONOTONIC (= `bpf_ktime_get_ns`) start of the cell's oldest Python request in
     /// flight; 0 when none.
     pub oldest_ns: u64,
+    /// 1 while the cell holds `max_connections` and accepts nothing: the program then picks
+    /// another cell when one has room (written by the cell).
+    pub full: u64,
 }
 
 /// Per-CPU packet and byte counts of one XDP action.
@@ -224,7 +227,7 @@ mod tests {
         assert_eq!(size_of::<SynBucket>(), 16);
         assert_eq!(size_of::<TunnelPeer>(), 16);
         // Cells map CELL_LOAD as consecutive u64 words.
-        assert_eq!(size_of::<CellLoad>(), 3 * 8);
+        assert_eq!(size_of::<CellLoad>(), 4 * 8);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! One HTTP/1.1 connection in a cell: hyper for the protocol, plus what hyper leaves to us:
-//! header-read (408) and keep-alive idle timeouts, request framing seen on the raw bytes,
+//! header-read (408), keep-alive idle and send timeouts, request framing seen on the raw bytes,
 //! sendfile for file regions, and a graceful close when the cell drains.
 use std::io;
 use std::pin::Pin;
@@ -121,10 +121,12 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.state.unflushed.set(true);
-        if let Some(r) = self.try_sendfile(cx, buf) {
-            return r;
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = match self.try_sendfile(cx, buf) {
+            Some(r) => r,
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        };
+        self.state.wrote(&r);
+        r
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -132,23 +134,9 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.state.unflushed.set(true);
-        if !self.state.regions.borrow().is_empty() {
-            // Write the slices before the first mapped region normally, the region by sendfile.
-            let first = bufs.iter().position(|b| {
-                let p = b.as_ptr() as usize;
-                self.state
-                    .regions
-                    .borrow()
-                    .iter()
-                    .any(|r| p >= r.ptr && p < r.ptr + r.len)
-            });
-            match first {
-                Some(0) => return self.try_sendfile(cx, &bufs[0]).expect("region found"),
-                Some(k) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..k]),
-                None => {}
-            }
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = self.send_vectored(cx, bufs);
+        self.state.wrote(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -170,6 +158,33 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for TrackedIo<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncWrite + SendFile + Unpin> TrackedIo<S> {
+    /// `poll_write_vectored` proper: slices before a mapped file region, the region by sendfile.
+    fn send_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if !self.state.regions.borrow().is_empty() {
+            // Write the slices before the first mapped region normally, the region by sendfile.
+            let first = bufs.iter().position(|b| {
+                let p = b.as_ptr() as usize;
+                self.state
+                    .regions
+                    .borrow()
+                    .iter()
+                    .any(|r| p >= r.ptr && p < r.ptr + r.len)
+            });
+            match first {
+                Some(0) => return self.try_sendfile(cx, &bufs[0]).expect("region found"),
+                Some(k) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..k]),
+                None => {}
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -212,6 +227,7 @@ pub async fn serve_connection<S>(
 
     let header_timeout = limits.header_timeout.0;
     let keepalive_timeout = limits.keepalive_timeout.0;
+    let send_timeout = limits.send_timeout.0;
     // While draining, every answer says `Connection: close`. An idle keep-alive connection is
     // closed only after a grace period: its client may already be sending the next request,
     // which is then answered (and closed) instead of meeting a reset.
@@ -220,7 +236,7 @@ pub async fn serve_connection<S>(
     let sleep = tokio::time::sleep(if drain_at.is_some() {
         DRAIN_GRACE
     } else {
-        header_timeout
+        header_timeout.min(send_timeout)
     });
     tokio::pin!(sleep);
     loop {
@@ -272,15 +288,29 @@ pub async fn serve_connection<S>(
                     (Phase::Idle, None) => (since + keepalive_timeout, Phase::Idle),
                     (Phase::Head, _) => (since + header_timeout, Phase::Head),
                     (Phase::Busy, _) => {
+                        if let Some(blocked) = state.write_blocked.get() {
+                            if blocked.elapsed() >= send_timeout {
+                                send_timed_out(conn.into_parts().io.into_inner().inner, &ctx, &peer);
+                                return;
+                            }
+                        }
                         // Look again soon while draining: an answer that went out without
                         // `Connection: close` leaves an idle connection to close after the grace.
+                        // Never later than send_timeout, so a write that blocks after this look
+                        // is seen at its own deadline.
                         let again = if drain_at.is_some() { DRAIN_GRACE } else { header_timeout };
-                        sleep.as_mut().reset(tokio::time::Instant::now() + again);
+                        let next = match state.write_blocked.get() {
+                            Some(blocked) => (blocked + send_timeout).min(Instant::now() + again),
+                            None => Instant::now() + again.min(send_timeout),
+                        };
+                        sleep.as_mut().reset(tokio::time::Instant::from_std(next));
                         continue;
                     }
                 };
                 if Instant::now() < deadline {
-                    sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                    // Within send_timeout, so a request that starts meanwhile is looked at in time.
+                    let next = deadline.min(Instant::now() + send_timeout);
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(next));
                     continue;
                 }
                 if phase == Phase::Head {
@@ -296,5 +326,16 @@ pub async fn serve_connection<S>(
                 return;
             }
         }
+    }
+}
+
+/// A client took nothing of its response for `send_timeout`: the connection is reset (not
+/// closed with a FIN), so the kernel drops the unsent bytes now instead of holding them for a
+/// client that may never read.
+fn send_timed_out<S: IntoSock>(io: S, ctx: &CellCtx, peer: &str) {
+    ctx.stats.add(crate::metrics::cell_counter::SEND_TIMEOUTS, 1);
+    tracing::debug!("connection from {peer}: send_timeout, the client read nothing");
+    if let crate::cell::tunnel::sock::Sock::Tcp(s) = io.into_sock() {
+        let _ = rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO));
     }
 }

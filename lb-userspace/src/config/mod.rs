@@ -5,9 +5,10 @@
 //! `units` parses the value syntaxes (durations, sizes, CIDRs, listen addresses), `schema` is
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
 //! applies the command line, and `validate` checks the result; `paste` holds what is
-//! specific to PasteDeploy apps, `asgi` the ASGI route table.
+//! specific to PasteDeploy apps, `asgi` the ASGI route table, `limits` the connection limit.
 pub mod asgi;
 mod error;
+mod limits;
 mod load;
 mod overrides;
 pub mod paste;
@@ -18,6 +19,7 @@ mod validate;
 
 pub use asgi::{AsgiConfig, EventLoop, LifespanMode};
 pub use error::ConfigErrors;
+pub use limits::MaxConnections;
 pub use overrides::{Interface, Overrides};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};
 pub use schema::{
