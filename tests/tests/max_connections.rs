@@ -94,9 +94,14 @@ fn nofile_soft_limit_is_raised_logged_and_inherited() {
 #[test]
 fn full_cell_stops_accepting_until_a_connection_closes() {
     const N: usize = 4;
-    let (_s, cfg) = site(&format!("[server]\nworkers = 1\n[limits]\nmax_connections = {N}"));
+    let (_s, cfg) = site(&format!(
+        "[server]\nworkers = 1\n[limits]\nmax_connections = {N}"
+    ));
     let p = Portico::start(&["-c", &cfg]);
-    assert_eq!(p.metric("portico_connections_max{cell=\"0\"}"), Some(N as f64));
+    assert_eq!(
+        p.metric("portico_connections_max{cell=\"0\"}"),
+        Some(N as f64)
+    );
     let mut held: Vec<Conn> = (0..N).map(|_| served_conn(p.addr)).collect();
     p.wait_metrics(Duration::from_secs(5), |m| {
         metric_value(m, "portico_connection_limit_reached_total{cell=\"0\"}") == Some(1.0)
@@ -167,8 +172,10 @@ fn steering_passes_over_a_full_cell() {
     set.set(0);
     rustix::thread::sched_setaffinity(None, &set).unwrap();
     let reached = |m: &str, c: usize| {
-        metric_value(m, &format!("portico_connection_limit_reached_total{{cell=\"{c}\"}}"))
-            == Some(1.0)
+        metric_value(
+            m,
+            &format!("portico_connection_limit_reached_total{{cell=\"{c}\"}}"),
+        ) == Some(1.0)
     };
     let mut held: Vec<Conn> = Vec::new();
     let mut full = None;

@@ -333,7 +333,8 @@ pub async fn serve_connection<S>(
 /// closed with a FIN), so the kernel drops the unsent bytes now instead of holding them for a
 /// client that may never read.
 fn send_timed_out<S: IntoSock>(io: S, ctx: &CellCtx, peer: &str) {
-    ctx.stats.add(crate::metrics::cell_counter::SEND_TIMEOUTS, 1);
+    ctx.stats
+        .add(crate::metrics::cell_counter::SEND_TIMEOUTS, 1);
     tracing::debug!("connection from {peer}: send_timeout, the client read nothing");
     if let crate::cell::tunnel::sock::Sock::Tcp(s) = io.into_sock() {
         let _ = rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO));

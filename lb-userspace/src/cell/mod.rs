@@ -229,7 +229,10 @@ async fn serve(
     ));
     let (drain_tx, drain_rx) = watch::channel(false);
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    let max_conns = cfg.limits.max_connections.resolve(nofile.unwrap_or(u64::MAX));
+    let max_conns = cfg
+        .limits
+        .max_connections
+        .resolve(nofile.unwrap_or(u64::MAX));
     let conns = Rc::new(conn_limit::ConnCount::new(max_conns, ctx.stats));
 
     let mut term = signal(SignalKind::terminate())?;

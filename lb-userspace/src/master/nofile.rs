@@ -41,7 +41,9 @@ impl Nofile {
     /// The one line about the limit, with the connections per cell it gives; a warning when
     /// a configured `max_connections` cannot fit in the descriptors.
     pub fn log(&self, max: MaxConnections, cells: usize) {
-        let hard = self.hard.map_or_else(|| "unlimited".into(), |h| h.to_string());
+        let hard = self
+            .hard
+            .map_or_else(|| "unlimited".into(), |h| h.to_string());
         let per_cell = max.resolve(self.now);
         let how = match max {
             MaxConnections::Auto => "auto: half of RLIMIT_NOFILE",

@@ -7,14 +7,18 @@ use crate::metrics::region::{MetricsRegion, cell_counter};
 
 /// `max_connections` per cell, times and seconds at it, and send timeouts.
 pub fn limit_families(out: &mut Families, region: &MetricsRegion, cells: usize) {
-    let (mut max, mut reached, mut secs, mut send) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut max, mut reached, mut secs, mut send) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let now = crate::sys::monotonic_ns();
     for i in 0..cells {
         let c = region.cell(i);
         let cell = i.to_string();
         let cell = [("cell", cell.as_str())];
         if c.get(cell_counter::CONNECTIONS_MAX) > 0 {
-            max.push(gauge_metric(&cell, c.get(cell_counter::CONNECTIONS_MAX) as f64));
+            max.push(gauge_metric(
+                &cell,
+                c.get(cell_counter::CONNECTIONS_MAX) as f64,
+            ));
         }
         reached.push(scalar_metric(
             &cell,
@@ -22,10 +26,17 @@ pub fn limit_families(out: &mut Families, region: &MetricsRegion, cells: usize) 
         ));
         // A stop still going on counts up to now, so the counter moves while a cell is full.
         let since = c.get(cell_counter::CONNECTION_LIMIT_SINCE_NS);
-        let ongoing = if since > 0 { now.saturating_sub(since) } else { 0 };
+        let ongoing = if since > 0 {
+            now.saturating_sub(since)
+        } else {
+            0
+        };
         let ns = c.get(cell_counter::CONNECTION_LIMIT_NS) + ongoing;
         secs.push(scalar_metric(&cell, ns as f64 / 1e9));
-        send.push(scalar_metric(&cell, c.get(cell_counter::SEND_TIMEOUTS) as f64));
+        send.push(scalar_metric(
+            &cell,
+            c.get(cell_counter::SEND_TIMEOUTS) as f64,
+        ));
     }
     use MetricType::{COUNTER, GAUGE};
     out.add(
