@@ -1,5 +1,6 @@
 //! Project tasks: `setup` (toolchain parts and packages, idempotent), `run` (the demo), `test`
-//! (lints and the whole suite), `bench` (Portico against its peers, side by side).
+//! (lints and the whole suite), `bench` (Portico against its peers, side by side), `stress`
+//! (abusive clients).
 //!
 //! This file is the command line only; each task lives in its own module.
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@ mod layout;
 mod process;
 mod run;
 mod setup;
+mod stress;
 mod test;
 
 use std::path::PathBuf;
@@ -40,6 +42,19 @@ enum Cmd {
     /// Check lb-userspace's module graph (no import cycle, master and cell apart) and that no
     /// source file passes 600 lines.
     Layout,
+    /// Portico under abusive clients, next to a normal client: `idle` (10,000 keep-alive
+    /// connections: memory per connection), `slowloris`, `slowread`, `flood` (header,
+    /// pipelining, tiny chunks) or `all`; results in bench-results/stress-*.txt.
+    Stress {
+        #[arg(default_value = "all")]
+        which: String,
+        /// Cells (default: usable CPUs).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Passed to the scenario of `stress-load` (e.g. `--conns 500 --secs 20`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks against peers, started side by side in the same run.
     Bench {
         /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern), `asgi`
@@ -78,6 +93,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => run::run(&root, &args),
         Cmd::Test => test::test(&root),
         Cmd::Layout => layout::check(&root),
+        Cmd::Stress {
+            which,
+            workers,
+            args,
+        } => stress::stress(&root, &which, workers, &args),
         Cmd::Bench {
             which,
             duration,
