@@ -133,10 +133,13 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
     Ok(SK_PASS)
 }
 
-/// Whether the cell accepts now: false while it holds `max_connections`.
+/// Whether the cell will accept one more: its pending connections have not filled the room
+/// left under its `max_connections`.
 #[inline(always)]
 fn has_room(cell: u32) -> bool {
-    CELL_LOAD.get(cell).is_none_or(|l| l.full == 0)
+    CELL_LOAD
+        .get(cell)
+        .is_none_or(|l| (l.pending as i64) < l.room as i64)
 }
 
 /// The cell pinned to the CPU running this (the one that processed the SYN), or NONE.

@@ -1,6 +1,6 @@
 //! The cell's open connections against `max_connections`: at the limit the accept loops wait
-//! (connections stay queued in the kernel, and the steering program sends new ones to cells
-//! with room) until one closes.
+//! (connections stay queued in the kernel) until one closes; the room left is published in
+//! the cell's CELL_LOAD entry, so the steering program sends new connections to cells with room.
 use std::cell::Cell;
 use std::time::Instant;
 
@@ -23,8 +23,11 @@ pub struct ConnCount {
 }
 
 impl ConnCount {
-    pub fn new(max: usize, stats: CellStats<'static>) -> Self {
+    pub fn new(max: usize, stats: CellStats<'static>, load: Option<&CellLoadEntry>) -> Self {
         stats.set(cell_counter::CONNECTIONS_MAX, max as u64);
+        if let Some(l) = load {
+            l.set_room(max);
+        }
         stats.set(cell_counter::CONNECTION_LIMIT_SINCE_NS, 0);
         ConnCount {
             open: Cell::new(0),
@@ -51,6 +54,9 @@ impl ConnCount {
     pub fn opened(&self, load: Option<&CellLoadEntry>) {
         let n = self.open.get() + 1;
         self.open.set(n);
+        if let Some(l) = load {
+            l.set_room(self.max.saturating_sub(n));
+        }
         if n == self.max {
             self.full_since.set(Some(Instant::now()));
             self.stats.add(cell_counter::CONNECTION_LIMIT_REACHED, 1);
@@ -58,9 +64,6 @@ impl ConnCount {
                 cell_counter::CONNECTION_LIMIT_SINCE_NS,
                 crate::sys::monotonic_ns(),
             );
-            if let Some(l) = load {
-                l.set_full(true);
-            }
             tracing::debug!("max_connections ({n}) reached: not accepting until one closes");
         }
     }
@@ -69,15 +72,15 @@ impl ConnCount {
     pub fn closed(&self, load: Option<&CellLoadEntry>) {
         let n = self.open.get() - 1;
         self.open.set(n);
+        if let Some(l) = load {
+            l.set_room(self.max.saturating_sub(n));
+        }
         if let Some(since) = self.full_since.take() {
             // Published before the start mark is cleared: a scrape in between counts a stop
             // twice for an instant rather than losing it.
             let ns = since.elapsed().as_nanos() as u64;
             self.stats.add(cell_counter::CONNECTION_LIMIT_NS, ns);
             self.stats.set(cell_counter::CONNECTION_LIMIT_SINCE_NS, 0);
-            if let Some(l) = load {
-                l.set_full(false);
-            }
             self.room.notify_waiters();
         }
         if n == 0 {
@@ -95,7 +98,7 @@ mod tests {
         let region: &'static crate::metrics::MetricsRegion =
             Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
         let stats = region.cell(0);
-        let c = ConnCount::new(2, stats);
+        let c = ConnCount::new(2, stats, None);
         assert_eq!(stats.get(cell_counter::CONNECTIONS_MAX), 2);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -233,7 +233,11 @@ async fn serve(
         .limits
         .max_connections
         .resolve(nofile.unwrap_or(u64::MAX));
-    let conns = Rc::new(conn_limit::ConnCount::new(max_conns, ctx.stats));
+    let conns = Rc::new(conn_limit::ConnCount::new(
+        max_conns,
+        ctx.stats,
+        ctx.load.as_ref(),
+    ));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -197,14 +197,19 @@ pub async fn flood_once(
     let mut ends = Vec::with_capacity(answers);
     let mut buf = Vec::new();
     for _ in 0..answers {
-        match read_response(&mut r, &mut buf).await {
-            Ok(st) => ends.push(End::Status(st)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        let read = tokio::time::timeout(Duration::from_secs(10), read_response(&mut r, &mut buf));
+        match read.await {
+            Ok(Ok(st)) => ends.push(End::Status(st)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 ends.push(End::Eof);
                 break;
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 ends.push(End::Reset);
+                break;
+            }
+            Err(_) => {
+                ends.push(End::Open);
                 break;
             }
         }
