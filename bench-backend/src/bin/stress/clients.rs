@@ -193,7 +193,12 @@ pub async fn flood_once(
         return vec![End::Reset];
     };
     let (mut r, mut w) = s.into_split();
-    let writer = tokio::spawn(async move { w.write_all(&req).await.is_ok() });
+    // The write half is kept until the answers are read: dropping it would half-close, which
+    // the server takes as the client leaving.
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&req).await;
+        w
+    });
     let mut ends = Vec::with_capacity(answers);
     let mut buf = Vec::new();
     for _ in 0..answers {
@@ -216,5 +221,6 @@ pub async fn flood_once(
     }
     drop(r);
     writer.abort();
+    let _ = writer.await;
     ends
 }
