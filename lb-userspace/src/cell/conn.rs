@@ -288,11 +288,11 @@ pub async fn serve_connection<S>(
                     (Phase::Idle, None) => (since + keepalive_timeout, Phase::Idle),
                     (Phase::Head, _) => (since + header_timeout, Phase::Head),
                     (Phase::Busy, _) => {
-                        if let Some(blocked) = state.write_blocked.get() {
-                            if blocked.elapsed() >= send_timeout {
-                                send_timed_out(conn.into_parts().io.into_inner().inner, &ctx, &peer);
-                                return;
-                            }
+                        if let Some(blocked) = state.write_blocked.get()
+                            && blocked.elapsed() >= send_timeout
+                        {
+                            send_timed_out(conn.into_parts().io.into_inner().inner, &ctx, &peer);
+                            return;
                         }
                         // Look again soon while draining: an answer that went out without
                         // `Connection: close` leaves an idle connection to close after the grace.

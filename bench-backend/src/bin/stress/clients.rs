@@ -156,7 +156,7 @@ pub async fn slow_reader(addr: SocketAddr, i: usize, path: &str, until: Instant)
 /// The request heads of the header flood: 5000 small fields, or one 1 MiB field.
 pub fn header_flood_request(i: usize) -> Vec<u8> {
     let mut r = String::from("GET /a.txt HTTP/1.1\r\nHost: s\r\n");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         for k in 0..5000 {
             r.push_str(&format!("X-H{k}: v\r\n"));
         }
