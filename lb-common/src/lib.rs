@@ -173,6 +173,10 @@ pub struct CellLoad {
     /// CLOCK_MONOTONIC (= `bpf_ktime_get_ns`) start of the cell's oldest Python request in
     /// flight; 0 when none.
     pub oldest_ns: u64,
+    /// Connections the cell may still accept (`max_connections` minus those open; written by
+    /// the cell): once its pending connections fill that room, the program picks another cell
+    /// that has room, so a burst of SYNs does not pile up on a cell that will not accept them.
+    pub room: u64,
 }
 
 /// Per-CPU packet and byte counts of one XDP action.
@@ -224,7 +228,7 @@ mod tests {
         assert_eq!(size_of::<SynBucket>(), 16);
         assert_eq!(size_of::<TunnelPeer>(), 16);
         // Cells map CELL_LOAD as consecutive u64 words.
-        assert_eq!(size_of::<CellLoad>(), 3 * 8);
+        assert_eq!(size_of::<CellLoad>(), 4 * 8);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `steering`: the sk_reuseport program that picks the cell for each new connection (policy
-//! `cpu`, `hash` or `least-loaded`) among the cells whose listener is in the map, and moves the
-//! queued connections of a closed listener to a live cell.
+//! `cpu`, `hash` or `least-loaded`) among the cells whose listener is in the map, passing over
+//! cells at `max_connections` while another has room, and moves the queued connections of a
+//! closed listener to a live cell.
 #![no_std]
 #![no_main]
 // The BPF target has no CAS, so no `AtomicU64::fetch_add`: the intrinsic lowers to BPF_ATOMIC add.
@@ -92,18 +93,23 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
         };
         (cell, steering::SELECTED)
     };
-    if choice != NONE && CELL_SOCKETS.select_reuseport(ctx, choice).is_ok() {
+    if choice != NONE && has_room(choice) && CELL_SOCKETS.select_reuseport(ctx, choice).is_ok() {
         took(choice, won);
         return Ok(SK_PASS);
     }
-    // The choice's slot is empty (its cell died or is being replaced): the next live cells.
+    // The choice's slot is empty (its cell died or is being replaced) or its cell is at
+    // max_connections: the next live cells with room.
     let result = if migrating {
         steering::MIGRATED
     } else {
         steering::FALLBACK
     };
     let second = hashed(hash, live, 1);
-    if second != NONE && second != choice && CELL_SOCKETS.select_reuseport(ctx, second).is_ok() {
+    if second != NONE
+        && second != choice
+        && has_room(second)
+        && CELL_SOCKETS.select_reuseport(ctx, second).is_ok()
+    {
         took(second, result);
         return Ok(SK_PASS);
     }
@@ -111,13 +117,29 @@ fn try_steering(ctx: &SkReuseportContext) -> Result<u32, ()> {
     if third != NONE
         && third != choice
         && third != second
+        && has_room(third)
         && CELL_SOCKETS.select_reuseport(ctx, third).is_ok()
     {
         took(third, result);
         return Ok(SK_PASS);
     }
+    // Every candidate is full: queue on the first choice, which accepts again as soon as one
+    // of its connections closes.
+    if choice != NONE && CELL_SOCKETS.select_reuseport(ctx, choice).is_ok() {
+        took(choice, won);
+        return Ok(SK_PASS);
+    }
     count(steering::NO_LIVE_CELL);
     Ok(SK_PASS)
+}
+
+/// Whether the cell will accept one more: its pending connections have not filled the room
+/// left under its `max_connections`.
+#[inline(always)]
+fn has_room(cell: u32) -> bool {
+    CELL_LOAD
+        .get(cell)
+        .is_none_or(|l| (l.pending as i64) < l.room as i64)
 }
 
 /// The cell pinned to the CPU running this (the one that processed the SYN), or NONE.

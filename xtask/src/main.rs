@@ -1,6 +1,7 @@
 //! Project tasks: `setup` (toolchain parts and packages, idempotent), `run` (the demo), `test`
 //! (lints and the whole suite), `bench` (Portico against its peers, side by side), `profile`
-//! (a flame graph of one bench scenario).
+//! (a flame graph of one bench scenario), `soak` (the mixed load for minutes), `stress`
+//! (abusive clients).
 //!
 //! This file is the command line only; each task lives in its own module.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ mod process;
 mod run;
 mod setup;
 mod soak;
+mod stress;
 mod test;
 
 use std::path::PathBuf;
@@ -49,6 +51,19 @@ enum Cmd {
         /// How long to run the load.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
+    },
+    /// Portico under abusive clients, next to a normal client: `idle` (10,000 keep-alive
+    /// connections: memory per connection), `slowloris`, `slowread`, `flood` (header,
+    /// pipelining, tiny chunks) or `all`; results in bench-results/stress-*.txt.
+    Stress {
+        #[arg(default_value = "all")]
+        which: String,
+        /// Cells (default: usable CPUs).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Passed to the scenario of `stress-load` (e.g. `--conns 500 --secs 20`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Benchmarks against peers, started side by side in the same run, per core by default;
     /// writes target/bench/<timestamp>/results.json and report.html (see README, Benchmarks).
@@ -115,6 +130,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test => test::test(&root),
         Cmd::Layout => layout::check(&root),
         Cmd::Soak { minutes } => soak::soak(&root, minutes),
+        Cmd::Stress {
+            which,
+            workers,
+            args,
+        } => stress::stress(&root, &which, workers, &args),
         Cmd::Bench {
             which,
             duration,

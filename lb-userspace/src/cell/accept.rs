@@ -1,24 +1,23 @@
 //! Accepting on one listener until the cell drains; each connection gets its own task and
-//! is counted (metrics, the steering load entry, and the drain wait).
-use std::cell::Cell;
+//! is counted (metrics, the steering load entry, `max_connections` and the drain wait).
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use wsgi_worker::ConnInfo;
 
 use crate::cell::conn::{ConnSocket, serve_connection};
+use crate::cell::conn_limit::ConnCount;
 use crate::cell::context::CellCtx;
 
 #[derive(Clone)]
 pub struct Acceptor {
     pub ctx: Rc<CellCtx>,
     pub drain: watch::Receiver<bool>,
-    /// Open connections, and a notification when the count reaches zero (for draining).
-    pub active: Rc<Cell<usize>>,
-    pub idle: Rc<Notify>,
+    /// Open connections against `max_connections` (shared by the cell's listeners).
+    pub conns: Rc<ConnCount>,
 }
 
 impl Acceptor {
@@ -29,7 +28,7 @@ impl Acceptor {
         let bound_ip = bound.map(|a| a.ip().to_string());
         loop {
             let accepted = tokio::select! {
-                r = l.accept() => r,
+                r = async { self.conns.room().await; l.accept().await } => r,
                 _ = self.drain.changed() => return,
             };
             match accepted {
@@ -56,7 +55,7 @@ impl Acceptor {
     pub async fn unix(mut self, l: UnixListener) {
         loop {
             let accepted = tokio::select! {
-                r = l.accept() => r,
+                r = async { self.conns.room().await; l.accept().await } => r,
                 _ = self.drain.changed() => return,
             };
             match accepted {
@@ -86,9 +85,8 @@ impl Acceptor {
     {
         let ctx = self.ctx.clone();
         let drain = self.drain.clone();
-        let active = self.active.clone();
-        let idle = self.idle.clone();
-        active.set(active.get() + 1);
+        let conns = self.conns.clone();
+        conns.opened(ctx.load.as_ref());
         ctx.stats.connection_opened();
         if let Some(l) = &ctx.load {
             // Only TCP listeners have the steering program.
@@ -100,10 +98,7 @@ impl Acceptor {
             if let Some(l) = &ctx.load {
                 l.closed();
             }
-            active.set(active.get() - 1);
-            if active.get() == 0 {
-                idle.notify_waiters();
-            }
+            conns.closed(ctx.load.as_ref());
         });
     }
 

@@ -1,5 +1,5 @@
 //! One HTTP/1.1 connection in a cell: hyper for the protocol, plus what hyper leaves to us:
-//! header-read (408) and keep-alive idle timeouts, request framing seen on the raw bytes,
+//! header-read (408), keep-alive idle and send timeouts, request framing seen on the raw bytes,
 //! sendfile for file regions, and a graceful close when the cell drains.
 use std::io;
 use std::pin::Pin;
@@ -144,10 +144,12 @@ impl<S: AsyncWrite + ConnSocket + Unpin> AsyncWrite for TrackedIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.state.unflushed.set(true);
-        if let Some(r) = self.try_sendfile(cx, buf) {
-            return r;
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = match self.try_sendfile(cx, buf) {
+            Some(r) => r,
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        };
+        self.state.wrote(&r);
+        r
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -155,23 +157,9 @@ impl<S: AsyncWrite + ConnSocket + Unpin> AsyncWrite for TrackedIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.state.unflushed.set(true);
-        if !self.state.regions.borrow().is_empty() {
-            // Write the slices before the first mapped region normally, the region by sendfile.
-            let first = bufs.iter().position(|b| {
-                let p = b.as_ptr() as usize;
-                self.state
-                    .regions
-                    .borrow()
-                    .iter()
-                    .any(|r| p >= r.ptr && p < r.ptr + r.len)
-            });
-            match first {
-                Some(0) => return self.try_sendfile(cx, &bufs[0]).expect("region found"),
-                Some(k) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..k]),
-                None => {}
-            }
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = self.send_vectored(cx, bufs);
+        self.state.wrote(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -193,6 +181,33 @@ impl<S: AsyncWrite + ConnSocket + Unpin> AsyncWrite for TrackedIo<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncWrite + ConnSocket + Unpin> TrackedIo<S> {
+    /// `poll_write_vectored` proper: slices before a mapped file region, the region by sendfile.
+    fn send_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if !self.state.regions.borrow().is_empty() {
+            // Write the slices before the first mapped region normally, the region by sendfile.
+            let first = bufs.iter().position(|b| {
+                let p = b.as_ptr() as usize;
+                self.state
+                    .regions
+                    .borrow()
+                    .iter()
+                    .any(|r| p >= r.ptr && p < r.ptr + r.len)
+            });
+            match first {
+                Some(0) => return self.try_sendfile(cx, &bufs[0]).expect("region found"),
+                Some(k) => return Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..k]),
+                None => {}
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -345,11 +360,12 @@ where
 
     let header_timeout = limits.header_timeout.0;
     let keepalive_timeout = limits.keepalive_timeout.0;
+    let send_timeout = limits.send_timeout.0;
     let started = Instant::now();
     let first = if drain_at.is_some() {
         DRAIN_GRACE
     } else {
-        PARK_AFTER.min(header_timeout)
+        PARK_AFTER.min(header_timeout).min(send_timeout)
     };
     let sleep = tokio::time::sleep(first);
     tokio::pin!(sleep);
@@ -398,16 +414,28 @@ where
                 let (deadline, phase) = match (current, *drain_at) {
                     (Phase::Head, _) if now >= since + header_timeout => (now, Phase::Head),
                     (Phase::Head | Phase::Busy, _) => {
+                        if let Some(blocked) = state.write_blocked.get()
+                            && now >= blocked + send_timeout
+                        {
+                            let io = conn.into_parts().io.into_inner().inner;
+                            send_timed_out(io, ctx, &conn_info.remote_addr);
+                            return None;
+                        }
                         // Look again later, the longer the request has taken (an idle
                         // connection is parked soon after it ends, a long poll wakes rarely);
                         // soon while draining: an answer that went out without `Connection:
-                        // close` leaves an idle connection to close after the grace.
+                        // close` leaves an idle connection to close after the grace. Never
+                        // later than send_timeout, so a write that blocks after this look is
+                        // seen at its own deadline.
                         let step = if drain_at.is_some() {
                             DRAIN_GRACE
                         } else {
                             (now - since).clamp(PARK_AFTER, header_timeout)
                         };
-                        let mut next = now + step;
+                        let mut next = now + step.min(send_timeout);
+                        if let Some(blocked) = state.write_blocked.get() {
+                            next = next.min(blocked + send_timeout);
+                        }
                         if current == Phase::Head {
                             next = next.min(since + header_timeout);
                         }
@@ -438,7 +466,9 @@ where
                     }
                 };
                 if now < deadline {
-                    sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                    // Within send_timeout, so a request that starts meanwhile is looked at in time.
+                    let next = deadline.min(now + send_timeout);
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(next));
                     continue;
                 }
                 if phase == Phase::Head {
@@ -454,5 +484,17 @@ where
                 return None;
             }
         }
+    }
+}
+
+/// A client took nothing of its response for `send_timeout`: the connection is reset (not
+/// closed with a FIN), so the kernel drops the unsent bytes now instead of holding them for a
+/// client that may never read.
+fn send_timed_out<S: IntoSock>(io: S, ctx: &CellCtx, peer: &str) {
+    ctx.stats
+        .add(crate::metrics::cell_counter::SEND_TIMEOUTS, 1);
+    tracing::debug!("connection from {peer}: send_timeout, the client read nothing");
+    if let crate::cell::tunnel::sock::Sock::Tcp(s) = io.into_sock() {
+        let _ = rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO));
     }
 }

@@ -49,6 +49,9 @@ pub struct ConnState {
     /// hyper is writing: bytes of a response it already took (the body may be done) have not
     /// all reached the socket. Such a connection is not idle yet.
     pub unflushed: Cell<bool>,
+    /// Since when the socket has taken no byte of a write (the client reads nothing): past
+    /// `send_timeout` the connection is closed. None while writes go through.
+    pub write_blocked: Cell<Option<Instant>>,
     /// Set when the last answer was a proxied `101 Switching Protocols`: the connection
     /// becomes a tunnel once hyper has written it.
     pub tunnel: RefCell<Option<Pending>>,
@@ -74,6 +77,7 @@ impl ConnState {
             flushed: Cell::new(false),
             flush_waiter: RefCell::new(None),
             unflushed: Cell::new(false),
+            write_blocked: Cell::new(None),
             tunnel: RefCell::new(None),
             websocket: RefCell::new(None),
             park: Cell::new(false),
@@ -93,6 +97,19 @@ impl ConnState {
             Phase::Busy => self.pending.set(true),
         }
         self.framing.borrow_mut().feed(data);
+    }
+
+    /// A write to the socket returned: progress ends a blocked spell, a full socket may
+    /// start one.
+    pub fn wrote<T>(&self, r: &Poll<std::io::Result<T>>) {
+        match r {
+            Poll::Pending => {
+                if self.write_blocked.get().is_none() {
+                    self.write_blocked.set(Some(Instant::now()));
+                }
+            }
+            Poll::Ready(_) => self.write_blocked.set(None),
+        }
     }
 
     /// The service got a request head; returns how that head framed its body.

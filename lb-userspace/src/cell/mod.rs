@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod asgi;
 pub mod body;
 pub mod conn;
+mod conn_limit;
 pub mod conn_state;
 pub mod context;
 pub mod dispatch;
@@ -16,7 +17,6 @@ pub mod router;
 pub mod static_files;
 pub mod tunnel;
 pub mod wsgi;
-use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::cell::access_log::AccessLog;
 use crate::cell::context::CellCtx;
@@ -256,8 +256,16 @@ async fn serve(
         tunnel_maps,
     ));
     let (drain_tx, drain_rx) = watch::channel(false);
-    let active = Rc::new(Cell::new(0usize));
-    let idle = Rc::new(Notify::new());
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let max_conns = cfg
+        .limits
+        .max_connections
+        .resolve(nofile.unwrap_or(u64::MAX));
+    let conns = Rc::new(conn_limit::ConnCount::new(
+        max_conns,
+        ctx.stats,
+        ctx.load.as_ref(),
+    ));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -281,8 +289,7 @@ async fn serve(
         let accept = accept::Acceptor {
             ctx: ctx.clone(),
             drain: drain_rx.clone(),
-            active: active.clone(),
-            idle: idle.clone(),
+            conns: conns.clone(),
         };
         match addr {
             ListenAddr::Tcp(_) => {
@@ -333,13 +340,13 @@ async fn serve(
     let deadline = tokio::time::sleep(cfg.server.shutdown_timeout.0);
     tokio::pin!(deadline);
     loop {
-        if active.get() == 0 {
+        if conns.open() == 0 {
             break;
         }
         tokio::select! {
-            _ = idle.notified() => {}
+            _ = conns.idle.notified() => {}
             _ = &mut deadline => {
-                tracing::warn!(cell = index, "shutdown_timeout reached with {} connection(s) open", active.get());
+                tracing::warn!(cell = index, "shutdown_timeout reached with {} connection(s) open", conns.open());
                 break;
             }
             _ = quit.recv() => break,

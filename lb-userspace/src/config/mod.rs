@@ -6,9 +6,10 @@
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
 //! applies the command line, and `validate` checks the result; `paste` holds what is
 //! specific to PasteDeploy apps, `asgi` the ASGI route table, `privilege` the cells' account and
-//! the admin token.
+//! the admin token, `limits` the connection limit.
 pub mod asgi;
 mod error;
+mod limits;
 mod load;
 mod overrides;
 pub mod paste;
@@ -20,6 +21,7 @@ mod validate;
 
 pub use asgi::{AsgiConfig, EventLoop, LifespanMode};
 pub use error::ConfigErrors;
+pub use limits::MaxConnections;
 pub use overrides::{Interface, Overrides};
 pub use privilege::{Identity, read_admin_token};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::asgi::AsgiConfig;
+use super::limits::MaxConnections;
 use super::proxy::{ProxyConfig, UpstreamConfig};
 use super::units::{Dur, ListenAddr, Size};
 
@@ -88,6 +89,10 @@ pub struct LimitsConfig {
     pub header_timeout: Dur,
     /// Idle time allowed between requests on a keep-alive connection.
     pub keepalive_timeout: Dur,
+    /// Open connections per cell; at the limit the cell stops accepting until one closes.
+    pub max_connections: MaxConnections,
+    /// Longest wait for a client to take more of a response (nginx's send_timeout); then close.
+    pub send_timeout: Dur,
 }
 
 impl Default for LimitsConfig {
@@ -99,6 +104,8 @@ impl Default for LimitsConfig {
             max_body_size: Size(10 << 20),
             header_timeout: Dur(Duration::from_secs(30)),
             keepalive_timeout: Dur(Duration::from_secs(75)),
+            max_connections: MaxConnections::Auto,
+            send_timeout: Dur(Duration::from_secs(60)),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::error::{ConfigError, ConfigErrors};
+use super::limits::MaxConnections;
 use super::proxy::validate::{validate_proxy, validate_upstreams};
 use super::schema::{Config, EbpfConfig, EbpfMode, Recycling, Workers, WsgiConfig};
 use super::units::parse_cidr;
@@ -105,6 +106,16 @@ impl Config {
                 "limits.keepalive_timeout".into(),
                 "must be more than 0".into(),
             );
+        }
+        if l.send_timeout.0.is_zero() {
+            bad("limits.send_timeout".into(), "must be more than 0".into());
+        }
+        if let MaxConnections::Count(n) = l.max_connections
+            && !(1..=MaxConnections::MAX).contains(&n)
+        {
+            let max = MaxConnections::MAX;
+            let why = format!("{n} is out of range (1..={max} or \"auto\")");
+            bad("limits.max_connections".into(), why);
         }
         if self.log.access_log.is_empty() {
             bad(
@@ -493,6 +504,8 @@ mod tests {
             [limits]
             max_headers = 0
             header_timeout = 0
+            max_connections = 0
+            send_timeout = 0
             [[route]]
             prefix = "static"
             static = { root = "/definitely/not/here" }
@@ -511,6 +524,8 @@ mod tests {
             "server.admin",
             "limits.max_headers",
             "limits.header_timeout",
+            "limits.max_connections",
+            "limits.send_timeout",
             "route[0].prefix",
             "route[0].static.root",
             "route[1].prefix",

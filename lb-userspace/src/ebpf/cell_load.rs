@@ -13,6 +13,7 @@ const WORDS: usize = size_of::<lb_common::CellLoad>() / 8;
 const OPEN: usize = 0;
 const PENDING: usize = 1;
 const OLDEST_NS: usize = 2;
+const ROOM: usize = 3;
 
 /// This cell's `CellLoad` words plus the start times of its Python requests in flight (the
 /// cell is single-threaded: plain `Cell`s).
@@ -58,6 +59,11 @@ impl CellLoadEntry {
 
     pub fn closed(&self) {
         self.words[OPEN].fetch_sub(1, Relaxed);
+    }
+
+    /// How many more connections the cell will accept before `max_connections`.
+    pub fn set_room(&self, room: usize) {
+        self.words[ROOM].store(room as u64, Relaxed);
     }
 
     /// Sets the pending count to what the listeners really hold, undoing the drift of SYNs

@@ -5,6 +5,7 @@ pub mod admin;
 mod apps;
 mod ebpf_setup;
 mod listeners;
+mod nofile;
 mod spawn;
 mod state;
 pub mod supervisor;
@@ -33,7 +34,7 @@ use supervisor::{Action, Event, Restart, Supervisor};
 
 /// `portico serve`: returns the process exit code.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<i32> {
-    raise_nofile_limit();
+    let nofile = nofile::raise();
     crate::privilege::before_serving(&cfg)?;
     if let Some(dir) = &cfg.server.chdir {
         std::env::set_current_dir(dir).with_context(|| format!("chdir {}", dir.display()))?;
@@ -52,6 +53,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
     }
     let cpus = usable_cpus();
     let cells = cfg.cell_count(cpus.len());
+    nofile.log(cfg.limits.max_connections, cells);
     let cell_cpus: Vec<usize> = (0..cells).map(|i| cpus[i % cpus.len()]).collect();
 
     let listeners = bind_all(&cfg, cells)?;
@@ -578,21 +580,6 @@ pub fn usable_cpus() -> Vec<usize> {
         }
         Err(_) => {
             (0..std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).collect()
-        }
-    }
-}
-
-/// Raises RLIMIT_NOFILE to the hard limit: every keep-alive connection is a descriptor.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        let new = rustix::process::Rlimit {
-            current: lim.maximum,
-            maximum: lim.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, new) {
-            tracing::warn!("could not raise RLIMIT_NOFILE: {e}");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::sys::{SharedCounters, SysError};
 
 /// u64 counters reserved for each cell (fixed layout; unused ones stay zero).
-pub const COUNTERS_PER_CELL: usize = 32;
+pub const COUNTERS_PER_CELL: usize = 40;
 
 /// Counter indices inside a cell's block.
 pub mod cell_counter {
@@ -39,8 +39,17 @@ pub mod cell_counter {
     pub const WEBSOCKETS_ACTIVE: usize = 26;
     pub const WEBSOCKET_MESSAGES_IN: usize = 27;
     pub const WEBSOCKET_MESSAGES_OUT: usize = 28;
+    /// The cell's `max_connections` (written once at start), the times it reached it and
+    /// stopped accepting, the nanoseconds spent there, and when (CLOCK_MONOTONIC) the current
+    /// stop began (0 while accepting).
+    pub const CONNECTIONS_MAX: usize = 29;
+    pub const CONNECTION_LIMIT_REACHED: usize = 30;
+    pub const CONNECTION_LIMIT_NS: usize = 31;
+    pub const CONNECTION_LIMIT_SINCE_NS: usize = 32;
+    /// Connections closed because the client took nothing of a response for `send_timeout`.
+    pub const SEND_TIMEOUTS: usize = 33;
     /// Idle keep-alive connections held as a bare socket, without hyper's buffers (gauge).
-    pub const CONNECTIONS_PARKED: usize = 29;
+    pub const CONNECTIONS_PARKED: usize = 34;
 }
 
 /// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in

@@ -2,6 +2,7 @@
 //! series, not per label lookup), one builder per group of families.
 
 mod build;
+mod limits;
 mod routes;
 mod tunnels;
 mod upstreams;
@@ -12,6 +13,7 @@ use super::exposition::Format;
 use super::region::{CLASSES, MetricsRegion, cell_counter};
 use super::snapshot::{EbpfSnapshot, ProcSnapshot};
 use build::{Families, gauge_metric, scalar_metric};
+use limits::limit_families;
 use routes::route_families;
 use tunnels::tunnel_families;
 use upstreams::upstream_families;
@@ -29,6 +31,7 @@ pub fn render(
     let mut families = process_families(bpf)?;
     let mut out = Families(Vec::new());
     cell_families(&mut out, region, cells, procs);
+    limit_families(&mut out, region, cells);
     wsgi_families(&mut out, region, cells);
     ebpf_families(&mut out, bpf, cells);
     listen_families(&mut out, procs);
