@@ -42,9 +42,15 @@ fn parked(p: &Portico) -> f64 {
 }
 
 fn wait_parked(p: &Portico, n: f64) {
-    wait_until(Duration::from_secs(10), &format!("{n} parked"), || {
-        parked(p) == n
-    });
+    if !poll_until(Duration::from_secs(10), || parked(p) == n) {
+        let log = p.stderr_text();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!(
+            "{n} parked expected, {} are\n{}",
+            parked(p),
+            tail.join("\n")
+        );
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub enum Phase {
 pub struct ConnState {
     pub phase: Cell<Phase>,
     pub since: Cell<Instant>,
-    /// Bytes arrived while Busy (a pipelined next request).
+    /// Bytes arrived while Busy (a pipelined next request, or the request's own body).
     pub pending: Cell<bool>,
     /// Request boundaries on the raw bytes (hyper merges CL+TE silently; we refuse it).
     pub framing: RefCell<FramingTracker>,
@@ -136,11 +136,9 @@ impl ConnHooks for ConnState {
             );
         }
         self.since.set(Instant::now());
-        self.phase.set(if self.pending.get() {
-            Phase::Head
-        } else {
-            Phase::Idle
-        });
+        // Bytes read while busy may be the request's own body: only a next head counts.
+        let next = self.pending.get() && self.framing.borrow().next_head_started();
+        self.phase.set(if next { Phase::Head } else { Phase::Idle });
     }
 
     fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -177,6 +175,24 @@ mod tests {
         assert!(!s.begin_request().ambiguous());
         s.done(0);
         assert_eq!(s.phase.get(), Phase::Idle);
+    }
+
+    #[test]
+    fn a_body_read_after_its_head_leaves_the_connection_idle() {
+        let region: &'static crate::metrics::MetricsRegion =
+            Box::leak(Box::new(crate::metrics::MetricsRegion::create().unwrap()));
+        let s = ConnState::new(region.cell(0));
+        s.on_read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n");
+        s.begin_request();
+        s.on_read(b"hel");
+        s.on_read(b"lo");
+        s.done(0);
+        // Idle (keep-alive, parking), not Head (the header timeout's 408).
+        assert_eq!(s.phase.get(), Phase::Idle);
+        s.begin_request();
+        s.on_read(b"GET /");
+        s.done(0);
+        assert_eq!(s.phase.get(), Phase::Head);
     }
 
     #[test]

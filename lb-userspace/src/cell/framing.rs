@@ -110,6 +110,14 @@ impl FramingTracker {
         self.ready.shrink_to_fit();
     }
 
+    /// Whether bytes of a request after the one being answered have been seen (a body's own
+    /// late bytes are not a next request).
+    pub fn next_head_started(&self) -> bool {
+        !self.ready.is_empty()
+            || !self.line.is_empty()
+            || matches!(self.state, State::Head { lines } if lines > 0)
+    }
+
     /// The framing of the next request hyper hands to the service.
     pub fn next_head(&mut self) -> HeadFraming {
         self.ready.pop_front().unwrap_or_default()
