@@ -2,7 +2,7 @@
 //! `wsgi.file_wrapper` responses.
 
 /// More ranges than this in one request are answered with the whole file.
-const MAX_RANGES: usize = 32;
+pub const MAX_RANGES: usize = 32;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeOutcome {
