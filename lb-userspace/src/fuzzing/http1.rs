@@ -86,7 +86,8 @@ thread_local! {
         .expect("a current-thread runtime");
 }
 
-fn exchange(cut: u8, wire: Vec<u8>) {
+/// Runs one connection over `wire`; returns how many requests hyper handed to the service.
+fn exchange(cut: u8, wire: Vec<u8>) -> usize {
     let tracker = Rc::new(RefCell::new(FramingTracker::default()));
     let io = Wire {
         data: wire,
@@ -113,6 +114,7 @@ fn exchange(cut: u8, wire: Vec<u8>) {
         // Malformed input ends the connection with an error: that is hyper refusing it.
         let _ = rt.block_on(conn);
     });
+    served.take()
 }
 
 /// One request as a cell's `dispatch` sees it: the tracker's framing for it, the head checks,
@@ -170,4 +172,24 @@ async fn serve(
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness itself: pipelined requests all reach the service, split reads or not, and
+    /// a refused CL+TE request ends the connection.
+    #[test]
+    fn every_pipelined_request_is_served() {
+        let wire = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\n\
+            Content-Length: 3\r\n\r\nabcPOST /c HTTP/1.1\r\nHost: x\r\n\
+            Transfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+        for cut in [0, 1, 5, 64] {
+            assert_eq!(exchange(cut, wire.to_vec()), 4, "cut {cut}");
+        }
+        let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
+            Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(exchange(0, smuggle.to_vec()), 1);
+    }
 }
