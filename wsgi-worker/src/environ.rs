@@ -277,12 +277,20 @@ mod tests {
     fn a_hop_that_is_no_address_stops_the_walk() {
         // Found by the `forwarded` fuzz target: the first hop was taken as the client when an
         // unparsable hop stood between it and the trusted ones.
-        let trusted: Vec<Cidr> = vec!["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let trusted: Vec<Cidr> = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
         let h = headers(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.2")]);
-        assert_eq!(forwarded(&h, &conn("127.0.0.1"), &trusted).remote_addr, None);
+        assert_eq!(
+            forwarded(&h, &conn("127.0.0.1"), &trusted).remote_addr,
+            None
+        );
         let h = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
         assert_eq!(
-            forwarded(&h, &conn("127.0.0.1"), &trusted).remote_addr.as_deref(),
+            forwarded(&h, &conn("127.0.0.1"), &trusted)
+                .remote_addr
+                .as_deref(),
             Some("10.0.0.1")
         );
     }

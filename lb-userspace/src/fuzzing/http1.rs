@@ -2,7 +2,8 @@
 //! it, with the `FramingTracker` fed each read beside hyper and `head::check` on every request
 //! hyper hands over. The tracker must stay in step with hyper (a head it misses or invents is
 //! a smuggled request that skips the CL/TE check).
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -22,7 +23,8 @@ use crate::config::LimitsConfig;
 
 /// The head `chunked_body` puts before its input: the fuzzer then spends its time on chunks,
 /// trailers and what follows them.
-const CHUNKED_HEAD: &[u8] = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+const CHUNKED_HEAD: &[u8] =
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 /// Arbitrary bytes as a client connection. The first byte sets how the bytes are cut into reads
 /// (0: one read), so heads and chunk lines also arrive split.
@@ -45,12 +47,17 @@ pub fn chunked_body(data: &[u8]) {
 }
 
 /// The client side: `wire` handed out `cut` bytes per read, every read fed to the tracker
-/// first (as `conn::TrackedIo` does); what hyper writes is dropped.
+/// first (as `conn::TrackedIo` does); what hyper writes is dropped. Once the bytes are out the
+/// client keeps the connection open (a read waits, `starved` is set) until `exchange` sees
+/// hyper can go no further; only then does it read the end (`end`), as a client that waits
+/// for its answers before closing.
 struct Wire {
     data: Vec<u8>,
     at: usize,
     cut: usize,
     tracker: Rc<RefCell<FramingTracker>>,
+    starved: Rc<Cell<bool>>,
+    end: Rc<Cell<bool>>,
 }
 
 impl AsyncRead for Wire {
@@ -59,7 +66,13 @@ impl AsyncRead for Wire {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let n = (self.data.len() - self.at).min(self.cut).min(buf.remaining());
+        if self.at == self.data.len() && !self.end.get() {
+            self.starved.set(true);
+            return Poll::Pending;
+        }
+        let n = (self.data.len() - self.at)
+            .min(self.cut)
+            .min(buf.remaining());
         let piece = &self.data[self.at..self.at + n];
         self.tracker.borrow_mut().feed(piece);
         buf.put_slice(piece);
@@ -89,11 +102,18 @@ thread_local! {
 /// Runs one connection over `wire`; returns how many requests hyper handed to the service.
 fn exchange(cut: u8, wire: Vec<u8>) -> usize {
     let tracker = Rc::new(RefCell::new(FramingTracker::default()));
+    let (starved, end) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
     let io = Wire {
         data: wire,
         at: 0,
-        cut: if cut == 0 { usize::MAX } else { usize::from(cut) },
+        cut: if cut == 0 {
+            usize::MAX
+        } else {
+            usize::from(cut)
+        },
         tracker: tracker.clone(),
+        starved: starved.clone(),
+        end: end.clone(),
     };
     let limits = Rc::new(LimitsConfig::default());
     let served = Rc::new(RefCell::new(0usize));
@@ -109,11 +129,21 @@ fn exchange(cut: u8, wire: Vec<u8>) -> usize {
         .keep_alive(true)
         .half_close(false)
         .max_buf_size(max_head);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    RUNTIME.with(|rt| {
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+    let run = std::future::poll_fn(|cx| {
+        starved.set(false);
         // Malformed input ends the connection with an error: that is hyper refusing it.
-        let _ = rt.block_on(conn);
+        if Pin::new(&mut conn).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if starved.get() {
+            // Everything was read and hyper waits for more: the client hangs up.
+            end.set(true);
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     });
+    RUNTIME.with(|rt| rt.block_on(run));
     served.take()
 }
 

@@ -56,7 +56,10 @@ mod tests {
         let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         let seeds = files(&fuzz.join("corpus").join(name));
         assert!(!seeds.is_empty(), "fuzz/corpus/{name}/ has no seeds");
-        for file in seeds.iter().chain(&files(&fuzz.join("artifacts").join(name))) {
+        for file in seeds
+            .iter()
+            .chain(&files(&fuzz.join("artifacts").join(name)))
+        {
             let data = std::fs::read(file).expect("readable corpus file");
             eprintln!("replay {name}: {}", file.display());
             target(&data);

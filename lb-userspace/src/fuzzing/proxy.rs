@@ -148,12 +148,18 @@ pub fn forwarded(data: &[u8]) {
             "{addr} chosen from {hops:?}"
         );
         if is_trusted(ip) {
-            assert!(at == 0, "{addr}: a trusted hop with more before it in {hops:?}");
+            assert!(
+                at == 0,
+                "{addr}: a trusted hop with more before it in {hops:?}"
+            );
         }
     }
     assert!(matches!(f.scheme, None | Some("http" | "https")));
     if let Some(host) = &f.host {
-        assert!(!host.is_empty() && !host.contains(['/', ' ', ',']), "{host:?}");
+        assert!(
+            !host.is_empty() && !host.contains(['/', ' ', ',']),
+            "{host:?}"
+        );
     }
     if let Some(p) = &f.prefix {
         assert!(
@@ -184,7 +190,10 @@ pub fn forwarded(data: &[u8]) {
         assert_eq!(xff, expect);
     }
     if !trust {
-        assert_eq!(out.get("x-forwarded-proto").map(HeaderValue::as_bytes), Some(&b"http"[..]));
+        assert_eq!(
+            out.get("x-forwarded-proto").map(HeaderValue::as_bytes),
+            Some(&b"http"[..])
+        );
         assert!(!out.contains_key("x-forwarded-host") && !out.contains_key("forwarded"));
         let real: Vec<_> = out.get_all("x-real-ip").iter().collect();
         assert!(real.len() <= 1 && real.iter().all(|v| v.as_bytes() == me.as_bytes()));

@@ -75,9 +75,15 @@ pub fn range(data: &[u8]) {
     let RangeOutcome::Ranges(ranges) = parse_ranges(header, len) else {
         return;
     };
-    assert!(!ranges.is_empty() && ranges.len() <= MAX_RANGES, "{header:?}");
+    assert!(
+        !ranges.is_empty() && ranges.len() <= MAX_RANGES,
+        "{header:?}"
+    );
     for &(first, last) in &ranges {
-        assert!(first <= last && last < len, "{header:?} ({len}): {ranges:?}");
+        assert!(
+            first <= last && last < len,
+            "{header:?} ({len}): {ranges:?}"
+        );
     }
     let mut sorted = ranges.clone();
     sorted.sort_unstable();

@@ -68,7 +68,9 @@ pub fn redirect(
                 return (local != value).then(|| path_only(local));
             }
             let rest = local.strip_prefix(upstream_path)?;
-            if !upstream_path.ends_with('/') && !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+            if !upstream_path.ends_with('/')
+                && !(rest.is_empty() || rest.starts_with(['/', '?', '#']))
+            {
                 // `/svcx` is not under `path = "/svc"`.
                 return None;
             }
@@ -156,8 +158,14 @@ mod tests {
         let hosts = ["example.com"];
         let r = |v: &str, prefix: &str, path: &str| redirect(v, &d, prefix, Some(path), &hosts);
         assert_eq!(r("/v2//evil.com", "/", "/v2").as_deref(), Some("/evil.com"));
-        assert_eq!(r("/v2//evil.com", "/", "/v2/").as_deref(), Some("/evil.com"));
-        assert_eq!(r("/v2/\\evil.com", "/", "/v2/").as_deref(), Some("/evil.com"));
+        assert_eq!(
+            r("/v2//evil.com", "/", "/v2/").as_deref(),
+            Some("/evil.com")
+        );
+        assert_eq!(
+            r("/v2/\\evil.com", "/", "/v2/").as_deref(),
+            Some("/evil.com")
+        );
         assert_eq!(
             r("http://example.com//evil.com", "/", "/").as_deref(),
             Some("/evil.com")
