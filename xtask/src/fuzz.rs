@@ -116,7 +116,7 @@ fn targets(root: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.is_ok()).count())
+    std::fs::read_dir(dir).map_or(0, |d| d.filter(Result::is_ok).count())
 }
 
 /// libFuzzer's `stat::` lines (`-print_final_stats=1`) and the path in `Test unit written to`.

@@ -68,9 +68,10 @@ pub fn redirect(
                 return (local != value).then(|| path_only(local));
             }
             let rest = local.strip_prefix(upstream_path)?;
-            if !upstream_path.ends_with('/')
-                && !(rest.is_empty() || rest.starts_with(['/', '?', '#']))
-            {
+            let boundary = upstream_path.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with(['/', '?', '#']);
+            if !boundary {
                 // `/svcx` is not under `path = "/svc"`.
                 return None;
             }
