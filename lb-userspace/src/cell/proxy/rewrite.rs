@@ -51,7 +51,9 @@ pub fn redirect(
             let network = value
                 .strip_prefix(['/', '\\'])
                 .and_then(|v| v.strip_prefix(['/', '\\']));
-            let local = match (value.split_once("://"), network) {
+            // Only a scheme before `://` makes an absolute URL: `/login?next=http://x` is a path.
+            let absolute = value.split_once("://").filter(|(s, _)| is_scheme(s));
+            let local = match (absolute, network) {
                 (_, Some(rest)) => on_site(rest, hosts)?,
                 (Some((scheme, rest)), None) if scheme == "http" || scheme == "https" => {
                     on_site(rest, hosts)?
@@ -84,6 +86,13 @@ pub fn redirect(
             Some(path_only(&joined))
         }
     }
+}
+
+/// RFC 3986's `scheme`: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
 /// The path of `authority/path` when the authority is one of `hosts` (this site).
@@ -180,6 +189,16 @@ mod tests {
         assert_eq!(r("/svc", "/", "/svc").as_deref(), Some("/"));
         assert_eq!(r("/svc?x", "/", "/svc").as_deref(), Some("/?x"));
         assert_eq!(r("/svcx", "/", "/svc"), None);
+        // A URL in the query leaves the path a path (found by the `location_rewrite` target).
+        assert_eq!(
+            r("/login?next=http://example.com/x", "/a/", "/").as_deref(),
+            Some("/a/login?next=http://example.com/x")
+        );
+        assert_eq!(
+            r("/v2/a://x", "/app/", "/v2/").as_deref(),
+            Some("/app/a://x")
+        );
+        assert_eq!(r("ftp://example.com/x", "/a/", "/"), None);
         // Slashes inside the path are the app's business.
         assert_eq!(r("/x//y", "/a/", "/").as_deref(), Some("/a/x//y"));
     }
