@@ -143,8 +143,8 @@ impl Config {
         let mut loops = std::collections::BTreeSet::new();
         for (i, r) in self.routes.iter_mut().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
-            if !r.prefix.starts_with('/') || r.prefix.starts_with("//") {
-                // `//x` in a mapped redirect would read as the host `x`.
+            if !r.prefix.starts_with('/') || r.prefix[1..].starts_with(['/', '\\']) {
+                // `//x` (or `/\x`) in a mapped redirect would read as the host `x`.
                 bad(
                     key("prefix"),
                     format!("{:?} must start with one '/' (not two)", r.prefix),

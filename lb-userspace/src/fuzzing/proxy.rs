@@ -26,7 +26,7 @@ pub fn location_rewrite(data: &[u8]) {
         lines.next().unwrap_or(""),
     );
     // What validate() lets through: both start with one '/' (`path` may be absent).
-    let one_slash = |p: &str| p.starts_with('/') && !p.starts_with("//");
+    let one_slash = |p: &str| p.starts_with('/') && !p[1..].starts_with(['/', '\\']);
     if !one_slash(prefix) || !(path.is_empty() || one_slash(path)) {
         return;
     }
