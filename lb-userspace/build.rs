@@ -7,9 +7,10 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
     // The embedded interpreter: run against the libpython pyo3 linked (pyenv keeps it outside
     // the loader's default paths, and a system libpython of another patch level may be there).
+    // Every linked target: the binary and the library's unit tests.
     let py = pyo3_build_config::get();
     if let Some(dir) = &py.lib_dir {
-        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{dir}");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
     println!(
         "cargo:rustc-env=PORTICO_PYTHON_VERSION={}.{}",

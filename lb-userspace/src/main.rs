@@ -1,26 +1,17 @@
 //! `portico`: an eBPF-steered, per-core HTTP front end. One master owns the listeners and
 //! supervises one pinned cell per CPU; cells serve static files and embedded-Python WSGI apps.
-#![deny(unsafe_code)]
-
-mod block_client;
-mod cell;
-mod config;
-mod ebpf;
-mod master;
-mod metrics;
-mod privilege;
-mod proto;
-#[expect(unsafe_code, reason = "the one module that wraps syscalls")]
-mod sys;
+//! This file is the command line only; everything else is the `lb_userspace` library.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::block_client::BlockOp;
-use crate::config::{Config, ConfigErrors, Overrides};
-use crate::proto::{EXIT_APP, EXIT_CONFIG};
+use lb_userspace::{
+    BlockOp, Config, ConfigErrors, EXIT_APP, EXIT_CONFIG, Interface, Overrides, SteeringPolicy,
+    init_logging, xdp_fixtures as fixtures,
+};
 
 #[derive(Parser)]
 #[command(
@@ -82,8 +73,8 @@ struct ServeArgs {
     /// WSGI or ASGI application (`module:callable`), mounted at `/`.
     app: Option<String>,
     /// How APP is called; `auto` imports it and looks (a coroutine function is ASGI).
-    #[arg(long, value_enum, default_value_t = config::Interface::Auto)]
-    interface: config::Interface,
+    #[arg(long, value_enum, default_value_t = Interface::Auto)]
+    interface: Interface,
     /// A PasteDeploy app, `FILE.ini[#NAME]` (default name `main`), mounted at `/` instead of APP.
     #[arg(long, value_name = "FILE[#NAME]", conflicts_with = "app")]
     paste: Option<String>,
@@ -134,27 +125,11 @@ struct ServeArgs {
     venv: Option<PathBuf>,
     /// eBPF steering policy: cpu, hash, least-loaded or kernel.
     #[arg(long, value_name = "POLICY")]
-    steering: Option<config::SteeringPolicy>,
-}
-
-/// Error log through `tracing`, to stderr; `RUST_LOG` wins over the configured level.
-pub fn init_logging(level: &str) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .unwrap_or_else(|| level.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    steering: Option<SteeringPolicy>,
 }
 
 /// `portico xdp-test-run`: the decision table, then the cost per packet of each path.
 fn xdp_test_run(repeat: u32) -> ExitCode {
-    use ebpf::xdp_guard::fixtures;
     let outcomes = match fixtures::run() {
         Ok(o) => o,
         Err(e) => {
@@ -203,26 +178,26 @@ fn load(config: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, Confi
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Cell => match cell::run() {
+        Command::Cell => match lb_userspace::run_cell() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portico cell: {e:#}");
                 ExitCode::from(1)
             }
         },
-        Command::AppCheck { detect } => ExitCode::from(cell::app_check(detect) as u8),
+        Command::AppCheck { detect } => ExitCode::from(lb_userspace::app_check(detect) as u8),
         Command::Block {
             op,
             admin,
             config,
             token_file,
         } => {
-            let target = block_client::Target {
+            let target = lb_userspace::BlockTarget {
                 admin: admin.as_deref(),
                 config: config.as_deref(),
                 token_file: token_file.as_deref(),
             };
-            match block_client::run(op, &target) {
+            match lb_userspace::block(op, &target) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("portico block: {e:#}");
@@ -237,7 +212,7 @@ fn main() -> ExitCode {
                     eprintln!("warning: {w}");
                 }
                 if cfg.has_python() {
-                    match master::check_apps(&cfg) {
+                    match lb_userspace::check_apps(&cfg) {
                         Ok(true) => {}
                         Ok(false) => return ExitCode::from(EXIT_APP as u8),
                         Err(e) => {
@@ -288,7 +263,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log.level);
-            match master::run(cfg, a.config, overrides) {
+            match lb_userspace::serve(cfg, a.config, overrides) {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -121,19 +121,23 @@ pub fn forwarded(h: &HeaderMap, conn: &ConnInfo, trusted: &[Cidr]) -> Forwarded 
             hops.extend(s.split(',').map(str::trim).filter(|x| !x.is_empty()));
         }
     }
+    let mut all_trusted = true;
     for hop in hops.iter().rev() {
         match hop.parse::<IpAddr>() {
             Ok(ip) if is_trusted(ip) => {}
             Ok(ip) => {
                 f.remote_addr = Some(ip.to_string());
+                all_trusted = false;
                 break;
             }
-            Err(_) => break,
+            Err(_) => {
+                // Not an address: what is left of it may be the client's own words.
+                all_trusted = false;
+                break;
+            }
         }
     }
-    if f.remote_addr.is_none()
-        && let Some(first) = hops.first().and_then(|h| h.parse::<IpAddr>().ok())
-    {
+    if all_trusted && let Some(first) = hops.first().and_then(|h| h.parse::<IpAddr>().ok()) {
         // Every hop is a trusted proxy: the first one is the origin.
         f.remote_addr = Some(first.to_string());
     }
@@ -267,6 +271,28 @@ mod tests {
         );
         // No trusted proxies configured (the default): ignored.
         assert_eq!(forwarded(&h, &conn("127.0.0.1"), &[]), Forwarded::default());
+    }
+
+    #[test]
+    fn a_hop_that_is_no_address_stops_the_walk() {
+        // Found by the `forwarded` fuzz target: the first hop was taken as the client when an
+        // unparsable hop stood between it and the trusted ones.
+        let trusted: Vec<Cidr> = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.2")]);
+        assert_eq!(
+            forwarded(&h, &conn("127.0.0.1"), &trusted).remote_addr,
+            None
+        );
+        let h = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(
+            forwarded(&h, &conn("127.0.0.1"), &trusted)
+                .remote_addr
+                .as_deref(),
+            Some("10.0.0.1")
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod python;
 mod request;
 mod response;
 
-pub use environ::{Cidr, ConnInfo};
+pub use environ::{Cidr, ConnInfo, Forwarded, forwarded};
 pub use objects::BodySource;
 pub use pool::{Job, Observer, Pool, PoolStats, Settings, SubmitError};
 pub use python::{AppError, LoadPaths, interpreter_version};

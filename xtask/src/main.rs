@@ -1,13 +1,14 @@
 //! Project tasks: `setup` (toolchain parts and packages, idempotent), `run` (the demo), `test`
 //! (lints and the whole suite), `bench` (Portico against its peers, side by side), `profile`
 //! (a flame graph of one bench scenario), `soak` (the mixed load for minutes), `stress`
-//! (abusive clients).
+//! (abusive clients), `fuzz` (the parsers under libFuzzer).
 //!
 //! This file is the command line only; each task lives in its own module.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod compile;
+mod fuzz;
 mod layout;
 mod process;
 mod run;
@@ -41,6 +42,15 @@ enum Cmd {
     /// Run the layout check, clippy and the whole test suite (unit and end-to-end), then
     /// print the counts.
     Test,
+    /// Fuzz the parsers (cargo-fuzz on nightly, installed when missing): one target or all,
+    /// for `--time` seconds each; prints executions and any crash file.
+    Fuzz {
+        /// One target of fuzz/fuzz_targets (default: every one).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+    },
     /// Check lb-userspace's module graph (no import cycle, master and cell apart) and that no
     /// source file passes 600 lines.
     Layout,
@@ -135,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             workers,
             args,
         } => stress::stress(&root, &which, workers, &args),
+        Cmd::Fuzz { target, time } => fuzz::fuzz(&root, target.as_deref(), time),
         Cmd::Bench {
             which,
             duration,

@@ -123,6 +123,13 @@ impl FramingTracker {
         self.ready.pop_front().unwrap_or_default()
     }
 
+    /// Heads read and not yet taken by `next_head` (the fuzz harness checks hyper never gets
+    /// ahead of the tracker).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn pending(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Consumes part of `data` in the current state; returns how many bytes.
     fn step(&mut self, data: &[u8]) -> usize {
         match self.state {

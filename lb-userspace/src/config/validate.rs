@@ -155,8 +155,12 @@ impl Config {
         let mut loops = std::collections::BTreeSet::new();
         for (i, r) in self.routes.iter_mut().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
-            if !r.prefix.starts_with('/') {
-                bad(key("prefix"), format!("{:?} must start with '/'", r.prefix));
+            if !r.prefix.starts_with('/') || r.prefix[1..].starts_with(['/', '\\']) {
+                // `//x` (or `/\x`) in a mapped redirect would read as the host `x`.
+                bad(
+                    key("prefix"),
+                    format!("{:?} must start with one '/' (not two)", r.prefix),
+                );
             }
             if !prefixes.insert(r.prefix.clone()) {
                 bad(
@@ -512,6 +516,9 @@ mod tests {
             [[route]]
             prefix = "static"
             static = { root = "/" , cache_control = "bad\nvalue" }
+            [[route]]
+            prefix = "//x/"
+            static = { root = "/" }
             "#,
             "t.toml",
         )
@@ -530,6 +537,7 @@ mod tests {
             "route[0].static.root",
             "route[1].prefix",
             "route[1].static.cache_control",
+            "route[2].prefix",
         ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }

@@ -46,16 +46,20 @@ pub fn redirect(
         Redirect::Default => {
             let upstream_path = path?;
             // An absolute URL on this site becomes path-absolute; another site's is left alone.
-            let local = match value.split_once("://") {
-                Some((scheme, rest)) if scheme == "http" || scheme == "https" => {
-                    let (authority, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(authority)) {
-                        return None;
-                    }
-                    if p.is_empty() { "/" } else { p }
+            // A network-path reference (`//host/x`; browsers read `/\` the same) names a
+            // site too.
+            let network = value
+                .strip_prefix(['/', '\\'])
+                .and_then(|v| v.strip_prefix(['/', '\\']));
+            // Only a scheme before `://` makes an absolute URL: `/login?next=http://x` is a path.
+            let absolute = value.split_once("://").filter(|(s, _)| is_scheme(s));
+            let local = match (absolute, network) {
+                (_, Some(rest)) => on_site(rest, hosts)?,
+                (Some((scheme, rest)), None) if scheme == "http" || scheme == "https" => {
+                    on_site(rest, hosts)?
                 }
-                Some(_) => return None,
-                None => value,
+                (Some(_), None) => return None,
+                (None, None) => value,
             };
             if !local.starts_with('/') {
                 return None;
@@ -63,18 +67,52 @@ pub fn redirect(
             // Already in the client's space (an app that knows its mount point): only the
             // host part goes.
             if local.starts_with(prefix) && !upstream_path.starts_with(prefix) {
-                return (local != value).then(|| local.to_string());
+                return (local != value).then(|| path_only(local));
             }
             let rest = local.strip_prefix(upstream_path)?;
+            let boundary = upstream_path.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with(['/', '?', '#']);
+            if !boundary {
+                // `/svcx` is not under `path = "/svc"`.
+                return None;
+            }
             let base = prefix.trim_end_matches('/');
             let joined = if upstream_path.ends_with('/') {
                 format!("{base}/{rest}")
             } else {
                 format!("{base}{rest}")
             };
-            Some(joined)
+            Some(path_only(&joined))
         }
     }
+}
+
+/// RFC 3986's `scheme`: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+/// The path of `authority/path` when the authority is one of `hosts` (this site).
+fn on_site<'a>(rest: &'a str, hosts: &[&str]) -> Option<&'a str> {
+    let (authority, p) = rest.split_at(rest.find(['/', '\\']).unwrap_or(rest.len()));
+    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(authority)) {
+        return None;
+    }
+    Some(if p.is_empty() { "/" } else { p })
+}
+
+/// A path on this site as a `Location`: exactly one leading slash, so that it never reads as
+/// `//host`, another site, nor as a relative reference (found by the `location_rewrite` fuzz
+/// target: `/v2//evil.com` under `path = "/v2"` and prefix `/` became `//evil.com`).
+fn path_only(p: &str) -> String {
+    let rest = p.trim_start_matches(['/', '\\']);
+    if p.len() == rest.len() + 1 && p.starts_with('/') {
+        return p.to_string();
+    }
+    format!("/{rest}")
 }
 
 /// A `Refresh` value (`5; url=/x`) with its URL mapped by `map`.
@@ -122,6 +160,47 @@ mod tests {
         let v2 = |v: &str| redirect(v, &d, "/app/", Some("/v2/"), &hosts);
         assert_eq!(v2("/v2/x").as_deref(), Some("/app/x"));
         assert_eq!(v2("/other"), None);
+    }
+
+    #[test]
+    fn mapped_redirects_stay_on_this_site() {
+        let d = Redirect::Default;
+        let hosts = ["example.com"];
+        let r = |v: &str, prefix: &str, path: &str| redirect(v, &d, prefix, Some(path), &hosts);
+        assert_eq!(r("/v2//evil.com", "/", "/v2").as_deref(), Some("/evil.com"));
+        assert_eq!(
+            r("/v2//evil.com", "/", "/v2/").as_deref(),
+            Some("/evil.com")
+        );
+        assert_eq!(
+            r("/v2/\\evil.com", "/", "/v2/").as_deref(),
+            Some("/evil.com")
+        );
+        assert_eq!(
+            r("http://example.com//evil.com", "/", "/").as_deref(),
+            Some("/evil.com")
+        );
+        // A network-path reference to another site is left alone; to this one it is a path.
+        assert_eq!(r("//evil.com/x", "/a/", "/"), None);
+        assert_eq!(r("/\\evil.com/x", "/a/", "/"), None);
+        assert_eq!(r("//example.com/x", "/a/", "/").as_deref(), Some("/a/x"));
+        // The upstream's root under prefix `/` is `/`, not an empty field; `/svcx` is not
+        // under `/svc`.
+        assert_eq!(r("/svc", "/", "/svc").as_deref(), Some("/"));
+        assert_eq!(r("/svc?x", "/", "/svc").as_deref(), Some("/?x"));
+        assert_eq!(r("/svcx", "/", "/svc"), None);
+        // A URL in the query leaves the path a path (found by the `location_rewrite` target).
+        assert_eq!(
+            r("/login?next=http://example.com/x", "/a/", "/").as_deref(),
+            Some("/a/login?next=http://example.com/x")
+        );
+        assert_eq!(
+            r("/v2/a://x", "/app/", "/v2/").as_deref(),
+            Some("/app/a://x")
+        );
+        assert_eq!(r("ftp://example.com/x", "/a/", "/"), None);
+        // Slashes inside the path are the app's business.
+        assert_eq!(r("/x//y", "/a/", "/").as_deref(), Some("/a/x//y"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Static files, the nginx part: safe path resolution under a root, an open-file cache so hot
 //! files cost no syscalls, conditional requests, byte ranges and precompressed variants.
-mod cache;
-mod conditional;
+pub mod cache;
+pub mod conditional;
 pub mod path;
 pub mod range;
 mod route;

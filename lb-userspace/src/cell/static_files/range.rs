@@ -2,7 +2,7 @@
 //! `wsgi.file_wrapper` responses.
 
 /// More ranges than this in one request are answered with the whole file.
-const MAX_RANGES: usize = 32;
+pub const MAX_RANGES: usize = 32;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeOutcome {
@@ -72,8 +72,27 @@ pub fn parse_ranges(header: &str, len: u64) -> RangeOutcome {
     if out.is_empty() {
         RangeOutcome::Unsatisfiable
     } else {
-        RangeOutcome::Ranges(out)
+        RangeOutcome::Ranges(coalesce(out))
     }
+}
+
+/// Ranges that overlap are merged (RFC 9110 section 14.2 lets a server coalesce them): else
+/// `bytes=0-,0-,...` would send the file once per range from one small request. Without an
+/// overlap the client's order is kept; with one, the merged ranges go in ascending order.
+fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).all(|w| w[0].1 < w[1].0) {
+        return ranges;
+    }
+    ranges.clear();
+    for (first, last) in sorted {
+        match ranges.last_mut() {
+            Some(prev) if first <= prev.1 => prev.1 = prev.1.max(last),
+            _ => ranges.push((first, last)),
+        }
+    }
+    ranges
 }
 
 #[cfg(test)]
@@ -112,5 +131,27 @@ mod tests {
         );
         let many = format!("bytes={}", vec!["0-0"; 40].join(","));
         assert_eq!(parse_ranges(&many, 100), RangeOutcome::Ignore);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_coalesced() {
+        // Found by the `range` fuzz target: each range was sent in full, overlaps included.
+        assert_eq!(
+            parse_ranges("bytes=0-50,25-75", 100),
+            RangeOutcome::Ranges(vec![(0, 75)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=0-,0-,0-,0-", 100),
+            RangeOutcome::Ranges(vec![(0, 99)])
+        );
+        assert_eq!(
+            parse_ranges("bytes=10-20,0-5,15-30,-1", 100),
+            RangeOutcome::Ranges(vec![(0, 5), (10, 30), (99, 99)])
+        );
+        // Disjoint ranges (adjacent ones too) keep the client's order.
+        assert_eq!(
+            parse_ranges("bytes=5-6,0-1,2-4", 100),
+            RangeOutcome::Ranges(vec![(5, 6), (0, 1), (2, 4)])
+        );
     }
 }

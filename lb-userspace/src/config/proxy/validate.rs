@@ -39,9 +39,14 @@ pub fn validate_proxy(
         }
     }
     if let Some(path) = &p.path
-        && !path.starts_with('/')
+        && (!path.starts_with('/') || path[1..].starts_with(['/', '\\']))
     {
-        bad(key("proxy.path"), format!("{path:?} must start with '/'"));
+        // `//x` (or `/\x`) as a Location reads as the host `x`: redirects could not be
+        // mapped back.
+        bad(
+            key("proxy.path"),
+            format!("{path:?} must start with one '/' (not two)"),
+        );
     }
     if let Redirect::Pairs(pairs) = &p.redirect {
         for (j, (from, _)) in pairs.iter().enumerate() {
@@ -299,6 +304,12 @@ mod tests {
             prefix = "/d/"
             proxy = "http://127.0.0.1:4/"
             static = { root = "/tmp" }
+            [[route]]
+            prefix = "/e/"
+            proxy = "http://127.0.0.1:5//x"
+            [[route]]
+            prefix = "/f/"
+            proxy = { upstream = "app", path = "/\\x" }
             "#,
         );
         let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
@@ -311,6 +322,8 @@ mod tests {
             "route[1].proxy",
             "route[2].proxy",
             "route[3]",
+            "route[4].proxy.path",
+            "route[5].proxy.path",
             "upstream[0].servers",
             "upstream[0].keepalive",
             "upstream[0].read_timeout",

@@ -11,6 +11,7 @@ mod actions {
     pub const PASS: u32 = 2;
 }
 
+#[derive(Debug)]
 pub struct Fixture {
     pub name: &'static str,
     pub frame: Vec<u8>,
@@ -181,6 +182,7 @@ pub fn table() -> Vec<Fixture> {
 }
 
 /// One fixture's outcome.
+#[derive(Debug)]
 pub struct Outcome {
     pub name: &'static str,
     pub expect: u32,

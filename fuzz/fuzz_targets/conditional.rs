@@ -1,0 +1,4 @@
+//! `conditional`: see `lb_userspace::fuzzing::conditional` (the invariants it asserts).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lb_userspace::fuzzing::conditional(data));

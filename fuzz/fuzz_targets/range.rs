@@ -1,0 +1,4 @@
+//! `range`: see `lb_userspace::fuzzing::range` (the invariants it asserts).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lb_userspace::fuzzing::range(data));
