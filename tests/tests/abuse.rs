@@ -4,11 +4,11 @@
 //! thresholds: `cargo xtask stress` measures latencies under the same abuse.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use portico_tests::*;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 /// Bytes of resident memory of `pid`.
 fn rss(pid: i32) -> u64 {
@@ -66,36 +66,49 @@ fn cell(p: &Portico) -> i32 {
 /// Fetches `/a.txt` on fresh connections from another thread until stopped; counts the
 /// answers and panics on anything but a 200.
 struct NormalClient {
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<()>,
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<usize>,
 }
 
 impl NormalClient {
     fn start(addr: SocketAddr) -> NormalClient {
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (stop.clone(), served.clone());
+        let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
+            let mut served = 0;
+            // About 50 requests a second, until told to stop.
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(20))
+            {
                 let r = get(addr, "/a.txt").expect("normal client");
                 assert_eq!((r.status, r.text().as_str()), (200, "hello"));
-                n.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
+                served += 1;
             }
+            served
         });
-        NormalClient {
-            stop,
-            served,
-            thread,
-        }
+        NormalClient { stop, thread }
     }
 
     /// Stops it; returns how many it was answered (it panicked on any failure).
     fn finish(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the normal client failed");
-        self.served.load(Ordering::Relaxed)
+        let _ = self.stop.send(());
+        self.thread.join().expect("the normal client failed")
+    }
+}
+
+/// How often each slowloris client sends one more header byte.
+const DRIP: Duration = Duration::from_millis(100);
+
+/// Waits until one of the open clients is readable (an answer or a close), or `within`.
+fn readable_within(clients: &[Option<(TcpStream, Vec<u8>)>], within: Duration) {
+    let mut fds: Vec<PollFd<'_>> = clients
+        .iter()
+        .flatten()
+        .map(|(c, _)| PollFd::new(c, PollFlags::IN))
+        .collect();
+    let timeout = Timespec::try_from(within).expect("a short timeout");
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => panic!("poll: {e}"),
     }
 }
 
@@ -115,7 +128,14 @@ fn slowloris_clients_are_closed_by_header_timeout() {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut drip = Instant::now() + DRIP;
     while clients.iter().any(Option::is_some) && Instant::now() < deadline {
+        // Wakes when a server answers or closes, or when the next byte is due.
+        readable_within(&clients, drip.saturating_duration_since(Instant::now()));
+        let due = Instant::now() >= drip;
+        if due {
+            drip += DRIP;
+        }
         for slot in &mut clients {
             let Some((c, got)) = slot else { continue };
             let mut buf = [0u8; 512];
@@ -125,7 +145,9 @@ fn slowloris_clients_are_closed_by_header_timeout() {
                     got.extend_from_slice(&buf[..n]);
                     false
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => c.write(b"a").is_err(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    due && c.write(b"a").is_err()
+                }
                 Err(_) => true,
             };
             if closed {
@@ -137,7 +159,6 @@ fn slowloris_clients_are_closed_by_header_timeout() {
                 *slot = None;
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     let left = clients.iter().filter(|c| c.is_some()).count();
     assert_eq!(left, 0, "slowloris clients still open after 15 s");

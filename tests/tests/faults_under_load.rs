@@ -241,8 +241,13 @@ fn upstream_restart(site: &mut MixedSite, servers: usize, problems: &mut Vec<Str
     let before = load.tally();
     let down_at = Instant::now();
     site.kill_upstream(0);
-    // Down long enough for every cell to meet it (a second of traffic).
-    std::thread::sleep(Duration::from_secs(1));
+    // Down until the proxy stream has sent enough requests for every cell to meet it.
+    let proxied = |t: &Tally| t.streams.get("proxy").map_or(0, StreamTally::requests);
+    wait_until(
+        Duration::from_secs(30),
+        "proxy requests sent while the upstream is down",
+        || proxied(&load.tally()) >= proxied(&before) + 50,
+    );
     site.restart_upstream(0);
     let up_at = Instant::now();
     let down = up_at - down_at;
@@ -326,6 +331,13 @@ fn file_replaced(site: &MixedSite, problems: &mut Vec<String>) -> Row {
     let end = Instant::now() + Duration::from_secs(4);
     let mut swaps = 0;
     while Instant::now() < end {
+        // Each version is requested a few times before the next swap.
+        let seen = load.tally();
+        wait_until(Duration::from_secs(30), "requests between swaps", || {
+            let t = load.tally();
+            t.streams.get("replaced").map_or(0, StreamTally::requests)
+                >= seen.streams.get("replaced").map_or(0, StreamTally::requests) + 5
+        });
         swaps += 1;
         for (name, bodies) in &files {
             let path = site.site.path().join("www").join(name);
@@ -334,7 +346,6 @@ fn file_replaced(site: &MixedSite, problems: &mut Vec<String>) -> Row {
             std::fs::write(&tmp, &*bodies[swaps % 2]).expect("write the next version");
             std::fs::rename(&tmp, &path).expect("rename it into place");
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     wait_served(&load, &load.tally(), 20, "the load served after the swaps");
     let (tally, failures) = load.finish();
