@@ -126,6 +126,9 @@ struct ServeArgs {
     /// eBPF steering policy: cpu, hash, least-loaded or kernel.
     #[arg(long, value_name = "POLICY")]
     steering: Option<SteeringPolicy>,
+    /// HTTP/2 with prior knowledge (h2c) on the plain TCP listeners, beside HTTP/1.
+    #[arg(long)]
+    h2c: bool,
 }
 
 /// `portico xdp-test-run`: the decision table, then the cost per packet of each path.
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
                 python_path: a.python_path,
                 venv: a.venv,
                 steering: a.steering,
+                h2c: a.h2c,
             };
             let cfg = match load(a.config.as_ref(), &overrides) {
                 Ok(c) => c,

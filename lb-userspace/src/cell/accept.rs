@@ -1,16 +1,19 @@
 //! Accepting on one listener until the cell drains; each connection gets its own task and
-//! is counted (metrics, the steering load entry, `max_connections` and the drain wait).
+//! is counted (metrics, the steering load entry, `max_connections` and the drain wait). With
+//! `h2c`, a TCP connection that opens with the HTTP/2 preface is served as HTTP/2.
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::watch;
 use wsgi_worker::ConnInfo;
 
-use crate::cell::conn::{ConnSocket, serve_connection};
+use crate::cell::conn::{ConnSocket, DRAIN_GRACE, serve_connection};
 use crate::cell::conn_limit::ConnCount;
 use crate::cell::context::CellCtx;
+use crate::cell::http2::{PREFACE, serve_h2};
 
 #[derive(Clone)]
 pub struct Acceptor {
@@ -18,6 +21,8 @@ pub struct Acceptor {
     pub drain: watch::Receiver<bool>,
     /// Open connections against `max_connections` (shared by the cell's listeners).
     pub conns: Rc<ConnCount>,
+    /// `[server] h2c`: HTTP/2 with prior knowledge on TCP listeners.
+    pub h2c: bool,
 }
 
 impl Acceptor {
@@ -45,7 +50,11 @@ impl Acceptor {
                         local_addr,
                         local_port: local.map_or(0, |l| l.port()),
                     };
-                    self.spawn(stream, info);
+                    if self.h2c {
+                        self.spawn_h2c(stream, info);
+                    } else {
+                        self.spawn(stream, info);
+                    }
                 }
                 Err(e) => self.accept_error(e).await,
             }
@@ -83,17 +92,40 @@ impl Acceptor {
             + Unpin
             + 'static,
     {
+        let (ctx, drain) = (self.ctx.clone(), self.drain.clone());
+        let tcp = info.remote_ip.is_some();
+        self.run(tcp, async move {
+            serve_connection(stream, Arc::new(info), ctx, drain).await;
+        });
+    }
+
+    /// A TCP connection under `h2c`: HTTP/2 if it opens with the preface, else HTTP/1.
+    fn spawn_h2c(&self, stream: TcpStream, info: ConnInfo) {
+        let (ctx, mut drain) = (self.ctx.clone(), self.drain.clone());
+        self.run(true, async move {
+            let info = Arc::new(info);
+            let header_timeout = ctx.limits.header_timeout.0;
+            match opens_with_preface(&stream, header_timeout, &mut drain).await {
+                Some(true) => serve_h2(stream, info, ctx, drain).await,
+                Some(false) => serve_connection(stream, info, ctx, drain).await,
+                // Nothing came in time (an HTTP/1 connection would close silently too).
+                None => {}
+            }
+        });
+    }
+
+    /// Counts a connection open while `serve` runs on its own task.
+    fn run(&self, tcp: bool, serve: impl Future<Output = ()> + 'static) {
         let ctx = self.ctx.clone();
-        let drain = self.drain.clone();
         let conns = self.conns.clone();
         conns.opened(ctx.load.as_ref());
         ctx.stats.connection_opened();
         if let Some(l) = &ctx.load {
             // Only TCP listeners have the steering program.
-            l.accepted(info.remote_ip.is_some());
+            l.accepted(tcp);
         }
         tokio::task::spawn_local(async move {
-            serve_connection(stream, Arc::new(info), ctx.clone(), drain).await;
+            serve.await;
             ctx.stats.connection_closed();
             if let Some(l) = &ctx.load {
                 l.closed();
@@ -106,5 +138,36 @@ impl Acceptor {
         // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the connection stays queued.
         tracing::warn!("accept failed: {e}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether a connection's first bytes are the HTTP/2 preface, looked at without taking them
+/// (whichever protocol serves the connection reads them). Fewer bytes than the preface are
+/// HTTP/1: a client that sends part of it and waits is not waited for. None: nothing arrived
+/// within `header_timeout` (or the drain grace), or the peer closed or failed.
+async fn opens_with_preface(
+    stream: &TcpStream,
+    header_timeout: Duration,
+    drain: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    let mut buf = [0u8; PREFACE.len()];
+    let drained = async {
+        while !*drain.borrow_and_update() {
+            if drain.changed().await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    let peeked = tokio::time::timeout(header_timeout, async {
+        tokio::select! {
+            r = stream.peek(&mut buf) => r.ok(),
+            () = drained => None,
+        }
+    })
+    .await;
+    match peeked {
+        Ok(Some(n)) if n > 0 => Some(buf[..n] == PREFACE[..]),
+        _ => None,
     }
 }

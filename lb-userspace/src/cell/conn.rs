@@ -222,7 +222,7 @@ const PARK_AFTER: Duration = Duration::from_millis(100);
 /// While draining, every answer says `Connection: close`. An idle keep-alive connection is
 /// closed only after a grace period: its client may already be sending the next request,
 /// which is then answered (and closed) instead of meeting a reset.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// What one connection's tasks share, whichever hyper connection is serving it.
 struct Shared {

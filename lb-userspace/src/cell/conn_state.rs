@@ -14,6 +14,8 @@ use crate::metrics::CellStats;
 pub struct Mark {
     pub route: u16,
     pub method: u8,
+    /// The request's HTTP version (requests are counted by version when answered).
+    pub version: http::Version,
     pub start: Instant,
 }
 

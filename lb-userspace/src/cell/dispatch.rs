@@ -26,6 +26,7 @@ fn version_str(v: Version) -> &'static str {
     match v {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
     }
 }
@@ -89,11 +90,13 @@ pub fn handle(
     let framing = state.begin_request();
     head::use_target_authority(&mut req);
     let method = crate::metrics::method_index(req.method());
+    let version = req.version();
     match route(ctx, &req, framing) {
         Routed::Ready(resp, close, metrics_route) => {
             let mark = Mark {
                 route: metrics_route as u16,
                 method: method as u8,
+                version,
                 start,
             };
             let resp = finish(ctx, state, &conn.remote_addr, mark, resp, close, || {
@@ -107,6 +110,7 @@ pub fn handle(
             let mark = Mark {
                 route: metrics_route as u16,
                 method: method as u8,
+                version,
                 start,
             };
             let answer =
@@ -119,6 +123,7 @@ pub fn handle(
             let mark = Mark {
                 route: metrics_route as u16,
                 method: method as u8,
+                version,
                 start,
             };
             use crate::cell::asgi::handshake::{self, Handshake};
@@ -149,6 +154,7 @@ pub fn handle(
             let mark = Mark {
                 route: metrics_route as u16,
                 method: method as u8,
+                version,
                 start,
             };
             let answer =
@@ -198,6 +204,7 @@ fn finish(
     let status = resp.status().as_u16();
     let sent = resp.body().len();
     ctx.stats.request(status, sent);
+    ctx.stats.request_version(mark.version);
     if ctx.histograms {
         state.mark.set(Some((mark, status, sent)));
     }

@@ -2,7 +2,7 @@
 //! framing ambiguities, Host rules, target bytes) and the configured limits. A refused
 //! request never reaches an application.
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 
 use crate::cell::framing::HeadFraming;
 use crate::config::LimitsConfig;
@@ -43,8 +43,19 @@ pub fn check<B>(
         return Err(Refusal::bad_request());
     }
     let headers = req.headers();
-    if req.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+    // HTTP/2's `:authority` has become `Host` by now (`http2::stream::prepare`).
+    if matches!(req.version(), Version::HTTP_11 | Version::HTTP_2)
+        && !headers.contains_key(header::HOST)
+    {
         return Err(Refusal::bad_request());
+    }
+    if req.method() == Method::CONNECT && req.version() == Version::HTTP_2 {
+        // Neither tunnels nor extended CONNECT (RFC 8441, WebSockets over HTTP/2) are served:
+        // the cell never announces SETTINGS_ENABLE_CONNECT_PROTOCOL.
+        return Err(Refusal {
+            status: StatusCode::NOT_IMPLEMENTED,
+            close: false,
+        });
     }
     if let Some(name) = repeated_singleton(headers) {
         tracing::debug!("refused: repeated {name} field");
@@ -338,5 +349,19 @@ mod tests {
             ..HeadFraming::default()
         };
         assert_eq!(status(&req("/a", &[("host", "x")]), fragment), Some(400));
+    }
+
+    #[test]
+    fn http2_requests_need_an_authority_and_connect_is_501() {
+        let h2 = |method: &str, target: &str, headers: &[(&str, &str)]| {
+            let mut r = req(target, headers);
+            *r.version_mut() = Version::HTTP_2;
+            *r.method_mut() = method.parse().unwrap();
+            status(&r, HeadFraming::default())
+        };
+        assert_eq!(h2("GET", "/x", &[]), Some(400));
+        assert_eq!(h2("GET", "/x", &[("host", "t")]), None);
+        assert_eq!(h2("CONNECT", "/chat", &[("host", "t")]), Some(501));
+        assert_eq!(h2("CONNECT", "t:443", &[("host", "t:443")]), Some(501));
     }
 }

@@ -11,6 +11,7 @@ pub mod context;
 pub mod dispatch;
 pub mod framing;
 pub mod head;
+pub mod http2;
 pub mod proxy;
 mod recycling;
 pub mod router;
@@ -290,6 +291,7 @@ async fn serve(
             ctx: ctx.clone(),
             drain: drain_rx.clone(),
             conns: conns.clone(),
+            h2c: cfg.server.h2c,
         };
         match addr {
             ListenAddr::Tcp(_) => {

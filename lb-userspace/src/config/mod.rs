@@ -6,7 +6,8 @@
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
 //! applies the command line, and `validate` checks the result; `paste` holds what is
 //! specific to PasteDeploy apps, `asgi` the ASGI route table, `privilege` the cells' account and
-//! the admin token, `limits` the connection limit.
+//! the admin token, `limits` the `[limits]` table (the connection limit, HTTP/2's
+//! streams and windows).
 pub mod asgi;
 mod error;
 mod limits;
@@ -21,12 +22,12 @@ mod validate;
 
 pub use asgi::{AsgiConfig, EventLoop, LifespanMode};
 pub use error::ConfigErrors;
-pub use limits::MaxConnections;
+pub use limits::{LimitsConfig, MaxConnections};
 pub use overrides::{Interface, Overrides};
 pub use privilege::{Identity, read_admin_token};
 pub use proxy::{Balance, HealthCheck, ProxyConfig, Redirect, Relay, UpstreamConfig};
 pub use schema::{
-    Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, Recycling, RouteConfig, StaticConfig,
+    Config, DEFAULT_ADMIN, EbpfMode, LogFormat, Recycling, RouteConfig, StaticConfig,
     SteeringPolicy, WsgiConfig, XdpConfig, XdpMode,
 };
 pub use units::ListenAddr;

@@ -32,6 +32,8 @@ pub struct Overrides {
     pub access_log: Option<String>,
     pub log_format: Option<String>,
     pub steering: Option<SteeringPolicy>,
+    /// `--h2c`: `[server] h2c = true`.
+    pub h2c: bool,
 }
 
 /// `--interface asgi|wsgi|auto`: the protocol APP speaks.
@@ -202,6 +204,9 @@ impl Config {
         }
         if let Some(a) = &o.admin {
             self.server.admin = a.clone();
+        }
+        if o.h2c {
+            self.server.h2c = true;
         }
         if let Some(c) = &o.chdir {
             self.server.chdir = Some(c.clone());

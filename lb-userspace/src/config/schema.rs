@@ -5,9 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::asgi::AsgiConfig;
-use super::limits::MaxConnections;
+use super::limits::LimitsConfig;
 use super::proxy::{ProxyConfig, UpstreamConfig};
-use super::units::{Dur, ListenAddr, Size};
+use super::units::{Dur, ListenAddr};
 
 /// `workers = "auto"` or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub group: Option<String>,
     /// A file with the admin endpoint's bearer token; every admin request must carry it.
     pub admin_token_file: Option<PathBuf>,
+    /// HTTP/2 with prior knowledge (h2c) on plain TCP listeners: a connection that opens with
+    /// the HTTP/2 preface speaks HTTP/2, any other HTTP/1.
+    pub h2c: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,42 +73,7 @@ impl Default for ServerConfig {
             user: None,
             group: None,
             admin_token_file: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Longest request target; longer gets 414.
-    pub max_uri_length: Size,
-    /// Request line + headers; larger gets 431.
-    pub max_header_size: Size,
-    /// Most header fields; more gets 431.
-    pub max_headers: i64,
-    /// Largest request body; larger gets 413.
-    pub max_body_size: Size,
-    /// Time to receive a complete request head; then 408 and close.
-    pub header_timeout: Dur,
-    /// Idle time allowed between requests on a keep-alive connection.
-    pub keepalive_timeout: Dur,
-    /// Open connections per cell; at the limit the cell stops accepting until one closes.
-    pub max_connections: MaxConnections,
-    /// Longest wait for a client to take more of a response (nginx's send_timeout); then close.
-    pub send_timeout: Dur,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_uri_length: Size(8192),
-            max_header_size: Size(32 * 1024),
-            max_headers: 100,
-            max_body_size: Size(10 << 20),
-            header_timeout: Dur(Duration::from_secs(30)),
-            keepalive_timeout: Dur(Duration::from_secs(75)),
-            max_connections: MaxConnections::Auto,
-            send_timeout: Dur(Duration::from_secs(60)),
+            h2c: false,
         }
     }
 }

@@ -117,6 +117,7 @@ impl Config {
             let why = format!("{n} is out of range (1..={max} or \"auto\")");
             bad("limits.max_connections".into(), why);
         }
+        l.validate_http2(&mut bad);
         if self.log.access_log.is_empty() {
             bad(
                 "log.access_log".into(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::sys::{SharedCounters, SysError};
 
 /// u64 counters reserved for each cell (fixed layout; unused ones stay zero).
-pub const COUNTERS_PER_CELL: usize = 40;
+pub const COUNTERS_PER_CELL: usize = 64;
 
 /// Counter indices inside a cell's block.
 pub mod cell_counter {
@@ -50,6 +50,49 @@ pub mod cell_counter {
     pub const SEND_TIMEOUTS: usize = 33;
     /// Idle keep-alive connections held as a bare socket, without hyper's buffers (gauge).
     pub const CONNECTIONS_PARKED: usize = 34;
+    /// Requests answered by HTTP version, in `HTTP_VERSIONS` order (3 counters).
+    pub const REQUESTS_BY_VERSION: usize = 35;
+    /// HTTP/2 connections served (h2c prior knowledge or ALPN `h2`).
+    pub const HTTP2_CONNECTIONS: usize = 38;
+    /// HTTP/2 connections closed because no request came within header_timeout of opening
+    /// (the preface included).
+    pub const HTTP2_HEADER_TIMEOUTS: usize = 39;
+    /// RST_STREAM frames the cell sent, by error code in `HTTP2_ERROR_CODES` order (8).
+    pub const HTTP2_STREAM_RESETS: usize = 40;
+    /// GOAWAY frames with an error the cell sent, by error code in `HTTP2_ERROR_CODES` order (8).
+    pub const HTTP2_GOAWAYS: usize = 48;
+}
+
+/// The `network_protocol_version` label values, in counter order.
+pub const HTTP_VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
+
+/// The `error_code` label of HTTP/2 resets and GOAWAYs, in counter order: RFC 9113's names of
+/// the codes a limit or a protocol error gives; the rest count as `other`. NO_ERROR and CANCEL
+/// (ordinary ends of a stream) are not counted.
+pub const HTTP2_ERROR_CODES: [&str; 8] = [
+    "protocol_error",
+    "internal_error",
+    "flow_control_error",
+    "frame_size_error",
+    "refused_stream",
+    "compression_error",
+    "enhance_your_calm",
+    "other",
+];
+
+/// Counter offset (in `HTTP2_ERROR_CODES`) of an HTTP/2 error code; None for NO_ERROR and CANCEL.
+pub fn http2_error_index(code: u32) -> Option<usize> {
+    Some(match code {
+        0 | 8 => return None,
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        6 => 3,
+        7 => 4,
+        9 => 5,
+        11 => 6,
+        _ => 7,
+    })
 }
 
 /// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in
@@ -317,5 +360,14 @@ impl<'a> CellStats<'a> {
         let class = (status / 100).clamp(1, 5) as usize;
         self.add(cell_counter::STATUS_1XX + class - 1, 1);
         self.add(cell_counter::RESPONSE_BODY_BYTES, body_bytes);
+    }
+    /// A request answered over HTTP `version` (a 408 for a head that never finished has none).
+    pub fn request_version(&self, version: http::Version) {
+        let i = match version {
+            http::Version::HTTP_10 => 0,
+            http::Version::HTTP_2 => 2,
+            _ => 1,
+        };
+        self.add(cell_counter::REQUESTS_BY_VERSION + i, 1);
     }
 }

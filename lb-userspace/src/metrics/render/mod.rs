@@ -2,6 +2,7 @@
 //! series, not per label lookup), one builder per group of families.
 
 mod build;
+mod http2;
 mod limits;
 mod routes;
 mod tunnels;
@@ -13,6 +14,7 @@ use super::exposition::Format;
 use super::region::{CLASSES, MetricsRegion, cell_counter};
 use super::snapshot::{EbpfSnapshot, ProcSnapshot};
 use build::{Families, gauge_metric, scalar_metric};
+use http2::http2_families;
 use limits::limit_families;
 use routes::route_families;
 use tunnels::tunnel_families;
@@ -32,6 +34,7 @@ pub fn render(
     let mut out = Families(Vec::new());
     cell_families(&mut out, region, cells, procs);
     limit_families(&mut out, region, cells);
+    http2_families(&mut out, region, cells);
     wsgi_families(&mut out, region, cells);
     ebpf_families(&mut out, bpf, cells);
     listen_families(&mut out, procs);
