@@ -21,6 +21,7 @@ pub struct Consts {
     scheme_https: Py<PyString>,
     http11: Py<PyString>,
     http10: Py<PyString>,
+    http2: Py<PyString>,
     methods: HashMap<Method, Py<PyString>>,
     header_keys: HashMap<HeaderName, Option<Py<PyString>>>,
     script_name: Py<PyString>,
@@ -97,6 +98,7 @@ impl Consts {
             scheme_https: PyString::intern(py, "https").unbind(),
             http11: PyString::intern(py, "HTTP/1.1").unbind(),
             http10: PyString::intern(py, "HTTP/1.0").unbind(),
+            http2: PyString::intern(py, "HTTP/2.0").unbind(),
             methods,
             header_keys: HashMap::new(),
             script_name: PyString::new(py, &s.script_name).unbind(),
@@ -332,10 +334,11 @@ fn build_environ<'py>(
     env.set_item(&k.raw_uri, &raw)?;
     env.set_item(
         &k.server_protocol,
-        if r.version == Version::HTTP_10 {
-            c.http10.bind(py)
-        } else {
-            c.http11.bind(py)
+        match r.version {
+            Version::HTTP_10 => c.http10.bind(py),
+            // As mod_wsgi and uWSGI behind nginx say it.
+            Version::HTTP_2 => c.http2.bind(py),
+            _ => c.http11.bind(py),
         },
     )?;
     let https = fwd.scheme == Some("https");

@@ -214,6 +214,9 @@ impl<S: AsyncWrite + ConnSocket + Unpin> TrackedIo<S> {
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n408 Request Timeout\n";
 
+const HTTP2_REFUSED_RESPONSE: &[u8] =
+    b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\n\r\n505 HTTP Version Not Supported\n";
+
 /// How long a keep-alive connection idles before it is parked: hyper's connection and its
 /// buffers are dropped, only the socket is kept, and a new one starts when bytes arrive. Back-
 /// to-back requests never wait this long, so they keep one hyper connection.
@@ -375,7 +378,11 @@ where
             // tunnel over the same socket (hyper's own upgrades need a `Send` IO).
             res = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if let Err(e) = res {
-                    if !e.is_incomplete_message() {
+                    if e.is_parse_version_h2() {
+                        // The HTTP/2 preface where h2c is off: hyper would close without a word.
+                        let io = conn.into_parts().io.into_inner().inner;
+                        refuse(io, ctx, (505, 31, HTTP2_REFUSED_RESPONSE)).await;
+                    } else if !e.is_incomplete_message() {
                         tracing::debug!("connection from {}: {e}", conn_info.remote_addr);
                     }
                     return None;
@@ -473,18 +480,24 @@ where
                 }
                 if phase == Phase::Head {
                     // Slow client: tell it why, then close.
-                    let mut io = conn.into_parts().io.into_inner().inner;
-                    ctx.stats.request(408, 20);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        io.write_all(REQUEST_TIMEOUT_RESPONSE).await?;
-                        io.shutdown().await
-                    })
-                    .await;
+                    let io = conn.into_parts().io.into_inner().inner;
+                    refuse(io, ctx, (408, 20, REQUEST_TIMEOUT_RESPONSE)).await;
                 }
                 return None;
             }
         }
     }
+}
+
+/// Answers a request hyper could not hand over with a fixed response, counted, then closes.
+async fn refuse<S: AsyncWrite + Unpin>(mut io: S, ctx: &CellCtx, answer: (u16, u64, &[u8])) {
+    let (status, body_bytes, response) = answer;
+    ctx.stats.request(status, body_bytes);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(response).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 /// A client took nothing of its response for `send_timeout`: the connection is reset (not

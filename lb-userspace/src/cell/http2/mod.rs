@@ -38,6 +38,8 @@ pub struct H2Conn {
     read: Cell<u64>,
     /// Since when the socket has taken no byte of a write.
     write_blocked: Cell<Option<Instant>>,
+    /// Told when the last open stream closes: the idle timeouts start then.
+    idle: tokio::sync::Notify,
 }
 
 impl H2Conn {
@@ -48,6 +50,7 @@ impl H2Conn {
             since: Cell::new(now),
             read: Cell::new(0),
             write_blocked: Cell::new(None),
+            idle: tokio::sync::Notify::new(),
         }
     }
     fn stream_opened(&self) {
@@ -55,8 +58,12 @@ impl H2Conn {
         self.requests.set(self.requests.get() + 1);
     }
     fn stream_closed(&self) {
-        self.open.set(self.open.get() - 1);
+        let open = self.open.get() - 1;
+        self.open.set(open);
         self.since.set(Instant::now());
+        if open == 0 {
+            self.idle.notify_one();
+        }
     }
 }
 
@@ -133,6 +140,10 @@ pub async fn serve_h2<S>(
                     closing = Some(now);
                     sleep.as_mut().reset((now + DRAIN_GRACE).into());
                 }
+            }
+            () = conn.idle.notified() => {
+                // The timer may be set for an open stream's send_timeout: look now.
+                sleep.as_mut().reset(tokio::time::Instant::now());
             }
             () = &mut sleep => {
                 let now = Instant::now();
