@@ -3,6 +3,10 @@
 //! limits stop (rapid reset, CONTINUATION, tiny frames), refused streams, the idle and header
 //! timeouts, GOAWAY on drain; and with h2c off, the preface stays an HTTP/1 error. The raw
 //! frames come from `http2_app/h2raw.py` (hpack, no client state machine).
+#[expect(
+    dead_code,
+    reason = "the shared upstream module; this file needs only its gunicorn"
+)]
 mod proxy_upstream;
 
 use std::path::{Path, PathBuf};

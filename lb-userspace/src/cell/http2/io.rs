@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::cell::http2::H2Conn;
+use crate::cell::http2::state::H2Conn;
 use crate::metrics::{CellStats, cell_counter, http2_error_index};
 
 /// Frame header length (RFC 9113 section 4.1).

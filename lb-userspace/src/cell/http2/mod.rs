@@ -4,9 +4,9 @@
 //! us: the preface and first request within header_timeout, the idle close after
 //! keepalive_timeout, send_timeout, and GOAWAY when the cell drains.
 mod io;
+mod state;
 mod stream;
 
-use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,51 +21,10 @@ use crate::cell::conn::DRAIN_GRACE;
 use crate::cell::context::CellCtx;
 use crate::config::LimitsConfig;
 use crate::metrics::cell_counter;
+use state::H2Conn;
 
 /// HTTP/2's connection preface (RFC 9113 section 3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// What a connection's streams, its socket wrapper and its timer share.
-#[derive(Debug)]
-pub struct H2Conn {
-    /// Streams with a request or response still going.
-    open: Cell<usize>,
-    /// Streams the connection has carried.
-    requests: Cell<u64>,
-    /// When the last stream closed (or the connection opened).
-    since: Cell<Instant>,
-    /// Bytes read so far (the preface is in once there are 24).
-    read: Cell<u64>,
-    /// Since when the socket has taken no byte of a write.
-    write_blocked: Cell<Option<Instant>>,
-    /// Told when the last open stream closes: the idle timeouts start then.
-    idle: tokio::sync::Notify,
-}
-
-impl H2Conn {
-    fn new(now: Instant) -> Self {
-        H2Conn {
-            open: Cell::new(0),
-            requests: Cell::new(0),
-            since: Cell::new(now),
-            read: Cell::new(0),
-            write_blocked: Cell::new(None),
-            idle: tokio::sync::Notify::new(),
-        }
-    }
-    fn stream_opened(&self) {
-        self.open.set(self.open.get() + 1);
-        self.requests.set(self.requests.get() + 1);
-    }
-    fn stream_closed(&self) {
-        let open = self.open.get() - 1;
-        self.open.set(open);
-        self.since.set(Instant::now());
-        if open == 0 {
-            self.idle.notify_one();
-        }
-    }
-}
 
 /// Runs hyper's stream tasks on the cell's thread: they hold the cell's `Rc`s (not `Send`).
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,7 @@ use crate::cell::body::{Body, ConnHooks};
 use crate::cell::conn_state::ConnState;
 use crate::cell::context::CellCtx;
 use crate::cell::dispatch::handle;
-use crate::cell::http2::H2Conn;
+use crate::cell::http2::state::H2Conn;
 
 /// Serves one stream. Its `ConnState` is its own: nothing of HTTP/1's per-connection framing,
 /// phases or sendfile regions applies to a stream.
