@@ -332,8 +332,11 @@ mod tests {
             workers = "auto"
             admin = "127.0.0.1:9090"
             shutdown_timeout = "10s"
+            h2c = true
             [limits]
             max_body_size = "1M"
+            http2_max_concurrent_streams = 64
+            http2_window_size = "4M"
             [[route]]
             prefix = "/static/"
             static = { root = "static", cache_control = "public, max-age=2592000", expires = "30d" }
@@ -341,6 +344,9 @@ mod tests {
             "t.toml",
         )
         .unwrap();
+        assert!(cfg.server.h2c);
+        assert_eq!(cfg.limits.http2_max_concurrent_streams, 64);
+        assert_eq!(cfg.limits.http2_window_size.0, 4 << 20);
         assert_eq!(cfg.server.listen.len(), 2);
         assert_eq!(cfg.server.listen[1], ListenAddr::Unix("/tmp/p.sock".into()));
         assert_eq!(cfg.server.workers, Workers::Auto);

@@ -244,8 +244,10 @@ mod tests {
             workers: Some("3".into()),
             admin: Some("off".into()),
             log_format: Some("xml".into()),
+            h2c: true,
             ..Default::default()
         });
+        assert!(cfg.server.h2c);
         assert_eq!(cfg.server.listen.len(), 2);
         assert_eq!(cfg.server.workers, Workers::Count(3));
         assert_eq!(cfg.server.admin, "off");

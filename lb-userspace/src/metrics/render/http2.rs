@@ -72,3 +72,62 @@ pub fn http2_families(out: &mut Families, region: &MetricsRegion, cells: usize) 
         goaways,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::exposition::Format;
+    use crate::metrics::{
+        EbpfSnapshot, MetricsRegion, ProcSnapshot, cell_counter, http2_error_index,
+    };
+
+    #[test]
+    fn requests_by_version_and_http2_refusals_render() {
+        let region = MetricsRegion::create().unwrap();
+        let c = region.cell(1);
+        for v in [
+            http::Version::HTTP_2,
+            http::Version::HTTP_11,
+            http::Version::HTTP_10,
+            http::Version::HTTP_2,
+        ] {
+            c.request_version(v);
+        }
+        c.add(cell_counter::HTTP2_CONNECTIONS, 2);
+        c.add(
+            cell_counter::HTTP2_STREAM_RESETS + http2_error_index(7).unwrap(),
+            3,
+        );
+        c.add(
+            cell_counter::HTTP2_GOAWAYS + http2_error_index(11).unwrap(),
+            1,
+        );
+        let procs = ProcSnapshot {
+            listen_queues: Vec::new(),
+            cells: Vec::new(),
+        };
+        let text = super::super::render(
+            &region,
+            2,
+            &EbpfSnapshot::default(),
+            &[],
+            &[],
+            &procs,
+            Format::Prometheus,
+        )
+        .unwrap();
+        for line in [
+            "portico_cell_requests_by_protocol_total{cell=\"1\",network_protocol_version=\"2\"} 2",
+            "portico_cell_requests_by_protocol_total{cell=\"1\",network_protocol_version=\"1.1\"} 1",
+            "portico_cell_requests_by_protocol_total{cell=\"1\",network_protocol_version=\"1.0\"} 1",
+            "portico_cell_requests_by_protocol_total{cell=\"0\",network_protocol_version=\"2\"} 0",
+            "portico_http2_connections_total{cell=\"1\"} 2",
+            "portico_http2_header_timeouts_total{cell=\"1\"} 0",
+            "portico_http2_stream_resets_total{cell=\"1\",error_code=\"refused_stream\"} 3",
+            "portico_http2_goaways_total{cell=\"1\",error_code=\"enhance_your_calm\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // A code never sent has no series.
+        assert!(!text.contains("error_code=\"protocol_error\""));
+    }
+}
