@@ -368,6 +368,23 @@ fn tiny_frame_floods_stay_bounded() {
 }
 
 #[test]
+fn large_headers_get_431_and_the_connection_goes_on() {
+    let test = "large_headers_get_431_and_the_connection_goes_on";
+    let Some(venv) = venv_or_skip(test) else {
+        return;
+    };
+    let site = Site::new();
+    let p = serve(&site, &venv, None, &["--h2c"], "");
+    // Past max_header_size (the head checks), then past the header list size (h2 itself).
+    for size in ["35000", "60000"] {
+        let r = h2raw(&venv, &site, &p, "big_header", size);
+        assert_eq!(r["statuses"]["1"], 431, "{size}: {r}");
+        assert_eq!(r["statuses"]["3"], 200, "{size}: {r}");
+        assert!(r["goaway"].is_null() && r["closed"] == false, "{size}: {r}");
+    }
+}
+
+#[test]
 fn streams_past_the_limit_are_refused() {
     let test = "streams_past_the_limit_are_refused";
     let Some(venv) = venv_or_skip(test) else {

@@ -39,6 +39,16 @@ class Conn:
         flags = END_HEADERS | (END_STREAM if end_stream else 0)
         return frame(HEADERS, flags, stream, self.block(path, method, extra))
 
+    def split_headers(self, stream, block):
+        """A header block in frames of at most 16 KiB (HEADERS, then CONTINUATION)."""
+        parts = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        out = b""
+        for i, part in enumerate(parts):
+            kind = HEADERS if i == 0 else CONTINUATION
+            flags = (END_STREAM if i == 0 else 0) | (END_HEADERS if i == len(parts) - 1 else 0)
+            out += frame(kind, flags, stream, part)
+        return out
+
     def send(self, data):
         """Sends, unless the server has closed; returns whether it all went."""
         try:
@@ -218,6 +228,17 @@ def drain(port, pid):
     return c.result(body=c.responses.get(1, {}).get("body", b"").decode())
 
 
+def big_header(port, size):
+    """A request with one large field, then a plain one on the same connection."""
+    c = Conn(port)
+    block = c.block("/static/a.txt", extra=[("x-big", "a" * size)])
+    c.send(c.split_headers(1, block))
+    c.until(lambda f: f[2] == 1 and (f[0] == RST_STREAM or (f[0] in (HEADERS, DATA) and f[1] & END_STREAM)))
+    c.send(c.headers(3, "/static/a.txt"))
+    c.until(lambda f: f[2] == 3 and f[0] in (HEADERS, DATA) and f[1] & END_STREAM)
+    return c.result()
+
+
 def idle(port, path):
     """One request, then nothing: the server says GOAWAY and closes."""
     c = Conn(port)
@@ -253,6 +274,7 @@ if __name__ == "__main__":
         "concurrent": lambda: concurrent(port, int(arg)),
         "drain": lambda: drain(port, int(arg)),
         "idle": lambda: idle(port, arg),
+        "big_header": lambda: big_header(port, int(arg)),
         "preface_only": lambda: preface_only(port),
     }[scenario]
     print(json.dumps(run()))
