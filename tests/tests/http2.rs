@@ -152,6 +152,34 @@ fn still_serves(p: &Portico, cell: i32) {
     assert_eq!((version.as_str(), body.as_str()), ("2", "static over h2\n"));
 }
 
+/// `promtool check metrics` passes the scrape `m` (a SKIP-PART without promtool).
+fn promtool_passes(test: &str, m: &str) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        skip_part(
+            test,
+            "promtool",
+            "promtool not installed (cargo xtask test installs it)",
+        );
+        return;
+    };
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn curl_with_prior_knowledge_gets_every_route_kind() {
     let test = "curl_with_prior_knowledge_gets_every_route_kind";
@@ -300,12 +328,13 @@ fn rapid_reset_gets_goaway_and_the_cell_keeps_serving() {
     let r = h2raw(&venv, &site, &p, "rapid_reset", "2000");
     assert_eq!(r["goaway"], 11, "GOAWAY(ENHANCE_YOUR_CALM): {r}");
     assert_eq!(r["closed"], true, "{r}");
-    p.wait_metrics(Duration::from_secs(10), |m| {
+    let m = p.wait_metrics(Duration::from_secs(10), |m| {
         metric_value(
             m,
             "portico_http2_goaways_total{cell=\"0\",error_code=\"enhance_your_calm\"}",
         ) == Some(1.0)
     });
+    promtool_passes(test, &m);
     still_serves(&p, cell);
 }
 
@@ -403,12 +432,13 @@ fn streams_past_the_limit_are_refused() {
     assert_eq!(r["statuses"]["3"], 200, "{r}");
     assert_eq!(r["resets"]["5"], 7, "RST_STREAM(REFUSED_STREAM): {r}");
     assert!(r["goaway"].is_null(), "{r}");
-    p.wait_metrics(Duration::from_secs(10), |m| {
+    let m = p.wait_metrics(Duration::from_secs(10), |m| {
         metric_value(
             m,
             "portico_http2_stream_resets_total{cell=\"0\",error_code=\"refused_stream\"}",
         ) == Some(1.0)
     });
+    promtool_passes(test, &m);
 }
 
 #[test]
