@@ -126,6 +126,12 @@ struct ServeArgs {
     /// eBPF steering policy: cpu, hash, least-loaded or kernel.
     #[arg(long, value_name = "POLICY")]
     steering: Option<SteeringPolicy>,
+    /// TLS on every TCP listener: the certificate chain (PEM), with --tls-key.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `portico xdp-test-run`: the decision table, then the cost per packet of each path.
@@ -254,6 +260,8 @@ fn main() -> ExitCode {
                 python_path: a.python_path,
                 venv: a.venv,
                 steering: a.steering,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
             };
             let cfg = match load(a.config.as_ref(), &overrides) {
                 Ok(c) => c,

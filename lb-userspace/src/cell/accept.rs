@@ -11,6 +11,7 @@ use wsgi_worker::ConnInfo;
 use crate::cell::conn::{ConnSocket, serve_connection};
 use crate::cell::conn_limit::ConnCount;
 use crate::cell::context::CellCtx;
+use crate::cell::tls::{TlsConn, TlsListener};
 
 #[derive(Clone)]
 pub struct Acceptor {
@@ -18,6 +19,8 @@ pub struct Acceptor {
     pub drain: watch::Receiver<bool>,
     /// Open connections against `max_connections` (shared by the cell's listeners).
     pub conns: Rc<ConnCount>,
+    /// Set on a `[[tls]]` listener: each connection's handshake comes first.
+    pub tls: Option<Rc<TlsListener>>,
 }
 
 impl Acceptor {
@@ -44,8 +47,12 @@ impl Acceptor {
                         remote_port: peer.port(),
                         local_addr,
                         local_port: local.map_or(0, |l| l.port()),
+                        tls: self.tls.is_some(),
                     };
-                    self.spawn(stream, info);
+                    match &self.tls {
+                        None => self.spawn(stream, info),
+                        Some(tls) => self.spawn_tls(tls.clone(), stream, info),
+                    }
                 }
                 Err(e) => self.accept_error(e).await,
             }
@@ -67,6 +74,7 @@ impl Acceptor {
                         remote_port: 0,
                         local_addr: "localhost".into(),
                         local_port: 0,
+                        tls: false,
                     },
                 ),
                 Err(e) => self.accept_error(e).await,
@@ -83,17 +91,34 @@ impl Acceptor {
             + Unpin
             + 'static,
     {
+        let (ctx, drain) = (self.ctx.clone(), self.drain.clone());
+        let tcp = info.remote_ip.is_some();
+        self.track(tcp, serve_connection(stream, Arc::new(info), ctx, drain));
+    }
+
+    /// A TLS connection: the handshake (within `header_timeout`) in the connection's own task.
+    fn spawn_tls(&self, tls: Rc<TlsListener>, stream: tokio::net::TcpStream, info: ConnInfo) {
+        let (ctx, drain) = (self.ctx.clone(), self.drain.clone());
+        self.track(true, async move {
+            let timeout = ctx.limits.header_timeout.0;
+            if let Some(s) = tls.handshake(stream, timeout, &info.remote_addr).await {
+                serve_connection(TlsConn(s), Arc::new(info), ctx, drain).await;
+            }
+        });
+    }
+
+    /// Runs one connection's task, counted while it lives. `tcp`: from a TCP listener.
+    fn track(&self, tcp: bool, serve: impl Future<Output = ()> + 'static) {
         let ctx = self.ctx.clone();
-        let drain = self.drain.clone();
         let conns = self.conns.clone();
         conns.opened(ctx.load.as_ref());
         ctx.stats.connection_opened();
         if let Some(l) = &ctx.load {
             // Only TCP listeners have the steering program.
-            l.accepted(info.remote_ip.is_some());
+            l.accepted(tcp);
         }
         tokio::task::spawn_local(async move {
-            serve_connection(stream, Arc::new(info), ctx.clone(), drain).await;
+            serve.await;
             ctx.stats.connection_closed();
             if let Some(l) = &ctx.load {
                 l.closed();

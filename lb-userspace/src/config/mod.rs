@@ -6,7 +6,7 @@
 //! the serde shape with its defaults, `load` reads a file keeping every good value, `overrides`
 //! applies the command line, and `validate` checks the result; `paste` holds what is
 //! specific to PasteDeploy apps, `asgi` the ASGI route table, `privilege` the cells' account and
-//! the admin token, `limits` the connection limit.
+//! the admin token, `limits` the connection limit, `tls` the TLS listeners and their certificates.
 pub mod asgi;
 mod error;
 mod limits;
@@ -16,6 +16,7 @@ pub mod paste;
 mod privilege;
 mod proxy;
 mod schema;
+pub mod tls;
 mod units;
 mod validate;
 
@@ -29,4 +30,5 @@ pub use schema::{
     Config, DEFAULT_ADMIN, EbpfMode, LimitsConfig, LogFormat, Recycling, RouteConfig, StaticConfig,
     SteeringPolicy, WsgiConfig, XdpConfig, XdpMode,
 };
+pub use tls::{RedirectHttps, TlsConfig, UnknownName};
 pub use units::ListenAddr;

@@ -32,6 +32,9 @@ pub struct Overrides {
     pub access_log: Option<String>,
     pub log_format: Option<String>,
     pub steering: Option<SteeringPolicy>,
+    /// `--tls-cert FILE --tls-key FILE`: TLS on every TCP listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--interface asgi|wsgi|auto`: the protocol APP speaks.
@@ -147,6 +150,19 @@ impl Config {
                 }
             }
             self.server.listen = listen;
+        }
+        match (&o.tls_cert, &o.tls_key) {
+            (Some(cert), Some(key)) => {
+                self.tls = self
+                    .server
+                    .listen
+                    .iter()
+                    .filter(|l| matches!(l, super::units::ListenAddr::Tcp(_)))
+                    .map(|l| super::tls::TlsConfig::new(l.clone(), absolute(cert), absolute(key)))
+                    .collect();
+            }
+            (None, None) => {}
+            _ => bad("--tls-cert", "give --tls-cert and --tls-key together".into()),
         }
         for s in &o.statics {
             match s.split_once('=') {

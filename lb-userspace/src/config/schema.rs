@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::asgi::AsgiConfig;
 use super::limits::MaxConnections;
 use super::proxy::{ProxyConfig, UpstreamConfig};
+use super::tls::{RedirectHttps, TlsConfig};
 use super::units::{Dur, ListenAddr, Size};
 
 /// `workers = "auto"` or a number.
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub group: Option<String>,
     /// A file with the admin endpoint's bearer token; every admin request must carry it.
     pub admin_token_file: Option<PathBuf>,
+    /// A plain listener that answers every request with a redirect to https.
+    pub redirect_https: Option<RedirectHttps>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             user: None,
             group: None,
             admin_token_file: None,
+            redirect_https: None,
         }
     }
 }
@@ -498,6 +502,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// TLS listeners.
+    pub tls: Vec<TlsConfig>,
     /// Where the configuration came from (for messages and relative paths); not a key.
     #[serde(skip)]
     pub origin: Option<PathBuf>,

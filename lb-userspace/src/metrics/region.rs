@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::sys::{SharedCounters, SysError};
 
 /// u64 counters reserved for each cell (fixed layout; unused ones stay zero).
-pub const COUNTERS_PER_CELL: usize = 40;
+pub const COUNTERS_PER_CELL: usize = 72;
 
 /// Counter indices inside a cell's block.
 pub mod cell_counter {
@@ -50,7 +50,34 @@ pub mod cell_counter {
     pub const SEND_TIMEOUTS: usize = 33;
     /// Idle keep-alive connections held as a bare socket, without hyper's buffers (gauge).
     pub const CONNECTIONS_PARKED: usize = 34;
+    /// TLS handshakes completed, by cipher suite (`TLS_SUITES` order, the last one "other").
+    pub const TLS_HANDSHAKES: usize = 48;
+    /// Of those, resumed ones: TLS 1.2, TLS 1.3.
+    pub const TLS_RESUMED: usize = TLS_HANDSHAKES + super::TLS_SUITES.len();
+    /// Handshakes that failed, by reason (`TLS_FAILURES` order).
+    pub const TLS_FAILED: usize = TLS_RESUMED + 2;
 }
+
+/// The cipher suites rustls offers (aws-lc-rs provider), as `cipher` labels; then "other".
+pub const TLS_SUITES: [&str; 10] = [
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "other",
+];
+
+/// Why a TLS handshake failed: plain HTTP sent to the TLS port, no handshake within
+/// `header_timeout`, the client closed mid-way, a name `unknown_name = "reject"` refused, any
+/// other protocol error (no common version or cipher, a bad message, an alert).
+pub const TLS_FAILURES: [&str; 5] = ["plaintext", "timeout", "eof", "unknown_name", "protocol"];
+
+const _: () = assert!(cell_counter::TLS_FAILED + TLS_FAILURES.len() <= COUNTERS_PER_CELL);
 
 /// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in
 /// microseconds, so the sub-millisecond buckets carry information).

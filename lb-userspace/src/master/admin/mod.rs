@@ -108,6 +108,7 @@ fn handle<B>(
                 &routes,
                 &upstreams,
                 &shared.proc_snapshot(),
+                &shared.certs.borrow(),
                 format,
             ) {
                 Ok(t) => text(StatusCode::OK, format.content_type(), t),

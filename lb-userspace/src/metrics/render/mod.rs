@@ -4,6 +4,7 @@
 mod build;
 mod limits;
 mod routes;
+mod tls;
 mod tunnels;
 mod upstreams;
 
@@ -16,6 +17,7 @@ use build::{Families, gauge_metric, scalar_metric};
 use limits::limit_families;
 use routes::route_families;
 use tunnels::tunnel_families;
+pub use tls::CertExpiry;
 use upstreams::upstream_families;
 
 /// Renders the exposition for `cells` cells in `format`.
@@ -26,6 +28,7 @@ pub fn render(
     routes: &[String],
     upstreams: &[(String, String)],
     procs: &ProcSnapshot,
+    certs: &[CertExpiry],
     format: Format,
 ) -> anyhow::Result<String> {
     let mut families = process_families(bpf)?;
@@ -36,6 +39,7 @@ pub fn render(
     ebpf_families(&mut out, bpf, cells);
     listen_families(&mut out, procs);
     upstream_families(&mut out, region, cells, upstreams);
+    tls::tls_families(&mut out, region, cells, certs);
     tunnel_families(
         &mut out,
         region,
@@ -416,6 +420,11 @@ mod tests {
                 ("app".into(), "unix:/run/a.sock".into()),
             ],
             &procs,
+            &[CertExpiry {
+                listener: "0.0.0.0:443".into(),
+                cert: "/etc/ssl/site.pem".into(),
+                not_after: 1_900_000_000,
+            }],
             Format::Prometheus,
         )
         .unwrap();
