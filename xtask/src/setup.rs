@@ -39,7 +39,7 @@ const OHA_VERSION: &str = "1.16.0";
 /// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn, gevent,
 /// channels and daphne: the upstream servers of the reverse-proxy tests; requests: a client
 /// with a cookie jar for the Django admin login through the proxy; pyramid and PasteDeploy:
-/// the `paste` tests).
+/// the `paste` tests; cryptography: the TLS tests' certificates).
 pub const TEST_PY: &[&str] = &[
     "flask>=3,<4",
     "django>=5,<6",
@@ -53,6 +53,7 @@ pub const TEST_PY: &[&str] = &[
     "pyramid>=2,<3",
     "PasteDeploy>=3",
     "starlette>=0.40",
+    "cryptography>=42",
 ];
 /// Python packages for the WSGI and ASGI benches: the peers besides gunicorn and daphne (in
 /// `TEST_PY`, which the benches install too); uvicorn's `standard` extra brings httptools and

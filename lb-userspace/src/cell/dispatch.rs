@@ -165,7 +165,9 @@ fn to_https(req: &Request<Incoming>, conn: &ConnInfo, port: u16) -> Response<Bod
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let host = authority.as_ref().map_or(conn.local_addr.as_str(), |a| a.host());
+    let host = authority
+        .as_ref()
+        .map_or(conn.local_addr.as_str(), |a| a.host());
     let mut loc = format!("https://{host}");
     if port != 443 {
         loc.push_str(&format!(":{port}"));

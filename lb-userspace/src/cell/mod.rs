@@ -99,7 +99,7 @@ pub fn run() -> anyhow::Result<()> {
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
     // Private keys are often readable by root only: loaded before the drop, like the log.
-    let tls = tls_listeners(&cfg, &layout, metrics.cell(index))?;
+    let tls = tls_listeners(&cfg, layout, metrics.cell(index))?;
     // Everything inherited or opened: give up the master's privileges before any app code.
     // A cell that cannot drop them never serves (EXIT_APP: the master stops at startup).
     let dropped = match crate::privilege::identity(&cfg)
@@ -166,7 +166,7 @@ pub fn run() -> anyhow::Result<()> {
 /// shared ticket keys when it passed them.
 fn tls_listeners(
     cfg: &Config,
-    layout: &FdLayout,
+    layout: FdLayout,
     stats: crate::metrics::CellStats<'static>,
 ) -> anyhow::Result<Vec<Option<Rc<tls::TlsListener>>>> {
     let tickets = if std::env::var_os(env::TICKETS).is_some() {

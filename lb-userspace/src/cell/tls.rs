@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -91,9 +91,14 @@ impl TlsListener {
             Ok(Err((e, mut stream))) => {
                 let why = classify(&e);
                 if why == Failure::Plaintext {
+                    // The rest of the request is read and dropped after the answer: closing
+                    // with unread bytes would reset the connection before the client reads it.
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         stream.write_all(PLAINTEXT_RESPONSE).await?;
-                        stream.shutdown().await
+                        stream.shutdown().await?;
+                        let mut sink = [0u8; 1024];
+                        while stream.read(&mut sink).await? > 0 {}
+                        Ok::<_, io::Error>(())
                     })
                     .await;
                 }

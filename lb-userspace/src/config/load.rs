@@ -8,8 +8,8 @@ use toml::{Table, Value};
 use super::error::{ConfigError, ConfigErrors};
 use super::overrides::Overrides;
 use super::proxy::UpstreamConfig;
-use super::tls::TlsConfig;
 use super::schema::{Config, RouteConfig};
+use super::tls::TlsConfig;
 
 impl Config {
     /// Parses TOML, collecting an error for every value that does not deserialize (and for each

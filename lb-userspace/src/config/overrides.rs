@@ -162,7 +162,10 @@ impl Config {
                     .collect();
             }
             (None, None) => {}
-            _ => bad("--tls-cert", "give --tls-cert and --tls-key together".into()),
+            _ => bad(
+                "--tls-cert",
+                "give --tls-cert and --tls-key together".into(),
+            ),
         }
         for s in &o.statics {
             match s.split_once('=') {

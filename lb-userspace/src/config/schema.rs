@@ -4,11 +4,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::asgi::AsgiConfig;
-use super::limits::MaxConnections;
 use super::proxy::{ProxyConfig, UpstreamConfig};
 use super::tls::{RedirectHttps, TlsConfig};
 use super::units::{Dur, ListenAddr, Size};
+use super::{asgi::AsgiConfig, limits::MaxConnections};
 
 /// `workers = "auto"` or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

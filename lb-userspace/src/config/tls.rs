@@ -178,10 +178,9 @@ pub fn validate_tls(
         let key = |k: &str| format!("tls[{i}].{k}");
         match &t.listen {
             ListenAddr::Unix(_) => bad(key("listen"), "TLS needs a TCP listener".into()),
-            a if !listen.contains(a) => bad(
-                key("listen"),
-                format!("{a} is not one of server.listen"),
-            ),
+            a if !listen.contains(a) => {
+                bad(key("listen"), format!("{a} is not one of server.listen"));
+            }
             a if seen.contains(a) => bad(key("listen"), format!("{a} has TLS twice")),
             a => seen.push(a.clone()),
         }
@@ -313,8 +312,11 @@ mod tests {
 
     #[test]
     fn unreadable_pair_is_named() {
-        let e = load_pair(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem"))
-            .unwrap_err();
+        let e = load_pair(
+            Path::new("/nonexistent/c.pem"),
+            Path::new("/nonexistent/k.pem"),
+        )
+        .unwrap_err();
         assert!(e.starts_with("/nonexistent/c.pem: "), "{e}");
     }
 }

@@ -8,8 +8,8 @@ mod listeners;
 mod nofile;
 mod spawn;
 mod state;
-mod tls;
 pub mod supervisor;
+mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -318,17 +318,7 @@ impl Master {
     /// Says where `serve` listens, once every cell is ready (a cell whose app fails to start
     /// before that stops `serve`, and nothing was served).
     fn log_listening(&self) {
-        let cells = self.state.cells();
-        for l in &self.listeners {
-            match l {
-                ListenerSet::Tcp { addr, .. } => {
-                    tracing::info!("listening on http://{addr} ({cells} cells)");
-                }
-                ListenerSet::Unix { path, .. } => {
-                    tracing::info!("listening on unix:{} ({cells} cells)", path.display());
-                }
-            }
-        }
+        listeners::log_listening(&self.cfg, &self.listeners, self.state.cells());
     }
 
     /// A fresh listener in the same reuseport group takes the dead cell's place for its

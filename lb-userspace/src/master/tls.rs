@@ -28,7 +28,8 @@ pub fn start_tickets() -> anyhow::Result<Rc<TicketKeys>> {
 pub fn cert_expiries(cfg: &Config) -> Vec<CertExpiry> {
     let mut out = Vec::new();
     for t in &cfg.tls {
-        let pairs = std::iter::once((&t.cert, &t.key)).chain(t.sni.iter().map(|s| (&s.cert, &s.key)));
+        let pairs =
+            std::iter::once((&t.cert, &t.key)).chain(t.sni.iter().map(|s| (&s.cert, &s.key)));
         for (cert, key) in pairs {
             match load_pair(cert, key) {
                 Ok(c) => out.push(CertExpiry {

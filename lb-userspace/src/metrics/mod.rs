@@ -10,5 +10,5 @@ pub use region::{
     MetricsRegion, ROUTE_BLOCKS, TLS_FAILURES, TLS_SUITES, cell_counter, method_index,
     route_counter, upstream_counter,
 };
-pub use render::{CertExpiry, render};
+pub use render::{CertExpiry, Names, render};
 pub use snapshot::{EbpfSnapshot, ProcSnapshot, SteeringSnapshot, XdpSnapshot, process_usage};

@@ -53,7 +53,7 @@ pub mod cell_counter {
     /// TLS handshakes completed, by cipher suite (`TLS_SUITES` order, the last one "other").
     pub const TLS_HANDSHAKES: usize = 48;
     /// Of those, resumed ones: TLS 1.2, TLS 1.3.
-    pub const TLS_RESUMED: usize = TLS_HANDSHAKES + super::TLS_SUITES.len();
+    pub const TLS_RESUMED: usize = TLS_HANDSHAKES + crate::metrics::region::TLS_SUITES.len();
     /// Handshakes that failed, by reason (`TLS_FAILURES` order).
     pub const TLS_FAILED: usize = TLS_RESUMED + 2;
 }

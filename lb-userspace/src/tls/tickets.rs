@@ -177,7 +177,10 @@ impl SharedTicketer {
 
     fn with_keys<T>(&self, f: impl FnOnce(&Cached) -> T) -> T {
         let w = self.counters.all();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fresh = match &*cache {
             Some(c) => c.seq == w[0].load(Acquire),
             None => false,

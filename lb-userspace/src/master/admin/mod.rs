@@ -105,10 +105,12 @@ fn handle<B>(
                 &shared.metrics,
                 cells,
                 &snap,
-                &routes,
-                &upstreams,
+                &crate::metrics::Names {
+                    routes: &routes,
+                    upstreams: &upstreams,
+                    certs: &shared.certs.borrow(),
+                },
                 &shared.proc_snapshot(),
-                &shared.certs.borrow(),
                 format,
             ) {
                 Ok(t) => text(StatusCode::OK, format.content_type(), t),

@@ -16,8 +16,8 @@ use super::snapshot::{EbpfSnapshot, ProcSnapshot};
 use build::{Families, gauge_metric, scalar_metric};
 use limits::limit_families;
 use routes::route_families;
-use tunnels::tunnel_families;
 pub use tls::CertExpiry;
+use tunnels::tunnel_families;
 use upstreams::upstream_families;
 
 /// Renders the exposition for `cells` cells in `format`.
@@ -25,12 +25,15 @@ pub fn render(
     region: &MetricsRegion,
     cells: usize,
     bpf: &EbpfSnapshot,
-    routes: &[String],
-    upstreams: &[(String, String)],
+    names: &Names<'_>,
     procs: &ProcSnapshot,
-    certs: &[CertExpiry],
     format: Format,
 ) -> anyhow::Result<String> {
+    let Names {
+        routes,
+        upstreams,
+        certs,
+    } = *names;
     let mut families = process_families(bpf)?;
     let mut out = Families(Vec::new());
     cell_families(&mut out, region, cells, procs);
@@ -51,6 +54,17 @@ pub fn render(
     families.extend(route_families(region, cells, routes));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     super::exposition::encode(families, format)
+}
+
+/// What the master knows by name: the labels of the route, upstream and certificate series.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    /// Route prefixes in configuration order.
+    pub routes: &'a [String],
+    /// (upstream, server) in configuration order.
+    pub upstreams: &'a [(String, String)],
+    /// The TLS listeners' certificates.
+    pub certs: &'a [CertExpiry],
 }
 
 /// Registered through the `prometheus` registry: build info, the eBPF switch and the master's
@@ -414,17 +428,19 @@ mod tests {
             &region,
             4,
             &EbpfSnapshot::default(),
-            &["/".into()],
-            &[
-                ("app".into(), "127.0.0.1:8001".into()),
-                ("app".into(), "unix:/run/a.sock".into()),
-            ],
+            &Names {
+                routes: &["/".into()],
+                upstreams: &[
+                    ("app".into(), "127.0.0.1:8001".into()),
+                    ("app".into(), "unix:/run/a.sock".into()),
+                ],
+                certs: &[CertExpiry {
+                    listener: "0.0.0.0:443".into(),
+                    cert: "/etc/ssl/site.pem".into(),
+                    not_after: 1_900_000_000,
+                }],
+            },
             &procs,
-            &[CertExpiry {
-                listener: "0.0.0.0:443".into(),
-                cert: "/etc/ssl/site.pem".into(),
-                not_after: 1_900_000_000,
-            }],
             Format::Prometheus,
         )
         .unwrap();

@@ -21,7 +21,12 @@ fn version_of(suite: &str) -> &'static str {
     }
 }
 
-pub fn tls_families(out: &mut Families, region: &MetricsRegion, cells: usize, certs: &[CertExpiry]) {
+pub fn tls_families(
+    out: &mut Families,
+    region: &MetricsRegion,
+    cells: usize,
+    certs: &[CertExpiry],
+) {
     let (mut done, mut resumed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let mut any = false;
     for i in 0..cells {
