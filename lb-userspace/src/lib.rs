@@ -14,6 +14,7 @@ mod privilege;
 mod proto;
 #[expect(unsafe_code, reason = "the one module that wraps syscalls")]
 mod sys;
+mod tls;
 
 pub use block_client::{BlockOp, Target as BlockTarget, run as block};
 pub use cell::{app_check, run as run_cell};

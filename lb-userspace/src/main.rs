@@ -129,6 +129,12 @@ struct ServeArgs {
     /// HTTP/2 with prior knowledge (h2c) on the plain TCP listeners, beside HTTP/1.
     #[arg(long)]
     h2c: bool,
+    /// TLS on every TCP listener: the certificate chain (PEM), with --tls-key.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `portico xdp-test-run`: the decision table, then the cost per packet of each path.
@@ -258,6 +264,8 @@ fn main() -> ExitCode {
                 venv: a.venv,
                 steering: a.steering,
                 h2c: a.h2c,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
             };
             let cfg = match load(a.config.as_ref(), &overrides) {
                 Ok(c) => c,

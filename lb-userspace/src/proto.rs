@@ -22,11 +22,14 @@ pub mod env {
     /// Set when the tunnel_relay program's TUNNEL_SOCKS and TUNNEL_PEERS maps are passed
     /// (`relay = "sockmap"` tunnels can use it).
     pub const TUNNEL_MAPS: &str = "PORTICO_CELL_TUNNEL_MAPS";
+    /// Set when the shared TLS session ticket keys are passed.
+    pub const TICKETS: &str = "PORTICO_CELL_TICKETS";
 }
 
 /// Inherited descriptors, in order from `FIRST_FD`: one listener per listen address (in
 /// configuration order), the metrics region, the control pipe, then (with eBPF steering) the
-/// CELL_LOAD map, then (with the sockmap relay) TUNNEL_SOCKS and TUNNEL_PEERS. Each optional
+/// CELL_LOAD map, then (with the sockmap relay) TUNNEL_SOCKS and TUNNEL_PEERS, then (with TLS
+/// listeners) the session ticket keys. Each optional
 /// descriptor keeps its number whether the others are there or not.
 pub const FIRST_FD: i32 = 3;
 
@@ -55,6 +58,9 @@ impl FdLayout {
     }
     pub fn tunnel_peers(self) -> i32 {
         self.metrics() + 4
+    }
+    pub fn tickets(self) -> i32 {
+        self.metrics() + 5
     }
 }
 

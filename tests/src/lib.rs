@@ -2,6 +2,7 @@
 //! addresses it logs, and speaks raw HTTP/1.1 to it (so malformed requests can be sent too).
 #![forbid(unsafe_code)]
 
+pub mod certs;
 mod faultfs;
 mod http;
 mod load;
@@ -168,7 +169,9 @@ impl Portico {
         let wants_admin = !full.windows(2).any(|w| w[0] == "--admin" && w[1] == "off");
         while Instant::now() < deadline {
             for l in stderr.lock().unwrap().iter() {
-                if let Some(a) = after(l, "listening on http://") {
+                if let Some(a) =
+                    after(l, "listening on http://").or_else(|| after(l, "listening on https://"))
+                {
                     addr = a.parse().ok();
                 }
                 if let Some(a) = after(l, "admin on http://") {

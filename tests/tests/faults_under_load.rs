@@ -336,7 +336,11 @@ fn file_replaced(site: &MixedSite, problems: &mut Vec<String>) -> Row {
         wait_until(Duration::from_secs(30), "requests between swaps", || {
             let t = load.tally();
             t.streams.get("replaced").map_or(0, StreamTally::requests)
-                >= seen.streams.get("replaced").map_or(0, StreamTally::requests) + 5
+                >= seen
+                    .streams
+                    .get("replaced")
+                    .map_or(0, StreamTally::requests)
+                    + 5
         });
         swaps += 1;
         for (name, bodies) in &files {

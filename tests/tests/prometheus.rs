@@ -106,7 +106,7 @@ fn shipped_rules_config_and_dashboard_are_valid_and_use_real_series() {
         );
     }
 
-    // Every series they use is exported (XDP series arrive with the XDP guard).
+    // Every series they use is exported.
     let site = Site::new();
     let backend = tagged_backend("a", 30.0, site.path().join("backend.log"));
     let p = start(&site, Some(backend.addr()));
@@ -120,7 +120,11 @@ fn shipped_rules_config_and_dashboard_are_valid_and_use_real_series() {
     let have_series = exported(&m);
     let ebpf = metric_value(&m, "portico_ebpf_enabled") == Some(1.0);
     for name in names_in(&dashboard).union(&names_in(&alerts)) {
-        if name.starts_with("portico_xdp_") || (!ebpf && name.starts_with("portico_steering_")) {
+        // XDP and TLS series arrive with the XDP guard and a TLS listener.
+        if name.starts_with("portico_xdp_")
+            || name.starts_with("portico_tls_")
+            || (!ebpf && name.starts_with("portico_steering_"))
+        {
             continue;
         }
         assert!(

@@ -13,6 +13,9 @@ pub struct ConnInfo {
     pub remote_port: u16,
     pub local_addr: String,
     pub local_port: u16,
+    /// The client reached a TLS listener: the request's scheme is https unless a trusted
+    /// proxy says otherwise.
+    pub tls: bool,
 }
 
 /// An address block from `trusted_proxies`, e.g. `10.0.0.0/8` or `::1`.
@@ -214,6 +217,7 @@ mod tests {
 
     fn conn(ip: &str) -> ConnInfo {
         ConnInfo {
+            tls: false,
             remote_ip: ip.parse().ok(),
             remote_addr: ip.into(),
             remote_port: 4000,

@@ -376,6 +376,7 @@ mod tests {
             version: Version::HTTP_11,
             headers: HeaderMap::new(),
             conn: Arc::new(ConnInfo {
+                tls: false,
                 remote_ip: None,
                 remote_addr: "10.0.0.1".into(),
                 remote_port: 1234,

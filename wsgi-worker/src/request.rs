@@ -341,7 +341,7 @@ fn build_environ<'py>(
             _ => c.http11.bind(py),
         },
     )?;
-    let https = fwd.scheme == Some("https");
+    let https = fwd.scheme.map_or(r.conn.tls, |s| s == "https");
     env.set_item(
         &k.url_scheme,
         if https {

@@ -14,7 +14,15 @@ use anyhow::{Context as _, bail};
 const MAX_LINES: usize = 600;
 
 /// Modules `master` and `cell` share; none of them may import either role.
-const SHARED: &[&str] = &["config", "metrics", "proto", "sys", "ebpf", "privilege"];
+const SHARED: &[&str] = &[
+    "config",
+    "metrics",
+    "proto",
+    "sys",
+    "ebpf",
+    "privilege",
+    "tls",
+];
 
 pub fn check(root: &Path) -> anyhow::Result<()> {
     let mut problems = Vec::new();

@@ -39,8 +39,8 @@ const OHA_VERSION: &str = "1.16.0";
 /// (prometheus-client: its strict OpenMetrics parser checks the exposition; gunicorn, gevent,
 /// channels and daphne: the upstream servers of the reverse-proxy tests; requests: a client
 /// with a cookie jar for the Django admin login through the proxy; pyramid and PasteDeploy:
-/// the `paste` tests; httpx with h2: an HTTP/2 client, and h2 alone builds the raw frames of
-/// the HTTP/2 flood tests).
+/// the `paste` tests; cryptography: the TLS tests' certificates; httpx with h2: an HTTP/2
+/// client, and h2 alone builds the raw frames of the HTTP/2 flood tests).
 pub const TEST_PY: &[&str] = &[
     "flask>=3,<4",
     "django>=5,<6",
@@ -54,6 +54,7 @@ pub const TEST_PY: &[&str] = &[
     "pyramid>=2,<3",
     "PasteDeploy>=3",
     "starlette>=0.40",
+    "cryptography>=42",
     "httpx[http2]>=0.27",
     "h2>=4.1",
 ];

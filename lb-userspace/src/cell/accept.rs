@@ -1,7 +1,6 @@
 //! Accepting on one listener until the cell drains; each connection gets its own task and
 //! is counted (metrics, the steering load entry, `max_connections` and the drain wait). With
-//! `h2c`, a TCP connection that opens with the HTTP/2 preface is served as HTTP/2.
-use std::future::Future;
+//! `h2c`, a plain TCP connection that opens with the HTTP/2 preface is served as HTTP/2.
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use crate::cell::conn::{ConnSocket, DRAIN_GRACE, serve_connection};
 use crate::cell::conn_limit::ConnCount;
 use crate::cell::context::CellCtx;
 use crate::cell::http2::{PREFACE, serve_h2};
+use crate::cell::tls::{TlsConn, TlsListener};
 
 #[derive(Clone)]
 pub struct Acceptor {
@@ -21,7 +21,9 @@ pub struct Acceptor {
     pub drain: watch::Receiver<bool>,
     /// Open connections against `max_connections` (shared by the cell's listeners).
     pub conns: Rc<ConnCount>,
-    /// `[server] h2c`: HTTP/2 with prior knowledge on TCP listeners.
+    /// Set on a `[[tls]]` listener: each connection's handshake comes first.
+    pub tls: Option<Rc<TlsListener>>,
+    /// `[server] h2c`: HTTP/2 with prior knowledge on plain TCP listeners.
     pub h2c: bool,
 }
 
@@ -49,11 +51,12 @@ impl Acceptor {
                         remote_port: peer.port(),
                         local_addr,
                         local_port: local.map_or(0, |l| l.port()),
+                        tls: self.tls.is_some(),
                     };
-                    if self.h2c {
-                        self.spawn_h2c(stream, info);
-                    } else {
-                        self.spawn(stream, info);
+                    match &self.tls {
+                        None if self.h2c => self.spawn_h2c(stream, info),
+                        None => self.spawn(stream, info),
+                        Some(tls) => self.spawn_tls(tls.clone(), stream, info),
                     }
                 }
                 Err(e) => self.accept_error(e).await,
@@ -76,6 +79,7 @@ impl Acceptor {
                         remote_port: 0,
                         local_addr: "localhost".into(),
                         local_port: 0,
+                        tls: false,
                     },
                 ),
                 Err(e) => self.accept_error(e).await,
@@ -94,15 +98,13 @@ impl Acceptor {
     {
         let (ctx, drain) = (self.ctx.clone(), self.drain.clone());
         let tcp = info.remote_ip.is_some();
-        self.run(tcp, async move {
-            serve_connection(stream, Arc::new(info), ctx, drain).await;
-        });
+        self.track(tcp, serve_connection(stream, Arc::new(info), ctx, drain));
     }
 
-    /// A TCP connection under `h2c`: HTTP/2 if it opens with the preface, else HTTP/1.
+    /// A plain TCP connection under `h2c`: HTTP/2 if it opens with the preface, else HTTP/1.
     fn spawn_h2c(&self, stream: TcpStream, info: ConnInfo) {
         let (ctx, mut drain) = (self.ctx.clone(), self.drain.clone());
-        self.run(true, async move {
+        self.track(true, async move {
             let info = Arc::new(info);
             let header_timeout = ctx.limits.header_timeout.0;
             match opens_with_preface(&stream, header_timeout, &mut drain).await {
@@ -114,8 +116,19 @@ impl Acceptor {
         });
     }
 
-    /// Counts a connection open while `serve` runs on its own task.
-    fn run(&self, tcp: bool, serve: impl Future<Output = ()> + 'static) {
+    /// A TLS connection: the handshake (within `header_timeout`) in the connection's own task.
+    fn spawn_tls(&self, tls: Rc<TlsListener>, stream: TcpStream, info: ConnInfo) {
+        let (ctx, drain) = (self.ctx.clone(), self.drain.clone());
+        self.track(true, async move {
+            let timeout = ctx.limits.header_timeout.0;
+            if let Some(s) = tls.handshake(stream, timeout, &info.remote_addr).await {
+                serve_connection(TlsConn(s), Arc::new(info), ctx, drain).await;
+            }
+        });
+    }
+
+    /// Runs one connection's task, counted while it lives. `tcp`: from a TCP listener.
+    fn track(&self, tcp: bool, serve: impl Future<Output = ()> + 'static) {
         let ctx = self.ctx.clone();
         let conns = self.conns.clone();
         conns.opened(ctx.load.as_ref());

@@ -62,6 +62,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
 /// What a connection needs of its socket beyond reads and writes: sendfile(2) of a file region
 /// when writable, and readiness alone (to wake a parked connection without a buffer).
 pub trait ConnSocket {
+    /// Whether `poll_sendfile` works (a TLS session must see every byte).
+    const SENDFILE: bool = true;
+    /// Whether an idle connection may be parked: hyper dropped, the bare socket kept.
+    const PARKS: bool = true;
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn poll_sendfile(
         &self,
@@ -108,6 +112,9 @@ impl_sendfile!(tokio::net::UnixStream);
 impl<S: ConnSocket> TrackedIo<S> {
     /// If `buf` lies in a registered file region, sends (part of) it with sendfile.
     fn try_sendfile(&self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        if !S::SENDFILE {
+            return None;
+        }
         let p = buf.as_ptr() as usize;
         let mut regions = self.state.regions.borrow_mut();
         let i = regions
@@ -458,7 +465,7 @@ where
                             keepalive_timeout
                         };
                         let park_at = since.max(started) + PARK_AFTER;
-                        if park_at < limit && now < limit {
+                        if S::PARKS && park_at < limit && now < limit {
                             if now < park_at {
                                 sleep.as_mut().reset(tokio::time::Instant::from_std(park_at));
                             } else {

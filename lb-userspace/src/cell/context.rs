@@ -36,6 +36,8 @@ pub struct CellCtx {
     pub load: Option<crate::ebpf::cell_load::CellLoadEntry>,
     /// The sockmap relay's maps, when the master loaded it (`relay = "sockmap"`).
     pub tunnel_maps: Option<Rc<RefCell<crate::ebpf::TunnelMaps>>>,
+    /// `[server.redirect_https]`: the listener whose requests are all sent to https.
+    pub redirect_https: Option<crate::config::RedirectHttps>,
 }
 
 impl CellCtx {
@@ -69,7 +71,20 @@ impl CellCtx {
             histograms,
             load,
             tunnel_maps: tunnel_maps.map(|m| Rc::new(RefCell::new(m))),
+            redirect_https: None,
         }
+    }
+
+    /// The https port to redirect this connection's requests to, if it came in on the
+    /// `redirect_https` listener.
+    pub fn https_redirect(&self, conn: &wsgi_worker::ConnInfo) -> Option<u16> {
+        let r = self.redirect_https.as_ref()?;
+        let crate::config::ListenAddr::Tcp(a) = &r.listen else {
+            return None;
+        };
+        let same = conn.local_port == a.port()
+            && (a.ip().is_unspecified() || conn.local_addr == a.ip().to_string());
+        same.then_some(r.port)
     }
 
     /// Counts a request to an app route (WSGI or ASGI); asks for recycling at `max_requests`.

@@ -91,7 +91,7 @@ pub fn handle(
     head::use_target_authority(&mut req);
     let method = crate::metrics::method_index(req.method());
     let version = req.version();
-    match route(ctx, &req, framing) {
+    match route(ctx, &req, framing, conn) {
         Routed::Ready(resp, close, metrics_route) => {
             let mark = Mark {
                 route: metrics_route as u16,
@@ -162,6 +162,28 @@ pub fn handle(
             later(ctx, state, conn, mark, meta, answer)
         }
     }
+}
+
+/// `301` to the same target over https (nginx's `return 301 https://$host$request_uri`).
+fn to_https(req: &Request<Incoming>, conn: &ConnInfo, port: u16) -> Response<Body> {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let host = authority
+        .as_ref()
+        .map_or(conn.local_addr.as_str(), |a| a.host());
+    let mut loc = format!("https://{host}");
+    if port != 443 {
+        loc.push_str(&format!(":{port}"));
+    }
+    loc.push_str(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let mut resp = status_page(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// A response that comes later (from a Python thread, or an upstream), finished like the
@@ -255,9 +277,12 @@ enum Routed {
 }
 
 /// Applies the head checks, then routes. Returns the response and whether to close after it.
-fn route(ctx: &CellCtx, req: &Request<Incoming>, framing: HeadFraming) -> Routed {
+fn route(ctx: &CellCtx, req: &Request<Incoming>, framing: HeadFraming, conn: &ConnInfo) -> Routed {
     if let Err(refused) = head::check(req, framing, &ctx.limits) {
         return Routed::Ready(status_page(refused.status), refused.close, 0);
+    }
+    if let Some(port) = ctx.https_redirect(conn) {
+        return Routed::Ready(to_https(req, conn, port), head::has_body(req), 0);
     }
     let path = req.uri().path();
     // A request body we will not read must not be parsed as the next request.

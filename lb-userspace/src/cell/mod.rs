@@ -16,6 +16,7 @@ pub mod proxy;
 mod recycling;
 pub mod router;
 pub mod static_files;
+pub mod tls;
 pub mod tunnel;
 pub mod wsgi;
 use std::os::fd::OwnedFd;
@@ -98,6 +99,8 @@ pub fn run() -> anyhow::Result<()> {
     // file stays writable through this descriptor.
     let log =
         AccessLog::open(&cfg.log.access_log, cfg.log.format).context("opening the access log")?;
+    // Private keys are often readable by root only: loaded before the drop, like the log.
+    let tls = tls_listeners(&cfg, layout, metrics.cell(index))?;
     // Everything inherited or opened: give up the master's privileges before any app code.
     // A cell that cannot drop them never serves (EXIT_APP: the master stops at startup).
     let dropped = match crate::privilege::identity(&cfg)
@@ -154,10 +157,36 @@ pub fn run() -> anyhow::Result<()> {
             metrics,
             (control, log),
             (pools, asgi_apps),
-            load,
+            (load, tls),
             tunnel_maps,
         ),
     )
+}
+
+/// The TLS side of each listener (None for a plain one), in listener order, with the master's
+/// shared ticket keys when it passed them.
+fn tls_listeners(
+    cfg: &Config,
+    layout: FdLayout,
+    stats: crate::metrics::CellStats<'static>,
+) -> anyhow::Result<Vec<Option<Rc<tls::TlsListener>>>> {
+    let tickets = if std::env::var_os(env::TICKETS).is_some() {
+        let fd = crate::sys::inherited_fd(layout.tickets())?;
+        Some(std::sync::Arc::new(crate::tls::SharedTicketer::open(fd)?))
+    } else {
+        None
+    };
+    cfg.server
+        .listen
+        .iter()
+        .map(|addr| {
+            cfg.tls
+                .iter()
+                .find(|t| &t.listen == addr)
+                .map(|t| tls::TlsListener::new(t, tickets.clone(), stats).map(Rc::new))
+                .transpose()
+        })
+        .collect()
 }
 
 /// `portico app-check`: imports every WSGI and ASGI app once, in this throw-away process, so a
@@ -240,12 +269,15 @@ async fn serve(
     metrics: &'static MetricsRegion,
     (control, log): (OwnedFd, AccessLog),
     (pools, asgi_apps): (Vec<Option<wsgi::WsgiRoute>>, Vec<Option<asgi::AsgiRoute>>),
-    load: Option<crate::ebpf::cell_load::CellLoadEntry>,
+    (load, tls): (
+        Option<crate::ebpf::cell_load::CellLoadEntry>,
+        Vec<Option<Rc<tls::TlsListener>>>,
+    ),
     tunnel_maps: Option<crate::ebpf::TunnelMaps>,
 ) -> anyhow::Result<()> {
     let upstreams = proxy::pool::Upstreams::new(&cfg.upstreams, metrics.cell(index));
     proxy::health::start(&upstreams, &cfg.upstreams);
-    let ctx = Rc::new(CellCtx::new(
+    let mut ctx = CellCtx::new(
         Router::new(&cfg.routes, pools, asgi_apps, &upstreams),
         cfg.limits.clone(),
         metrics.cell(index),
@@ -255,7 +287,9 @@ async fn serve(
         cfg.metrics.enabled,
         load,
         tunnel_maps,
-    ));
+    );
+    ctx.redirect_https = cfg.server.redirect_https.clone();
+    let ctx = Rc::new(ctx);
     let (drain_tx, drain_rx) = watch::channel(false);
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let max_conns = cfg
@@ -286,12 +320,13 @@ async fn serve(
             .context("dup a listener for the pending count")?;
         tokio::task::spawn_local(reconcile_pending(ctx.clone(), tcp, drain_rx.clone()));
     }
-    for (addr, fd) in cfg.server.listen.iter().zip(fds) {
+    for ((addr, fd), tls) in cfg.server.listen.iter().zip(fds).zip(tls) {
         let accept = accept::Acceptor {
             ctx: ctx.clone(),
             drain: drain_rx.clone(),
             conns: conns.clone(),
             h2c: cfg.server.h2c,
+            tls,
         };
         match addr {
             ListenAddr::Tcp(_) => {

@@ -9,6 +9,7 @@ use super::error::{ConfigError, ConfigErrors};
 use super::overrides::Overrides;
 use super::proxy::UpstreamConfig;
 use super::schema::{Config, RouteConfig};
+use super::tls::TlsConfig;
 
 impl Config {
     /// Parses TOML, collecting an error for every value that does not deserialize (and for each
@@ -69,9 +70,18 @@ impl Config {
                     }
                     _ => bad.push((key, "must be an array of tables ([[upstream]])".into())),
                 },
+                "tls" => match value {
+                    Value::Array(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let t = lenient::<TlsConfig>(item, &format!("tls[{i}]"), &mut bad);
+                            cfg.tls.extend(t);
+                        }
+                    }
+                    _ => bad.push((key, "must be an array of tables ([[tls]])".into())),
+                },
                 _ => bad.push((
                     key,
-                    "unknown section (expected server, limits, log, ebpf, metrics, route, upstream)".into(),
+                    "unknown section (expected server, limits, log, ebpf, metrics, route, upstream, tls)".into(),
                 )),
             }
         }

@@ -7,7 +7,7 @@
 //! applies the command line, and `validate` checks the result; `paste` holds what is
 //! specific to PasteDeploy apps, `asgi` the ASGI route table, `privilege` the cells' account and
 //! the admin token, `limits` the `[limits]` table (the connection limit, HTTP/2's
-//! streams and windows).
+//! streams and windows), `tls` the TLS listeners and their certificates.
 pub mod asgi;
 mod error;
 mod limits;
@@ -17,6 +17,7 @@ pub mod paste;
 mod privilege;
 mod proxy;
 mod schema;
+pub mod tls;
 mod units;
 mod validate;
 
@@ -30,4 +31,5 @@ pub use schema::{
     Config, DEFAULT_ADMIN, EbpfMode, LogFormat, Recycling, RouteConfig, StaticConfig,
     SteeringPolicy, WsgiConfig, XdpConfig, XdpMode,
 };
+pub use tls::{RedirectHttps, TlsConfig, UnknownName};
 pub use units::ListenAddr;

@@ -34,6 +34,9 @@ pub struct Overrides {
     pub steering: Option<SteeringPolicy>,
     /// `--h2c`: `[server] h2c = true`.
     pub h2c: bool,
+    /// `--tls-cert FILE --tls-key FILE`: TLS on every TCP listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--interface asgi|wsgi|auto`: the protocol APP speaks.
@@ -149,6 +152,22 @@ impl Config {
                 }
             }
             self.server.listen = listen;
+        }
+        match (&o.tls_cert, &o.tls_key) {
+            (Some(cert), Some(key)) => {
+                self.tls = self
+                    .server
+                    .listen
+                    .iter()
+                    .filter(|l| matches!(l, super::units::ListenAddr::Tcp(_)))
+                    .map(|l| super::tls::TlsConfig::new(l.clone(), absolute(cert), absolute(key)))
+                    .collect();
+            }
+            (None, None) => {}
+            _ => bad(
+                "--tls-cert",
+                "give --tls-cert and --tls-key together".into(),
+            ),
         }
         for s in &o.statics {
             match s.split_once('=') {

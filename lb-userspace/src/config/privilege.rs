@@ -167,6 +167,10 @@ impl Config {
                  /metrics and /status are open to them (changes stay loopback-only)"
             ));
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        out.extend(super::tls::tls_warnings(&self.tls, now));
         out
     }
 }

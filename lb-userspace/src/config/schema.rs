@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::asgi::AsgiConfig;
 use super::limits::LimitsConfig;
 use super::proxy::{ProxyConfig, UpstreamConfig};
+use super::tls::{RedirectHttps, TlsConfig};
 use super::units::{Dur, ListenAddr};
 
 /// `workers = "auto"` or a number.
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub group: Option<String>,
     /// A file with the admin endpoint's bearer token; every admin request must carry it.
     pub admin_token_file: Option<PathBuf>,
+    /// A plain listener that answers every request with a redirect to https.
+    pub redirect_https: Option<RedirectHttps>,
     /// HTTP/2 with prior knowledge (h2c) on plain TCP listeners: a connection that opens with
     /// the HTTP/2 preface speaks HTTP/2, any other HTTP/1.
     pub h2c: bool,
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             user: None,
             group: None,
             admin_token_file: None,
+            redirect_https: None,
             h2c: false,
         }
     }
@@ -466,6 +470,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// TLS listeners.
+    pub tls: Vec<TlsConfig>,
     /// Where the configuration came from (for messages and relative paths); not a key.
     #[serde(skip)]
     pub origin: Option<PathBuf>,

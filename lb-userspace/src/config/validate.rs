@@ -238,6 +238,13 @@ impl Config {
             }
         }
         validate_upstreams(&self.upstreams, &mut bad);
+        super::tls::validate_tls(
+            &mut self.tls,
+            &self.server.listen,
+            self.server.redirect_https.as_ref(),
+            &base,
+            &mut bad,
+        );
         if optimize.len() > 1 {
             bad(
                 "route.wsgi.optimize".into(),

@@ -121,6 +121,7 @@ pub fn forwarded(data: &[u8]) {
         remote_port: 4000,
         local_addr: "127.0.0.1".into(),
         local_port: 8080,
+        tls: false,
     };
     let f = wsgi_worker::forwarded(&h, &conn, &trusted);
     if !peer.is_some_and(is_trusted) {
@@ -179,7 +180,7 @@ pub fn forwarded(data: &[u8]) {
         .filter_map(|v| v.to_str().ok().map(str::to_string))
         .collect();
     let mut out = h.clone();
-    set_forwarded(&mut out, peer, peer_text, trust);
+    set_forwarded(&mut out, peer, peer_text, trust, false);
     let me = peer.map_or_else(|| peer_text.to_string(), |ip| ip.to_string());
     let xff: Vec<_> = out.get_all("x-forwarded-for").iter().collect();
     if HeaderValue::from_str(&me).is_ok() {

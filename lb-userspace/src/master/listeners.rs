@@ -144,3 +144,29 @@ fn tcp_listener(addr: SocketAddr, opts: ListenOpts) -> std::io::Result<Socket> {
     s.listen(opts.backlog)?;
     Ok(s)
 }
+
+/// One line per listener once every cell serves: its scheme and bound address (port 0
+/// resolved), and whether it redirects to https.
+pub fn log_listening(cfg: &Config, listeners: &[ListenerSet], cells: usize) {
+    for (configured, l) in cfg.server.listen.iter().zip(listeners) {
+        match l {
+            ListenerSet::Tcp { addr, .. } => {
+                let tls = cfg.tls.iter().any(|t| &t.listen == configured);
+                let redirect = cfg
+                    .server
+                    .redirect_https
+                    .as_ref()
+                    .is_some_and(|r| &r.listen == configured);
+                let (scheme, note) = match (tls, redirect) {
+                    (true, _) => ("https", ""),
+                    (false, true) => ("http", ", redirecting to https"),
+                    (false, false) => ("http", ""),
+                };
+                tracing::info!("listening on {scheme}://{addr} ({cells} cells{note})");
+            }
+            ListenerSet::Unix { path, .. } => {
+                tracing::info!("listening on unix:{} ({cells} cells)", path.display());
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod nofile;
 mod spawn;
 mod state;
 pub mod supervisor;
+mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -78,6 +79,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         upstream_servers: std::cell::RefCell::new(upstream_labels(&cfg)),
         listeners: std::cell::RefCell::new(listener_dups(&listeners)),
         admin_token: admin::auth::at_start(&cfg)?.into(),
+        certs: tls::cert_expiries(&cfg).into(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -98,6 +100,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let cfg_json = serde_json::to_string(&cfg)?;
+        let tickets = tls::start_tickets()?;
         let mut master = Master {
             cfg,
             cfg_json,
@@ -109,6 +112,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> a
             sup,
             events: tx,
             app_failed: false,
+            tickets,
         };
         // A cell that cannot even be started at startup stops `serve`.
         for action in master.sup.start() {
@@ -135,6 +139,8 @@ struct Master {
     events: mpsc::UnboundedSender<Event>,
     /// A cell's app failed to start before serving began (`Action::AppFailed`).
     app_failed: bool,
+    /// The TLS session ticket keys every cell shares.
+    tickets: Rc<crate::tls::TicketKeys>,
 }
 
 impl Master {
@@ -181,6 +187,11 @@ impl Master {
             )),
             None => None,
         };
+        let tickets = if self.cfg.tls.is_empty() {
+            None
+        } else {
+            Some(self.tickets.fd().context("dup the ticket keys' fd")?)
+        };
         let mut child = spawn::cell(spawn::CellSpec {
             exe: &self.exe,
             cfg: &self.cfg,
@@ -193,6 +204,7 @@ impl Master {
             control: control_w,
             load_map,
             tunnel_maps,
+            tickets,
         })?;
         let pid = child.id().context("cell pid")?;
         let tx = self.events.clone();
@@ -306,17 +318,7 @@ impl Master {
     /// Says where `serve` listens, once every cell is ready (a cell whose app fails to start
     /// before that stops `serve`, and nothing was served).
     fn log_listening(&self) {
-        let cells = self.state.cells();
-        for l in &self.listeners {
-            match l {
-                ListenerSet::Tcp { addr, .. } => {
-                    tracing::info!("listening on http://{addr} ({cells} cells)");
-                }
-                ListenerSet::Unix { path, .. } => {
-                    tracing::info!("listening on unix:{} ({cells} cells)", path.display());
-                }
-            }
-        }
+        listeners::log_listening(&self.cfg, &self.listeners, self.state.cells());
     }
 
     /// A fresh listener in the same reuseport group takes the dead cell's place for its
@@ -469,6 +471,7 @@ impl Master {
         }
         *self.state.routes.borrow_mut() = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
         *self.state.upstream_servers.borrow_mut() = upstream_labels(&cfg);
+        *self.state.certs.borrow_mut() = tls::cert_expiries(&cfg);
         admin::auth::reload(&self.state.admin_token, &cfg);
         self.cfg = cfg;
         if self.state.tunnel_relay.borrow().is_none() {

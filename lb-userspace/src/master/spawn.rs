@@ -64,6 +64,8 @@ pub struct CellSpec<'a> {
     pub load_map: Option<OwnedFd>,
     /// TUNNEL_SOCKS and TUNNEL_PEERS, when the master loaded the sockmap relay.
     pub tunnel_maps: Option<(OwnedFd, OwnedFd)>,
+    /// The shared TLS session ticket keys, when a listener speaks TLS.
+    pub tickets: Option<OwnedFd>,
 }
 
 /// Starts a cell process; the descriptors are placed where `proto::FdLayout` says.
@@ -104,6 +106,13 @@ pub fn cell(spec: CellSpec<'_>) -> anyhow::Result<tokio::process::Child> {
             child_fd: layout.tunnel_peers(),
         });
     }
+    let has_tickets = spec.tickets.is_some();
+    if let Some(fd) = spec.tickets {
+        mappings.push(FdMapping {
+            parent_fd: fd,
+            child_fd: layout.tickets(),
+        });
+    }
     let mut cmd = std::process::Command::new(spec.exe);
     cmd.arg("cell")
         .env(env::INDEX, spec.index.to_string())
@@ -116,6 +125,9 @@ pub fn cell(spec: CellSpec<'_>) -> anyhow::Result<tokio::process::Child> {
     }
     if has_tunnel {
         cmd.env(env::TUNNEL_MAPS, "1");
+    }
+    if has_tickets {
+        cmd.env(env::TICKETS, "1");
     }
     python_env(&mut cmd, spec.cfg);
     cmd.fd_mappings(mappings)

@@ -27,6 +27,8 @@ pub struct MasterState {
     pub listeners: RefCell<Vec<(String, usize, OwnedFd)>>,
     /// The admin endpoint's bearer token (`server.admin_token_file`; read again on reload).
     pub admin_token: RefCell<Option<AdminToken>>,
+    /// The certificates the TLS listeners serve, with their expiry (updated on reload).
+    pub certs: RefCell<Vec<crate::metrics::CertExpiry>>,
 }
 
 impl MasterState {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::sys::{SharedCounters, SysError};
 
 /// u64 counters reserved for each cell (fixed layout; unused ones stay zero).
-pub const COUNTERS_PER_CELL: usize = 64;
+pub const COUNTERS_PER_CELL: usize = 80;
 
 /// Counter indices inside a cell's block.
 pub mod cell_counter {
@@ -59,8 +59,15 @@ pub mod cell_counter {
     pub const HTTP2_HEADER_TIMEOUTS: usize = 39;
     /// RST_STREAM frames the cell sent, by error code in `HTTP2_ERROR_CODES` order (8).
     pub const HTTP2_STREAM_RESETS: usize = 40;
-    /// GOAWAY frames with an error the cell sent, by error code in `HTTP2_ERROR_CODES` order (8).
-    pub const HTTP2_GOAWAYS: usize = 48;
+    /// TLS handshakes completed, by cipher suite (`TLS_SUITES` order, the last one "other").
+    pub const TLS_HANDSHAKES: usize = 48;
+    /// Of those, resumed ones: TLS 1.2, TLS 1.3.
+    pub const TLS_RESUMED: usize = TLS_HANDSHAKES + crate::metrics::region::TLS_SUITES.len();
+    /// Handshakes that failed, by reason (`TLS_FAILURES` order).
+    pub const TLS_FAILED: usize = TLS_RESUMED + 2;
+    /// GOAWAY frames with an error the cell sent, by error code in `HTTP2_ERROR_CODES` order
+    /// (8), after the TLS counters.
+    pub const HTTP2_GOAWAYS: usize = TLS_FAILED + crate::metrics::region::TLS_FAILURES.len();
 }
 
 /// The `network_protocol_version` label values, in counter order.
@@ -94,6 +101,30 @@ pub fn http2_error_index(code: u32) -> Option<usize> {
         _ => 7,
     })
 }
+
+/// The cipher suites rustls offers (aws-lc-rs provider), as `cipher` labels; then "other".
+pub const TLS_SUITES: [&str; 10] = [
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "other",
+];
+
+/// Why a TLS handshake failed: plain HTTP sent to the TLS port, no handshake within
+/// `header_timeout`, the client closed mid-way, a name `unknown_name = "reject"` refused, any
+/// other protocol error (no common version or cipher, a bad message, an alert).
+pub const TLS_FAILURES: [&str; 5] = ["plaintext", "timeout", "eof", "unknown_name", "protocol"];
+
+const _: () = assert!(
+    cell_counter::HTTP2_STREAM_RESETS + HTTP2_ERROR_CODES.len() <= cell_counter::TLS_HANDSHAKES
+);
+const _: () = assert!(cell_counter::HTTP2_GOAWAYS + HTTP2_ERROR_CODES.len() <= COUNTERS_PER_CELL);
 
 /// Request-duration histogram bounds in nanoseconds: 100 us to 10 s (static files answer in
 /// microseconds, so the sub-millisecond buckets carry information).

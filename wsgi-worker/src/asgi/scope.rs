@@ -90,7 +90,7 @@ pub fn build<'py>(
     asgi: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let fwd = environ::forwarded(&head.headers, &head.conn, &mount.trusted_proxies);
-    let https = fwd.scheme == Some("https");
+    let https = fwd.scheme.map_or(head.conn.tls, |s| s == "https");
     let d = PyDict::new(py);
     let ws = head.websocket;
     let kind = if ws {

@@ -73,7 +73,13 @@ const FORWARDED: [HeaderName; 5] = [
 
 /// Sets X-Forwarded-For (appended to a trusted peer's), X-Forwarded-Proto and X-Real-IP. From
 /// a peer that is not trusted, incoming forwarded fields are dropped first.
-pub fn set_forwarded(h: &mut HeaderMap, peer: Option<IpAddr>, peer_text: &str, trusted: bool) {
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    peer_text: &str,
+    trusted: bool,
+    tls: bool,
+) {
     let chain = if trusted {
         h.get_all("x-forwarded-for")
             .iter()
@@ -98,7 +104,7 @@ pub fn set_forwarded(h: &mut HeaderMap, peer: Option<IpAddr>, peer_text: &str, t
     if !trusted || !h.contains_key("x-forwarded-proto") {
         h.insert(
             HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
+            HeaderValue::from_static(scheme(tls)),
         );
     }
     if (!trusted || !h.contains_key("x-real-ip"))
@@ -114,8 +120,13 @@ pub fn ambiguous_length(h: &HeaderMap) -> bool {
     h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING)
 }
 
+/// The client's scheme.
+fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
 /// A `set_headers` value with `$host`, `$remote_addr` and `$scheme` replaced.
-pub fn expand(template: &str, host: &str, remote: &str) -> String {
+pub fn expand(template: &str, host: &str, remote: &str, tls: bool) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(i) = rest.find('$') {
@@ -127,7 +138,7 @@ pub fn expand(template: &str, host: &str, remote: &str) -> String {
         match name.as_str() {
             "host" => out.push_str(host),
             "remote_addr" => out.push_str(remote),
-            "scheme" => out.push_str("http"),
+            "scheme" => out.push_str(scheme(tls)),
             other => {
                 // validate() refuses unknown names; keep the text as written.
                 out.push('$');
@@ -238,7 +249,7 @@ mod tests {
     fn forwarded_fields_from_untrusted_peers_are_replaced() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "1.2.3.4")]);
-        set_forwarded(&mut h, Some(ip), "127.0.0.1", false);
+        set_forwarded(&mut h, Some(ip), "127.0.0.1", false, false);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -246,7 +257,7 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, Some(ip), "127.0.0.1", true);
+        set_forwarded(&mut h, Some(ip), "127.0.0.1", true, false);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -263,13 +274,13 @@ mod tests {
     #[test]
     fn variables_expand() {
         assert_eq!(
-            expand("$host", "example.com:8080", "10.0.0.1"),
+            expand("$host", "example.com:8080", "10.0.0.1", false),
             "example.com:8080"
         );
         assert_eq!(
-            expand("for=$remote_addr;proto=$scheme", "h", "10.0.0.1"),
-            "for=10.0.0.1;proto=http"
+            expand("for=$remote_addr;proto=$scheme", "h", "10.0.0.1", true),
+            "for=10.0.0.1;proto=https"
         );
-        assert_eq!(expand("plain", "h", "r"), "plain");
+        assert_eq!(expand("plain", "h", "r", false), "plain");
     }
 }

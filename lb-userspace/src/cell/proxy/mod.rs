@@ -118,9 +118,10 @@ pub async fn call(
         conn.remote_ip,
         &conn.remote_addr,
         trusted,
+        conn.tls,
     );
     for (name, template) in &r.set_headers {
-        let value = headers::expand(template, host, &conn.remote_addr);
+        let value = headers::expand(template, host, &conn.remote_addr, conn.tls);
         if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(name.clone(), v);
         }

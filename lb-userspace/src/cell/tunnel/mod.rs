@@ -91,7 +91,9 @@ where
             .expect("every relay has a label");
         counters[upstream_counter::TUNNELS + i].fetch_add(1, Relaxed);
     };
-    let result = match (pending.relay, &pending.maps) {
+    // The kernel relays move raw bytes: a client under TLS is copied through rustls.
+    let relay = if S::RAW { pending.relay } else { Relay::Copy };
+    let result = match (relay, &pending.maps) {
         (Relay::Copy, _) | (Relay::Sockmap, None) => {
             if pending.relay == Relay::Sockmap {
                 fallback(counters, Fallback::Unavailable, &pending.label);

@@ -17,6 +17,9 @@ pub enum Sock {
 
 /// The client connections a cell accepts become a `Sock` for the kernel relays.
 pub trait IntoSock {
+    /// Whether the socket carries the client's bytes as they are (not under TLS), so the
+    /// kernel relays (`splice`, `sockmap`) can move them.
+    const RAW: bool = true;
     fn into_sock(self) -> Sock;
 }
 

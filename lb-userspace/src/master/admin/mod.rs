@@ -105,8 +105,11 @@ fn handle<B>(
                 &shared.metrics,
                 cells,
                 &snap,
-                &routes,
-                &upstreams,
+                &crate::metrics::Names {
+                    routes: &routes,
+                    upstreams: &upstreams,
+                    certs: &shared.certs.borrow(),
+                },
                 &shared.proc_snapshot(),
                 format,
             ) {

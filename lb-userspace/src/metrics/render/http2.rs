@@ -109,8 +109,11 @@ mod tests {
             &region,
             2,
             &EbpfSnapshot::default(),
-            &[],
-            &[],
+            &super::super::Names {
+                routes: &[],
+                upstreams: &[],
+                certs: &[],
+            },
             &procs,
             Format::Prometheus,
         )

@@ -5,6 +5,7 @@ mod build;
 mod http2;
 mod limits;
 mod routes;
+mod tls;
 mod tunnels;
 mod upstreams;
 
@@ -17,6 +18,7 @@ use build::{Families, gauge_metric, scalar_metric};
 use http2::http2_families;
 use limits::limit_families;
 use routes::route_families;
+pub use tls::CertExpiry;
 use tunnels::tunnel_families;
 use upstreams::upstream_families;
 
@@ -25,11 +27,15 @@ pub fn render(
     region: &MetricsRegion,
     cells: usize,
     bpf: &EbpfSnapshot,
-    routes: &[String],
-    upstreams: &[(String, String)],
+    names: &Names<'_>,
     procs: &ProcSnapshot,
     format: Format,
 ) -> anyhow::Result<String> {
+    let Names {
+        routes,
+        upstreams,
+        certs,
+    } = *names;
     let mut families = process_families(bpf)?;
     let mut out = Families(Vec::new());
     cell_families(&mut out, region, cells, procs);
@@ -39,6 +45,7 @@ pub fn render(
     ebpf_families(&mut out, bpf, cells);
     listen_families(&mut out, procs);
     upstream_families(&mut out, region, cells, upstreams);
+    tls::tls_families(&mut out, region, cells, certs);
     tunnel_families(
         &mut out,
         region,
@@ -50,6 +57,17 @@ pub fn render(
     families.extend(route_families(region, cells, routes));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     super::exposition::encode(families, format)
+}
+
+/// What the master knows by name: the labels of the route, upstream and certificate series.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    /// Route prefixes in configuration order.
+    pub routes: &'a [String],
+    /// (upstream, server) in configuration order.
+    pub upstreams: &'a [(String, String)],
+    /// The TLS listeners' certificates.
+    pub certs: &'a [CertExpiry],
 }
 
 /// Registered through the `prometheus` registry: build info, the eBPF switch and the master's
@@ -413,11 +431,18 @@ mod tests {
             &region,
             4,
             &EbpfSnapshot::default(),
-            &["/".into()],
-            &[
-                ("app".into(), "127.0.0.1:8001".into()),
-                ("app".into(), "unix:/run/a.sock".into()),
-            ],
+            &Names {
+                routes: &["/".into()],
+                upstreams: &[
+                    ("app".into(), "127.0.0.1:8001".into()),
+                    ("app".into(), "unix:/run/a.sock".into()),
+                ],
+                certs: &[CertExpiry {
+                    listener: "0.0.0.0:443".into(),
+                    cert: "/etc/ssl/site.pem".into(),
+                    not_after: 1_900_000_000,
+                }],
+            },
             &procs,
             Format::Prometheus,
         )

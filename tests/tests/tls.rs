@@ -1,0 +1,621 @@
+//! TLS termination: every route kind over https (curl, Python requests), SNI, the https
+//! redirect, session resumption on another cell with the master's shared ticket keys
+//! (openssl s_client), versions, handshake failures counted by reason, certificate checks in
+//! `portico check`, and a certificate replaced on SIGHUP while a request is in flight.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use portico_tests::certs::{Ca, Kind, Leaf};
+use portico_tests::*;
+
+const WSGI_APP: &str = r#"
+import time
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(float(environ["QUERY_STRING"] or "1"))
+    body = environ["wsgi.url_scheme"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+/// A backend that answers with the X-Forwarded-Proto it was sent.
+const ECHO_PROTO: &str = r#"
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        b = (self.headers.get("X-Forwarded-Proto") or "none").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// A site with `www/a.txt`, the WSGI app, a CA and a `localhost` certificate.
+struct TlsSite {
+    site: Site,
+    ca: Ca,
+    leaf: Leaf,
+    venv: std::path::PathBuf,
+}
+
+fn tls_site(test: &str) -> Option<TlsSite> {
+    let venv = venv_for(test, "cryptography")?;
+    let site = Site::new();
+    site.file("www/a.txt", b"hello");
+    site.file("app/app.py", WSGI_APP.as_bytes());
+    let ca = Ca::new(&venv, site.path());
+    let leaf = ca.leaf("localhost", Kind::Ecdsa, &["localhost"], -1, 30);
+    Some(TlsSite {
+        site,
+        ca,
+        leaf,
+        venv,
+    })
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `curl` over https to `name:port` resolved to 127.0.0.1, trusting the test CA: (status, body).
+fn curl(ca: &Ca, name: &str, addr: SocketAddr, path: &str, extra: &[&str]) -> (String, String) {
+    let port = addr.port();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "--cacert",
+            &p(&ca.cert),
+            "--resolve",
+        ])
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .args(["-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+/// What `openssl s_client` printed for one handshake (stdin closed at once).
+fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    s_client_on(None, addr, args)
+}
+
+/// `s_client` pinned to `cpu`: on loopback the kernel (and the `cpu` steering policy) then
+/// hands the connection to the cell of that CPU.
+fn s_client_on(cpu: Option<usize>, addr: SocketAddr, args: &[&str]) -> String {
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", &c.to_string(), "openssl"]);
+            t
+        }
+        None => Command::new("openssl"),
+    };
+    let out = cmd
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A full handshake from CPU 0 whose session `s_client` saves to `file`. TLS 1.3 sends the
+/// ticket after the handshake: the client stays until the file is there.
+fn save_session(addr: SocketAddr, flag: &str, file: &Path) {
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            "openssl",
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+        ])
+        .args(["-servername", "localhost", flag, "-sess_out", &p(file)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    wait_until(
+        Duration::from_secs(10),
+        "s_client saved the session",
+        || std::fs::metadata(file).is_ok_and(|m| m.len() > 0),
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// The subject CN of the certificate served for `sni`.
+fn served_subject(addr: SocketAddr, sni: &str) -> String {
+    let out = s_client(addr, &["-servername", sni]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn config(t: &TlsSite, body: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[[route]]\nprefix = \"/app/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\" }}\n\n\
+         [[route]]\nprefix = \"/\"\nstatic = {{ root = \"{}\" }}\n\n{body}",
+        t.site.root("app"),
+        t.site.root("www"),
+    );
+    t.site.file("portico.toml", text.as_bytes())
+}
+
+fn tls_table(listen: SocketAddr, leaf: &Leaf, more: &str) -> String {
+    format!(
+        "[[tls]]\nlisten = \"{listen}\"\ncert = \"{}\"\nkey = \"{}\"\n{more}\n",
+        p(&leaf.cert),
+        p(&leaf.key)
+    )
+}
+
+#[test]
+fn https_serves_static_wsgi_and_proxy_and_redirects_plain_http() {
+    let Some(t) = tls_site("https_serves_static_wsgi_and_proxy_and_redirects_plain_http") else {
+        return;
+    };
+    let (https, http) = (free_port(), free_port());
+    let echo = free_port();
+    let echo_backend = Upstream::start(
+        {
+            let mut c = Command::new("python3");
+            c.args(["-c", ECHO_PROTO, &echo.port().to_string()]);
+            c
+        },
+        Bind::Tcp(echo),
+        t.site.path().join("echo.log"),
+    );
+    let cfg = config(
+        &t,
+        &format!(
+            "[server.redirect_https]\nlisten = \"{http}\"\nport = {}\n\n{}\n\
+             [[route]]\nprefix = \"/up/\"\nproxy = \"http://{}/\"\n",
+            https.port(),
+            tls_table(https, &t.leaf, ""),
+            echo_backend.addr(),
+        ),
+    );
+    let portico = Portico::start(&[
+        "-c",
+        &p(&cfg),
+        "--listen",
+        &https.to_string(),
+        "--listen",
+        &http.to_string(),
+        "--workers",
+        "1",
+    ]);
+    assert!(
+        portico
+            .stderr_text()
+            .contains(&format!("listening on https://{https}")),
+        "{}",
+        portico.stderr_text()
+    );
+    assert_eq!(
+        curl(&t.ca, "localhost", https, "/a.txt", &[]),
+        ("200".into(), "hello".into())
+    );
+    assert_eq!(
+        curl(&t.ca, "localhost", https, "/app/x", &[]),
+        ("200".into(), "https".into())
+    );
+    assert_eq!(
+        curl(&t.ca, "localhost", https, "/up/x", &[]),
+        ("200".into(), "https".into())
+    );
+    // Python requests, verifying against the CA.
+    let py = Command::new(t.venv.join("bin/python"))
+        .args([
+            "-c",
+            "import requests, sys; r = requests.get(sys.argv[1], verify=sys.argv[2]); print(r.status_code, r.text)",
+            &format!("https://localhost:{}/app/", https.port()),
+            &p(&t.ca.cert),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        "200 https",
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    // The plain listener sends everything to https, target kept.
+    let r = raw(
+        http,
+        b"GET /a.txt?x=1 HTTP/1.1\r\nHost: example.test:8080\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://example.test:{}/a.txt?x=1", https.port()).as_str())
+    );
+    let m = portico.metrics();
+    assert!(
+        metric_sum(
+            &m,
+            "portico_tls_handshakes_total{cell=\"0\",version=\"1.3\""
+        ) >= 4.0,
+        "{m}"
+    );
+    assert!(m.contains("portico_tls_certificate_expiry_timestamp_seconds{"));
+    // The TLS families pass promtool's checks too.
+    if let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("tls"), "{text}");
+    } else {
+        skip_part(
+            "https_serves_static_wsgi_and_proxy_and_redirects_plain_http",
+            "promtool check metrics",
+            "promtool not installed (cargo xtask test installs it)",
+        );
+    }
+}
+
+#[test]
+fn sni_picks_the_certificate_and_unknown_names_are_refused_when_asked() {
+    let Some(t) = tls_site("sni_picks_the_certificate_and_unknown_names_are_refused_when_asked")
+    else {
+        return;
+    };
+    let api =
+        t.ca.leaf("api", Kind::Rsa, &["api.test", "*.api.test"], -1, 30);
+    let (open, strict) = (free_port(), free_port());
+    let sni = format!(
+        "[[tls.sni]]\nnames = [\"api.test\", \"*.api.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        p(&api.cert),
+        p(&api.key)
+    );
+    let cfg = config(
+        &t,
+        &format!(
+            "{}{}",
+            tls_table(open, &t.leaf, &sni),
+            tls_table(
+                strict,
+                &t.leaf,
+                &format!("unknown_name = \"reject\"\n{sni}")
+            )
+        ),
+    );
+    let portico = Portico::start(&[
+        "-c",
+        &p(&cfg),
+        "--listen",
+        &open.to_string(),
+        "--listen",
+        &strict.to_string(),
+        "--workers",
+        "1",
+    ]);
+    assert!(served_subject(open, "localhost").contains("localhost"));
+    assert!(served_subject(open, "api.test").contains("api.test"));
+    assert!(served_subject(open, "v2.api.test").contains("api.test"));
+    // An unknown name: the default certificate on one listener, a refusal on the other.
+    assert!(served_subject(open, "other.test").contains("localhost"));
+    assert_eq!(served_subject(strict, "other.test"), "");
+    assert_eq!(
+        curl(&t.ca, "api.test", strict, "/a.txt", &[]),
+        ("200".into(), "hello".into())
+    );
+    let m = portico.wait_metrics(Duration::from_secs(10), |m| {
+        metric_value(
+            m,
+            "portico_tls_handshake_failures_total{cell=\"0\",reason=\"unknown_name\"}",
+        ) == Some(1.0)
+    });
+    // Four s_client handshakes and curl's, all TLS 1.3.
+    assert_eq!(
+        metric_sum(
+            &m,
+            "portico_tls_handshakes_total{cell=\"0\",version=\"1.3\""
+        ),
+        5.0,
+        "{m}"
+    );
+}
+
+/// The cell that counted one more handshake of `series_prefix` between two scrapes.
+fn cell_that_counted(before: &str, after: &str, series: &str, cells: usize) -> Option<usize> {
+    (0..cells).find(|c| {
+        let s = series.replace("CELL", &c.to_string());
+        delta(after, before, &s) > 0.0
+    })
+}
+
+#[test]
+fn sessions_resume_on_another_cell() {
+    let Some(t) = tls_site("sessions_resume_on_another_cell") else {
+        return;
+    };
+    let addr = free_port();
+    let cfg = config(&t, &tls_table(addr, &t.leaf, ""));
+    let portico = Portico::start(&[
+        "-c",
+        &p(&cfg),
+        "--listen",
+        &addr.to_string(),
+        "--workers",
+        "2",
+    ]);
+    for (flag, version) in [("-tls1_3", "1.3"), ("-tls1_2", "1.2")] {
+        let sess = t.site.path().join(format!("session{version}.pem"));
+        let before = portico.metrics();
+        save_session(addr, flag, &sess);
+        // The first cell is the one whose handshake count moved.
+        let after = portico.wait_metrics(Duration::from_secs(10), |m| {
+            metric_sum(m, "portico_tls_handshakes_total")
+                > metric_sum(&before, "portico_tls_handshakes_total")
+        });
+        let first = (0..2)
+            .find(|c| {
+                metric_sum(
+                    &after,
+                    &format!("portico_tls_handshakes_total{{cell=\"{c}\""),
+                ) > metric_sum(
+                    &before,
+                    &format!("portico_tls_handshakes_total{{cell=\"{c}\""),
+                )
+            })
+            .expect("a cell counted the handshake");
+        // Resume from the CPUs in turn until a connection lands on the other cell.
+        let series =
+            format!("portico_tls_resumed_handshakes_total{{cell=\"CELL\",version=\"{version}\"}}");
+        let mut elsewhere = false;
+        for i in 0..40 {
+            let before = portico.metrics();
+            let out = s_client_on(
+                Some((i + 1) % cpus()),
+                addr,
+                &["-servername", "localhost", flag, "-sess_in", &p(&sess)],
+            );
+            assert!(out.contains("Reused, TLSv"), "not resumed:\n{out}");
+            let after = portico.wait_metrics(Duration::from_secs(10), |m| {
+                cell_that_counted(&before, m, &series, 2).is_some()
+            });
+            if cell_that_counted(&before, &after, &series, 2) != Some(first) {
+                elsewhere = true;
+                break;
+            }
+        }
+        assert!(
+            elsewhere,
+            "TLS {version}: 40 resumptions all landed on cell {first}"
+        );
+    }
+}
+
+#[test]
+fn versions_and_failed_handshakes_are_counted_and_the_cell_lives() {
+    let Some(t) = tls_site("versions_and_failed_handshakes_are_counted_and_the_cell_lives") else {
+        return;
+    };
+    let addr = free_port();
+    let cfg = config(
+        &t,
+        &format!(
+            "[limits]\nheader_timeout = \"1s\"\n\n{}",
+            tls_table(addr, &t.leaf, "min_version = \"1.3\"")
+        ),
+    );
+    let portico = Portico::start(&[
+        "-c",
+        &p(&cfg),
+        "--listen",
+        &addr.to_string(),
+        "--workers",
+        "1",
+    ]);
+    let pid = portico.cell_pids();
+    let failures = |reason: &str| {
+        portico
+            .metric(&format!(
+                "portico_tls_handshake_failures_total{{cell=\"0\",reason=\"{reason}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    // TLS 1.2 against min_version 1.3: refused.
+    let out = s_client(addr, &["-servername", "localhost", "-tls1_2"]);
+    assert!(!out.contains("New, TLSv1.2"), "{out}");
+    wait_until(Duration::from_secs(10), "a protocol failure", || {
+        failures("protocol") >= 1.0
+    });
+    // Plain HTTP to the TLS port: nginx's 400.
+    let r = get(addr, "/a.txt").expect("an answer to plain HTTP");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .contains("plain HTTP request was sent to an HTTPS port")
+    );
+    wait_until(Duration::from_secs(10), "a plaintext failure", || {
+        failures("plaintext") >= 1.0
+    });
+    // A handshake cut short: the start of a ClientHello, then the client goes.
+    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+    {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&hello_start).unwrap();
+    }
+    wait_until(Duration::from_secs(10), "an eof failure", || {
+        failures("eof") >= 1.0
+    });
+    // ... or stays without finishing: closed after header_timeout.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello_start).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "never closed");
+    wait_until(Duration::from_secs(10), "a timeout failure", || {
+        failures("timeout") >= 1.0
+    });
+    // TLS 1.3 still works, from the same cell.
+    assert_eq!(
+        curl(&t.ca, "localhost", addr, "/a.txt", &["--tlsv1.3"]),
+        ("200".into(), "hello".into())
+    );
+    assert_eq!(portico.cell_pids(), pid, "the cell was replaced");
+}
+
+#[test]
+fn check_rejects_bad_pairs_and_warns_on_expiry() {
+    let Some(t) = tls_site("check_rejects_bad_pairs_and_warns_on_expiry") else {
+        return;
+    };
+    let other = t.ca.leaf("other", Kind::Ecdsa, &["other.test"], -1, 30);
+    let expired = t.ca.leaf("expired", Kind::Ecdsa, &["old.test"], -60, -2);
+    let addr = free_port();
+    let check = |cfg: &Path| {
+        let out = Command::new(portico_bin())
+            .args(["check", "-c"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let listen = format!("[server]\nlisten = [\"{addr}\"]\n\n");
+    // The key of another certificate, and a missing file: both reported, nothing bound.
+    let mismatched = Leaf {
+        cert: t.leaf.cert.clone(),
+        key: other.key.clone(),
+    };
+    let missing = Leaf {
+        cert: t.site.path().join("nope.pem"),
+        key: t.leaf.key.clone(),
+    };
+    let cfg = config(
+        &t,
+        &format!(
+            "{listen}{}[[tls.sni]]\nnames = [\"x.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            tls_table(addr, &mismatched, ""),
+            p(&missing.cert),
+            p(&missing.key)
+        ),
+    );
+    let (code, text) = check(&cfg);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("do not make a pair"), "{text}");
+    assert!(text.contains("nope.pem"), "{text}");
+    assert!(TcpStream::connect(addr).is_err(), "something was bound");
+    // An expired certificate loads, with a warning.
+    let cfg = config(&t, &format!("{listen}{}", tls_table(addr, &expired, "")));
+    let (code, text) = check(&cfg);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("expired"), "{text}");
+}
+
+#[test]
+fn sighup_replaces_the_certificate_while_a_request_is_in_flight() {
+    let Some(t) = tls_site("sighup_replaces_the_certificate_while_a_request_is_in_flight") else {
+        return;
+    };
+    let addr = free_port();
+    let live = Leaf {
+        cert: t.site.path().join("live.pem"),
+        key: t.site.path().join("live.key"),
+    };
+    std::fs::copy(&t.leaf.cert, &live.cert).unwrap();
+    std::fs::copy(&t.leaf.key, &live.key).unwrap();
+    let cfg = config(&t, &tls_table(addr, &live, ""));
+    let portico = Portico::start(&[
+        "-c",
+        &p(&cfg),
+        "--listen",
+        &addr.to_string(),
+        "--workers",
+        "1",
+    ]);
+    assert!(served_subject(addr, "localhost").contains("localhost"));
+    // A request that takes 3 s, on a connection opened before the reload.
+    let ca = t.ca.cert.clone();
+    let slow = std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "30", "--cacert", &p(&ca), "--resolve"])
+            .arg(format!("localhost:{}:127.0.0.1", addr.port()))
+            .args(["-w", " %{http_code}"])
+            .arg(format!("https://localhost:{}/app/slow?3", addr.port()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    wait_until(Duration::from_secs(10), "the slow request started", || {
+        metric_sum(&portico.metrics(), "portico_tls_handshakes_total") >= 2.0
+    });
+    let next =
+        t.ca.leaf("next", Kind::Rsa, &["localhost", "next.test"], -1, 60);
+    std::fs::copy(&next.cert, &live.cert).unwrap();
+    std::fs::copy(&next.key, &live.key).unwrap();
+    portico.signal(rustix::process::Signal::HUP);
+    wait_until(
+        Duration::from_secs(30),
+        "the new certificate served",
+        || served_cert_names(addr).contains("next.test"),
+    );
+    assert_eq!(slow.join().unwrap(), "https 200");
+}
+
+/// The subjectAltName text of the certificate served without SNI.
+fn served_cert_names(addr: SocketAddr) -> String {
+    let mut s = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pem = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut pem).unwrap();
+    let _ = s.wait();
+    let mut x = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    x.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+    let out = x.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
