@@ -16,6 +16,7 @@ mod runner;
 mod static_files;
 mod steering;
 mod targets;
+mod tls;
 mod tunnel;
 mod wsgi;
 
@@ -31,8 +32,8 @@ use measure::{Ctx, Layout, Units};
 use results::{Family, Results};
 
 /// Every family, in the order `bench all` runs them.
-pub const FAMILIES: [&str; 7] = [
-    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering",
+pub const FAMILIES: [&str; 8] = [
+    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering", "tls",
 ];
 
 /// Options shared by every bench (the `bench` command line).
@@ -210,6 +211,7 @@ fn run_family(root: &Path, name: &str, opts: &BenchOpts) -> anyhow::Result<Famil
         "tunnel" => tunnel::bench_tunnel(&ctx, opts),
         "metrics" => metrics::bench_metrics(&ctx, opts),
         "steering" => steering::bench_steering(&ctx, opts),
+        "tls" => tls::bench_tls(&ctx, opts),
         other => bail!("unknown bench {other:?}"),
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);

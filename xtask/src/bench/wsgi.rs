@@ -154,6 +154,7 @@ pub(super) const GROUPS: [(&str, &[Row]); 2] = [
                     path: "/echo",
                     close: false,
                     body: 4096,
+                    tls: false,
                 },
             ),
         ],
