@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
@@ -142,15 +142,6 @@ pub(super) fn bench_proxy(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
         ),
     );
     let refs: Vec<&Server> = proxies.iter().collect();
-    for (id, label, load) in SCENARIOS {
-        let def = ScenarioDef {
-            id,
-            label,
-            load,
-            conns,
-        };
-        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-        family.scenarios.push(sc);
-    }
+    run_rows(ctx, &mut family, &refs, &SCENARIOS, conns);
     Ok(family)
 }

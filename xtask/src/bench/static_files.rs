@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
@@ -91,15 +91,6 @@ pub(super) fn bench_static(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
         ),
     );
     let refs: Vec<&Server> = servers.iter().collect();
-    for (id, label, load) in SCENARIOS {
-        let def = ScenarioDef {
-            id,
-            label,
-            load,
-            conns: o.conns,
-        };
-        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-        family.scenarios.push(sc);
-    }
+    run_rows(ctx, &mut family, &refs, &SCENARIOS, o.conns);
     Ok(family)
 }

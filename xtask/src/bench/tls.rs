@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
@@ -156,16 +156,7 @@ pub(super) fn bench_tls(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
             )?,
         ];
         let refs: Vec<&Server> = servers.iter().collect();
-        for &(id, label, load) in rows {
-            let def = ScenarioDef {
-                id,
-                label,
-                load,
-                conns: o.conns,
-            };
-            let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-            family.scenarios.push(sc);
-        }
+        run_rows(ctx, &mut family, &refs, rows, o.conns);
     }
     Ok(family)
 }
