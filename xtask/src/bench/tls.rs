@@ -90,36 +90,20 @@ fn start_nginx(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Server> {
-    let port = free_port()?;
-    std::fs::create_dir_all(dir)?;
-    let conf = dir.join("nginx.conf");
     // A shared session cache and tickets (nginx shares and rotates the ticket keys with it).
-    std::fs::write(
-        &conf,
+    super::start_nginx(ctx, dir, |port| {
         format!(
-            "worker_processes {workers};\nworker_cpu_affinity auto;\ndaemon off;\nmaster_process on;\n\
-             pid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\nworker_rlimit_nofile 65536;\n\
-             events {{ worker_connections 16384; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  tcp_nodelay on;\n\
-               keepalive_requests 1000000;\n  keepalive_timeout 75s;\n\
-               open_file_cache max=10000 inactive=60s;\n\
-               ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache shared:SSL:10m;\n\
-               ssl_session_tickets on;\n\
-               types {{ application/octet-stream bin; }}\n\
-               server {{\n    listen 127.0.0.1:{port} ssl reuseport;\n    root {root};\n\
-                 ssl_certificate {cert};\n    ssl_certificate_key {key};\n  }}\n}}\n",
-            workers = ctx.layout.workers,
-            dir = dir.display(),
+            "  sendfile on;\n  tcp_nopush on;\n  open_file_cache max=10000 inactive=60s;\n\
+             ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache shared:SSL:10m;\n\
+             ssl_session_tickets on;\n\
+             types {{ application/octet-stream bin; }}\n\
+             server {{\n    listen 127.0.0.1:{port} ssl reuseport;\n    root {root};\n\
+               ssl_certificate {cert};\n    ssl_certificate_key {key};\n  }}\n",
             root = docroot.display(),
             cert = cert.display(),
             key = key.display(),
-        ),
-    )?;
-    let mut cmd = ctx
-        .layout
-        .server(which("nginx").context("nginx not installed")?);
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
-    spawn_server("nginx", cmd, port)
+        )
+    })
 }
 
 pub(super) fn bench_tls(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
