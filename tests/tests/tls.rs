@@ -154,6 +154,16 @@ fn served_subject(addr: SocketAddr, sni: &str) -> String {
         .to_string()
 }
 
+/// Portico with `cfg`, listening on `listen`, with `workers` cells.
+fn start(cfg: &Path, listen: &[SocketAddr], workers: usize) -> Portico {
+    let mut args = vec!["-c".to_string(), p(cfg)];
+    for a in listen {
+        args.extend(["--listen".to_string(), a.to_string()]);
+    }
+    args.extend(["--workers".to_string(), workers.to_string()]);
+    Portico::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn config(t: &TlsSite, body: &str) -> std::path::PathBuf {
     let text = format!(
         "[[route]]\nprefix = \"/app/\"\nwsgi = {{ app = \"app:application\", chdir = \"{}\" }}\n\n\
@@ -198,16 +208,7 @@ fn https_serves_static_wsgi_and_proxy_and_redirects_plain_http() {
             echo_backend.addr(),
         ),
     );
-    let portico = Portico::start(&[
-        "-c",
-        &p(&cfg),
-        "--listen",
-        &https.to_string(),
-        "--listen",
-        &http.to_string(),
-        "--workers",
-        "1",
-    ]);
+    let portico = start(&cfg, &[https, http], 1);
     assert!(
         portico
             .stderr_text()
@@ -311,16 +312,7 @@ fn sni_picks_the_certificate_and_unknown_names_are_refused_when_asked() {
             )
         ),
     );
-    let portico = Portico::start(&[
-        "-c",
-        &p(&cfg),
-        "--listen",
-        &open.to_string(),
-        "--listen",
-        &strict.to_string(),
-        "--workers",
-        "1",
-    ]);
+    let portico = start(&cfg, &[open, strict], 1);
     assert!(served_subject(open, "localhost").contains("localhost"));
     assert!(served_subject(open, "api.test").contains("api.test"));
     assert!(served_subject(open, "v2.api.test").contains("api.test"));
@@ -363,14 +355,7 @@ fn sessions_resume_on_another_cell() {
     };
     let addr = free_port();
     let cfg = config(&t, &tls_table(addr, &t.leaf, ""));
-    let portico = Portico::start(&[
-        "-c",
-        &p(&cfg),
-        "--listen",
-        &addr.to_string(),
-        "--workers",
-        "2",
-    ]);
+    let portico = start(&cfg, &[addr], 2);
     for (flag, version) in [("-tls1_3", "1.3"), ("-tls1_2", "1.2")] {
         let sess = t.site.path().join(format!("session{version}.pem"));
         let before = portico.metrics();
@@ -431,14 +416,7 @@ fn versions_and_failed_handshakes_are_counted_and_the_cell_lives() {
             tls_table(addr, &t.leaf, "min_version = \"1.3\"")
         ),
     );
-    let portico = Portico::start(&[
-        "-c",
-        &p(&cfg),
-        "--listen",
-        &addr.to_string(),
-        "--workers",
-        "1",
-    ]);
+    let portico = start(&cfg, &[addr], 1);
     let pid = portico.cell_pids();
     let failures = |reason: &str| {
         portico
@@ -553,14 +531,7 @@ fn sighup_replaces_the_certificate_while_a_request_is_in_flight() {
     std::fs::copy(&t.leaf.cert, &live.cert).unwrap();
     std::fs::copy(&t.leaf.key, &live.key).unwrap();
     let cfg = config(&t, &tls_table(addr, &live, ""));
-    let portico = Portico::start(&[
-        "-c",
-        &p(&cfg),
-        "--listen",
-        &addr.to_string(),
-        "--workers",
-        "1",
-    ]);
+    let portico = start(&cfg, &[addr], 1);
     assert!(served_subject(addr, "localhost").contains("localhost"));
     // A request that takes 3 s, on a connection opened before the reload.
     let ca = t.ca.cert.clone();

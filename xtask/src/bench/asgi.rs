@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BenchOpts, Server, free_port, spawn_server};
 
 /// A raw ASGI app: hello world at `/` and a WebSocket echo at `/ws`; it answers the lifespan
@@ -238,16 +238,7 @@ pub(super) fn bench_asgi(ctx: &Ctx, venv: &Path, o: &BenchOpts) -> anyhow::Resul
             }
         }
         let refs: Vec<&Server> = servers.iter().collect();
-        for &(id, label, load) in rows {
-            let def = ScenarioDef {
-                id,
-                label,
-                load,
-                conns: o.conns,
-            };
-            let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-            family.scenarios.push(sc);
-        }
+        run_rows(ctx, &mut family, &refs, rows, o.conns);
     }
     Ok(family)
 }

@@ -120,6 +120,8 @@ pub enum Load {
         path: &'static str,
         close: bool,
         body: usize,
+        /// https (the server's certificate is not verified: the bench made it).
+        tls: bool,
     },
     /// `ws-load` echo messages of `size` bytes on /ws.
     WebSocket { size: usize },
@@ -131,6 +133,7 @@ impl Load {
             path,
             close: false,
             body: 0,
+            tls: false,
         }
     }
     pub const fn get_close(path: &'static str) -> Self {
@@ -138,6 +141,21 @@ impl Load {
             path,
             close: true,
             body: 0,
+            tls: false,
+        }
+    }
+    /// The same load over https.
+    pub const fn over_tls(self) -> Self {
+        match self {
+            Load::Http {
+                path, close, body, ..
+            } => Load::Http {
+                path,
+                close,
+                body,
+                tls: true,
+            },
+            other => other,
         }
     }
     /// "req" or "msg": what one counted unit is.
@@ -345,7 +363,12 @@ fn load_command(
     secs: u64,
 ) -> anyhow::Result<Command> {
     Ok(match load {
-        Load::Http { path, close, body } => {
+        Load::Http {
+            path,
+            close,
+            body,
+            tls,
+        } => {
             let mut cmd = ctx.layout.load(oha_bin().context("oha not installed")?);
             // -w: requests still running at the deadline are waited for, not counted as
             // errors; no latency correction: each connection sends when the last answer came.
@@ -362,7 +385,13 @@ fn load_command(
                 cmd.args(["-m", "POST", "-T", "application/octet-stream", "-D"])
                     .arg(file);
             }
-            cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+            if tls {
+                // oha keeps TLS sessions: each new connection resumes one.
+                cmd.arg("--insecure");
+                cmd.arg(format!("https://127.0.0.1:{port}{path}"));
+            } else {
+                cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+            }
             cmd
         }
         Load::WebSocket { size } => {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::measure::{Ctx, Layout, Load, measure};
 use super::results::Family;
-use super::runner::{NoProbe, ScenarioDef, run_scenario};
+use super::runner::run_rows;
 use super::{BENCH_APP, BenchOpts, Server, median, mixed_bench_dir, scrape, start_portico_with};
 
 /// Portico with static `/static/` + WSGI `/` in the scratch directory and `extra` TOML.
@@ -55,16 +55,7 @@ pub(super) fn bench_metrics(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> 
         ),
     );
     let refs: Vec<&Server> = servers.iter().collect();
-    for (id, label, load) in SCENARIOS {
-        let def = ScenarioDef {
-            id,
-            label,
-            load,
-            conns: o.conns,
-        };
-        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-        family.scenarios.push(sc);
-    }
+    run_rows(ctx, &mut family, &refs, &SCENARIOS, o.conns);
     drop(servers);
 
     // Scrape time with 64 cells' worth of series (the cells share every CPU here).

@@ -16,6 +16,7 @@ mod runner;
 mod static_files;
 mod steering;
 mod targets;
+mod tls;
 mod tunnel;
 mod wsgi;
 
@@ -31,8 +32,8 @@ use measure::{Ctx, Layout, Units};
 use results::{Family, Results};
 
 /// Every family, in the order `bench all` runs them.
-pub const FAMILIES: [&str; 7] = [
-    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering",
+pub const FAMILIES: [&str; 8] = [
+    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering", "tls",
 ];
 
 /// Options shared by every bench (the `bench` command line).
@@ -210,6 +211,7 @@ fn run_family(root: &Path, name: &str, opts: &BenchOpts) -> anyhow::Result<Famil
         "tunnel" => tunnel::bench_tunnel(&ctx, opts),
         "metrics" => metrics::bench_metrics(&ctx, opts),
         "steering" => steering::bench_steering(&ctx, opts),
+        "tls" => tls::bench_tls(&ctx, opts),
         other => bail!("unknown bench {other:?}"),
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);
@@ -261,6 +263,32 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
 }
 
 /// Starts a server in its own process group, output discarded, and waits for its port.
+/// nginx with the benches' common settings (the workers pinned by `auto` from CPU 0, no access
+/// log, keep-alive without limits) and the `http` block's own lines, which get the port.
+fn start_nginx(ctx: &Ctx, dir: &Path, http: impl FnOnce(u16) -> String) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes {w};\nworker_cpu_affinity auto;\ndaemon off;\nmaster_process on;\n\
+             pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\n\
+             events {{ worker_connections 16384; }}\n\
+             http {{\n  access_log off;\n  tcp_nodelay on;\n\
+               keepalive_requests 1000000;\n  keepalive_timeout 75s;\n{http}}}\n",
+            w = ctx.layout.workers,
+            d = dir.display(),
+            http = http(port),
+        ),
+    )?;
+    let mut cmd = ctx
+        .layout
+        .server(crate::process::which("nginx").context("nginx not installed")?);
+    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
+    spawn_server("nginx", cmd, port)
+}
+
 fn spawn_server(name: &'static str, mut cmd: Command, port: u16) -> anyhow::Result<Server> {
     use std::os::unix::process::CommandExt as _;
     cmd.process_group(0)

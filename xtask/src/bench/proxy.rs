@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
@@ -62,22 +62,14 @@ pub(super) fn start_portico(ctx: &Ctx, backend: u16, conns: usize) -> anyhow::Re
 
 fn start_nginx(ctx: &Ctx, backend: u16, conns: usize) -> anyhow::Result<Server> {
     let dir = &ctx.scratch;
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
     // The request headers Portico sets by default, so both send the backend the same request.
     let forwarded = "proxy_set_header Host $http_host;\n      \
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
         proxy_set_header X-Forwarded-Proto $scheme;\n      \
         proxy_set_header X-Real-IP $remote_addr;";
-    std::fs::write(
-        &conf,
+    super::start_nginx(ctx, dir, |port| {
         format!(
-            "worker_processes {w};\nworker_cpu_affinity auto;\ndaemon off;\nmaster_process on;\n\
-             pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\n\
-             events {{ worker_connections 16384; }}\n\
-             http {{\n  access_log off;\n  tcp_nodelay on;\n\
-               keepalive_requests 1000000;\n  keepalive_timeout 75s;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+            "  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                proxy_max_temp_file_size 0;\n\
                upstream backend {{\n    server 127.0.0.1:{backend};\n    keepalive {conns};\n\
                  keepalive_requests 1000000;\n    keepalive_timeout 60s;\n  }}\n\
@@ -87,16 +79,10 @@ fn start_nginx(ctx: &Ctx, backend: u16, conns: usize) -> anyhow::Result<Server> 
                  location /ws {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
                    proxy_set_header Upgrade $http_upgrade;\n      \
                    proxy_set_header Connection \"upgrade\";\n      {forwarded}\n      \
-                   proxy_read_timeout 3600s;\n    }}\n  }}\n}}\n",
+                   proxy_read_timeout 3600s;\n    }}\n  }}\n",
             d = dir.display(),
-            w = ctx.layout.workers,
-        ),
-    )?;
-    let mut cmd = ctx
-        .layout
-        .server(which("nginx").context("nginx not installed")?);
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
-    spawn_server("nginx", cmd, port)
+        )
+    })
 }
 
 /// The status and body length of one GET, so a misconfigured proxy fails before it is timed.
@@ -142,15 +128,6 @@ pub(super) fn bench_proxy(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
         ),
     );
     let refs: Vec<&Server> = proxies.iter().collect();
-    for (id, label, load) in SCENARIOS {
-        let def = ScenarioDef {
-            id,
-            label,
-            load,
-            conns,
-        };
-        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-        family.scenarios.push(sc);
-    }
+    run_rows(ctx, &mut family, &refs, &SCENARIOS, conns);
     Ok(family)
 }

@@ -38,6 +38,21 @@ impl Probe for NoProbe {}
 /// Seconds of the unmeasured warm-up run per server and scenario.
 const WARM_SECS: u64 = 1;
 
+/// Runs each of `rows` against `servers` with `conns` connections (no probe) and adds the
+/// scenarios to `family`: the loop every family without a probe shares.
+pub fn run_rows(ctx: &Ctx, family: &mut Family, servers: &[&Server], rows: &[Row], conns: usize) {
+    for &(id, label, load) in rows {
+        let def = ScenarioDef {
+            id,
+            label,
+            load,
+            conns,
+        };
+        let sc = run_scenario(ctx, family, servers, &def, &mut NoProbe);
+        family.scenarios.push(sc);
+    }
+}
+
 /// Runs `def` against every server in `repeats` interleaved rounds. A server that fails keeps
 /// the rounds it had and the reason; the others go on.
 pub fn run_scenario(

@@ -3,13 +3,10 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
-
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BenchOpts, Server, free_port, spawn_server};
-use crate::process::which;
 
 pub(super) fn start_portico(ctx: &Ctx, docroot: &Path) -> anyhow::Result<Server> {
     let port = free_port()?;
@@ -22,30 +19,15 @@ pub(super) fn start_portico(ctx: &Ctx, docroot: &Path) -> anyhow::Result<Server>
 }
 
 fn start_nginx(ctx: &Ctx, dir: &Path, docroot: &Path) -> anyhow::Result<Server> {
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    // `auto` binds worker i to CPU i: the server CPUs, which start at 0.
-    std::fs::write(
-        &conf,
+    super::start_nginx(ctx, dir, |port| {
         format!(
-            "worker_processes {workers};\nworker_cpu_affinity auto;\ndaemon off;\nmaster_process on;\n\
-             pid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\nworker_rlimit_nofile 65536;\n\
-             events {{ worker_connections 16384; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  tcp_nodelay on;\n\
-               keepalive_requests 1000000;\n  keepalive_timeout 75s;\n\
-               open_file_cache max=10000 inactive=60s;\n  open_file_cache_valid 60s;\n\
-               types {{ application/octet-stream bin; text/plain txt; }}\n\
-               server {{\n    listen 127.0.0.1:{port} reuseport;\n    root {root};\n  }}\n}}\n",
-            workers = ctx.layout.workers,
-            dir = dir.display(),
+            "  sendfile on;\n  tcp_nopush on;\n\
+             open_file_cache max=10000 inactive=60s;\n  open_file_cache_valid 60s;\n\
+             types {{ application/octet-stream bin; text/plain txt; }}\n\
+             server {{\n    listen 127.0.0.1:{port} reuseport;\n    root {root};\n  }}\n",
             root = docroot.display()
-        ),
-    )?;
-    let mut cmd = ctx
-        .layout
-        .server(which("nginx").context("nginx not installed")?);
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
-    spawn_server("nginx", cmd, port)
+        )
+    })
 }
 
 pub(super) const SCENARIOS: [Row; 4] = [
@@ -91,15 +73,6 @@ pub(super) fn bench_static(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
         ),
     );
     let refs: Vec<&Server> = servers.iter().collect();
-    for (id, label, load) in SCENARIOS {
-        let def = ScenarioDef {
-            id,
-            label,
-            load,
-            conns: o.conns,
-        };
-        let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-        family.scenarios.push(sc);
-    }
+    run_rows(ctx, &mut family, &refs, &SCENARIOS, o.conns);
     Ok(family)
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::measure::{Ctx, Load};
 use super::results::Family;
-use super::runner::{NoProbe, Row, ScenarioDef, run_scenario};
+use super::runner::{Row, run_rows};
 use super::{BENCH_APP, BenchOpts, Server, free_port, spawn_server};
 
 const BENCH_FLASK: &str = r#"
@@ -154,6 +154,7 @@ pub(super) const GROUPS: [(&str, &[Row]); 2] = [
                     path: "/echo",
                     close: false,
                     body: 4096,
+                    tls: false,
                 },
             ),
         ],
@@ -194,16 +195,7 @@ pub(super) fn bench_wsgi(ctx: &Ctx, venv: &Path, o: &BenchOpts) -> anyhow::Resul
             }
         }
         let refs: Vec<&Server> = servers.iter().collect();
-        for &(id, label, load) in rows {
-            let def = ScenarioDef {
-                id,
-                label,
-                load,
-                conns: o.conns,
-            };
-            let sc = run_scenario(ctx, &family, &refs, &def, &mut NoProbe);
-            family.scenarios.push(sc);
-        }
+        run_rows(ctx, &mut family, &refs, rows, o.conns);
     }
     Ok(family)
 }
