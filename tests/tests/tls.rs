@@ -590,3 +590,53 @@ fn served_cert_names(addr: SocketAddr) -> String {
     let out = x.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn alpn_h2_serves_http2_over_tls_and_http1_to_the_rest() {
+    let Some(t) = tls_site("alpn_h2_serves_http2_over_tls_and_http1_to_the_rest") else {
+        return;
+    };
+    let addr = free_port();
+    let cfg = config(&t, &tls_table(addr, &t.leaf, ""));
+    let portico = start(&cfg, &[addr], 1);
+    // (status, HTTP version) as curl reports them.
+    let version = |path: &str, flag: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "10", flag])
+            .args(["--cacert", &p(&t.ca.cert), "--resolve"])
+            .arg(format!("localhost:{}:127.0.0.1", addr.port()))
+            .args(["-w", "%{http_code} %{http_version}"])
+            .arg(format!("https://localhost:{}{path}", addr.port()))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(version("/a.txt", "--http2"), "200 2");
+    assert_eq!(version("/app/x", "--http2"), "200 2");
+    assert_eq!(version("/a.txt", "--http1.1"), "200 1.1");
+    // httpx with HTTP/2 (and the h2 package), verifying against the CA.
+    let py = Command::new(t.venv.join("bin/python"))
+        .args([
+            "-c",
+            "import httpx, sys\n\
+             with httpx.Client(http2=True, verify=sys.argv[2]) as c:\n\
+             \x20   r = c.get(sys.argv[1])\n\
+             \x20   print(r.http_version, r.status_code, r.text)",
+            &format!("https://localhost:{}/app/", addr.port()),
+            &p(&t.ca.cert),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        "HTTP/2 200 https",
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let m = portico.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.contains("network_protocol_version=\"2\"") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}

@@ -117,12 +117,18 @@ impl Acceptor {
     }
 
     /// A TLS connection: the handshake (within `header_timeout`) in the connection's own task.
+    /// ALPN `h2` makes it an HTTP/2 connection, anything else HTTP/1.1.
     fn spawn_tls(&self, tls: Rc<TlsListener>, stream: TcpStream, info: ConnInfo) {
         let (ctx, drain) = (self.ctx.clone(), self.drain.clone());
         self.track(true, async move {
             let timeout = ctx.limits.header_timeout.0;
             if let Some(s) = tls.handshake(stream, timeout, &info.remote_addr).await {
-                serve_connection(TlsConn(s), Arc::new(info), ctx, drain).await;
+                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                if h2 {
+                    serve_h2(TlsConn(s), Arc::new(info), ctx, drain).await;
+                } else {
+                    serve_connection(TlsConn(s), Arc::new(info), ctx, drain).await;
+                }
             }
         });
     }

@@ -53,7 +53,7 @@ impl TlsConfig {
 }
 
 fn default_alpn() -> Vec<String> {
-    vec!["http/1.1".into()]
+    vec!["h2".into(), "http/1.1".into()]
 }
 fn default_min_version() -> String {
     "1.2".into()
