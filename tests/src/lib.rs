@@ -12,6 +12,7 @@ pub mod smuggle;
 pub mod smuggle_cases;
 mod smuggle_pipeline;
 pub mod strict;
+pub mod tls_site;
 mod upstream;
 
 pub use faultfs::FaultyDir;
