@@ -198,7 +198,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (k, M, G)")),
     };
+    // At most i64::MAX: TOML integers (and the JSON a cell reads) are signed.
     n.checked_mul(mult)
+        .filter(|v| i64::try_from(*v).is_ok())
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
@@ -239,6 +241,9 @@ mod tests {
         assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999999G").is_err());
+        // Fits u64 but not i64: a cell could not read it back (found by fuzzing config_load).
+        assert!(parse_size("9999999999999912k").is_err());
+        assert_eq!(parse_size(&i64::MAX.to_string()).unwrap(), i64::MAX as u64);
     }
 
     #[test]
