@@ -122,7 +122,7 @@ impl Pair {
             &pair.vs,
         ]);
         pair.srv.ip(&["link", "set", &pair.vs, "up"]);
-        for h in [2, 3, 4] {
+        for h in [2, 3, 4, 5] {
             pair.cli
                 .ip(&["addr", "add", &format!("{}/24", pair.ip(h)), "dev", &vc]);
         }
@@ -278,9 +278,9 @@ fn xdp_guard_blocklist_and_syn_budget() {
     });
     assert_eq!(back.unwrap(), 200, "unblocked within a second");
 
-    // 3. A bounded SYN flood from .3 is cut to its budget (400 at once + 200/s) while .2 is
-    // served throughout.
-    std::thread::sleep(Duration::from_secs(2)); // .3's bucket refills after the requests above
+    // 3. A bounded SYN flood from .5 (a source with a full bucket: nothing sent from it yet) is
+    // cut to its budget (400 at once + 200/s) while .2 is served throughout.
+    let a5 = ip(5);
     let before = srv.scrape(admin);
     let normal = cli.spawn(None, move || {
         let end = Instant::now() + Duration::from_millis(2500);
@@ -297,7 +297,7 @@ fn xdp_guard_blocklist_and_syn_budget() {
     });
     let flood_for = Duration::from_secs(2);
     let t = Instant::now();
-    let sent = cli.run(None, move || send_syns(a3, dst, 8000, flood_for));
+    let sent = cli.run(None, move || send_syns(a5, dst, 8000, flood_for));
     let elapsed = t.elapsed().as_secs_f64();
     let (ok, failed) = normal.join().unwrap();
     // Every SYN sent has been through the guard (dropped or passed) before counting.

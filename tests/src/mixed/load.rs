@@ -4,8 +4,7 @@
 //! in time whatever happens; optionally paced to a request rate.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::ws;
@@ -132,10 +131,39 @@ struct Shared {
 /// Most failures kept with their details (all are counted).
 const KEEP_FAILURES: usize = 100_000;
 
+/// The load's stop signal: the clients' waits (pacing, back-off) end the moment it is set.
+#[derive(Debug, Default)]
+struct Stop {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.set.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.set.lock().unwrap()
+    }
+
+    /// Waits until `until` or the stop, whichever comes first.
+    fn wait_until(&self, until: Instant) {
+        let mut set = self.set.lock().unwrap();
+        while !*set {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            set = self.changed.wait_timeout(set, left).unwrap().0;
+        }
+    }
+}
+
 /// The running load.
 #[derive(Debug)]
 pub struct MixedLoad {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     shared: Arc<Mutex<Shared>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -144,7 +172,7 @@ impl MixedLoad {
     /// One thread per stream against `addr`, for at most `max` (then the threads stop by
     /// themselves). `rate`: requests per second per thread (None: as fast as answers come).
     pub fn start(addr: SocketAddr, streams: &[Stream], max: Duration, rate: Option<f64>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::default());
         let shared = Arc::new(Mutex::new(Shared::default()));
         let deadline = Instant::now() + max;
         let threads = streams
@@ -180,7 +208,7 @@ impl MixedLoad {
 
     /// Stops the clients and waits for them: the final counts and the failures kept.
     pub fn finish(self) -> (Tally, Vec<Failure>) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         for t in self.threads {
             let _ = t.join();
         }
@@ -235,7 +263,7 @@ struct Client {
     id: usize,
     addr: SocketAddr,
     stream: Stream,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     shared: Arc<Mutex<Shared>>,
     deadline: Instant,
     pace: Option<Duration>,
@@ -243,7 +271,7 @@ struct Client {
 
 impl Client {
     fn running(&self) -> bool {
-        !self.stop.load(Ordering::Relaxed) && Instant::now() < self.deadline
+        !self.stop.is_set() && Instant::now() < self.deadline
     }
 
     fn run(self) {
@@ -253,12 +281,15 @@ impl Client {
         while self.running() {
             if let Check::WebSocket { path, messages } = &self.stream.check {
                 let (id, addr) = (self.id, self.addr);
-                ws::session(addr, path, *messages, id, &mut |n, o, c, started| {
+                let connected = ws::session(addr, path, *messages, id, &mut |n, o, c, started| {
                     seq += 1;
                     self.record(o, c, started);
                     self.wait_turn(start, seq);
                     n < *messages && self.running()
                 });
+                if !connected {
+                    self.back_off();
+                }
                 continue;
             }
             seq += 1;
@@ -271,8 +302,7 @@ impl Client {
                 Ok(o) => o,
                 Err(e) => {
                     self.record(Outcome::Failed("connect", e.to_string()), None, started);
-                    // A refused connect returns at once: do not spin.
-                    std::thread::sleep(Duration::from_millis(5));
+                    self.back_off();
                     continue;
                 }
             };
@@ -286,15 +316,18 @@ impl Client {
         }
     }
 
-    /// Paced: sleeps until request `seq + 1` is due.
+    /// Paced: waits until request `seq + 1` is due, the deadline, or the stop.
     fn wait_turn(&self, start: Instant, seq: u64) {
         if let Some(p) = self.pace {
-            let due = start + p.mul_f64(seq as f64);
-            let now = Instant::now();
-            if due > now && due < self.deadline {
-                std::thread::sleep(due - now);
-            }
+            self.stop
+                .wait_until((start + p.mul_f64(seq as f64)).min(self.deadline));
         }
+    }
+
+    /// A refused connect returns at once: wait 5 ms (or until the stop) rather than spin.
+    fn back_off(&self) {
+        self.stop
+            .wait_until((Instant::now() + Duration::from_millis(5)).min(self.deadline));
     }
 
     /// One request on `open`: its outcome, and whether the connection may be used again.

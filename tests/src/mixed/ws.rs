@@ -1,21 +1,22 @@
 //! One WebSocket session of the mixed load: the handshake, text messages echoed one at a time
 //! (masked client frames, RFC 6455 section 5.3), then the close handshake.
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::load::{ConnInfo, Outcome, io_kind};
 use crate::Conn;
 
 /// Runs a session of up to `messages` echoes. `each(n, outcome, conn)` is called after every
 /// message (n counts them from 1, with when it was sent) and for a failed handshake or close;
-/// the session goes on while it returns true.
+/// the session goes on while it returns true. False when no connection was made (the caller
+/// backs off).
 pub(super) fn session(
     addr: SocketAddr,
     path: &str,
     messages: usize,
     client: usize,
     each: &mut dyn FnMut(usize, Outcome, Option<ConnInfo>, Instant) -> bool,
-) {
+) -> bool {
     let opened = Instant::now();
     let (mut c, head) = match Conn::websocket(addr, path, &[]) {
         Ok(x) => x,
@@ -31,8 +32,7 @@ pub(super) fn session(
                 None,
                 opened,
             );
-            std::thread::sleep(Duration::from_millis(5));
-            return;
+            return false;
         }
     };
     let info = ConnInfo::of(&c, opened);
@@ -44,7 +44,7 @@ pub(super) fn session(
             Some(info),
             opened,
         );
-        return;
+        return true;
     }
     let mut n = 0;
     loop {
@@ -65,7 +65,7 @@ pub(super) fn session(
         let failed = matches!(outcome, Outcome::Failed(..));
         if failed || !each(n, outcome, Some(info), sent) {
             if failed {
-                return;
+                return true;
             }
             break;
         }
@@ -88,6 +88,7 @@ pub(super) fn session(
             sent,
         );
     }
+    true
 }
 
 /// Sends one masked frame with FIN set.
