@@ -21,7 +21,7 @@ fn proxy_differential_has_no_desyncs() {
         "proxy -> recording backend",
         p.addr,
         &all,
-        || backend.clear(),
+        || backend.clear_after(&p),
         |_| backend_view(&backend),
     );
     assert!(
@@ -31,7 +31,7 @@ fn proxy_differential_has_no_desyncs() {
         desyncs.join("\n")
     );
     // Portico is still serving after the whole suite.
-    backend.clear();
+    backend.clear_after(&p);
     let r = get(p.addr, "/after").unwrap();
     assert_eq!(r.status, 200);
     let (served, problems) = backend_view(&backend);
@@ -47,7 +47,7 @@ fn a_broken_chunk_past_the_preread_closes_the_upstream_connection() {
     let route = format!("/=http://{}", backend.addr);
     let p = Portico::start(&["--workers", "1", "--proxy", &route]);
     assert_eq!(get(p.addr, "/warm").unwrap().status, 200);
-    backend.clear();
+    backend.clear_after(&p);
     let mut raw = b"POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..80 {
         raw.extend_from_slice(b"400\r\n");
@@ -76,7 +76,7 @@ fn a_broken_chunk_past_the_preread_closes_the_upstream_connection() {
     let (served, _) = backend_view(&backend);
     assert!(served.is_empty(), "served: {served:?}");
     // The next request is read cleanly by the backend.
-    backend.clear();
+    backend.clear_after(&p);
     assert_eq!(get(p.addr, "/next").unwrap().status, 200);
     let (served, problems) = backend_view(&backend);
     assert!(problems.is_empty(), "{problems:?}");
