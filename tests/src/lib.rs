@@ -409,3 +409,29 @@ pub fn delta(after: &str, before: &str, series: &str) -> f64 {
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
+
+/// Why a promtool check was skipped.
+pub const PROMTOOL_MISSING: &str = "promtool not installed (cargo xtask test installs it)";
+
+/// `promtool check metrics` on the exposition `m`: whether it passed and what it printed
+/// (stdout, then stderr); None without promtool (the caller reports the skip).
+pub fn promtool_check(m: &str) -> Option<(bool, String)> {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(m.as_bytes())
+        .expect("writing the exposition to promtool");
+    let out = child.wait_with_output().expect("promtool's output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.success(), text))
+}

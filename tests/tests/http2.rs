@@ -154,30 +154,10 @@ fn still_serves(p: &Portico, cell: i32) {
 
 /// `promtool check metrics` passes the scrape `m` (a SKIP-PART without promtool).
 fn promtool_passes(test: &str, m: &str) {
-    use std::io::Write as _;
-    use std::process::Stdio;
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        skip_part(
-            test,
-            "promtool",
-            "promtool not installed (cargo xtask test installs it)",
-        );
-        return;
-    };
-    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    match promtool_check(m) {
+        Some((passed, text)) => assert!(passed, "promtool: {text}"),
+        None => skip_part(test, "promtool", PROMTOOL_MISSING),
+    }
 }
 
 #[test]

@@ -99,28 +99,10 @@ fn exposition_passes_promtool() {
         get(p.addr, path).unwrap();
     }
     let m = p.metrics();
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        skip(
-            "exposition_passes_promtool",
-            "promtool not installed (cargo xtask test installs it)",
-        );
-        return;
-    };
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    match promtool_check(&m) {
+        Some((passed, text)) => assert!(passed, "promtool: {text}"),
+        None => skip("exposition_passes_promtool", PROMTOOL_MISSING),
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use portico_tests::certs::{Kind, Leaf};
@@ -95,24 +95,13 @@ fn https_serves_static_wsgi_and_proxy_and_redirects_plain_http() {
     );
     assert!(m.contains("portico_tls_certificate_expiry_timestamp_seconds{"));
     // The TLS families pass promtool's checks too.
-    if let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !text.contains("tls"), "{text}");
-    } else {
-        skip_part(
+    match promtool_check(&m) {
+        Some((passed, text)) => assert!(passed && !text.contains("tls"), "{text}"),
+        None => skip_part(
             "https_serves_static_wsgi_and_proxy_and_redirects_plain_http",
             "promtool check metrics",
-            "promtool not installed (cargo xtask test installs it)",
-        );
+            PROMTOOL_MISSING,
+        ),
     }
 }
 
