@@ -28,6 +28,8 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("libev-dev", "/usr/include/ev.h"),
+    // h2load: the HTTP/2 load of `bench tls`.
+    ("nghttp2-client", "h2load"),
 ];
 /// Debian packages of `xtask profile`: perf (a wrapper that runs the kernel's own version).
 pub const PROFILE_PACKAGES: &[(&str, &str)] = &[("linux-perf", "perf")];

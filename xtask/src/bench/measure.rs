@@ -1,6 +1,7 @@
 //! The one measurement layer of every bench: where servers and load run (`Layout`), one load
-//! run (`oha` for HTTP, `ws-load` for WebSocket echo) and what the server's processes spent
-//! during it, from /proc: CPU (utime + stime of the whole process tree) and sampled peak RSS.
+//! run (`oha` for HTTP, `ws-load` for WebSocket echo, `tls-load` for TLS handshakes) and
+//! what the server's processes spent during it, from /proc: CPU (utime + stime of the whole
+//! process tree) and sampled peak RSS.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::Server;
-use super::results::{Percentile, Round};
-use crate::process::output;
+use super::parse::{parse_h2load, parse_oha, parse_own};
+use super::results::Round;
+use crate::process::{output, which};
 
 /// Which CPUs the servers and the load generator get.
 #[derive(Clone, Debug)]
@@ -125,6 +127,16 @@ pub enum Load {
     },
     /// `ws-load` echo messages of `size` bytes on /ws.
     WebSocket { size: usize },
+    /// `tls-load`: GETs of `path`, each on a new TLS connection trusting `scratch/<cert>.pem`:
+    /// a full handshake, or when `resume` one that resumes the client's previous session.
+    NewTls {
+        path: &'static str,
+        cert: &'static str,
+        resume: bool,
+    },
+    /// `h2load` (nghttp2): GETs of `path` over HTTP/2 on TLS, 10 concurrent streams per
+    /// connection.
+    Http2 { path: &'static str },
 }
 
 impl Load {
@@ -161,7 +173,7 @@ impl Load {
     /// "req" or "msg": what one counted unit is.
     pub fn unit(self) -> &'static str {
         match self {
-            Load::Http { .. } => "req",
+            Load::Http { .. } | Load::NewTls { .. } | Load::Http2 { .. } => "req",
             Load::WebSocket { .. } => "msg",
         }
     }
@@ -324,7 +336,9 @@ pub fn measure(
     }
     let parsed = match load {
         Load::Http { .. } => parse_oha(&text)?,
-        Load::WebSocket { .. } => parse_ws_load(&text)?,
+        Load::WebSocket { .. } => parse_own(&text, "messages")?,
+        Load::NewTls { .. } => parse_own(&text, "requests")?,
+        Load::Http2 { .. } => parse_h2load(&text)?,
     };
     if parsed.count <= 0.0 {
         bail!(
@@ -406,125 +420,47 @@ fn load_command(
             ]);
             cmd
         }
+        Load::NewTls { path, cert, resume } => {
+            let mut cmd = ctx.layout.load(ctx.root.join("target/release/tls-load"));
+            cmd.arg(format!("127.0.0.1:{port}"))
+                .args(["--path", path, "--ca"])
+                .arg(ctx.scratch.join(format!("{cert}.pem")))
+                .args(["--connections", &conns.to_string()])
+                .args(["--duration", &secs.to_string()]);
+            if resume {
+                cmd.arg("--resume");
+            }
+            cmd
+        }
+        Load::Http2 { path } => {
+            let mut cmd = ctx
+                .layout
+                .load(which("h2load").context("h2load not installed")?);
+            cmd.args([
+                "-D",
+                &secs.to_string(),
+                "-c",
+                &conns.to_string(),
+                "-m",
+                "10",
+            ])
+            .arg(format!("https://127.0.0.1:{port}{path}"));
+            cmd
+        }
     })
 }
 
 /// `oha` on PATH or where `cargo install` puts it.
 pub fn oha_bin() -> Option<PathBuf> {
-    crate::process::which("oha").or_else(|| {
+    which("oha").or_else(|| {
         let p = Path::new(&std::env::var_os("HOME")?).join(".cargo/bin/oha");
         p.is_file().then_some(p)
     })
 }
 
-struct Parsed {
-    /// Successful requests (2xx and 3xx) or echoed messages.
-    count: f64,
-    errors: f64,
-    /// The generator's own measured duration, when it reports one.
-    secs: Option<f64>,
-    latency_ms: Vec<Percentile>,
-}
-
-fn parse_oha(text: &str) -> anyhow::Result<Parsed> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).with_context(|| format!("oha printed no JSON:\n{text}"))?;
-    let mut count = 0.0;
-    let mut errors = 0.0;
-    if let Some(codes) = v["statusCodeDistribution"].as_object() {
-        for (code, n) in codes {
-            let n = n.as_f64().unwrap_or(0.0);
-            if code.starts_with('2') || code.starts_with('3') {
-                count += n;
-            } else {
-                errors += n;
-            }
-        }
-    }
-    if let Some(errs) = v["errorDistribution"].as_object() {
-        errors += errs
-            .values()
-            .filter_map(serde_json::Value::as_f64)
-            .sum::<f64>();
-    }
-    let latency_ms = v["latencyPercentiles"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, s)| {
-            Some(Percentile {
-                p: k.strip_prefix('p')?.parse().ok()?,
-                ms: s.as_f64()? * 1e3,
-            })
-        })
-        .collect::<Vec<_>>();
-    Ok(Parsed {
-        count,
-        errors,
-        secs: v["summary"]["total"].as_f64().filter(|s| *s > 0.0),
-        latency_ms: sorted(latency_ms),
-    })
-}
-
-fn parse_ws_load(text: &str) -> anyhow::Result<Parsed> {
-    let field = |name: &str| {
-        text.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(':')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
-    let count =
-        field("messages").with_context(|| format!("no count in ws-load output:\n{text}"))?;
-    let rate = field("messages/s").context("no messages/s in ws-load output")?;
-    let latency_ms = ["50", "90", "99", "99.9", "99.99"]
-        .iter()
-        .filter_map(|p| {
-            Some(Percentile {
-                p: p.parse().ok()?,
-                ms: field(&format!("p{p}_us"))? / 1e3,
-            })
-        })
-        .collect();
-    Ok(Parsed {
-        count,
-        errors: 0.0,
-        secs: (rate > 0.0).then(|| count / rate),
-        latency_ms: sorted(latency_ms),
-    })
-}
-
-fn sorted(mut v: Vec<Percentile>) -> Vec<Percentile> {
-    v.sort_by(|a, b| a.p.total_cmp(&b.p));
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn oha_json_counts_successes_errors_and_percentiles() {
-        let p = parse_oha(
-            r#"{"summary":{"total":2.0},"latencyPercentiles":{"p50":0.001,"p99.9":0.004},
-               "statusCodeDistribution":{"200":90,"503":4},"errorDistribution":{"reset":6}}"#,
-        )
-        .unwrap();
-        assert_eq!((p.count, p.errors, p.secs), (90.0, 10.0, Some(2.0)));
-        assert_eq!(p.latency_ms.len(), 2);
-        assert_eq!(p.latency_ms[1].p, 99.9);
-        assert!((p.latency_ms[1].ms - 4.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn ws_load_output_parses() {
-        let p =
-            parse_ws_load("messages: 500\nmessages/s: 250\np50_us: 100\np99.9_us: 900\n").unwrap();
-        assert_eq!((p.count, p.secs), (500.0, Some(2.0)));
-        assert_eq!(p.latency_ms.len(), 2);
-    }
 
     #[test]
     fn layout_pins_servers_first() {

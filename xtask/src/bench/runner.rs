@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use super::Server;
 use super::measure::{Ctx, Load, measure};
 use super::results::{Family, Round, Scenario, ServerRuns};
+use super::row::{extras, figures};
 
 /// A family's scenario table entry: (id, label, load).
 pub type Row = (&'static str, &'static str, Load);
@@ -119,20 +120,16 @@ pub const HEADER: &str = "| scenario | server | rate /s (min-max) | p50 / p99 / 
      |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
 const LEGEND: &str = "\nMedians over the rounds, min-max in brackets. rate: successful requests (WebSocket: \
-    echoed messages) per second; latency from oha / ws-load without coordinated-omission \
-    correction; CPU: utime + stime of all the server's processes over the window, per request; \
+    echoed messages) per second; latency from oha / ws-load / tls-load without coordinated-omission \
+    correction (h2load prints none: n/a); CPU: utime + stime of all the server's processes over the window, per request; \
     server busy: that CPU time over wall time; load busy near 100% means the load generator set \
     the pace (judge by CPU per request then); peak RSS: sampled sum over the server's processes.\n\n";
 
 /// The table rows of one scenario.
 pub fn rows(sc: &Scenario) -> String {
-    let ours = sc
-        .server("portico")
-        .or_else(|| sc.servers.first())
-        .and_then(|s| s.stat(|r| r.rate));
     let mut out = String::new();
     for s in &sc.servers {
-        let (Some(rate), Some(cpu)) = (s.stat(|r| r.rate), s.stat(|r| r.cpu_us)) else {
+        let Some(f) = figures(sc, s) else {
             let why = s.failed.as_deref().unwrap_or("no round");
             let why = why.lines().next().unwrap_or_default().replace('|', "/");
             out.push_str(&format!(
@@ -141,43 +138,29 @@ pub fn rows(sc: &Scenario) -> String {
             ));
             continue;
         };
-        let med = |f: fn(&Round) -> f64| s.stat(f).map_or(f64::NAN, |x| x.median);
         // Family-specific figures go beside the server's name.
         let mut name = s.server.clone();
-        for k in s
-            .rounds
-            .first()
-            .map(|r| r.extra.keys())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(x) = s.stat(|r| r.extra.get(k).copied().unwrap_or(f64::NAN)) {
-                name.push_str(&format!(" ({k} {:.2})", x.median));
-            }
+        for (k, x) in extras(s) {
+            name.push_str(&format!(" ({k} {x:.2})"));
         }
         if let Some(f) = &s.failed {
             let f = f.lines().next().unwrap_or_default().replace('|', "/");
             name.push_str(&format!(" (then failed: {f})"));
         }
-        let line = format!(
-            "| {} | {name} | {:.0} ({:.0}-{:.0}) | {:.2} / {:.2} / {:.2} | {:.0} | {:.1} ({:.1}-{:.1}) | {:.0}% | {:.0}% | {:.1} | {} |\n",
+        let [p50, p99, p999] = &f.latency;
+        out.push_str(&format!(
+            "| {} | {name} | {} ({}) | {p50} / {p99} / {p999} | {} | {} ({}) | {} | {} | {} | {} |\n",
             sc.label,
-            rate.median,
-            rate.min,
-            rate.max,
-            med(|r| r.latency(50.0)),
-            med(|r| r.latency(99.0)),
-            med(|r| r.latency(99.9)),
-            med(|r| r.errors),
-            cpu.median,
-            cpu.min,
-            cpu.max,
-            med(|r| r.server_busy) * 100.0,
-            med(|r| r.load_busy) * 100.0,
-            med(|r| r.peak_rss_kib) / 1024.0,
-            ours.map_or("-".into(), |o| format!("{:.2}", o.median / rate.median)),
-        );
-        out.push_str(&line);
+            f.rate,
+            f.rate_range,
+            f.errors,
+            f.cpu,
+            f.cpu_range,
+            f.server_busy,
+            f.load_busy,
+            f.rss_mib,
+            f.ratio,
+        ));
     }
     out
 }

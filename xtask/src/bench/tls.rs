@@ -1,6 +1,7 @@
 //! `bench tls`: static files over TLS, Portico (rustls) against nginx (OpenSSL) with the same
-//! ECDSA P-256 or RSA 2048 certificate and the same workers (per core by default). oha keeps
-//! its TLS sessions, so its new-connection rows are resumed handshakes.
+//! ECDSA P-256 or RSA 2048 certificate and the same workers (per core by default). Handshakes
+//! come from `tls-load` (full, or each client resuming its own last session), keep-alive rows
+//! from oha, HTTP/2 from h2load.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,16 +15,34 @@ use super::{BenchOpts, Server, free_port, spawn_server};
 use crate::process::which;
 
 /// Rows with the ECDSA certificate (the one the README advises).
-pub(super) const SCENARIOS: [Row; 3] = [
+pub(super) const SCENARIOS: [Row; 5] = [
+    (
+        "full-ecdsa",
+        "full handshake + 1 KiB, new connection per request (ECDSA P-256)",
+        Load::NewTls {
+            path: "/1k.bin",
+            cert: "ecdsa",
+            resume: false,
+        },
+    ),
     (
         "resumed-ecdsa",
         "resumed handshake + 1 KiB, new connection per request (ECDSA)",
-        Load::get_close("/1k.bin").over_tls(),
+        Load::NewTls {
+            path: "/1k.bin",
+            cert: "ecdsa",
+            resume: true,
+        },
     ),
     (
         "1k-tls",
         "1 KiB keep-alive over TLS 1.3",
         Load::get("/1k.bin").over_tls(),
+    ),
+    (
+        "1k-h2",
+        "1 KiB over HTTP/2 on TLS 1.3 (h2load, 10 streams per connection)",
+        Load::Http2 { path: "/1k.bin" },
     ),
     (
         "1m-tls",
@@ -32,14 +51,30 @@ pub(super) const SCENARIOS: [Row; 3] = [
     ),
 ];
 
-/// The same new-connection row with the RSA certificate.
-const RSA_SCENARIO: Row = (
-    "resumed-rsa",
-    "resumed handshake + 1 KiB, new connection per request (RSA 2048)",
-    Load::get_close("/1k.bin").over_tls(),
-);
+/// The new-connection rows with the RSA certificate.
+const RSA_SCENARIOS: [Row; 2] = [
+    (
+        "full-rsa",
+        "full handshake + 1 KiB, new connection per request (RSA 2048)",
+        Load::NewTls {
+            path: "/1k.bin",
+            cert: "rsa",
+            resume: false,
+        },
+    ),
+    (
+        "resumed-rsa",
+        "resumed handshake + 1 KiB, new connection per request (RSA 2048)",
+        Load::NewTls {
+            path: "/1k.bin",
+            cert: "rsa",
+            resume: true,
+        },
+    ),
+];
 
-/// A self-signed certificate for 127.0.0.1 made with the openssl command.
+/// A self-signed certificate for 127.0.0.1 made with the openssl command (not a CA: `tls-load`
+/// trusts it directly, and webpki refuses a CA certificate as a server's own).
 fn make_cert(dir: &Path, name: &str, key_args: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (cert, key) = (
         dir.join(format!("{name}.pem")),
@@ -56,6 +91,7 @@ fn make_cert(dir: &Path, name: &str, key_args: &[&str]) -> anyhow::Result<(PathB
             "/CN=127.0.0.1",
         ])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .args(key_args)
         .arg("-keyout")
         .arg(&key)
@@ -97,7 +133,7 @@ fn start_nginx(
              ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache shared:SSL:10m;\n\
              ssl_session_tickets on;\n\
              types {{ application/octet-stream bin; }}\n\
-             server {{\n    listen 127.0.0.1:{port} ssl reuseport;\n    root {root};\n\
+             server {{\n    listen 127.0.0.1:{port} ssl http2 reuseport;\n    root {root};\n\
                ssl_certificate {cert};\n    ssl_certificate_key {key};\n  }}\n",
             root = docroot.display(),
             cert = cert.display(),
@@ -119,15 +155,12 @@ pub(super) fn bench_tls(ctx: &Ctx, o: &BenchOpts) -> anyhow::Result<Family> {
         ctx,
         format!(
             "bench tls: portico (rustls, aws-lc-rs) and nginx (OpenSSL, shared session cache), \
-             same certificate, {}; oha -c{} (it resumes sessions on new connections)",
+             same certificate, {}; -c{}: tls-load (handshakes), oha (keep-alive), h2load",
             ctx.layout.describe(),
             o.conns
         ),
     );
-    let runs: [(&(PathBuf, PathBuf), &[Row]); 2] = [
-        (&ecdsa, &SCENARIOS),
-        (&rsa, std::slice::from_ref(&RSA_SCENARIO)),
-    ];
+    let runs: [(&(PathBuf, PathBuf), &[Row]); 2] = [(&ecdsa, &SCENARIOS), (&rsa, &RSA_SCENARIOS)];
     for (i, ((cert, key), rows)) in runs.into_iter().enumerate() {
         let servers = [
             start_portico(ctx, &docroot, cert, key)?,

@@ -6,7 +6,8 @@ mod charts;
 
 use std::fmt::Write as _;
 
-use super::results::{Family, Results, Round, Scenario};
+use super::results::{Family, Results, Scenario};
+use super::row::{extras, figures};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}\
 table{border-collapse:collapse;margin:0.6em 0;font-size:13px}\
@@ -143,27 +144,15 @@ fn table(h: &mut String, f: &Family) {
 }
 
 fn rows(h: &mut String, sc: &Scenario) {
-    let ours = sc
-        .server("portico")
-        .and_then(|s| s.stat(|r| r.rate))
-        .map(|s| s.median);
     for s in &sc.servers {
         let mut name = esc(&s.server);
-        for k in s
-            .rounds
-            .first()
-            .map(|r| r.extra.keys())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(x) = s.stat(|r| r.extra.get(k).copied().unwrap_or(f64::NAN)) {
-                let _ = write!(name, " ({} {:.2})", esc(k), x.median);
-            }
+        for (k, x) in extras(s) {
+            let _ = write!(name, " ({} {x:.2})", esc(&k));
         }
         if let Some(f) = &s.failed {
             let _ = write!(name, " <span class=\"note\">(failed: {})</span>", esc(f));
         }
-        let (Some(rate), Some(cpu)) = (s.stat(|r| r.rate), s.stat(|r| r.cpu_us)) else {
+        let Some(f) = figures(sc, s) else {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td>{name}</td><td colspan=\"12\"></td></tr>",
@@ -171,27 +160,22 @@ fn rows(h: &mut String, sc: &Scenario) {
             );
             continue;
         };
-        let med = |f: fn(&Round) -> f64| s.stat(f).map_or(f64::NAN, |x| x.median);
+        let [p50, p99, p999] = &f.latency;
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{name}</td><td>{:.0}</td><td>{:.0}-{:.0}</td><td>{:.2}</td>\
-             <td>{:.2}</td><td>{:.2}</td><td>{:.0}</td><td>{:.1}</td><td>{:.1}-{:.1}</td>\
-             <td>{:.0}%</td><td>{:.0}%</td><td>{:.1}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{name}</td><td>{}</td><td>{}</td><td>{p50}</td><td>{p99}</td>\
+             <td>{p999}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td></tr>",
             esc(&sc.label),
-            rate.median,
-            rate.min,
-            rate.max,
-            med(|r| r.latency(50.0)),
-            med(|r| r.latency(99.0)),
-            med(|r| r.latency(99.9)),
-            med(|r| r.errors),
-            cpu.median,
-            cpu.min,
-            cpu.max,
-            med(|r| r.server_busy) * 100.0,
-            med(|r| r.load_busy) * 100.0,
-            med(|r| r.peak_rss_kib) / 1024.0,
-            ours.map_or("-".into(), |o| format!("{:.2}", o / rate.median)),
+            f.rate,
+            f.rate_range,
+            f.errors,
+            f.cpu,
+            f.cpu_range,
+            f.server_busy,
+            f.load_busy,
+            f.rss_mib,
+            f.ratio,
         );
     }
 }
@@ -199,7 +183,7 @@ fn rows(h: &mut String, sc: &Scenario) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::{Family, Percentile, ServerRuns};
+    use crate::bench::results::{Family, Percentile, Round, ServerRuns};
 
     fn round(rate: f64, cpu: f64) -> Round {
         Round {
