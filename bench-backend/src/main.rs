@@ -41,11 +41,7 @@ struct Bodies {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(serve(args.listen))
+    bench_backend::runtime()?.block_on(serve(args.listen))
 }
 
 async fn serve(addr: SocketAddr) -> anyhow::Result<()> {

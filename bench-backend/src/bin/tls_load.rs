@@ -42,11 +42,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(run(args))
+    bench_backend::runtime()?.block_on(run(args))
 }
 
 fn client_config(args: &Args) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -149,19 +145,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if lat.is_empty() {
         bail!("no request succeeded in {secs:.1}s ({errors} errors)");
     }
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    println!("requests: {}", lat.len());
-    println!("requests/s: {:.0}", lat.len() as f64 / secs);
-    println!("errors: {errors}");
-    for (name, p) in [
-        ("p50", 0.50),
-        ("p90", 0.90),
-        ("p99", 0.99),
-        ("p99.9", 0.999),
-        ("p99.99", 0.9999),
-    ] {
-        println!("{name}_us: {}", pct(p));
-    }
+    bench_backend::print_report("requests", &mut lat, secs, Some(errors));
     Ok(())
 }

@@ -31,11 +31,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(run(args))
+    bench_backend::runtime()?.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -91,18 +87,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if lat.is_empty() {
         bail!("no message echoed in {secs:.1}s");
     }
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    println!("messages: {}", lat.len());
-    println!("messages/s: {:.0}", lat.len() as f64 / secs);
-    for (name, p) in [
-        ("p50", 0.50),
-        ("p90", 0.90),
-        ("p99", 0.99),
-        ("p99.9", 0.999),
-        ("p99.99", 0.9999),
-    ] {
-        println!("{name}_us: {}", pct(p));
-    }
+    bench_backend::print_report("messages", &mut lat, secs, None);
     Ok(())
 }

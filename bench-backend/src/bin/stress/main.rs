@@ -66,9 +66,7 @@ enum Scenario {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     raise_nofile();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = bench_backend::runtime()?;
     let before_cells = cells(cli.master);
     rt.block_on(async {
         match cli.scenario {
