@@ -89,6 +89,19 @@ pub fn curl(ca: &Ca, name: &str, addr: SocketAddr, path: &str, extra: &[&str]) -
     (code.to_string(), body.to_string())
 }
 
+/// Runs `script` with the test venv's Python, the URL and the CA's PEM path as its arguments:
+/// (trimmed stdout, stderr).
+pub fn python(t: &TlsSite, script: &str, url: &str) -> (String, String) {
+    let out = Command::new(t.venv.join("bin/python"))
+        .args(["-c", script, url, &p(&t.ca.cert)])
+        .output()
+        .expect("run python");
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// What `openssl s_client` printed for one handshake (stdin closed at once).
 pub fn s_client(addr: SocketAddr, args: &[&str]) -> String {
     s_client_on(None, addr, args)

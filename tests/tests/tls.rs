@@ -59,21 +59,12 @@ fn https_serves_static_wsgi_and_proxy_and_redirects_plain_http() {
         ("200".into(), "https".into())
     );
     // Python requests, verifying against the CA.
-    let py = Command::new(t.venv.join("bin/python"))
-        .args([
-            "-c",
-            "import requests, sys; r = requests.get(sys.argv[1], verify=sys.argv[2]); print(r.status_code, r.text)",
-            &format!("https://localhost:{}/app/", https.port()),
-            &p(&t.ca.cert),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&py.stdout).trim(),
-        "200 https",
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
+    let (out, err) = python(
+        &t,
+        "import requests, sys; r = requests.get(sys.argv[1], verify=sys.argv[2]); print(r.status_code, r.text)",
+        &format!("https://localhost:{}/app/", https.port()),
     );
+    assert_eq!(out, "200 https", "{err}");
     // The plain listener sends everything to https, target kept.
     let r = raw(
         http,
@@ -404,24 +395,15 @@ fn alpn_h2_serves_http2_over_tls_and_http1_to_the_rest() {
     assert_eq!(version("/app/x", "--http2"), "200 2");
     assert_eq!(version("/a.txt", "--http1.1"), "200 1.1");
     // httpx with HTTP/2 (and the h2 package), verifying against the CA.
-    let py = Command::new(t.venv.join("bin/python"))
-        .args([
-            "-c",
-            "import httpx, sys\n\
-             with httpx.Client(http2=True, verify=sys.argv[2]) as c:\n\
-             \x20   r = c.get(sys.argv[1])\n\
-             \x20   print(r.http_version, r.status_code, r.text)",
-            &format!("https://localhost:{}/app/", addr.port()),
-            &p(&t.ca.cert),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&py.stdout).trim(),
-        "HTTP/2 200 https",
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
+    let (out, err) = python(
+        &t,
+        "import httpx, sys\n\
+         with httpx.Client(http2=True, verify=sys.argv[2]) as c:\n\
+         \x20   r = c.get(sys.argv[1])\n\
+         \x20   print(r.http_version, r.status_code, r.text)",
+        &format!("https://localhost:{}/app/", addr.port()),
     );
+    assert_eq!(out, "HTTP/2 200 https", "{err}");
     let m = portico.metrics();
     assert!(
         m.lines()

@@ -118,11 +118,10 @@ impl TlsListener {
         let (_, conn) = tls.get_ref();
         let suite = conn
             .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_default();
+            .and_then(|s| s.suite().as_str());
         let k = TLS_SUITES
             .iter()
-            .position(|s| *s == suite)
+            .position(|s| Some(*s) == suite)
             .unwrap_or(TLS_SUITES.len() - 1);
         self.stats.add(cell_counter::TLS_HANDSHAKES + k, 1);
         if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
