@@ -130,8 +130,9 @@ pub fn s_client_on(cpu: Option<usize>, addr: SocketAddr, args: &[&str]) -> Strin
 }
 
 /// A full handshake from CPU 0 whose session `s_client` saves to `file`. TLS 1.3 sends the
-/// ticket after the handshake: the client stays until the file is there.
-pub fn save_session(addr: SocketAddr, flag: &str, file: &Path) {
+/// ticket after the handshake: the client stays until the file is there. `more`: further
+/// s_client arguments.
+pub fn save_session(addr: SocketAddr, flag: &str, file: &Path, more: &[&str]) {
     let mut child = Command::new("taskset")
         .args([
             "-c",
@@ -142,6 +143,7 @@ pub fn save_session(addr: SocketAddr, flag: &str, file: &Path) {
             &addr.to_string(),
         ])
         .args(["-servername", "localhost", flag, "-sess_out", &p(file)])
+        .args(more)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -150,6 +150,102 @@ fn sni_picks_the_certificate_and_unknown_names_are_refused_when_asked() {
     );
 }
 
+#[test]
+fn aes_128_is_chosen_unless_the_client_lists_chacha_first() {
+    let Some(t) = tls_site("aes_128_is_chosen_unless_the_client_lists_chacha_first") else {
+        return;
+    };
+    let addr = free_port();
+    let cfg = config(&t, &tls_table(addr, &t.leaf, ""));
+    let portico = start(&cfg, &[addr], 1);
+    let cipher_of = |args: &[&str]| {
+        let mut all = vec!["-servername", "localhost"];
+        all.extend_from_slice(args);
+        let out = s_client(addr, &all);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("New, TLSv"))
+            .unwrap_or_else(|| panic!("no handshake:\n{out}"));
+        line.rsplit(' ').next().unwrap_or_default().to_string()
+    };
+    // The client's first choice is AES-256 (OpenSSL's default order): AES-128 all the same.
+    let aes_256_first =
+        "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+    assert_eq!(
+        cipher_of(&["-tls1_3", "-ciphersuites", aes_256_first]),
+        "TLS_AES_128_GCM_SHA256"
+    );
+    // ChaCha20 first (a client without AES hardware): its order.
+    let chacha_first = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+    assert_eq!(
+        cipher_of(&["-tls1_3", "-ciphersuites", chacha_first]),
+        "TLS_CHACHA20_POLY1305_SHA256"
+    );
+    // A client with AES-256 only gets it.
+    assert_eq!(
+        cipher_of(&["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]),
+        "TLS_AES_256_GCM_SHA384"
+    );
+    // TLS 1.2 the same way (the test certificate is ECDSA).
+    assert_eq!(
+        cipher_of(&[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
+        ]),
+        "ECDHE-ECDSA-AES128-GCM-SHA256"
+    );
+    assert_eq!(
+        cipher_of(&[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
+        ]),
+        "ECDHE-ECDSA-CHACHA20-POLY1305"
+    );
+    // A ChaCha20 session resumes, and the handshakes are counted under their suites.
+    let sess = t.site.path().join("chacha.pem");
+    save_session(addr, "-tls1_3", &sess, &["-ciphersuites", chacha_first]);
+    let out = s_client(
+        addr,
+        &[
+            "-servername",
+            "localhost",
+            "-tls1_3",
+            "-ciphersuites",
+            chacha_first,
+            "-sess_in",
+            &p(&sess),
+        ],
+    );
+    assert!(
+        out.contains("Reused, TLSv1.3, Cipher is TLS_CHACHA20_POLY1305_SHA256"),
+        "{out}"
+    );
+    let series = |suite: &str| {
+        format!(
+            "portico_tls_handshakes_total{{cell=\"0\",version=\"{}\",cipher=\"{suite}\"}}",
+            if suite.starts_with("TLS13") {
+                "1.3"
+            } else {
+                "1.2"
+            }
+        )
+    };
+    let m = portico.wait_metrics(Duration::from_secs(10), |m| {
+        metric_sum(m, "portico_tls_handshakes_total") >= 7.0
+    });
+    for (suite, n) in [
+        ("TLS13_AES_128_GCM_SHA256", 1.0),
+        ("TLS13_CHACHA20_POLY1305_SHA256", 3.0),
+        ("TLS13_AES_256_GCM_SHA384", 1.0),
+        ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", 1.0),
+        ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", 1.0),
+    ] {
+        assert_eq!(metric_value(&m, &series(suite)), Some(n), "{suite}\n{m}");
+    }
+}
+
 /// The cell that counted one more handshake of `series_prefix` between two scrapes.
 fn cell_that_counted(before: &str, after: &str, series: &str, cells: usize) -> Option<usize> {
     (0..cells).find(|c| {
@@ -169,7 +265,7 @@ fn sessions_resume_on_another_cell() {
     for (flag, version) in [("-tls1_3", "1.3"), ("-tls1_2", "1.2")] {
         let sess = t.site.path().join(format!("session{version}.pem"));
         let before = portico.metrics();
-        save_session(addr, flag, &sess);
+        save_session(addr, flag, &sess, &[]);
         // The first cell is the one whose handshake count moved.
         let after = portico.wait_metrics(Duration::from_secs(10), |m| {
             metric_sum(m, "portico_tls_handshakes_total")

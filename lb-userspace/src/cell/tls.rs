@@ -1,7 +1,7 @@
-//! TLS listeners in a cell: the handshake (bounded by `header_timeout`, counted by version,
-//! cipher and resumption, or by why it failed), plain HTTP sent to the TLS port answered with
-//! a 400 like nginx, and the TLS stream as a connection's socket (no sendfile, no parking: the
-//! bytes must pass through rustls).
+//! TLS listeners in a cell: the handshake (its configuration chosen from the ClientHello,
+//! bounded by `header_timeout`, counted by version, cipher and resumption, or by why it failed),
+//! plain HTTP sent to the TLS port answered with a 400 like nginx, and the TLS stream as a
+//! connection's socket (no sendfile, no parking: the bytes must pass through rustls).
 use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::cell::conn::ConnSocket;
 use crate::cell::tunnel::sock::{IntoSock, Sock};
 use crate::config::TlsConfig;
 use crate::metrics::{CellStats, TLS_FAILURES, TLS_SUITES, cell_counter};
-use crate::tls::SharedTicketer;
+use crate::tls::{ServerConfigs, SharedTicketer};
 
 thread_local! {
     /// Set by the certificate resolver when `unknown_name = "reject"` refused the client's
@@ -27,7 +29,7 @@ thread_local! {
 
 /// One TLS listener of the cell.
 pub struct TlsListener {
-    acceptor: tokio_rustls::TlsAcceptor,
+    configs: ServerConfigs,
     stats: CellStats<'static>,
 }
 
@@ -64,12 +66,9 @@ impl TlsListener {
     ) -> anyhow::Result<Self> {
         let tickets = tickets.map(|t| t as Arc<dyn rustls::server::ProducesTickets>);
         let on_unknown = Box::new(|| REFUSED_NAME.with(|f| f.set(true)));
-        let config = crate::tls::server_config(cfg, tickets, on_unknown)
+        let configs = crate::tls::server_config(cfg, tickets, on_unknown)
             .map_err(|e| anyhow::anyhow!("tls {}: {e}", cfg.listen))?;
-        Ok(TlsListener {
-            acceptor: tokio_rustls::TlsAcceptor::from(config),
-            stats,
-        })
+        Ok(TlsListener { configs, stats })
     }
 
     /// The server side of the handshake within `timeout`; None (counted, logged at debug)
@@ -81,16 +80,29 @@ impl TlsListener {
         peer: &str,
     ) -> Option<TlsStream<TcpStream>> {
         REFUSED_NAME.with(|f| f.set(false));
-        let accept = self.acceptor.accept(stream).into_fallible();
-        let failure = match tokio::time::timeout(timeout, accept).await {
-            Ok(Ok(tls)) => {
-                self.count_done(&tls);
-                return Some(tls);
+        // One deadline for both halves: the ClientHello, then the rest of the handshake.
+        let deadline = Instant::now() + timeout;
+        let mut hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let (e, plain) = match timeout_at(deadline, &mut hello).await {
+            Err(_) => (None, None),
+            Ok(Err(e)) => (Some(e), hello.take_io()),
+            Ok(Ok(start)) => {
+                let config = self.configs.for_hello(&start.client_hello()).clone();
+                match timeout_at(deadline, start.into_stream(config).into_fallible()).await {
+                    Ok(Ok(tls)) => {
+                        self.count_done(&tls);
+                        return Some(tls);
+                    }
+                    Err(_) => (None, None),
+                    Ok(Err((e, _))) => (Some(e), None),
+                }
             }
-            Err(_) => Failure::Timeout,
-            Ok(Err((e, mut stream))) => {
+        };
+        let failure = match e {
+            None => Failure::Timeout,
+            Some(e) => {
                 let why = classify(&e);
-                if why == Failure::Plaintext {
+                if let (Failure::Plaintext, Some(mut stream)) = (why, plain) {
                     // The rest of the request is read and dropped after the answer: closing
                     // with unread bytes would reset the connection before the client reads it.
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -4,5 +4,5 @@
 pub mod server_config;
 pub mod tickets;
 
-pub use server_config::server_config;
+pub use server_config::{ServerConfigs, server_config};
 pub use tickets::{SharedTicketer, TicketKeys};

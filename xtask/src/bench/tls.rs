@@ -119,6 +119,13 @@ fn start_portico(ctx: &Ctx, docroot: &Path, cert: &Path, key: &Path) -> anyhow::
     spawn_server("portico", cmd, port)
 }
 
+/// Portico's server order of suites (lb-userspace/src/tls/server_config.rs) in OpenSSL's names.
+const NGINX_TLS13_SUITES: &str =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+const NGINX_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
+    ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:\
+    ECDHE-RSA-CHACHA20-POLY1305";
+
 fn start_nginx(
     ctx: &Ctx,
     dir: &Path,
@@ -126,12 +133,16 @@ fn start_nginx(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Server> {
-    // A shared session cache and tickets (nginx shares and rotates the ticket keys with it).
+    // A shared session cache and tickets (nginx shares and rotates the ticket keys with it),
+    // and Portico's cipher choice: AES-128-GCM first unless the client lists ChaCha20 first.
     super::start_nginx(ctx, dir, |port| {
         format!(
             "  sendfile on;\n  tcp_nopush on;\n  open_file_cache max=10000 inactive=60s;\n\
              ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache shared:SSL:10m;\n\
-             ssl_session_tickets on;\n\
+             ssl_session_tickets on;\n  ssl_prefer_server_ciphers on;\n\
+             ssl_ciphers {NGINX_TLS12_CIPHERS};\n\
+             ssl_conf_command Ciphersuites {NGINX_TLS13_SUITES};\n\
+             ssl_conf_command Options PrioritizeChaCha;\n\
              types {{ application/octet-stream bin; }}\n\
              server {{\n    listen 127.0.0.1:{port} ssl http2 reuseport;\n    root {root};\n\
                ssl_certificate {cert};\n    ssl_certificate_key {key};\n  }}\n",
