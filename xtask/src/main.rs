@@ -80,7 +80,8 @@ enum Cmd {
     Bench {
         /// Which bench: `static` (nginx), `wsgi` (granian, gunicorn, uWSGI, bjoern), `asgi`
         /// (uvicorn, granian, hypercorn, daphne), `proxy` (nginx `proxy_pass`, same backend),
-        /// `tunnel` (the relays copy, splice and sockmap), `metrics` (the cost of the
+        /// `tls` (nginx with OpenSSL: handshakes, keep-alive, HTTP/2), `tunnel` (the relays
+        /// copy, splice and sockmap), `metrics` (the cost of the
         /// per-request metrics, and scrape time), `steering` (the policies side by side, and
         /// the XDP guard's cost per packet), or `all` of them into one report.
         #[arg(default_value = "static")]
