@@ -196,12 +196,18 @@ fn later(
     mut meta: Option<LogMeta>,
     answer: impl Future<Output = (Response<Body>, bool)> + 'static,
 ) -> Handled {
-    let (ctx, state, remote) = (ctx.clone(), state.clone(), conn.remote_addr.clone());
+    let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
     Handled::Later(Box::pin(async move {
         let (resp, close) = answer.await;
-        Ok(finish(&ctx, &state, &remote, mark, resp, close, || {
-            meta.take().expect("logged once")
-        }))
+        Ok(finish(
+            &ctx,
+            &state,
+            &conn.remote_addr,
+            mark,
+            resp,
+            close,
+            || meta.take().expect("logged once"),
+        ))
     }))
 }
 
