@@ -152,17 +152,17 @@ pub fn server_config(
     let resolver: Arc<dyn ResolvesServerCert> = Arc::new(resolver);
     let sessions = ServerSessionMemoryCache::new(SESSION_CACHE);
     let tickets = tickets.filter(|_| t.session_tickets);
-    let build = |suites: &[SupportedCipherSuite], server_order: bool| {
-        let provider = rustls::crypto::CryptoProvider {
-            cipher_suites: suites.to_vec(),
-            ..default_provider()
-        };
-        let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: SERVER_ORDER.to_vec(),
+        ..default_provider()
+    });
+    let build = |ignore_client_order: bool| {
+        let mut cfg = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
-        cfg.ignore_client_order = server_order;
+        cfg.ignore_client_order = ignore_client_order;
         cfg.alpn_protocols = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         cfg.session_storage = sessions.clone();
         if let Some(tickets) = &tickets {
@@ -173,8 +173,8 @@ pub fn server_config(
         Ok::<_, String>(Arc::new(cfg))
     };
     Ok(ServerConfigs {
-        server_order: build(SERVER_ORDER, true)?,
-        client_order: build(SERVER_ORDER, false)?,
+        server_order: build(true)?,
+        client_order: build(false)?,
     })
 }
 
