@@ -4,6 +4,8 @@
 
 use anyhow::Context as _;
 
+pub mod conn;
+
 /// One current-thread tokio runtime: every tool here runs on one thread, pinned by the bench.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

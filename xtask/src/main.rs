@@ -83,7 +83,8 @@ enum Cmd {
         /// `tls` (nginx with OpenSSL: handshakes, keep-alive, HTTP/2), `tunnel` (the relays
         /// copy, splice and sockmap), `metrics` (the cost of the
         /// per-request metrics, and scrape time), `steering` (the policies side by side, and
-        /// the XDP guard's cost per packet), or `all` of them into one report.
+        /// the XDP guard's cost per packet), `idle` (memory per idle keep-alive connection at
+        /// 10,000 and 100,000, nginx beside), or `all` of them into one report.
         #[arg(default_value = "static")]
         which: String,
         /// Seconds per measured run.

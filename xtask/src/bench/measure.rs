@@ -241,6 +241,22 @@ fn tree_sample(root: u32) -> anyhow::Result<TreeSample> {
     Ok(sample)
 }
 
+/// CPU time and resident memory of a server's whole process tree, now.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub cpu_us: f64,
+    pub rss_kib: f64,
+}
+
+/// `root`'s and its descendants' CPU time and RSS (for families that measure without `measure`).
+pub fn usage(ctx: &Ctx, root: u32) -> anyhow::Result<Usage> {
+    let s = tree_sample(root)?;
+    Ok(Usage {
+        cpu_us: s.ticks as f64 / ctx.units.hz * 1e6,
+        rss_kib: s.rss_pages as f64 * ctx.units.page_kib,
+    })
+}
+
 /// The pids of `root`'s children whose command line contains `arg` (Portico's cells).
 pub fn children_with_arg(root: u32, arg: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

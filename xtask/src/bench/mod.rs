@@ -6,6 +6,7 @@
 
 mod asgi;
 mod compare;
+mod idle;
 mod measure;
 mod metrics;
 mod parse;
@@ -34,8 +35,8 @@ use measure::{Ctx, Layout, Units};
 use results::{Family, Results};
 
 /// Every family, in the order `bench all` runs them.
-pub const FAMILIES: [&str; 8] = [
-    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering", "tls",
+pub const FAMILIES: [&str; 9] = [
+    "static", "wsgi", "asgi", "proxy", "tunnel", "metrics", "steering", "tls", "idle",
 ];
 
 /// Options shared by every bench (the `bench` command line).
@@ -214,6 +215,7 @@ fn run_family(root: &Path, name: &str, opts: &BenchOpts) -> anyhow::Result<Famil
         "metrics" => metrics::bench_metrics(&ctx, opts),
         "steering" => steering::bench_steering(&ctx, opts),
         "tls" => tls::bench_tls(&ctx, opts),
+        "idle" => idle::bench_idle(&ctx, opts),
         other => bail!("unknown bench {other:?}"),
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);
@@ -268,6 +270,21 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
 /// nginx with the benches' common settings (the workers pinned by `auto` from CPU 0, no access
 /// log, keep-alive without limits) and the `http` block's own lines, which get the port.
 fn start_nginx(ctx: &Ctx, dir: &Path, http: impl FnOnce(u16) -> String) -> anyhow::Result<Server> {
+    start_nginx_with(
+        ctx,
+        dir,
+        "worker_rlimit_nofile 65536;\nevents { worker_connections 16384; }",
+        http,
+    )
+}
+
+/// `start_nginx` with its own descriptor limit and `events` block (`limits`).
+fn start_nginx_with(
+    ctx: &Ctx,
+    dir: &Path,
+    limits: &str,
+    http: impl FnOnce(u16) -> String,
+) -> anyhow::Result<Server> {
     let port = free_port()?;
     std::fs::create_dir_all(dir)?;
     let conf = dir.join("nginx.conf");
@@ -275,8 +292,7 @@ fn start_nginx(ctx: &Ctx, dir: &Path, http: impl FnOnce(u16) -> String) -> anyho
         &conf,
         format!(
             "worker_processes {w};\nworker_cpu_affinity auto;\ndaemon off;\nmaster_process on;\n\
-             pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\n\
-             events {{ worker_connections 16384; }}\n\
+             pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n{limits}\n\
              http {{\n  access_log off;\n  tcp_nodelay on;\n\
                keepalive_requests 1000000;\n  keepalive_timeout 75s;\n{http}}}\n",
             w = ctx.layout.workers,

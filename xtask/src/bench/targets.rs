@@ -29,6 +29,8 @@ struct Target {
     min_ratio: f64,
     cpu: Option<Cpu>,
     p99_no_worse: bool,
+    /// A bound on one of Portico's own figures (a round's `extra`), not a ratio: (name, max).
+    at_most: Option<(&'static str, f64)>,
     source: &'static str,
 }
 
@@ -40,6 +42,21 @@ const fn t(family: &'static str, scenario: &'static str, peer: &'static str, min
         min_ratio: min,
         cpu: None,
         p99_no_worse: false,
+        at_most: None,
+        source: "issue 15",
+    }
+}
+
+/// Issue 15's memory target: Portico's bytes per idle connection, nginx beside for scale.
+const fn idle(scenario: &'static str) -> Target {
+    Target {
+        family: "idle",
+        scenario,
+        peer: Peer::Named("nginx"),
+        min_ratio: 0.0,
+        cpu: None,
+        p99_no_worse: false,
+        at_most: Some((super::idle::PER_CONN, 4096.0)),
         source: "issue 15",
     }
 }
@@ -62,6 +79,7 @@ const fn asgi(scenario: &'static str) -> Target {
         min_ratio: 1.2,
         cpu: None,
         p99_no_worse: true,
+        at_most: None,
         source: "issue 13",
     }
 }
@@ -94,6 +112,8 @@ const TARGETS: &[Target] = &[
     asgi("ws-64"),
     asgi("ws-4k"),
     asgi("starlette-json"),
+    idle("10k"),
+    idle("100k"),
 ];
 
 /// One target judged on one run.
@@ -153,7 +173,10 @@ fn verdict(target: &Target, sc: &Scenario) -> Verdict {
         (Peer::Named(n), None) => n.to_string(),
         (Peer::Best, None) => "best peer".to_string(),
     };
-    let mut want = format!(">= {:.1}x {peer_name}", target.min_ratio);
+    let mut want = match target.at_most {
+        Some((name, max)) => format!("{name} <= {max:.0} ({peer_name} beside)"),
+        None => format!(">= {:.1}x {peer_name}", target.min_ratio),
+    };
     match target.cpu {
         Some(Cpu::AtMost(x)) => want.push_str(&format!(", CPU/req <= {x:.2}x")),
         Some(Cpu::Below) => want.push_str(", CPU/req below"),
@@ -174,6 +197,20 @@ fn verdict(target: &Target, sc: &Scenario) -> Verdict {
         met: None,
         source: target.source.to_string(),
     };
+    if let Some((name, max)) = target.at_most {
+        let figure = |s: Option<&ServerRuns>| {
+            s.and_then(|s| med(s, |r| r.extra.get(name).copied().unwrap_or(f64::NAN)))
+        };
+        let (o, p) = (figure(ours), figure(peer));
+        v.want = format!(
+            "{name} <= {max:.0} (portico {}, {} {})",
+            o.map_or("-".into(), |x| format!("{x:.0}")),
+            v.peer,
+            p.map_or("-".into(), |x| format!("{x:.0}"))
+        );
+        v.met = o.map(|x| x <= max);
+        return v;
+    }
     let (Some(o), Some(p)) = (ours, peer) else {
         return v;
     };
@@ -256,6 +293,30 @@ mod tests {
         let v = verdict(&target, &sc);
         assert_eq!(v.peer, "granian");
         assert_eq!(v.met, Some(false), "p99 worse than granian's");
+    }
+
+    #[test]
+    fn idle_memory_is_judged_on_portico_alone() {
+        let target = idle("10k");
+        let with = |bytes: f64| {
+            let mut r = runs("portico", 1.0, 1.0, 1.0);
+            r.rounds[0]
+                .extra
+                .insert(crate::bench::idle::PER_CONN.into(), bytes);
+            r
+        };
+        let mut nginx = runs("nginx", 1.0, 1.0, 1.0);
+        nginx.rounds[0]
+            .extra
+            .insert(crate::bench::idle::PER_CONN.into(), 600.0);
+        let v = verdict(&target, &scenario(vec![with(1900.0), nginx.clone()]));
+        assert_eq!(v.met, Some(true));
+        assert!(v.want.contains("portico 1900, nginx 600"), "{}", v.want);
+        let v = verdict(&target, &scenario(vec![with(12_600.0), nginx]));
+        assert_eq!(v.met, Some(false));
+        // No Portico figure: not judged.
+        let v = verdict(&target, &scenario(vec![runs("portico", 1.0, 1.0, 1.0)]));
+        assert_eq!(v.met, None);
     }
 
     #[test]

@@ -129,7 +129,8 @@ async fn idle(cli: &Cli, conns: usize, secs: u64) -> anyhow::Result<()> {
     for i in 0..conns {
         let permit = sem.clone().acquire_owned().await?;
         set.spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(10), clients::idle(addr, i)).await;
+            let r = tokio::time::timeout(Duration::from_secs(10), clients::idle(addr, i, "/a.txt"))
+                .await;
             let r = r.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             drop(permit);
             r
