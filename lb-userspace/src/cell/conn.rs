@@ -224,10 +224,18 @@ const REQUEST_TIMEOUT_RESPONSE: &[u8] =
 const HTTP2_REFUSED_RESPONSE: &[u8] =
     b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\n\r\n505 HTTP Version Not Supported\n";
 
-/// How long a keep-alive connection idles before it is parked: hyper's connection and its
-/// buffers are dropped, only the socket is kept, and a new one starts when bytes arrive. Back-
-/// to-back requests never wait this long, so they keep one hyper connection.
-const PARK_AFTER: Duration = Duration::from_millis(100);
+/// How long a keep-alive connection idles before it is parked (hyper's connection and its
+/// buffers dropped, only the socket kept, a new one started when bytes arrive): 10 ms per
+/// request since it was last parked, up to 100 ms. A client that asked once and went quiet
+/// gives its buffers back soon, so a burst of such clients never holds thousands of them; a
+/// busy connection is looked at no more often than every 100 ms and keeps one hyper connection.
+fn park_after(served: u64) -> Duration {
+    const PER_REQUEST: Duration = Duration::from_millis(10);
+    const MOST: Duration = Duration::from_millis(100);
+    PER_REQUEST
+        .saturating_mul(served.clamp(1, 10) as u32)
+        .min(MOST)
+}
 
 /// While draining, every answer says `Connection: close`. An idle keep-alive connection is
 /// closed only after a grace period: its client may already be sending the next request,
@@ -274,8 +282,15 @@ pub async fn serve_connection<S>(
         } else {
             rest
         };
-        if prefix.is_empty() && !park(&stream, &mut sh).await {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        // Boxed too: allocated when the connection parks, after hyper's buffers were freed, so
+        // the task itself stays small.
+        if prefix.is_empty() && !Box::pin(park(&stream, &mut sh)).await {
+            // Boxed: room for a timer in every connection's task for this one last step.
+            let _ = Box::pin(tokio::time::timeout(
+                Duration::from_secs(1),
+                stream.shutdown(),
+            ))
+            .await;
             return;
         }
     }
@@ -372,10 +387,12 @@ where
     let keepalive_timeout = limits.keepalive_timeout.0;
     let send_timeout = limits.send_timeout.0;
     let started = Instant::now();
+    let served_before = state.requests.get();
+    let park_delay = || park_after(state.requests.get() - served_before);
     let first = if drain_at.is_some() {
         DRAIN_GRACE
     } else {
-        PARK_AFTER.min(header_timeout).min(send_timeout)
+        park_delay().min(header_timeout).min(send_timeout)
     };
     let sleep = tokio::time::sleep(first);
     tokio::pin!(sleep);
@@ -399,9 +416,9 @@ where
                 let tunnel = state.tunnel.borrow_mut().take();
                 let websocket = state.websocket.borrow_mut().take();
                 match (tunnel, websocket) {
-                    (Some(t), _) => crate::cell::tunnel::relay(io, parts.read_buf, t).await,
+                    (Some(t), _) => crate::cell::tunnel::relay(io, parts.read_buf, *t).await,
                     (None, Some(s)) => {
-                        crate::cell::asgi::websocket::run(io, parts.read_buf, s).await;
+                        crate::cell::asgi::websocket::run(io, parts.read_buf, *s).await;
                     }
                     (None, None) if state.park.get() => return Some((io, parts.read_buf)),
                     (None, None) => {
@@ -444,7 +461,7 @@ where
                         let step = if drain_at.is_some() {
                             DRAIN_GRACE
                         } else {
-                            (now - since).clamp(PARK_AFTER, header_timeout)
+                            (now - since).clamp(park_delay(), header_timeout)
                         };
                         let mut next = now + step.min(send_timeout);
                         if let Some(blocked) = state.write_blocked.get() {
@@ -464,7 +481,7 @@ where
                         } else {
                             keepalive_timeout
                         };
-                        let park_at = since.max(started) + PARK_AFTER;
+                        let park_at = since.max(started) + park_delay();
                         if S::PARKS && park_at < limit && now < limit {
                             if now < park_at {
                                 sleep.as_mut().reset(tokio::time::Instant::from_std(park_at));
@@ -516,5 +533,21 @@ fn send_timed_out<S: IntoSock>(io: S, ctx: &CellCtx, peer: &str) {
     tracing::debug!("connection from {peer}: send_timeout, the client read nothing");
     if let crate::cell::tunnel::sock::Sock::Tcp(s) = io.into_sock() {
         let _ = rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::park_after;
+    use std::time::Duration;
+
+    #[test]
+    fn quiet_connections_park_sooner_than_busy_ones() {
+        let ms = Duration::from_millis;
+        assert_eq!(park_after(0), ms(10));
+        assert_eq!(park_after(1), ms(10));
+        assert_eq!(park_after(3), ms(30));
+        assert_eq!(park_after(10), ms(100));
+        assert_eq!(park_after(u64::MAX), ms(100));
     }
 }

@@ -55,11 +55,12 @@ pub struct ConnState {
     /// `send_timeout` the connection is closed. None while writes go through.
     pub write_blocked: Cell<Option<Instant>>,
     /// Set when the last answer was a proxied `101 Switching Protocols`: the connection
-    /// becomes a tunnel once hyper has written it.
-    pub tunnel: RefCell<Option<Pending>>,
+    /// becomes a tunnel once hyper has written it. Boxed here and below: every connection,
+    /// parked ones too, carries these rarely used slots.
+    pub tunnel: RefCell<Option<Box<Pending>>>,
     /// Set when the last answer was an ASGI app's `101`: the connection becomes its WebSocket
     /// once hyper has written it.
-    pub websocket: RefCell<Option<crate::cell::asgi::websocket::Session>>,
+    pub websocket: RefCell<Option<Box<crate::cell::asgi::websocket::Session>>>,
     /// The connection idled long enough to be parked: the socket's next would-block read
     /// reaches hyper as an end of file.
     pub park: Cell<bool>,

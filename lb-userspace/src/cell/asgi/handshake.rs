@@ -122,14 +122,14 @@ pub async fn handshake(
                     if let Some(p) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
                         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
                     }
-                    state.websocket.replace(Some(Session {
+                    state.websocket.replace(Some(Box::new(Session {
                         max_message: a.websocket_max_message,
                         idle: a.websocket_idle_timeout,
                         ctx: ctx.clone(),
                         route,
                         x,
                         running,
-                    }));
+                    })));
                     return (resp, false);
                 }
                 Some(Out::Close { .. }) => break StatusCode::FORBIDDEN,

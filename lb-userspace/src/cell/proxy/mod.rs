@@ -335,7 +335,7 @@ fn switch(
         return (status_page(StatusCode::BAD_GATEWAY), true);
     };
     headers::remove_hop_by_hop_keep_upgrade(&mut parts.headers, proto);
-    state.tunnel.replace(Some(Pending {
+    state.tunnel.replace(Some(Box::new(Pending {
         upstream: on_upgrade,
         idle: upstream.read_timeout,
         send_timeout: upstream.send_timeout,
@@ -345,7 +345,7 @@ fn switch(
         stats: upstream.stats,
         server: server.index(),
         maps: ctx.tunnel_maps.clone(),
-    }));
+    })));
     let mut out = Response::new(Body::empty());
     *out.status_mut() = parts.status;
     *out.headers_mut() = parts.headers;
