@@ -203,6 +203,11 @@ impl Results {
             serde_json::to_string_pretty(self)?,
         )?;
         std::fs::write(dir.join("report.html"), super::report::html(self))?;
+        let charts = dir.join("charts");
+        std::fs::create_dir_all(&charts)?;
+        for (name, svg) in super::report::chart_files(self) {
+            std::fs::write(charts.join(name), svg)?;
+        }
         Ok(dir)
     }
 

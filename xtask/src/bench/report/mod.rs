@@ -88,20 +88,7 @@ fn family(h: &mut String, f: &Family) {
     let _ = writeln!(h, "<h2>{}</h2>\n<p>{}</p>", esc(&f.family), esc(&f.setup));
     h.push_str("<div class=\"charts\">\n");
     for sc in &f.scenarios {
-        let panels: [charts::Panel; 3] = if sc.unit == "msg" {
-            [
-                ("msg/s", |r| r.rate),
-                ("server CPU µs/msg", |r| r.cpu_us),
-                ("peak RSS MiB", |r| r.peak_rss_kib / 1024.0),
-            ]
-        } else {
-            [
-                ("req/s", |r| r.rate),
-                ("server CPU µs/req", |r| r.cpu_us),
-                ("peak RSS MiB", |r| r.peak_rss_kib / 1024.0),
-            ]
-        };
-        chart(h, charts::scenario_bars(f, sc, &panels));
+        chart(h, charts::scenario_bars(f, sc, &panels(sc)));
     }
     h.push_str("</div>\n<h3>Latency percentiles</h3>\n<div class=\"charts\">\n");
     for sc in &f.scenarios {
@@ -112,6 +99,46 @@ fn family(h: &mut String, f: &Family) {
     for n in &f.notes {
         let _ = writeln!(h, "<p class=\"note\">{}</p>", esc(n));
     }
+}
+
+/// What a scenario's bar chart shows: rate, CPU and peak RSS per request or message; for the
+/// idle connections of `bench idle`, the bytes each costs first.
+fn panels(sc: &Scenario) -> [charts::Panel; 3] {
+    match sc.unit.as_str() {
+        "msg" => [
+            ("msg/s", |r| r.rate),
+            ("server CPU µs/msg", |r| r.cpu_us),
+            ("peak RSS MiB", |r| r.peak_rss_kib / 1024.0),
+        ],
+        "conn" => [
+            ("bytes per idle connection", |r| {
+                r.extra
+                    .get(super::idle::PER_CONN)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            }),
+            ("connections opened/s", |r| r.rate),
+            ("server CPU µs/connection", |r| r.cpu_us),
+        ],
+        _ => [
+            ("req/s", |r| r.rate),
+            ("server CPU µs/req", |r| r.cpu_us),
+            ("peak RSS MiB", |r| r.peak_rss_kib / 1024.0),
+        ],
+    }
+}
+
+/// Every scenario's bar chart as its own SVG file, `FAMILY-SCENARIO.svg`, for pages that
+/// cannot inline one (the README).
+pub fn chart_files(r: &Results) -> Vec<(String, String)> {
+    r.families
+        .iter()
+        .flat_map(|f| f.scenarios.iter().map(move |sc| (f, sc)))
+        .filter_map(|(f, sc)| {
+            let svg = charts::scenario_bars(f, sc, &panels(sc)).ok()?;
+            Some((format!("{}-{}.svg", f.family, sc.id), svg))
+        })
+        .collect()
 }
 
 /// An inlined chart, or the reason it could not be drawn.
@@ -260,5 +287,13 @@ mod tests {
         assert!(page.contains("<tr class=\"notmet\"><td>static</td><td>1 MiB keep-alive</td>"));
         assert!(page.contains("reset &lt;by peer&gt;"));
         assert!(!page.contains("<script"));
+    }
+
+    #[test]
+    fn each_scenario_has_its_chart_file() {
+        let files = chart_files(&sample());
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["static-1k.svg", "static-1m.svg"]);
+        assert!(files.iter().all(|(_, svg)| svg.starts_with("<svg")));
     }
 }
