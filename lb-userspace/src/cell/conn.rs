@@ -461,7 +461,7 @@ where
                         let step = if drain_at.is_some() {
                             DRAIN_GRACE
                         } else {
-                            (now - since).clamp(park_delay(), header_timeout)
+                            (now - since).max(park_delay()).min(header_timeout)
                         };
                         let mut next = now + step.min(send_timeout);
                         if let Some(blocked) = state.write_blocked.get() {
