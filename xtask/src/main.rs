@@ -104,8 +104,9 @@ enum Cmd {
         /// fell or a CPU per request rose beyond both runs' spread and the tolerance.
         #[arg(long, value_name = "PREVIOUS.json")]
         compare: Option<PathBuf>,
-        /// With --compare: compare this results.json instead of running a bench.
-        #[arg(long, value_name = "RESULTS.json", requires = "compare")]
+        /// With --compare: compare this results.json instead of running a bench; alone: draw
+        /// its report.html and charts/ again, beside it, without running anything.
+        #[arg(long, value_name = "RESULTS.json")]
         results: Option<PathBuf>,
         /// With --compare: the relative change, beyond the spread, that counts (percent).
         #[arg(long, default_value_t = 3.0)]

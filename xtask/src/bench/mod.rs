@@ -49,7 +49,8 @@ pub struct BenchOpts {
     pub workers: Option<usize>,
     /// A previous results.json to compare this run with.
     pub compare: Option<PathBuf>,
-    /// Compare this results.json instead of running (with `compare`).
+    /// Compare this results.json instead of running (with `compare`); alone, draw its report
+    /// and charts again.
     pub results: Option<PathBuf>,
     /// Relative change beyond the spread that counts as a regression.
     pub tolerance: f64,
@@ -87,8 +88,18 @@ impl BenchOpts {
 /// Installs what the benches need, builds, runs bench `which` (a family or `all`), writes the
 /// results and the report, and compares with a previous run when asked.
 pub fn bench(root: &Path, which: &str, opts: BenchOpts) -> anyhow::Result<()> {
-    if let (Some(prev), Some(cur)) = (&opts.compare, &opts.results) {
-        return compare_files(prev, cur, opts.tolerance).map(|_| ());
+    match (&opts.compare, &opts.results) {
+        (Some(prev), Some(cur)) => return compare_files(prev, cur, opts.tolerance).map(|_| ()),
+        (None, Some(cur)) => {
+            // Drawn again from its figures, beside it (after a change to the report or targets).
+            let mut r = Results::read(cur)?;
+            r.targets = targets::judge(&r);
+            let dir = cur.parent().unwrap_or(Path::new("."));
+            r.write_report(dir)?;
+            println!("report:  {}", dir.join("report.html").display());
+            return Ok(());
+        }
+        _ => {}
     }
     let families: Vec<&str> = if which == "all" {
         FAMILIES.to_vec()

@@ -202,13 +202,19 @@ impl Results {
             dir.join("results.json"),
             serde_json::to_string_pretty(self)?,
         )?;
+        self.write_report(&dir)?;
+        Ok(dir)
+    }
+
+    /// `report.html` and `charts/` in `dir`.
+    pub fn write_report(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join("report.html"), super::report::html(self))?;
         let charts = dir.join("charts");
         std::fs::create_dir_all(&charts)?;
         for (name, svg) in super::report::chart_files(self) {
             std::fs::write(charts.join(name), svg)?;
         }
-        Ok(dir)
+        Ok(())
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {

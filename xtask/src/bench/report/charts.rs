@@ -76,10 +76,12 @@ pub fn scenario_bars(family: &Family, sc: &Scenario, panels: &[Panel]) -> anyhow
         let width = 300 * u32::try_from(panels.len()).unwrap_or(3);
         let area = SVGBackend::with_string(&mut svg, (width, 300)).into_drawing_area();
         area.fill(&WHITE)?;
-        let (top, body) = area.split_vertically(28);
-        top.titled(&sc.label, ("sans-serif", 16))?;
+        let (top, body) = area.split_vertically(46);
+        let (title, key) = top.split_vertically(24);
+        title.titled(&sc.label, ("sans-serif", 16))?;
+        legend(&key, &names, sc, width)?;
         let cells = body.split_evenly((1, panels.len()));
-        for (k, ((title, figure), cell)) in panels.iter().zip(&cells).enumerate() {
+        for ((title, figure), cell) in panels.iter().zip(&cells) {
             // (server index, median, min, max)
             let bars: Vec<(usize, f64, f64, f64)> = sc
                 .servers
@@ -110,33 +112,46 @@ pub fn scenario_bars(family: &Family, sc: &Scenario, panels: &[Panel]) -> anyhow
             for (slot, &(i, med, min, max)) in bars.iter().enumerate() {
                 let c = color(&names, &names[i]);
                 let x = slot as f64;
-                let series = chart.draw_series(std::iter::once(Rectangle::new(
+                chart.draw_series(std::iter::once(Rectangle::new(
                     [(x - 0.38, 0.0), (x + 0.38, med)],
                     c.filled(),
                 )))?;
-                if k == 0 {
-                    series.label(names[i].as_str()).legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled())
-                    });
-                }
                 chart.draw_series(std::iter::once(PathElement::new(
                     vec![(x, min), (x, max)],
                     BLACK.stroke_width(1),
                 )))?;
             }
-            if k == 0 && !bars.is_empty() {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::LowerLeft)
-                    .label_font(("sans-serif", 11))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()?;
-            }
         }
         area.present()?;
     }
     Ok(svg)
+}
+
+/// The servers' colours in one centred row under the title, so no key covers a bar.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    names: &[String],
+    sc: &Scenario,
+    width: u32,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let shown: Vec<&String> = names
+        .iter()
+        .filter(|n| sc.servers.iter().any(|s| &s.server == *n))
+        .collect();
+    // Roughly 5.5 px per character at 11 px, a swatch and a gap per entry.
+    let entry = |n: &str| 14 + (n.chars().count() as i32 * 11) / 2 + 18;
+    let total: i32 = shown.iter().map(|n| entry(n)).sum();
+    let mut x = ((width as i32 - total) / 2).max(4);
+    for n in shown {
+        let c = color(names, n);
+        area.draw(&Rectangle::new([(x, 5), (x + 10, 15)], c.filled()))?;
+        area.draw(&Text::new(n.clone(), (x + 14, 4), ("sans-serif", 11)))?;
+        x += entry(n);
+    }
+    Ok(())
 }
 
 /// Latency at each percentile every server's rounds report (medians over rounds), log axis.
