@@ -5,6 +5,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// How many of `held` are still open: a read would block, the server closed nothing.
+pub fn still_open(held: &[TcpStream]) -> usize {
+    held.iter()
+        .filter(|s| {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
 /// Connects from 127.0.0.(2 + i % 200), so that many connections do not run out of one
 /// source address's ephemeral ports; `rcvbuf` shrinks the receive buffer first.
 pub async fn connect(

@@ -83,14 +83,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await
     .context("waiting for stdin to close")?;
-    // Still open: a read would block, the server closed nothing.
-    let open = held
-        .iter()
-        .filter(|s| {
-            let mut b = [0u8; 1];
-            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        })
-        .count();
-    println!("still_open: {open}");
+    println!("still_open: {}", bench_backend::conn::still_open(&held));
     Ok(())
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 
 use super::measure::{Ctx, Layout, Usage, usable_cpus, usage};
 use super::results::{Family, Round, Scenario, ServerRuns};
-use super::{BenchOpts, Server, free_port, spawn_server, start_nginx_with};
+use super::{BenchOpts, Server, free_port, portico_serve, spawn_server, start_nginx_with};
 
 const SCENARIOS: [(&str, &str, usize); 2] = [
     ("10k", "10,000 idle keep-alive connections", 10_000),
@@ -153,13 +153,7 @@ fn start(ctx: &Ctx, name: &str, docroot: &Path, budget: usize) -> anyhow::Result
             docroot.display()
         ),
     )?;
-    let mut cmd = ctx.layout.server(ctx.root.join("target/release/portico"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin", "off", "--access-log", "off"])
-        .args(["--workers", &ctx.layout.workers.to_string()]);
+    let cmd = portico_serve(ctx, &ctx.layout, &cfg, port, None);
     spawn_server("portico", cmd, port)
 }
 

@@ -394,28 +394,26 @@ fn start_portico_with(
             dir = dir.display()
         ),
     )?;
-    let admin_arg = admin_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
-    let mut cmd = layout.server(ctx.root.join("target/release/portico"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&cfg)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin",
-            &admin_arg,
-        ])
-        .args([
-            "--access-log",
-            "off",
-            "--workers",
-            &layout.workers.to_string(),
-        ]);
+    let cmd = portico_serve(ctx, layout, &cfg, port, admin_port);
     let server = spawn_server(name, cmd, port)?;
     if let Some(a) = admin_port {
         wait_port(a)?;
     }
     Ok((server, admin_port))
+}
+
+/// `portico serve -c CFG --listen 127.0.0.1:PORT --admin ADDR|off --access-log off --workers W`
+/// on `layout`'s server CPUs: how the families that write a config start Portico.
+fn portico_serve(ctx: &Ctx, layout: &Layout, cfg: &Path, port: u16, admin: Option<u16>) -> Command {
+    let admin = admin.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
+    let mut cmd = layout.server(ctx.root.join("target/release/portico"));
+    cmd.arg("serve")
+        .arg("-c")
+        .arg(cfg)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &admin, "--access-log", "off"])
+        .args(["--workers", &layout.workers.to_string()]);
+    cmd
 }
 
 /// One admin scrape's body.

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use super::measure::{Ctx, Load};
 use super::results::Family;
 use super::runner::{Row, run_rows};
-use super::{BenchOpts, Server, free_port, spawn_server};
+use super::{BenchOpts, Server, free_port, portico_serve, spawn_server};
 use crate::process::which;
 
 pub(super) const SCENARIOS: [Row; 4] = [
@@ -46,17 +46,7 @@ pub(super) fn start_portico(ctx: &Ctx, backend: u16, conns: usize) -> anyhow::Re
              [[route]]\nprefix = \"/\"\nproxy = {{ upstream = \"backend\", websocket = true }}\n"
         ),
     )?;
-    let mut cmd = ctx.layout.server(ctx.root.join("target/release/portico"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin", "off"])
-        .args([
-            "--access-log",
-            "off",
-            "--workers",
-            &ctx.layout.workers.to_string(),
-        ]);
+    let cmd = portico_serve(ctx, &ctx.layout, &cfg, port, None);
     spawn_server("portico", cmd, port)
 }
 

@@ -8,7 +8,7 @@ use super::measure::{Ctx, Load};
 use super::proxy::start_backend;
 use super::results::Family;
 use super::runner::{NoProbe, ScenarioDef, run_scenario};
-use super::{BenchOpts, Server, free_port, spawn_server, wait_port};
+use super::{BenchOpts, Server, free_port, portico_serve, spawn_server, wait_port};
 
 const RELAYS: [&str; 3] = ["copy", "splice", "sockmap"];
 /// The spawned servers' names (the `Server` type keeps a static name).
@@ -39,18 +39,7 @@ pub(super) fn start_portico(ctx: &Ctx, i: usize, backend: u16) -> anyhow::Result
              [[route]]\nprefix = \"/\"\nproxy = {{ upstream = \"backend\", websocket = true, relay = \"{relay}\" }}\n"
         ),
     )?;
-    let mut cmd = ctx.layout.server(ctx.root.join("target/release/portico"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args([
-            "--access-log",
-            "off",
-            "--workers",
-            &ctx.layout.workers.to_string(),
-        ]);
+    let cmd = portico_serve(ctx, &ctx.layout, &cfg, port, Some(admin));
     let server = spawn_server(NAMES[i], cmd, port)?;
     wait_port(admin).with_context(|| format!("{}: admin endpoint", NAMES[i]))?;
     Ok((server, admin))

@@ -178,14 +178,7 @@ async fn idle(cli: &Cli, conns: usize, secs: u64) -> anyhow::Result<()> {
         held.len(),
         normal.finish()
     );
-    // Still open: a read would block, nothing closed them.
-    let open = held
-        .iter()
-        .filter(|s| {
-            let mut b = [0u8; 1];
-            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        })
-        .count();
+    let open = bench_backend::conn::still_open(&held);
     println!(
         "idle connections still open at the end: {open} of {}",
         held.len()
