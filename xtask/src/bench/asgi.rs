@@ -163,14 +163,7 @@ pub(super) fn start_peer(peer: Peer, ctx: &Ctx, venv: &Path, app: &str) -> anyho
 
 /// Status and body of one GET, so a server that answers wrongly is skipped before it is timed.
 fn check_get(port: u16, path: &str, want_body: &str) -> anyhow::Result<()> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let resp = super::get_close(port, path)?;
     let text = String::from_utf8_lossy(&resp);
     let (head, body) = text.split_once("\r\n\r\n").context("no response head")?;
     if !head.starts_with("HTTP/1.1 200") || !body.contains(want_body) {

@@ -4,14 +4,14 @@
 //! (issue 15: at most 4 KiB). A process holds at most RLIMIT_NOFILE descriptors, so a count
 //! beyond one worker's share runs on as many workers (and load processes) as it needs.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::measure::{Ctx, Layout, Usage, usable_cpus, usage};
+use super::measure::{Ctx, Layout, Usage, usage};
 use super::results::{Family, Round, Scenario, ServerRuns};
 use super::{BenchOpts, Server, free_port, portico_serve, spawn_server, start_nginx_with};
 
@@ -254,11 +254,7 @@ fn hold(ctx: &Ctx, server: &Server, n: usize, budget: usize) -> anyhow::Result<R
     }
     drop(holders);
     let cpu = after.cpu_us - before.cpu_us;
-    let load_cpus = ctx
-        .layout
-        .load_cpus
-        .as_ref()
-        .map_or(usable_cpus(), |_| usable_cpus() - ctx.layout.workers);
+    let load_cpus = ctx.layout.load_cpu_count();
     let mut round = Round {
         rate: opened / open_s,
         count: opened,
@@ -302,11 +298,7 @@ fn settled(ctx: &Ctx, pid: u32) -> anyhow::Result<Usage> {
 
 /// One GET of /1k.bin on its own connection, read to the end.
 fn get_once(port: u16) -> anyhow::Result<()> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-    let mut body = Vec::new();
-    s.read_to_end(&mut body)?;
+    let body = super::get_close(port, "/1k.bin")?;
     if !body.starts_with(b"HTTP/1.1 200") {
         bail!(
             "GET /1k.bin: {}",

@@ -75,6 +75,13 @@ impl Layout {
         pinned(bin, self.load_cpus.as_deref())
     }
 
+    /// How many CPUs the load generator has.
+    pub fn load_cpu_count(&self) -> usize {
+        self.load_cpus
+            .as_ref()
+            .map_or(usable_cpus(), |_| usable_cpus() - self.workers)
+    }
+
     /// Moves this process (the sampler) off the servers' CPUs, so it does not steal their
     /// time; back onto every CPU when shared (what it starts unpinned inherits this).
     pub fn pin_self(&self) {
@@ -365,11 +372,7 @@ pub fn measure(
     }
     let us = |ticks: u64| ticks as f64 / ctx.units.hz * 1e6;
     let cpu = us(after.ticks.saturating_sub(before.ticks));
-    let load_cpus = ctx
-        .layout
-        .load_cpus
-        .as_ref()
-        .map_or(usable_cpus(), |_| usable_cpus() - ctx.layout.workers);
+    let load_cpus = ctx.layout.load_cpu_count();
     Ok(Round {
         rate: parsed.count / parsed.secs.unwrap_or(wall),
         count: parsed.count,

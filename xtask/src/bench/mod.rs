@@ -416,14 +416,24 @@ fn portico_serve(ctx: &Ctx, layout: &Layout, cfg: &Path, port: u16, admin: Optio
     cmd
 }
 
-/// One admin scrape's body.
-fn scrape(admin: u16) -> anyhow::Result<String> {
+/// The whole answer (head and body) to one GET of `path` on its own connection: the checks
+/// made before a server is timed, and the admin scrapes.
+fn get_close(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .with_context(|| format!("GET {path} on :{port}"))?;
+    Ok(resp)
+}
+
+/// One admin scrape's answer.
+fn scrape(admin: u16) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&get_close(admin, "/metrics")?).into_owned())
 }
 
 fn series(text: &str, name: &str) -> f64 {

@@ -77,13 +77,7 @@ fn start_nginx(ctx: &Ctx, backend: u16, conns: usize) -> anyhow::Result<Server> 
 
 /// The status and body length of one GET, so a misconfigured proxy fails before it is timed.
 fn check_get(port: u16, path: &str, want_len: usize) -> anyhow::Result<()> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let resp = super::get_close(port, path)?;
     let head_end = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -47,11 +47,7 @@ pub(super) fn start_portico(ctx: &Ctx, i: usize, backend: u16) -> anyhow::Result
 
 /// `portico_tunnel_sockmap_available` of a running Portico.
 fn sockmap_available(admin: u16) -> anyhow::Result<bool> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    let text = super::scrape(admin)?;
     let value = text
         .lines()
         .find_map(|l| l.strip_prefix("portico_tunnel_sockmap_available "))
@@ -61,11 +57,7 @@ fn sockmap_available(admin: u16) -> anyhow::Result<bool> {
 
 /// Tunnels each relay opened, from its /metrics: proves the row measured that relay.
 fn tunnels_by(admin: u16, relay: &str) -> anyhow::Result<f64> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    let text = super::scrape(admin)?;
     let series = format!("portico_tunnels_total{{relay=\"{relay}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
