@@ -196,9 +196,11 @@ fn later(
     mut meta: Option<LogMeta>,
     answer: impl Future<Output = (Response<Body>, bool)> + 'static,
 ) -> Handled {
+    use futures_util::FutureExt as _;
     let (ctx, state, conn) = (ctx.clone(), state.clone(), conn.clone());
-    Handled::Later(Box::pin(async move {
-        let (resp, close) = answer.await;
+    // `map` polls `answer` where it lies: an async block would move the (kilobytes large)
+    // future once more on its first poll.
+    Handled::Later(Box::pin(answer.map(move |(resp, close)| {
         Ok(finish(
             &ctx,
             &state,
@@ -208,7 +210,7 @@ fn later(
             close,
             || meta.take().expect("logged once"),
         ))
-    }))
+    })))
 }
 
 /// Common response headers, metrics and the access log line.
