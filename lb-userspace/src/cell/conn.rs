@@ -398,6 +398,10 @@ where
     tokio::pin!(sleep);
     loop {
         tokio::select! {
+            // In order: a connection served and closed within its first poll (a request that
+            // came with the connection) never arms its timer, so the timer driver is not woken
+            // through its eventfd for a deadline sooner than any it had.
+            biased;
             // Without hyper's shutdown: a connection that ends in a proxied 101 goes on as a
             // tunnel over the same socket (hyper's own upgrades need a `Send` IO).
             res = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
