@@ -66,6 +66,9 @@ pub trait ConnSocket {
     const SENDFILE: bool = true;
     /// Whether an idle connection may be parked: hyper dropped, the bare socket kept.
     const PARKS: bool = true;
+    /// Whether closing starts with a shutdown: a TLS session sends its close_notify; a plain
+    /// socket's close sends the same FIN as shutdown(2) followed at once by close(2) would.
+    const SHUTDOWN: bool = true;
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn poll_sendfile(
         &self,
@@ -79,6 +82,7 @@ pub trait ConnSocket {
 macro_rules! impl_sendfile {
     ($t:ty) => {
         impl ConnSocket for $t {
+            const SHUTDOWN: bool = false;
             fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 self.poll_read_ready(cx)
             }
@@ -425,10 +429,11 @@ where
                         crate::cell::asgi::websocket::run(io, parts.read_buf, *s).await;
                     }
                     (None, None) if state.park.get() => return Some((io, parts.read_buf)),
-                    (None, None) => {
+                    (None, None) if S::SHUTDOWN => {
                         let mut io = io;
                         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                     }
+                    (None, None) => {}
                 }
                 return None;
             }
