@@ -289,14 +289,18 @@ pub async fn serve_connection<S>(
         // Boxed too: allocated when the connection parks, after hyper's buffers were freed, so
         // the task itself stays small.
         if prefix.is_empty() && !Box::pin(park(&stream, &mut sh)).await {
-            // Boxed: room for a timer in every connection's task for this one last step.
-            let _ = Box::pin(tokio::time::timeout(
-                Duration::from_secs(1),
-                stream.shutdown(),
-            ))
-            .await;
+            close(stream).await;
             return;
         }
+    }
+}
+
+/// Closes a connection's socket once it is done: a TLS session first sends its close_notify
+/// (for at most a second); a plain socket's close sends the FIN by itself.
+async fn close<S: AsyncWrite + ConnSocket + Unpin>(mut io: S) {
+    if S::SHUTDOWN {
+        // Boxed: room for a timer in every connection's task for this one last step.
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), io.shutdown())).await;
     }
 }
 
@@ -429,11 +433,7 @@ where
                         crate::cell::asgi::websocket::run(io, parts.read_buf, *s).await;
                     }
                     (None, None) if state.park.get() => return Some((io, parts.read_buf)),
-                    (None, None) if S::SHUTDOWN => {
-                        let mut io = io;
-                        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-                    }
-                    (None, None) => {}
+                    (None, None) => close(io).await,
                 }
                 return None;
             }

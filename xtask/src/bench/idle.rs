@@ -275,8 +275,8 @@ fn hold(ctx: &Ctx, server: &Server, n: usize, budget: usize) -> anyhow::Result<R
     Ok(round)
 }
 
-/// The server's usage once its RSS has stopped moving (Portico parks a connection after 100 ms
-/// idle): five samples 200 ms apart within 64 KiB, or what it is after 15 s.
+/// The server's usage once its RSS has stopped moving (Portico parks a connection 10 ms after
+/// its one request): five samples 200 ms apart within 64 KiB, or what it is after 15 s.
 fn settled(ctx: &Ctx, pid: u32) -> anyhow::Result<Usage> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last: Vec<Usage> = Vec::new();
